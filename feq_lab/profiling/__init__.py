@@ -1,0 +1,1 @@
+"""feq_lab.profiling"""
