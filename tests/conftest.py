@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny real data made by the synthetic generator (real HDF5 + CSV files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+STEAD_SAMPLE_CSV = SHARED_DIR / "data" / "stead_sample" / "100samples.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_subset(tmp_path_factory) -> Path:
+    """A 60-trace STEAD-format subset (48 earthquakes, 12 noise) with train/val/test splits."""
+    from feq_lab.data.synthetic import make_synthetic_subset
+
+    out = tmp_path_factory.mktemp("tiny_subset")
+    return make_synthetic_subset(out, n_earthquakes=48, n_noise=12, seed=3)
+
+
+@pytest.fixture(scope="session")
+def stead_sample_csv() -> Path:
+    """The 100 real STEAD metadata rows shipped in ../shared (skip if the folder is absent)."""
+    if not STEAD_SAMPLE_CSV.exists():
+        pytest.skip(f"{STEAD_SAMPLE_CSV} not present")
+    return STEAD_SAMPLE_CSV
