@@ -1,0 +1,187 @@
+"""PyTorch datasets and the Lightning DataModule over a STEAD-format subset directory.
+
+Training follows EQT: every batch is half original traces and half augmented copies of the
+same traces (`HalfAugmentedBatchSampler` yields B/2 trace indices twice, the second time
+flagged for augmentation). Validation and test are never augmented; test keeps CSV order.
+Randomness is seeded per (seed, epoch, trace, copy), so results do not depend on the number of
+workers. Each worker opens its own HDF5 handle lazily (see `stead._FileHandles`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Dataset as TorchDataset
+
+from feq_lab.data import augment as aug
+from feq_lab.data.labels import make_labels, normalize, pick_label, detection_label
+from feq_lab.data.stead import Dataset as SteadDataset, open_dataset, snr_matrix
+from feq_lab.errors import ConfigError, DataError
+
+
+class WaveformDataset(TorchDataset):
+    """Samples of one split. Index: an int (unaugmented) or (position, augmented, epoch)."""
+
+    def __init__(self, data: SteadDataset, transform: aug.Compose | None = None, seed: int = 0,
+                 min_snr_db: float = 10.0):
+        self.data = data
+        self.transform = transform
+        self.seed = int(seed)
+        meta = data.metadata
+        self.trace_name = meta["trace_name"].tolist()
+        self.p = meta["p_arrival_sample"].to_numpy(dtype=np.float64)
+        self.s = meta["s_arrival_sample"].to_numpy(dtype=np.float64)
+        self.coda = meta["coda_end_sample"].to_numpy(dtype=np.float64)
+        self.is_eq = (meta["trace_category"] != "noise").to_numpy() & np.isfinite(self.p)
+        snr = snr_matrix(meta)
+        self.snr_ok = np.all(snr >= min_snr_db, axis=1)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int | tuple[int, bool, int]) -> dict[str, Any]:
+        position, augmented, epoch = (index, False, 0) if isinstance(index, (int, np.integer)) \
+            else index
+        position = int(position)
+        sample = {
+            "waveform": self.data.get_waveform_at(position).T.copy(),  # (3, T) channel-first
+            "p": float(self.p[position]), "s": float(self.s[position]),
+            "coda_end": float(self.coda[position]), "is_earthquake": bool(self.is_eq[position]),
+            "snr_ok": bool(self.snr_ok[position]), "extra_events": [],
+        }
+        if augmented and self.transform is not None:
+            rng = np.random.default_rng([self.seed, int(epoch), position, 1])
+            sample = self.transform(sample, rng)
+        return to_item(sample, self.trace_name[position])
+
+
+def to_item(sample: Mapping[str, Any], trace_name: str) -> dict[str, Any]:
+    """A sample dict -> the batch item of the data contract (normalised x, EQT labels)."""
+    x = sample["waveform"]
+    t = x.shape[-1]
+    p = sample["p"] if sample["is_earthquake"] else math.nan
+    s = sample["s"] if sample["is_earthquake"] else math.nan
+    y_det, y_p, y_s = make_labels(p, s, t)
+    for p2, s2 in sample.get("extra_events", []):
+        y_det = np.maximum(y_det, detection_label(p2, s2, t))
+        y_p = np.maximum(y_p, pick_label(p2, t))
+        y_s = np.maximum(y_s, pick_label(s2, t))
+    return {"x": torch.from_numpy(normalize(x)), "y_det": torch.from_numpy(y_det),
+            "y_p": torch.from_numpy(y_p), "y_s": torch.from_numpy(y_s), "trace_name": trace_name,
+            "p_arrival_sample": float(p), "s_arrival_sample": float(s),
+            "is_earthquake": bool(sample["is_earthquake"])}
+
+
+class HalfAugmentedBatchSampler(Sampler):
+    """Batches of B/2 shuffled traces followed by the same traces flagged for augmentation."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = False):
+        if batch_size < 2:
+            raise ConfigError("data.batch_size", "must be >= 2 for half-augmented batches")
+        self.n, self.half, self.seed, self.drop_last = n, batch_size // 2, int(seed), drop_last
+        self.epoch = 0
+        self._explicit_epoch = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at each epoch; also advanced on its own if nobody calls it."""
+        self.epoch = int(epoch)
+        self._explicit_epoch = True
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
+        epoch = self.epoch
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        for start in range(0, self.n, self.half):
+            chunk = order[start:start + self.half]
+            if self.drop_last and len(chunk) < self.half:
+                break
+            yield [(int(i), False, epoch) for i in chunk] + [(int(i), True, epoch) for i in chunk]
+        if not self._explicit_epoch:
+            self.epoch += 1
+        self._explicit_epoch = False
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.half)
+        return full + (1 if rest and not self.drop_last else 0)
+
+
+def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "x": torch.stack([i["x"] for i in items]),
+        "y_det": torch.stack([i["y_det"] for i in items]),
+        "y_p": torch.stack([i["y_p"] for i in items]),
+        "y_s": torch.stack([i["y_s"] for i in items]),
+        "trace_name": [i["trace_name"] for i in items],
+        "p_arrival_sample": torch.tensor([i["p_arrival_sample"] for i in items], dtype=torch.float64),
+        "s_arrival_sample": torch.tensor([i["s_arrival_sample"] for i in items], dtype=torch.float64),
+        "is_earthquake": torch.tensor([i["is_earthquake"] for i in items], dtype=torch.bool),
+    }
+
+
+class SteadDataModule(pl.LightningDataModule):
+    """Train/val/test loaders over `<data_dir>/subset.{hdf5,csv}` (needs the `split` column)."""
+
+    def __init__(self, data_dir: str | os.PathLike, batch_size: int = 32, num_workers: int = 0,
+                 augment: Mapping[str, Any] | None = None, seed: int = 0):
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.augment = dict(augment or {})
+        self.seed = int(seed)
+        if self.batch_size < 1:
+            raise ConfigError("data.batch_size", f"must be >= 1, got {batch_size}")
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers", f"must be >= 0, got {num_workers}")
+        self._splits: dict[str, WaveformDataset] = {}
+
+    def _path(self) -> Path:
+        h5 = self.data_dir / "subset.hdf5" if self.data_dir.is_dir() else self.data_dir
+        if not h5.exists():
+            raise DataError("no subset here; run `python -m feq_lab.prepare` first",
+                            path=str(h5))
+        return h5
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        data = open_dataset(self._path())
+        if "split" not in data.metadata:
+            raise DataError("subset CSV has no split column", path=str(self._path()))
+        transform = aug.from_config(self.augment)
+        min_snr = float(self.augment.get("min_snr_db", 10.0))
+        for name in ("train", "val", "test"):
+            part = data.filter(split=name)
+            self._splits[name] = WaveformDataset(part, transform if name == "train" else None,
+                                                 seed=self.seed, min_snr_db=min_snr)
+
+    def split(self, name: str) -> WaveformDataset:
+        self.setup()
+        return self._splits[name]
+
+    def _loader(self, ds: WaveformDataset, **kw: Any) -> DataLoader:
+        return DataLoader(ds, num_workers=self.num_workers, collate_fn=_collate,
+                          persistent_workers=self.num_workers > 0, **kw)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.split("train")
+        if ds.transform is None:  # augmentation off: plain shuffled batches
+            gen = torch.Generator().manual_seed(self.seed)
+            return self._loader(ds, batch_size=self.batch_size, shuffle=True, generator=gen)
+        sampler = HalfAugmentedBatchSampler(len(ds), max(self.batch_size, 2), self.seed)
+        return self._loader(ds, batch_sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.split("val"), batch_size=self.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.split("test"), batch_size=self.batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,63 @@
+"""EQTransformer's input normalisation and target traces (REFERENCE section 2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PICK_SIGMA = 10.0  # samples
+PICK_HALF_WIDTH = 20  # Gaussian truncated at +-20 samples
+DETECTION_S_FACTOR = 0.4  # detection runs from P to S + 0.4 (S - P)
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Per-channel demean and divide by std on channel-first arrays (..., 3, T); float32.
+
+    A flat (zero-std) channel stays all zeros instead of becoming NaN, so dropped or dead
+    channels are harmless. The streaming engine calls this same function.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 2 or x.shape[-2] != 3:
+        raise ValueError(f"normalize expects (..., 3, T) channel-first arrays, got shape {x.shape}")
+    centred = x - x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    std = centred.std(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    safe = np.where(std > 0, std, np.float32(1.0))
+    return np.where(std > 0, centred / safe, np.float32(0.0)).astype(np.float32, copy=False)
+
+
+def pick_label(sample: float | None, n_samples: int = 6000) -> np.ndarray:
+    """Gaussian (sigma 10 samples) centred on a pick, zero beyond +-20 samples; zeros if no pick."""
+    y = np.zeros(n_samples, dtype=np.float32)
+    if sample is None or not math.isfinite(sample):
+        return y
+    lo = max(int(math.floor(sample - PICK_HALF_WIDTH)), 0)
+    hi = min(int(math.ceil(sample + PICK_HALF_WIDTH)), n_samples - 1)
+    if lo > hi:
+        return y
+    t = np.arange(lo, hi + 1, dtype=np.float64)
+    g = np.exp(-0.5 * ((t - sample) / PICK_SIGMA) ** 2)
+    g[np.abs(t - sample) > PICK_HALF_WIDTH] = 0.0
+    y[lo:hi + 1] = g
+    return y
+
+
+def detection_label(p_sample: float | None, s_sample: float | None,
+                    n_samples: int = 6000) -> np.ndarray:
+    """1 from P to S + 0.4 (S - P) (EQT's definition, not coda_end_sample); zeros for noise."""
+    y = np.zeros(n_samples, dtype=np.float32)
+    if p_sample is None or s_sample is None or not (math.isfinite(p_sample) and math.isfinite(s_sample)):
+        return y
+    end = s_sample + DETECTION_S_FACTOR * (s_sample - p_sample)
+    lo = max(int(round(p_sample)), 0)
+    hi = min(int(round(end)), n_samples - 1)
+    if lo <= hi:
+        y[lo:hi + 1] = 1.0
+    return y
+
+
+def make_labels(p_sample: float | None, s_sample: float | None,
+                n_samples: int = 6000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y_det, y_p, y_s), each float32 (n_samples,)."""
+    return (detection_label(p_sample, s_sample, n_samples), pick_label(p_sample, n_samples),
+            pick_label(s_sample, n_samples))

@@ -1,0 +1,95 @@
+"""The prepare summary: counts and distributions of a STEAD-format subset (what summary.json holds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+# STEAD earthquake-trace medians (REFERENCE 1.4), printed beside ours for comparison.
+STEAD_MEDIANS = {"p_arrival_sample": 699.0, "s_arrival_sample": 1207.0, "coda_end_sample": 2273.0,
+                 "source_magnitude": 1.3, "source_distance_km": 39.0, "source_depth_km": 8.5,
+                 "snr_db_mean": 23.0}
+_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def _describe(values: np.ndarray) -> dict[str, float | int | None]:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"count": 0}
+    out: dict[str, Any] = {"count": int(v.size), "mean": float(v.mean()), "min": float(v.min()),
+                           "max": float(v.max())}
+    for q, x in zip(_QUANTILES, np.quantile(v, _QUANTILES)):
+        out[f"q{int(q * 100):02d}"] = float(x)
+    return out
+
+
+def describe_metadata(meta: pd.DataFrame) -> dict[str, Any]:
+    """Counts per category/split and distributions of the earthquake fields."""
+    from feq_lab.data.stead import snr_matrix
+
+    summary: dict[str, Any] = {"n_traces": int(len(meta)),
+                               "categories": {str(k): int(v) for k, v in
+                                              meta["trace_category"].value_counts().items()}}
+    if "split" in meta:
+        summary["splits"] = {str(k): int(v) for k, v in meta["split"].value_counts().items()}
+        summary["splits_by_category"] = {
+            f"{s}/{c}": int(v) for (s, c), v in
+            meta.groupby(["split", "trace_category"]).size().items()}
+    eq = meta[meta["trace_category"] == "earthquake_local"]
+    dist: dict[str, Any] = {}
+    for col in ("p_arrival_sample", "s_arrival_sample", "coda_end_sample", "source_magnitude",
+                "source_distance_km", "source_depth_km", "p_travel_sec"):
+        dist[col] = _describe(eq[col].to_numpy(dtype=np.float64))
+    dist["s_minus_p_sec"] = _describe(
+        (eq["s_arrival_sample"] - eq["p_arrival_sample"]).to_numpy(dtype=np.float64) / 100.0)
+    snr = snr_matrix(eq)
+    snr_mean = np.nanmean(snr, axis=1) if len(eq) else np.zeros(0)
+    dist["snr_db_mean"] = _describe(snr_mean)
+    finite = snr_mean[np.isfinite(snr_mean)]
+    dist["snr_db_mean"]["frac_below_10db"] = float((finite < 10).mean()) if finite.size else None
+    dist["snr_db_per_channel_median"] = (
+        [float(x) for x in np.nanmedian(snr, axis=0)] if len(eq) else None)
+    summary["earthquake_distributions"] = dist
+    summary["stead_medians"] = STEAD_MEDIANS
+    summary["median_ratio_to_stead"] = {
+        k: (dist[k]["q50"] / v if dist[k].get("count") and v else None)
+        for k, v in STEAD_MEDIANS.items()}
+    summary["traveltime_check"] = traveltime_check(eq)
+    return summary
+
+
+def traveltime_check(eq: pd.DataFrame) -> dict[str, Any]:
+    """Largest |S-P (metadata) - S-P (TauP table)| over earthquake traces, in seconds."""
+    from feq_lab.data import traveltime
+
+    if len(eq) == 0:
+        return {"count": 0}
+    d = eq["source_distance_km"].to_numpy(dtype=np.float64)
+    z = eq["source_depth_km"].to_numpy(dtype=np.float64)
+    ok = np.isfinite(d) & np.isfinite(z) & (d <= traveltime.MAX_DISTANCE_KM) & (
+        z >= 0) & (z <= traveltime.MAX_DEPTH_KM)
+    if not ok.any():
+        return {"count": 0}
+    tp, ts = traveltime.first_arrivals(d[ok], z[ok])
+    sp = (eq["s_arrival_sample"].to_numpy(dtype=np.float64) - eq["p_arrival_sample"].to_numpy(
+        dtype=np.float64))[ok] / 100.0
+    err = np.abs(sp - (ts - tp))
+    return {"count": int(ok.sum()), "max_abs_error_sec": float(err.max()),
+            "frac_within_0.05s": float((err <= 0.05).mean())}
+
+
+def summarize(out_dir: str | os.PathLike, config: Mapping[str, Any] | None = None,
+              extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Summary of `<out_dir>/subset.csv` plus the config that produced it (for no-op reruns)."""
+    from feq_lab.data.stead import read_csv_index
+
+    meta = read_csv_index(Path(out_dir) / "subset.csv")
+    summary = {"config": dict(config or {}), **describe_metadata(meta)}
+    if extra:
+        summary.update(extra)
+    return summary

@@ -1,0 +1,115 @@
+"""Threshold grids evaluated from stored probabilities, without retraining.
+
+Why it is fast: a phase's peak inside the association region depends only on the detection
+threshold, and the phase threshold merely decides whether that peak counts as a pick
+(`picks.PeakFeatures`). So the (N, T) work runs once per detection threshold; every (P, S)
+threshold pair then costs O(N) comparisons, and detection/P/S metrics are combined per row.
+Rows equal `metrics.evaluate` at the same thresholds (tested).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from feq_lab.errors import ConfigError
+from feq_lab.evaluation.metrics import METRIC_KEYS, check_scoring, detection_metrics, phase_metrics
+from feq_lab.evaluation.picks import THRESHOLD_KEYS, check_thresholds, margin_samples, peak_features
+from feq_lab.evaluation.probabilities import Probabilities
+
+THRESHOLD_COLUMNS = tuple(f"{k}_threshold" for k in THRESHOLD_KEYS)
+
+
+def check_grid(
+    grid: Mapping[str, Sequence[float]], key_prefix: str = "eval.threshold_grid"
+) -> dict[str, list[float]]:
+    """Validate {detection, p, s} -> non-empty lists of thresholds in [0, 1], naming the key."""
+    out: dict[str, list[float]] = {}
+    for key in THRESHOLD_KEYS:
+        if key not in grid:
+            raise ConfigError(f"{key_prefix}.{key}", "missing (need detection, p and s)")
+        values = grid[key]
+        if isinstance(values, (int, float)):
+            values = [values]
+        values = list(values)
+        if not values:
+            raise ConfigError(f"{key_prefix}.{key}", "empty list of thresholds")
+        out[key] = [
+            check_thresholds({"detection": v, "p": v, "s": v}, f"{key_prefix}.{key}")["p"]
+            for v in values
+        ]
+    return out
+
+
+def threshold_grid(
+    probs: Probabilities,
+    grid: Mapping[str, Sequence[float]],
+    *,
+    sampling_rate: float = 100.0,
+    tolerance_s: float = 0.5,
+    association_margin_s: float = 0.5,
+    far_pick_counts_fp: bool = False,
+) -> pd.DataFrame:
+    """One row per (detection, p, s) combination: the three threshold columns + `METRIC_KEYS`.
+
+    Rows follow `itertools.product(grid["detection"], grid["p"], grid["s"])`.
+    """
+    g = check_grid(grid)
+    check_scoring(sampling_rate, tolerance_s)
+    margin = margin_samples(association_margin_s, sampling_rate)
+    truth = probs.truth
+    tol = tolerance_s * sampling_rate
+    rows = []
+    for det_th in g["detection"]:
+        feats = peak_features(probs.det, probs.p, probs.s, det_th, margin)
+        det_m = detection_metrics(feats.detected, truth.is_earthquake)
+        p_m = {
+            th: phase_metrics(
+                "p",
+                feats.picks_at("p", th),
+                truth.p_sample,
+                truth.is_earthquake,
+                tol,
+                sampling_rate,
+                far_pick_counts_fp,
+            )
+            for th in g["p"]
+        }
+        s_m = {
+            th: phase_metrics(
+                "s",
+                feats.picks_at("s", th),
+                truth.s_sample,
+                truth.is_earthquake,
+                tol,
+                sampling_rate,
+                far_pick_counts_fp,
+            )
+            for th in g["s"]
+        }
+        for p_th, s_th in itertools.product(g["p"], g["s"]):
+            row = {"detection_threshold": det_th, "p_threshold": p_th, "s_threshold": s_th}
+            row.update(det_m)
+            row.update(p_m[p_th])
+            row.update(s_m[s_th])
+            rows.append(row)
+    return pd.DataFrame(rows, columns=list(THRESHOLD_COLUMNS) + list(METRIC_KEYS))
+
+
+def best_thresholds(table: pd.DataFrame, output: str = "p", metric: str = "f1") -> dict[str, float]:
+    """The grid row maximising `<output>_<metric>` (first on ties), as a thresholds mapping."""
+    column = f"{output}_{metric}"
+    if column not in table.columns:
+        raise ConfigError("output", f"no column {column!r} in the threshold table")
+    row = table.loc[table[column].astype(float).idxmax()]
+    return {k: float(row[f"{k}_threshold"]) for k in THRESHOLD_KEYS}
+
+
+def as_records(table: pd.DataFrame) -> list[dict[str, float]]:
+    """Plain dict rows (for logging or JSON), NaN kept as float('nan')."""
+    return [{k: float(v) for k, v in r.items()} for r in table.to_dict(orient="records")]
+
+
+__all__ = ["THRESHOLD_COLUMNS", "as_records", "best_thresholds", "check_grid", "threshold_grid"]

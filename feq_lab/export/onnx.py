@@ -1,0 +1,68 @@
+"""ONNX export of a PickerModel: inputs `waveform` (B, 3, 6000), outputs `detection`, `p`, `s`
+(probabilities), dynamic batch, opset ≥ 17. Written atomically."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from feq_lab.errors import ConfigError
+from feq_lab.paths import atomic_path
+
+INPUT_NAME = "waveform"
+OUTPUT_NAMES = ("detection", "p", "s")
+MIN_OPSET = 17
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> Path:
+    """Export `model` (in eval mode, on CPU) to `path`; the batch axis is dynamic.
+
+    Uses the TorchScript-based exporter: it handles nn.LSTM/nn.GRU natively (fused ONNX LSTM/GRU
+    ops, which onnxruntime runs fast) and is quicker than the dynamo exporter for these models.
+    """
+    if opset < MIN_OPSET:
+        raise ConfigError("opset", f"must be >= {MIN_OPSET} (LayerNormalization), got {opset}")
+    spec = model.spec  # type: ignore[attr-defined]
+    was_training = model.training
+    model.eval()
+    example = torch.zeros(2, spec.in_channels, spec.in_samples)
+    try:
+        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+    finally:
+        model.train(was_training)
+    return Path(path)
+
+
+def onnx_session(path: str | os.PathLike, threads: int = 1):
+    """An onnxruntime CPU session with a fixed thread count (intra-op; inter-op 1)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(detection, p, s) from an onnxruntime session for a (B, 3, 6000) float32 array."""
+    det, p, s = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+    return det, p, s

@@ -1,0 +1,127 @@
+"""What a run *is*: the effective config (grid knobs resolved against the preset), its hash
+(the identity `resume=true` matches on) and the flat params MLflow shows.
+
+Why "effective": `rnn=null` on FEQ3 and `rnn=bilstm` on FEQ3 train the same model, so they must
+hash alike and show the same `rnn` param. Volatile keys (where results are logged, whether to
+resume, the progress bar, the sweeper's trial bookkeeping) never change a result and are left out
+of the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from feq_lab.errors import ConfigError
+
+KNOBS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks")
+VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "train.progress_bar",
+                 "measure")
+BASELINE_KINDS = ("stalta",)
+
+
+def to_plain(cfg: Any, resolve: bool = True) -> dict[str, Any]:
+    """A plain dict of a DictConfig or mapping (interpolations resolved when possible).
+
+    `${hydra:...}` cannot resolve outside a Hydra app (compose API, tests); such values are then
+    kept unresolved instead of failing the run.
+    """
+    if isinstance(cfg, DictConfig):
+        try:
+            return OmegaConf.to_container(cfg, resolve=resolve)  # type: ignore[return-value]
+        except Exception:  # noqa: BLE001 - e.g. ${hydra:runtime.cwd} without a Hydra runtime
+            out = OmegaConf.to_container(cfg, resolve=False)
+            for key in list(out):  # resolve what can be resolved, section by section
+                try:
+                    out[key] = OmegaConf.to_container(cfg[key], resolve=True) if isinstance(
+                        cfg[key], DictConfig) else cfg[key]
+                except Exception:  # noqa: BLE001
+                    pass
+            return out  # type: ignore[return-value]
+    return json.loads(json.dumps(dict(cfg), default=str))
+
+
+def model_kind(model_cfg: Mapping[str, Any]) -> str:
+    """'stalta' for the classical baseline, else 'learned'."""
+    kind = str(model_cfg.get("kind") or "").lower()
+    name = str(model_cfg.get("name") or "").lower()
+    return "stalta" if kind in BASELINE_KINDS or name in BASELINE_KINDS else "learned"
+
+
+def model_name(model_cfg: Mapping[str, Any]) -> str:
+    name = model_cfg.get("name")
+    if not name:
+        raise ConfigError("model.name", "missing: every model preset names itself")
+    return str(name)
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    node: Any = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
+
+
+def effective_config(cfg: Any, spec: Any | None) -> dict[str, Any]:
+    """The composed config with the grid knobs (and `model`) replaced by what is really built."""
+    plain = to_plain(cfg)
+    if spec is not None:
+        model = spec.to_dict()
+        plain["model"] = model
+        for knob in KNOBS:
+            plain[knob] = model[knob]
+    return plain
+
+
+def config_hash(effective: Mapping[str, Any]) -> str:
+    """sha256 (first 16 hex) of the effective config without volatile keys."""
+    tree = json.loads(json.dumps(effective, default=str))
+    for key in VOLATILE_KEYS:
+        _drop(tree, key)
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values (shown as text by MLflow)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def run_params(effective: Mapping[str, Any], data_version: str | None) -> dict[str, str]:
+    """Flat params: every config key, plus `model` = the preset name and `data_version`."""
+    tree = dict(effective)
+    tree.pop("hydra", None)
+    params = {k: _text(v) for k, v in flatten(tree).items()}
+    model = effective.get("model")
+    if isinstance(model, Mapping):
+        params["model"] = str(model.get("name", ""))
+    params["data_version"] = data_version or "unknown"
+    return params
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return "null" if value is None else str(value)
+
+
+def config_yaml(cfg: Any, effective: Mapping[str, Any]) -> str:
+    """The run's config file: the effective config (what was built), as YAML."""
+    return OmegaConf.to_yaml(OmegaConf.create(json.loads(json.dumps(effective, default=str))))

@@ -1,0 +1,312 @@
+"""Building blocks of the EQT/LEQ/FEQ family (REFERENCE §5), channel-first (B, C, T) unless noted.
+
+Why custom layers: TensorFlow's "same" padding and pooling (extra sample on the right, −inf for
+max-pooling), separable convolutions with a bias only on the pointwise half, additive
+self-attention and a Keras `reset_after=False` GRU are what make the parameter counts and the
+outputs match the Keras originals.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BN_EPS = 1e-3  # Keras BatchNormalization default
+
+
+def same_padding(kernel: int) -> tuple[int, int]:
+    """TensorFlow "same" padding of a stride-1 convolution: the odd extra sample goes right."""
+    total = kernel - 1
+    return total // 2, total - total // 2
+
+
+def pool_padding(length: int, pool: int) -> tuple[int, int]:
+    """TensorFlow "same" padding of a max-pool with stride = size."""
+    out = math.ceil(length / pool)
+    total = max((out - 1) * pool + pool - length, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv1d(nn.Module):
+    """Conv1D with TF "same" padding; plain or depthwise-separable (depthwise half unbiased)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, separable: bool = False):
+        super().__init__()
+        left, right = same_padding(kernel)
+        self.extra_right = right - left  # 0 for odd kernels, 1 for even ones
+        if separable:
+            self.depthwise: nn.Module | None = nn.Conv1d(
+                in_channels, in_channels, kernel, padding=left, groups=in_channels, bias=False
+            )
+            self.conv = nn.Conv1d(in_channels, out_channels, 1)
+        else:
+            self.depthwise = None
+            self.conv = nn.Conv1d(in_channels, out_channels, kernel, padding=left)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.extra_right:
+            x = F.pad(x, (0, self.extra_right))
+        if self.depthwise is not None:
+            x = self.depthwise(x)
+        return self.conv(x)
+
+
+class SameMaxPool1d(nn.Module):
+    """Max-pooling with stride = size and TF "same" padding (pads count as −inf)."""
+
+    def __init__(self, pool: int, length: int):
+        super().__init__()
+        self.pool = pool
+        self.left, self.right = pool_padding(length, pool)
+        self.out_length = math.ceil(length / pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.left == 0 and self.right == 0:
+            return F.max_pool1d(x, self.pool)
+        if self.left == 0:  # a partial window at the end: ceil_mode ignores the missing samples
+            return F.max_pool1d(x, self.pool, ceil_mode=True)
+        if self.left == self.right and 2 * self.left <= self.pool:
+            return F.max_pool1d(x, self.pool, padding=self.left)
+        return F.max_pool1d(F.pad(x, (self.left, self.right), value=-math.inf), self.pool)
+
+
+class SpatialDropout(nn.Dropout1d):
+    """Drops whole channels of (B, C, T); off in eval unless Monte-Carlo mode switches it on."""
+
+
+class ResidualBlock(nn.Module):
+    """EQT residual block: [BN → ReLU → SpatialDropout → Conv(k)] × 2, plus identity."""
+
+    def __init__(self, width: int, kernel: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.BatchNorm1d(width, eps=BN_EPS)
+        self.conv1 = SameConv1d(width, width, kernel)
+        self.norm2 = nn.BatchNorm1d(width, eps=BN_EPS)
+        self.conv2 = SameConv1d(width, width, kernel)
+        self.drop = SpatialDropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(self.drop(F.relu(self.norm1(x))))
+        y = self.conv2(self.drop(F.relu(self.norm2(y))))
+        return x + y
+
+
+class BottleneckBlock(nn.Module):
+    """LEQNet bottleneck: BN → ReLU → 1×1 squeeze → BN → ReLU → SpatialDropout → Conv(k) → BN →
+    ReLU → 1×1 expand, plus identity."""
+
+    def __init__(self, width: int, squeeze: int, kernel: int, dropout: float):
+        super().__init__()
+        self.norm_in = nn.BatchNorm1d(width, eps=BN_EPS)
+        self.squeeze = nn.Conv1d(width, squeeze, 1)
+        self.norm_squeezed = nn.BatchNorm1d(squeeze, eps=BN_EPS)
+        self.drop = SpatialDropout(dropout)
+        self.conv = SameConv1d(squeeze, squeeze, kernel)
+        self.norm_mid = nn.BatchNorm1d(squeeze, eps=BN_EPS)
+        self.expand = nn.Conv1d(squeeze, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.squeeze(F.relu(self.norm_in(x)))
+        y = self.conv(self.drop(F.relu(self.norm_squeezed(y))))
+        y = self.expand(F.relu(self.norm_mid(y)))
+        return x + y
+
+
+class KerasGRU(nn.Module):
+    """GRU as Keras 2.3.1 builds it (`reset_after=False`): one bias, reset gate applied to h
+    *before* the recurrent matmul. Batch-first (B, T, C). Slow (a Python loop) but faithful.
+
+    Parameter layout per direction: weight_ih (3u, in), weight_hh (3u, u), bias (3u), gate
+    order z, r, n (Keras' order)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bidirectional: bool = False):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        u = hidden_size
+        bound = 1.0 / math.sqrt(u)
+        for suffix in self._suffixes():
+            self.register_parameter(
+                f"weight_ih{suffix}", nn.Parameter(torch.empty(3 * u, input_size).uniform_(-bound, bound))
+            )
+            self.register_parameter(
+                f"weight_hh{suffix}", nn.Parameter(torch.empty(3 * u, u).uniform_(-bound, bound))
+            )
+            self.register_parameter(f"bias{suffix}", nn.Parameter(torch.zeros(3 * u)))
+
+    def _suffixes(self) -> list[str]:
+        return ["_l0", "_l0_reverse"][: self.num_directions]
+
+    def _run(self, x: torch.Tensor, suffix: str, reverse: bool) -> torch.Tensor:
+        u = self.hidden_size
+        w_hh = getattr(self, f"weight_hh{suffix}")
+        gates_x = F.linear(x, getattr(self, f"weight_ih{suffix}"), getattr(self, f"bias{suffix}"))
+        h = x.new_zeros(x.shape[0], u)
+        steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+        out: list[torch.Tensor] = [h] * x.shape[1]
+        for t in steps:
+            gx = gates_x[:, t]
+            zr = torch.sigmoid(gx[:, : 2 * u] + h @ w_hh[: 2 * u].t())
+            z, r = zr[:, :u], zr[:, u:]
+            n = torch.tanh(gx[:, 2 * u :] + (r * h) @ w_hh[2 * u :].t())
+            h = z * h + (1 - z) * n
+            out[t] = h
+        return torch.stack(out, dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        outs = [self._run(x, s, reverse=(i == 1)) for i, s in enumerate(self._suffixes())]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)), None
+
+
+def make_rnn(kind: str, input_size: int, hidden_size: int, gru_impl: str) -> nn.Module:
+    """An LSTM or GRU, uni- or bidirectional ("bi" prefix), batch-first, returning (out, state)."""
+    bidirectional = kind.startswith("bi")
+    cell = kind[2:] if bidirectional else kind
+    if cell == "lstm":
+        return nn.LSTM(input_size, hidden_size, batch_first=True, bidirectional=bidirectional)
+    if gru_impl == "keras":
+        return KerasGRU(input_size, hidden_size, bidirectional=bidirectional)
+    return nn.GRU(input_size, hidden_size, batch_first=True, bidirectional=bidirectional)
+
+
+class RecurrentBlock(nn.Module):
+    """EQT BiLSTM block on (B, T, C): RNN → dropout → 1×1 conv (a per-step linear) → BN."""
+
+    def __init__(self, kind: str, input_size: int, units: int, dropout: float, gru_impl: str):
+        super().__init__()
+        self.rnn = make_rnn(kind, input_size, units, gru_impl)
+        directions = 2 if kind.startswith("bi") else 1
+        self.drop = nn.Dropout(dropout)
+        self.project = nn.Linear(directions * units, units)
+        self.norm = nn.BatchNorm1d(units, eps=BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.drop(self.rnn(x)[0]))
+        if self.training:
+            return self.norm(y.transpose(1, 2)).transpose(1, 2)
+        # eval: BN is a per-channel affine map; apply it on the last axis without transposes
+        scale = self.norm.weight * torch.rsqrt(self.norm.running_var + self.norm.eps)
+        return y * scale + (self.norm.bias - self.norm.running_mean * scale)
+
+
+class AdditiveSelfAttention(nn.Module):
+    """keras-self-attention's additive SeqSelfAttention on (B, T, C).
+
+    e[t, s] = w_a · tanh(W_t x_t + W_x x_s + b_h) + b_a, softmax over s (within `width` steps
+    centred on t when `width` is set), output_t = Σ_s a[t, s] x_s.
+    """
+
+    def __init__(self, channels: int, units: int = 32, width: int | None = None, eps: float = 1e-7):
+        super().__init__()
+        self.query = nn.Linear(channels, units, bias=False)  # W_t
+        self.key = nn.Linear(channels, units, bias=False)  # W_x
+        self.hidden_bias = nn.Parameter(torch.zeros(units))  # b_h
+        self.score = nn.Linear(units, 1)  # w_a, b_a (b_a cancels in the softmax; kept for counts)
+        self.width = width
+        self.eps = eps
+        for lin in (self.query, self.key, self.score):
+            nn.init.xavier_uniform_(lin.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.query(x) + self.hidden_bias  # (B, T, U)
+        k = self.key(x)
+        if self.width is None:
+            e = self.score(torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))).squeeze(-1)  # (B, T, T)
+            e = torch.exp(e - e.amax(dim=-1, keepdim=True))
+            a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
+            return a @ x
+        return self._local(x, q, k)
+
+    def _local(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Banded attention: only the `width` neighbours s ∈ [t − width//2, t − width//2 + width)
+        are scored (what the masked dense form computes, without the T×T tensor)."""
+        lo = self.width // 2
+        hi = self.width - 1 - lo
+        length = x.shape[1]
+        k_pad = F.pad(k, (0, 0, lo, hi))
+        x_pad = F.pad(x, (0, 0, lo, hi))
+        # valid[t, j]: neighbour s = t − lo + j lies inside the sequence
+        idx = torch.arange(length, device=x.device).unsqueeze(1) - lo + torch.arange(self.width, device=x.device)
+        valid = (idx >= 0) & (idx < length)
+        k_win = torch.stack([k_pad[:, j : j + length] for j in range(self.width)], dim=2)  # (B,T,W,U)
+        x_win = torch.stack([x_pad[:, j : j + length] for j in range(self.width)], dim=2)  # (B,T,W,C)
+        e = self.score(torch.tanh(q.unsqueeze(2) + k_win)).squeeze(-1)  # (B, T, W)
+        e = e.masked_fill(~valid, -math.inf)
+        e = torch.exp(e - e.amax(dim=-1, keepdim=True))
+        a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
+        return (a.unsqueeze(-1) * x_win).sum(dim=2)
+
+
+class TransformerBlock(nn.Module):
+    """EQT's global transformer on (B, T, C): x + attention → LayerNorm → + feed-forward → LayerNorm."""
+
+    def __init__(self, channels: int, attention_units: int, ff_units: int, dropout: float, ln_eps: float):
+        super().__init__()
+        self.attention = AdditiveSelfAttention(channels, attention_units)
+        self.norm1 = nn.LayerNorm(channels, eps=ln_eps)
+        self.ff_in = nn.Linear(channels, ff_units)
+        self.ff_out = nn.Linear(ff_units, channels)
+        self.drop = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(channels, eps=ln_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x + self.attention(x))
+        return self.norm2(y + self.ff_out(self.drop(F.relu(self.ff_in(y)))))
+
+
+class PickerBranch(nn.Module):
+    """P or S branch on (B, T, C): uni-directional RNN → dropout → local attention."""
+
+    def __init__(self, kind: str, units: int, attention_units: int, width: int, dropout: float, gru_impl: str):
+        super().__init__()
+        self.rnn = make_rnn(kind, units, units, gru_impl)
+        self.drop = nn.Dropout(dropout)
+        self.attention = AdditiveSelfAttention(units, attention_units, width=width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.drop(self.rnn(x)[0]))
+
+
+class Decoder(nn.Module):
+    """Upsample (nearest) → crop → conv + ReLU per stage, then a 1-channel head (logits).
+
+    `layer_of_stage[i]` is the index of the conv used at stage i (equal indices share weights;
+    indices are numbered in order of first use, see `picker.layer_indices`)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        filters: Sequence[int],
+        kernels: Sequence[int],
+        upsample: Sequence[int],
+        crops: Sequence[Sequence[int]],
+        layer_of_stage: Sequence[int],
+        separable: bool,
+        head_kernel: int,
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        channels = in_channels
+        for i, (f, k) in enumerate(zip(filters, kernels)):
+            if layer_of_stage[i] == len(self.layers):  # first use of this layer: build it
+                self.layers.append(SameConv1d(channels, f, k, separable=separable))
+            channels = f
+        self.layer_of_stage = list(layer_of_stage)
+        self.upsample = list(upsample)
+        self.crops = [tuple(c) for c in crops]
+        self.head = SameConv1d(channels, 1, head_kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, j in enumerate(self.layer_of_stage):
+            x = torch.repeat_interleave(x, self.upsample[i], dim=2)
+            left, right = self.crops[i]
+            if left or right:
+                x = x[:, :, left : x.shape[2] - right]
+            x = F.relu(self.layers[j](x))
+        return self.head(x).squeeze(1)

@@ -1,0 +1,463 @@
+"""Selection policies: pure functions from tracked runs to one champion, with the reasons.
+
+Why pure: the decision must be reproducible and testable on hand-made records; only the entry
+point (`feq_lab.select`) reads MLflow, and only through `feq_lab.tracking`.
+
+Every policy first keeps the FINISHED runs that are candidates (classical baselines such as
+`model=stalta` are excluded: they are a reference row, not a deployable picker), checks that
+every key it needs is present, applies the optional constraints, then ranks what is left:
+- `constraints`: lexicographic objectives (the study's reasoning: small and fast enough, then
+  fewest detection false negatives, ties broken by S F1);
+- `pareto`: the non-dominated set on the objectives, the knee = the front point closest to the
+  ideal point after scaling each objective to [0, 1] over the front;
+- `weighted`: a weighted sum of min-max scaled objectives (1 = best candidate).
+Remaining ties go to `tie_breakers`, then to the run label and id, so the answer is stable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from feq_lab.errors import ConfigError, SelectionError
+from feq_lab.selection.tables import param
+from feq_lab.tracking.records import RunRecord
+
+POLICIES = ("constraints", "pareto", "weighted")
+GOALS = ("min", "max")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A metric key and whether smaller or larger is better."""
+
+    key: str
+    goal: str = "max"
+    weight: float = 1.0
+
+    def better(self, a: float, b: float) -> bool:
+        """True when value `a` is strictly better than `b`."""
+        return a < b if self.goal == "min" else a > b
+
+    def sort_value(self, v: float) -> float:
+        """A value whose ascending order puts the best first."""
+        return v if self.goal == "min" else -v
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.goal})"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A bound on one metric, absolute (`max`, `min`) or relative to the best candidate.
+
+    `max_rel: 1.5` on latency keeps runs at most 1.5 x the fastest candidate; `min_rel: 0.98` on
+    an F1 keeps runs within 2 % of the best one. Why relative bounds: absolute latencies depend on
+    the machine, "near the fastest" does not.
+    """
+
+    key: str
+    max: float | None = None
+    min: float | None = None
+    max_rel: float | None = None
+    min_rel: float | None = None
+
+    def bounds(self, values: Sequence[float]) -> tuple[float, float]:
+        """The (low, high) interval a value must fall in, given all candidates' values."""
+        low, high = -math.inf, math.inf
+        if self.max is not None:
+            high = min(high, float(self.max))
+        if self.min is not None:
+            low = max(low, float(self.min))
+        if self.max_rel is not None:
+            high = min(high, float(self.max_rel) * min(values))
+        if self.min_rel is not None:
+            low = max(low, float(self.min_rel) * max(values))
+        return low, high
+
+    def __str__(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {_fmt(self.min)}")
+        if self.max is not None:
+            parts.append(f"<= {_fmt(self.max)}")
+        if self.min_rel is not None:
+            parts.append(f">= {_fmt(self.min_rel)} x best")
+        if self.max_rel is not None:
+            parts.append(f"<= {_fmt(self.max_rel)} x best")
+        return f"{self.key} " + " and ".join(parts)
+
+
+@dataclass
+class CandidateResult:
+    """How one run fared: `status` is chosen | feasible | dominated | rejected | baseline."""
+
+    run: RunRecord
+    status: str
+    rank: int | None = None
+    score: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self, keys: Iterable[str]) -> dict[str, Any]:
+        return {
+            "run_id": self.run.run_id,
+            "name": self.run.label,
+            "status": self.status,
+            "rank": self.rank,
+            "score": self.score,
+            "notes": list(self.notes),
+            "metrics": {k: self.run.metrics.get(k) for k in keys},
+        }
+
+
+@dataclass
+class Decision:
+    """The champion, every candidate's fate and the human-readable reasons."""
+
+    policy: str
+    champion: RunRecord
+    candidates: list[CandidateResult]
+    reasons: list[str]
+    keys: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (what `reports/selection.json` holds)."""
+        champ = self.champion
+        return {
+            "policy": self.policy,
+            "settings": self.settings,
+            "champion": {
+                "run_id": champ.run_id,
+                "name": champ.label,
+                "params": dict(sorted(champ.params.items())),
+                "metrics": {k: champ.metrics.get(k) for k in self.keys},
+            },
+            "reasons": list(self.reasons),
+            "candidates": [c.to_dict(self.keys) for c in self.candidates],
+        }
+
+
+# --------------------------------------------------------------------------- parsing config
+
+
+def parse_objectives(items: Any, where: str) -> list[Objective]:
+    """`[{key: test/s_f1, goal: max, weight: 1}, ...]` -> objectives (ConfigError on bad items)."""
+    if items is None:
+        return []
+    if isinstance(items, Mapping):  # {key: goal} shorthand
+        items = [{"key": k, "goal": g} for k, g in items.items()]
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping) or "key" not in item:
+            raise ConfigError(f"{where}[{i}]", f"expected a mapping with 'key', got {item!r}")
+        goal = str(item.get("goal", "max"))
+        if goal not in GOALS:
+            raise ConfigError(f"{where}[{i}].goal", f"must be one of {GOALS}, got {goal!r}")
+        weight = float(item.get("weight", 1.0))
+        if not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"{where}[{i}].weight", f"must be a finite number >= 0, got {weight}")
+        out.append(Objective(str(item["key"]), goal, weight))
+    return out
+
+
+def parse_constraints(items: Any, where: str = "select.constraints") -> list[Constraint]:
+    """`[{key: size/model_mb, max: 1.0}, ...]` -> constraints; a bound-less item is an error."""
+    if items is None:
+        return []
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping) or "key" not in item:
+            raise ConfigError(f"{where}[{i}]", f"expected a mapping with 'key', got {item!r}")
+        unknown = set(item) - {"key", "max", "min", "max_rel", "min_rel"}
+        if unknown:
+            raise ConfigError(f"{where}[{i}]", f"unknown fields {sorted(unknown)}")
+        bounds = {k: item.get(k) for k in ("max", "min", "max_rel", "min_rel")}
+        if all(v is None for v in bounds.values()):
+            raise ConfigError(f"{where}[{i}]", f"constraint on {item['key']} has no bound")
+        out.append(Constraint(str(item["key"]), **{k: _num(v, f"{where}[{i}].{k}")
+                                                    for k, v in bounds.items()}))
+    return out
+
+
+def _num(v: Any, key: str) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a number, got {v!r}") from None
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def split_candidates(
+    runs: Sequence[RunRecord], exclude: Mapping[str, Sequence[str]] | None = None
+) -> tuple[list[RunRecord], list[RunRecord]]:
+    """FINISHED runs split into (candidates, baselines); error when nothing can be chosen.
+
+    `exclude` maps a param to values that mark a run as a baseline (default: model=stalta).
+    """
+    exclude = {"model": ["stalta"]} if exclude is None else exclude
+    if not runs:
+        raise SelectionError("no runs found in the sweep: nothing to select from")
+    finished = [r for r in runs if r.status == "FINISHED"]
+    if not finished:
+        listing = ", ".join(f"{r.label} ({r.run_id[:8]}) {r.status}" for r in runs)
+        raise SelectionError(f"no FINISHED run in the sweep; runs found: {listing}")
+    baselines = [r for r in finished
+                 if any(param(r, p) in {str(v) for v in vals} for p, vals in exclude.items())]
+    candidates = [r for r in finished if r not in baselines]
+    if not candidates:
+        listing = ", ".join(f"{r.label} ({r.run_id[:8]})" for r in finished)
+        raise SelectionError(
+            f"every FINISHED run is a baseline excluded by {dict(exclude)}: {listing}")
+    return candidates, baselines
+
+
+def require_metrics(runs: Sequence[RunRecord], keys: Iterable[str]) -> None:
+    """Raise naming each run and each key it lacks (NaN counts as missing: a failed metric)."""
+    keys = list(dict.fromkeys(keys))
+    problems = []
+    for r in runs:
+        missing = [k for k in keys if not _finite(r.metrics.get(k))]
+        if missing:
+            problems.append(f"run {r.label} ({r.run_id}) lacks {', '.join(missing)}")
+    if problems:
+        raise SelectionError("missing metrics needed by the policy: " + "; ".join(problems))
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def apply_constraints(
+    runs: Sequence[RunRecord], constraints: Sequence[Constraint]
+) -> tuple[list[RunRecord], dict[str, list[str]], list[str]]:
+    """(feasible runs, notes per rejected run id, reasons); bounds computed over all `runs`."""
+    rejected: dict[str, list[str]] = {}
+    reasons = []
+    for c in constraints:
+        values = [r.metrics[c.key] for r in runs]
+        low, high = c.bounds(values)
+        out = []
+        for r in runs:
+            v = r.metrics[c.key]
+            if v < low or v > high:
+                why = f"{c.key}={_fmt(v)} outside [{_fmt(low)}, {_fmt(high)}]"
+                rejected.setdefault(r.run_id, []).append(why)
+                out.append(f"{r.label} ({_fmt(v)})")
+        reasons.append(f"constraint {c} (bound [{_fmt(low)}, {_fmt(high)}]): "
+                       + (f"rejects {', '.join(out)}" if out else "every candidate passes"))
+    feasible = [r for r in runs if r.run_id not in rejected]
+    if not feasible:
+        detail = "; ".join(f"{_run_name(runs, rid)}: {', '.join(n)}" for rid, n in rejected.items())
+        raise SelectionError(f"no run satisfies the constraints: {detail}")
+    return feasible, rejected, reasons
+
+
+def _run_name(runs: Sequence[RunRecord], run_id: str) -> str:
+    r = next(r for r in runs if r.run_id == run_id)
+    return f"{r.label} ({r.run_id[:8]})"
+
+
+def lexicographic_key(objectives: Sequence[Objective]):
+    """Sort key: objectives in order, then the label and id (stable, deterministic)."""
+    def key(r: RunRecord):
+        return tuple(o.sort_value(r.metrics[o.key]) for o in objectives) + (r.label, r.run_id)
+    return key
+
+
+def explain_order(ranked: Sequence[RunRecord], objectives: Sequence[Objective]) -> str:
+    """Why the first run beats the second: the first objective that separates them."""
+    if len(ranked) < 2:
+        return f"{ranked[0].label} is the only feasible candidate"
+    a, b = ranked[0], ranked[1]
+    for i, o in enumerate(objectives):
+        va, vb = a.metrics[o.key], b.metrics[o.key]
+        if va != vb:
+            tie = ("" if i == 0 else "tied on " + ", ".join(
+                f"{p.key}={_fmt(a.metrics[p.key])}" for p in objectives[:i]) + "; ")
+            return (f"{a.label} beats the runner-up {b.label}: {tie}"
+                    f"{o.key} {_fmt(va)} vs {_fmt(vb)} ({o.goal})")
+    return (f"{a.label} and {b.label} tie on every objective; the run label/id order decides "
+            f"({a.label} < {b.label})")
+
+
+# --------------------------------------------------------------------------- the policies
+
+
+def select(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> Decision:
+    """Apply the policy described by a `select` config mapping (see conf/select/*.yaml)."""
+    policy = str(cfg.get("policy", "constraints"))
+    if policy not in POLICIES:
+        raise ConfigError("select.policy", f"must be one of {POLICIES}, got {policy!r}")
+    exclude = cfg.get("exclude")
+    constraints = parse_constraints(cfg.get("constraints"))
+    objectives = parse_objectives(cfg.get("objectives"), "select.objectives")
+    tie_breakers = parse_objectives(cfg.get("tie_breakers"), "select.tie_breakers")
+    if not objectives:
+        raise ConfigError("select.objectives", "at least one objective is needed")
+    fn = {"constraints": select_constraints, "pareto": select_pareto,
+          "weighted": select_weighted}[policy]
+    return fn(runs, objectives=objectives, constraints=constraints,
+              tie_breakers=tie_breakers, exclude=exclude)
+
+
+def _prepare(runs, objectives, constraints, tie_breakers, exclude, policy):
+    """Shared first steps; returns (candidates, baselines, feasible, rejected, reasons, keys)."""
+    candidates, baselines = split_candidates(runs, exclude)
+    keys = list(dict.fromkeys([c.key for c in constraints] + [o.key for o in objectives]
+                              + [o.key for o in tie_breakers]))
+    require_metrics(candidates, keys)
+    reasons = [f"policy {policy}: {len(candidates)} candidate run(s) among {len(runs)} "
+               f"({len(baselines)} baseline(s) excluded: "
+               f"{', '.join(b.label for b in baselines) or 'none'})"]
+    feasible, rejected, why = apply_constraints(candidates, constraints)
+    reasons += why
+    return candidates, baselines, feasible, rejected, reasons, keys
+
+
+def _results(candidates, baselines, rejected, ranked, status_of, score_of=None, notes_of=None):
+    rank = {r.run_id: i + 1 for i, r in enumerate(ranked)}
+    out = []
+    for r in sorted(candidates, key=lambda r: (rank.get(r.run_id, 10**9), r.label, r.run_id)):
+        if r.run_id in rejected:
+            out.append(CandidateResult(r, "rejected", notes=rejected[r.run_id]))
+        else:
+            out.append(CandidateResult(
+                r, status_of(r), rank=rank.get(r.run_id),
+                score=None if score_of is None else score_of(r),
+                notes=[] if notes_of is None else notes_of(r)))
+    out += [CandidateResult(b, "baseline", notes=["classical baseline, reference only"])
+            for b in baselines]
+    return out
+
+
+def select_constraints(runs, *, objectives, constraints=(), tie_breakers=(), exclude=None):
+    """Keep runs within every bound, then rank lexicographically by the objectives."""
+    order = list(objectives) + list(tie_breakers)
+    candidates, baselines, feasible, rejected, reasons, keys = _prepare(
+        runs, objectives, constraints, tie_breakers, exclude, "constraints")
+    ranked = sorted(feasible, key=lexicographic_key(order))
+    champ = ranked[0]
+    reasons.append(f"feasible: {', '.join(r.label for r in ranked)}; ranked by "
+                   + ", then ".join(str(o) for o in order))
+    reasons.append(explain_order(ranked, order))
+    results = _results(candidates, baselines, rejected, ranked,
+                       lambda r: "chosen" if r is champ else "feasible")
+    return Decision("constraints", champ, results, reasons, keys,
+                    _settings(objectives, constraints, tie_breakers))
+
+
+def dominates(a: RunRecord, b: RunRecord, objectives: Sequence[Objective]) -> bool:
+    """a is no worse than b on every objective and strictly better on one."""
+    strictly = False
+    for o in objectives:
+        va, vb = a.metrics[o.key], b.metrics[o.key]
+        if o.better(vb, va):
+            return False
+        strictly = strictly or o.better(va, vb)
+    return strictly
+
+
+def pareto_front(runs: Sequence[RunRecord], objectives: Sequence[Objective]) -> list[RunRecord]:
+    """The non-dominated runs (duplicates of one point all stay on the front)."""
+    return [r for r in runs if not any(dominates(o, r, objectives) for o in runs if o is not r)]
+
+
+def _scaled(runs: Sequence[RunRecord], o: Objective) -> dict[str, float]:
+    """Each run's value scaled to [0, 1] over `runs`, 0 = best; a flat objective scales to 0."""
+    vals = [r.metrics[o.key] for r in runs]
+    lo, hi = min(vals), max(vals)
+    if hi == lo:
+        return {r.run_id: 0.0 for r in runs}
+    best = lo if o.goal == "min" else hi
+    return {r.run_id: abs(r.metrics[o.key] - best) / (hi - lo) for r in runs}
+
+
+def select_pareto(runs, *, objectives, constraints=(), tie_breakers=(), exclude=None):
+    """Non-dominated set on the objectives; the knee = the point closest to the ideal one."""
+    candidates, baselines, feasible, rejected, reasons, keys = _prepare(
+        runs, objectives, constraints, tie_breakers, exclude, "pareto")
+    front = pareto_front(feasible, objectives)
+    scaled = {o.key: _scaled(front, o) for o in objectives}
+    dist = {r.run_id: math.sqrt(sum((o.weight * scaled[o.key][r.run_id]) ** 2
+                                    for o in objectives)) for r in front}
+    ranked = sorted(front, key=lambda r: (round(dist[r.run_id], 12),)
+                    + lexicographic_key(list(tie_breakers))(r))
+    champ = ranked[0]
+    dominated = [r for r in feasible if r not in front]
+    reasons.append(f"objectives: {', '.join(str(o) for o in objectives)}; non-dominated: "
+                   f"{', '.join(r.label for r in front)}"
+                   + (f"; dominated: {', '.join(r.label for r in dominated)}" if dominated else ""))
+    reasons.append(f"knee = front point nearest the ideal point (each objective scaled to [0, 1] "
+                   f"over the front): {champ.label} at distance {dist[champ.run_id]:.4g}")
+    if len(ranked) > 1:
+        nxt = ranked[1]
+        if round(dist[nxt.run_id], 12) == round(dist[champ.run_id], 12):
+            reasons.append(f"tie in distance with {nxt.label} broken by "
+                           + (", ".join(str(o) for o in tie_breakers) or "run label/id"))
+        else:
+            reasons.append(f"runner-up {nxt.label} at distance {dist[nxt.run_id]:.4g}")
+
+    def notes(r):
+        if r in dominated:
+            by = [o.label for o in feasible if dominates(o, r, objectives)]
+            return [f"dominated by {', '.join(by)}"]
+        return []
+
+    results = _results(candidates, baselines, rejected, ranked,
+                       lambda r: "chosen" if r is champ else ("feasible" if r in front
+                                                              else "dominated"),
+                       score_of=lambda r: dist.get(r.run_id), notes_of=notes)
+    return Decision("pareto", champ, results, reasons, keys,
+                    _settings(objectives, constraints, tie_breakers))
+
+
+def select_weighted(runs, *, objectives, constraints=(), tie_breakers=(), exclude=None):
+    """Weighted mean of objectives scaled to [0, 1] over the feasible runs (1 = best)."""
+    candidates, baselines, feasible, rejected, reasons, keys = _prepare(
+        runs, objectives, constraints, tie_breakers, exclude, "weighted")
+    total_w = sum(o.weight for o in objectives)
+    if total_w <= 0:
+        raise ConfigError("select.objectives", "weights sum to 0")
+    scaled = {o.key: _scaled(feasible, o) for o in objectives}
+    score = {r.run_id: sum(o.weight * (1.0 - scaled[o.key][r.run_id]) for o in objectives)
+             / total_w for r in feasible}
+    ranked = sorted(feasible, key=lambda r: (-round(score[r.run_id], 12),)
+                    + lexicographic_key(list(tie_breakers))(r))
+    champ = ranked[0]
+    reasons.append("score = weighted mean of objectives scaled to [0, 1] over the feasible runs "
+                   "(1 = best): " + ", ".join(f"{o.key} ({o.goal}) x {_fmt(o.weight)}"
+                                              for o in objectives))
+    reasons.append(f"{champ.label} scores {score[champ.run_id]:.4f}"
+                   + (f", runner-up {ranked[1].label} {score[ranked[1].run_id]:.4f}"
+                      if len(ranked) > 1 else ""))
+    if len(ranked) > 1 and round(score[ranked[1].run_id], 12) == round(score[champ.run_id], 12):
+        reasons.append(f"tie in score broken by "
+                       + (", ".join(str(o) for o in tie_breakers) or "run label/id"))
+    results = _results(candidates, baselines, rejected, ranked,
+                       lambda r: "chosen" if r is champ else "feasible",
+                       score_of=lambda r: score.get(r.run_id))
+    return Decision("weighted", champ, results, reasons, keys,
+                    _settings(objectives, constraints, tie_breakers))
+
+
+def _settings(objectives, constraints, tie_breakers) -> dict[str, Any]:
+    return {
+        "objectives": [{"key": o.key, "goal": o.goal, "weight": o.weight} for o in objectives],
+        "constraints": [{k: v for k, v in vars(c).items() if v is not None} for c in constraints],
+        "tie_breakers": [{"key": o.key, "goal": o.goal} for o in tie_breakers],
+    }
+
+
+def _fmt(v: float) -> str:
+    """Compact number formatting for reasons (integers without decimals)."""
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if float(v).is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.4g}"

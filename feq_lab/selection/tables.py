@@ -1,0 +1,135 @@
+"""The study's tables rebuilt from run records: pure data in, Markdown text out.
+
+Why separate from the figures: tables are plain strings, cheap to test exactly; every number is
+read from a `RunRecord` (i.e. from MLflow), none is typed in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+from feq_lab.tracking.records import RunRecord
+
+PRESET_ORDER = ("eqt", "leq", "feq1", "feq2", "feq3")
+GRID_PARAMS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks")
+BASELINE_MODELS = ("stalta",)
+OUTPUTS = ("detection", "p", "s")
+OUTPUT_NAMES = {"detection": "Detection", "p": "P", "s": "S"}
+SECTIONS = (("encoder", "Encoder"), ("bottleneck", "ResNet / bottleneck"),
+            ("rnn_transformer", "LSTM (GRU) & Transformer"), ("decoder", "Decoder"))
+UNSET = {"", "none", "null", "nan"}
+MISSING = "—"
+
+
+def param(run: RunRecord, key: str) -> str | None:
+    """A param by dotted key, whatever separator the flattening used ('.', '/', '_').
+
+    `model` falls back to `model.name` (the preset's own name) when logged as a nested config.
+    """
+    keys = [key, key.replace(".", "/"), key.replace(".", "_")]
+    if key == "model":
+        keys += ["model.name", "model/name", "model_name"]
+    for k in keys:
+        v = run.params.get(k)
+        if v is not None and str(v).strip().lower() not in UNSET:
+            return str(v)
+    return None
+
+
+def is_baseline(run: RunRecord) -> bool:
+    """A classical (non-learned) reference run, e.g. model=stalta."""
+    return (param(run, "model") or "").lower() in BASELINE_MODELS
+
+
+def is_preset(run: RunRecord) -> bool:
+    """A learned run with no grid override: one of the five published architectures."""
+    return not is_baseline(run) and all(param(run, k) is None for k in GRID_PARAMS)
+
+
+def variant_label(run: RunRecord) -> str:
+    """Model preset plus its grid overrides, e.g. 'feq3 rnn=gru cnn_blocks=4'."""
+    model = param(run, "model")
+    if model is None or model.startswith("{"):
+        return run.label
+    extra = [f"{k}={param(run, k)}" for k in GRID_PARAMS if param(run, k) is not None]
+    return " ".join([model.upper() if model in PRESET_ORDER else model] + extra)
+
+
+def unique_labels(runs: Sequence[RunRecord]) -> dict[str, str]:
+    """run_id -> label; duplicates (a config run twice) get the short run id appended."""
+    labels = {r.run_id: variant_label(r) for r in runs}
+    counts: dict[str, int] = {}
+    for v in labels.values():
+        counts[v] = counts.get(v, 0) + 1
+    return {rid: (f"{v} ({rid[:6]})" if counts[v] > 1 else v) for rid, v in labels.items()}
+
+
+def order_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:
+    """Presets in the study's order, then grid variants, then baselines; stable by label."""
+    def key(r: RunRecord):
+        model = (param(r, "model") or "").lower()
+        group = 2 if is_baseline(r) else (0 if is_preset(r) else 1)
+        pos = PRESET_ORDER.index(model) if model in PRESET_ORDER else len(PRESET_ORDER)
+        return (group, pos, variant_label(r), r.run_id)
+    return sorted(runs, key=key)
+
+
+def fmt(v: Any, kind: str = "auto") -> str:
+    """Numbers as the study prints them: counts with thousands separators, ratios 3 decimals."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return MISSING
+    if kind == "int" or (kind == "auto" and float(v).is_integer() and abs(v) >= 10):
+        return f"{int(round(v)):,}"
+    if kind == "f1":
+        return f"{v:.3f}"
+    if kind == "mb":
+        return f"{v:.3f}"
+    if kind == "ms":
+        return f"{v:.2f}"
+    return f"{v:.4g}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                   align: str | None = None) -> str:
+    """A GitHub-flavoured Markdown table; first column left-aligned, the rest right."""
+    align = align or ("l" + "r" * (len(header) - 1))
+    seps = [":---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(seps) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def params_table(runs: Sequence[RunRecord], labels: dict[str, str]) -> str:
+    """Tables 1/2: parameters per section (Keras 'paper' convention), models as columns."""
+    header = ["Section"] + [labels[r.run_id] for r in runs]
+    rows = [[name] + [fmt(r.metrics.get(f"params/{key}_paper"), "int") for r in runs]
+            for key, name in SECTIONS]
+    rows.append(["**Total**"] + [fmt(r.metrics.get("params/total_paper"), "int") for r in runs])
+    rows.append(["Total (PyTorch numel)"]
+                + [fmt(r.metrics.get("params/total_torch"), "int") for r in runs])
+    return markdown_table(header, rows)
+
+
+def run_rows(runs: Sequence[RunRecord], labels: dict[str, str],
+             columns: Sequence[tuple[str, str, str]],
+             mark: Callable[[RunRecord], str] | None = None) -> str:
+    """One row per run; `columns` = (header, metric key, format kind)."""
+    header = ["Model"] + [c[0] for c in columns]
+    rows = []
+    for r in runs:
+        name = labels[r.run_id] + (mark(r) if mark else "")
+        rows.append([name] + [fmt(r.metrics.get(key), kind) for _, key, kind in columns])
+    return markdown_table(header, rows)
+
+
+SIZE_COLUMNS = [("Params (paper)", "params/total_paper", "int"),
+                ("Params (torch)", "params/total_torch", "int"),
+                ("Size (MB)", "size/model_mb", "mb"),
+                ("Latency p50 (ms / 60-s window)", "latency/window_ms_p50", "ms")]
+F1_COLUMNS = ([(f"{OUTPUT_NAMES[o]} F1", f"test/{o}_f1", "f1") for o in OUTPUTS]
+              + [(f"{OUTPUT_NAMES[o]} {s}", f"test/{o}_{s}", "f1")
+                 for o in OUTPUTS for s in ("precision", "recall")]
+              + [("P MAE (s)", "test/p_residual_mae_s", "f1"),
+                 ("S MAE (s)", "test/s_residual_mae_s", "f1")])
+FN_COLUMNS = [(f"{OUTPUT_NAMES[o]} FN", f"test/{o}_fn", "int") for o in OUTPUTS]

@@ -1,0 +1,549 @@
+"""Continuous detection and P/S picking: rolling buffers, 60-s windows, stacking, events.
+
+Why this shape: a window's position depends only on its sample index since the station's first
+sample (multiples of `stride`), and a probability sample is "final" once every regular window
+covering it has run. Events are read from final samples only, so the blocks' lengths, their
+arrival order (within `max_delay_s`) and the batch sizes never change what is emitted, and no
+event can be emitted twice. The stream's end runs one right-aligned window over the newest
+samples (the tail), so nothing is dropped.
+
+Preprocessing is causal: per-window normalisation identical to training
+(`feq_lab.data.labels.normalize`), gap filling from past samples only, and a stateful causal
+anti-alias filter when a stream must be resampled to 100 Hz.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from feq_lab.data.labels import normalize
+from feq_lab.errors import ConfigError, DataError
+from feq_lab.streaming.buffers import SampleSeries
+
+log = logging.getLogger("feq_lab.streaming")
+
+SAMPLING_RATE = 100.0
+WINDOW = 6000
+COMPONENTS = ("E", "N", "Z")
+# Channel-code orientation letter -> E/N/Z row. 1/2 are taken as N/E (the usual convention).
+_ORIENTATION = {"E": 0, "N": 1, "Z": 2, "2": 0, "1": 1, "3": 2}
+_FILL_CONTEXT = 100  # past samples whose mean fills a gap (causal)
+
+# A predictor maps (B, 3, 6000) float32 normalised windows to (det, p, s), each (B, 6000);
+# Monte-Carlo predictors return six arrays: the three means, then the three spreads (std).
+Predictor = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+
+def iso_utc(timestamp: float | None) -> str | None:
+    """POSIX seconds -> ISO-8601 UTC with a Z suffix (None stays None)."""
+    if timestamp is None:
+        return None
+    dt = datetime.fromtimestamp(round(timestamp, 6), tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of a station's record: any length, one or more components.
+
+    `channels` maps a channel code ("HHZ", "BH1", or just "Z") to its samples; its last letter
+    gives the component. `starttime` is POSIX seconds (UTC) of the first sample.
+    """
+
+    station: str
+    starttime: float
+    sampling_rate: float
+    channels: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One detection with its associated P and S picks (times are POSIX seconds, UTC)."""
+
+    station: str
+    detection_start: float
+    detection_end: float
+    det_prob: float
+    p_time: float | None
+    p_prob: float | None
+    s_time: float | None
+    s_prob: float | None
+    model: str
+    flags: tuple[str, ...] = ()
+    spread: Mapping[str, float] | None = None  # Monte-Carlo std at the picks (MC mode only)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-lines record: ISO-8601 UTC times, null for a missing pick."""
+        out: dict[str, Any] = {
+            "type": "event",
+            "station": self.station,
+            "detection_start": iso_utc(self.detection_start),
+            "detection_end": iso_utc(self.detection_end),
+            "p_time": iso_utc(self.p_time),
+            "s_time": iso_utc(self.s_time),
+            "p_prob": _round(self.p_prob),
+            "s_prob": _round(self.s_prob),
+            "det_prob": _round(self.det_prob),
+            "model": self.model,
+            "flags": list(self.flags),
+        }
+        if self.spread is not None:
+            out["spread"] = {k: _round(v) for k, v in self.spread.items()}
+        return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine settings (the `engine` block of conf/stream.yaml)."""
+
+    stride: int = 3000
+    combine: str = "max"
+    batch_size: int = 16
+    thresholds: Mapping[str, float] = field(
+        default_factory=lambda: {"detection": 0.5, "p": 0.3, "s": 0.3})
+    association_margin_s: float = 0.5
+    merge_gap_s: float = 1.0
+    min_detection_s: float = 0.5
+    max_delay_s: float = 120.0
+    history_s: float = 240.0
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | None, key: str = "engine") -> "EngineConfig":
+        """Validate a config mapping; errors name the offending key."""
+        cfg = dict(cfg or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = set(cfg) - known
+        if unknown:
+            raise ConfigError(f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(known)})")
+        if "thresholds" in cfg:
+            from feq_lab.evaluation.picks import check_thresholds
+
+            cfg["thresholds"] = check_thresholds(cfg["thresholds"], f"{key}.thresholds")
+        out = cls(**cfg)
+        if not 1 <= int(out.stride) <= WINDOW:
+            raise ConfigError(f"{key}.stride", f"must be in [1, {WINDOW}] samples, got {out.stride}")
+        if out.combine not in ("max", "mean"):
+            raise ConfigError(f"{key}.combine", f"must be 'max' or 'mean', got {out.combine!r}")
+        if int(out.batch_size) < 1:
+            raise ConfigError(f"{key}.batch_size", f"must be >= 1, got {out.batch_size}")
+        for name in ("association_margin_s", "merge_gap_s", "min_detection_s", "max_delay_s",
+                     "history_s"):
+            if float(getattr(out, name)) < 0:
+                raise ConfigError(f"{key}.{name}", f"must be >= 0, got {getattr(out, name)}")
+        return out
+
+
+class _Resampler:
+    """Causal, stateful resampling of one channel onto the station's 100-Hz grid.
+
+    Downsampling first applies a causal Butterworth low-pass (state carried across blocks);
+    the grid samples are then linearly interpolated, bridging block boundaries with the
+    previous block's last sample so that block lengths don't matter.
+    """
+
+    def __init__(self, sampling_rate: float):
+        self.rate = float(sampling_rate)
+        self.sos = None
+        self.zi = None
+        if self.rate > SAMPLING_RATE:
+            from scipy.signal import butter
+
+            self.sos = butter(4, 0.4 * SAMPLING_RATE, fs=self.rate, output="sos")
+        self.last: tuple[float, float] | None = None  # (time, value) of the previous input sample
+        self.next_index: int | None = None  # first grid index not yet produced
+
+    def __call__(self, t0: float, x: np.ndarray, origin: float) -> tuple[int, np.ndarray]:
+        """Grid samples (start index, values) covered by this block."""
+        if self.sos is not None:
+            from scipy.signal import sosfilt, sosfilt_zi
+
+            if self.zi is None:
+                self.zi = sosfilt_zi(self.sos) * (x[0] if len(x) else 0.0)
+            x, self.zi = sosfilt(self.sos, x, zi=self.zi)
+        times = t0 + np.arange(len(x)) / self.rate
+        if self.last is not None and abs(t0 - (self.last[0] + 1.0 / self.rate)) < 0.5 / self.rate:
+            times = np.concatenate(([self.last[0]], times))
+            x = np.concatenate(([self.last[1]], x))
+        if len(x) == 0:
+            return 0, np.zeros(0)
+        self.last = (float(times[-1]), float(x[-1]))
+        first = math.ceil((times[0] - origin) * SAMPLING_RATE - 1e-6)
+        last = math.floor((times[-1] - origin) * SAMPLING_RATE + 1e-6)
+        if self.next_index is not None:
+            first = max(first, self.next_index)
+        if last < first:
+            return first, np.zeros(0)
+        grid = np.arange(first, last + 1)
+        values = np.interp(origin + grid / SAMPLING_RATE, times, x)
+        self.next_index = last + 1
+        return first, values
+
+
+class _Station:
+    """Everything the engine keeps for one station."""
+
+    def __init__(self, name: str, origin: float, cfg: EngineConfig, n_spread: int):
+        self.name = name
+        self.origin = origin
+        self.raw = SampleSeries(3, np.float32, 0.0)
+        self.present = SampleSeries(3, bool, False)
+        self.filled = SampleSeries(1, bool, False)
+        self.prob = SampleSeries(3, np.float32, 0.0)  # max or running sum
+        self.count = SampleSeries(1, np.float32, 0.0)  # windows per sample (mean mode)
+        self.spread = SampleSeries(3, np.float32, 0.0) if n_spread else None
+        self.hwm = 0  # one past the newest sample received
+        self.committed = 0  # raw samples below this are final (received or filled)
+        self.next_window = 0  # start of the next regular window
+        self.final = 0  # probabilities below this are final
+        self.scan = 0  # event scanning has read final samples below this
+        self.group: list[int] | None = None  # [start, end) of the detection being assembled
+        self.group_open = False  # the detection ran on to the last scanned sample
+        self.seen = [False, False, False]  # component ever received
+        self.resamplers: dict[int, _Resampler] = {}
+        self.logged: set[str] = set()
+        self.events: list[Event] = []
+        self.ended = False
+
+    def once(self, key: str, message: str, *args: Any) -> None:
+        """Log a condition the first time it happens for this station."""
+        if key not in self.logged:
+            self.logged.add(key)
+            log.warning(message, *args)
+
+
+class StreamEngine:
+    """Feed blocks in, get events out. One engine serves any number of stations.
+
+    `predict` is the model (see `Predictor`); `model_name` labels the events.
+    """
+
+    def __init__(self, predict: Predictor, model_name: str, config: EngineConfig | Mapping | None = None,
+                 mc: bool = False):
+        self.cfg = config if isinstance(config, EngineConfig) else EngineConfig.from_mapping(config)
+        self.predict = predict
+        self.model_name = model_name
+        self.mc = mc
+        self.stations: dict[str, _Station] = {}
+        th = dict(self.cfg.thresholds)
+        self.th_det, self.th_p, self.th_s = float(th["detection"]), float(th["p"]), float(th["s"])
+        self.margin = int(round(self.cfg.association_margin_s * SAMPLING_RATE))
+        self.merge_gap = int(round(self.cfg.merge_gap_s * SAMPLING_RATE))
+        self.min_detection = int(round(self.cfg.min_detection_s * SAMPLING_RATE))
+        self.max_delay = int(round(self.cfg.max_delay_s * SAMPLING_RATE))
+        self.history = int(round(self.cfg.history_s * SAMPLING_RATE))
+        self.windows_run = 0
+
+    # ------------------------------------------------------------------ input
+    def feed(self, block: Block) -> list[Event]:
+        """Add one block; return the events whose evidence became complete."""
+        if not block.channels:
+            raise DataError("block has no channels", trace=block.station)
+        if not (block.sampling_rate > 0 and math.isfinite(block.sampling_rate)):
+            raise DataError(f"bad sampling rate {block.sampling_rate!r}", trace=block.station)
+        st = self.stations.get(block.station)
+        if st is None:
+            st = self.stations[block.station] = _Station(block.station, float(block.starttime),
+                                                         self.cfg, 3 if self.mc else 0)
+            log.info("station %s: stream starts at %s", block.station, iso_utc(block.starttime))
+        if st.ended:
+            raise DataError("block after the stream was flushed", trace=block.station)
+        for code, samples in block.channels.items():
+            self._write_channel(st, code, float(block.starttime), float(block.sampling_rate), samples)
+        return self._advance(st, flush=False)
+
+    def flush(self, station: str | None = None) -> list[Event]:
+        """End of stream: fill what is missing, run the tail window, close open detections."""
+        names = [station] if station is not None else list(self.stations)
+        events: list[Event] = []
+        for name in names:
+            st = self.stations.get(name)
+            if st is None or st.ended:
+                continue
+            events += self._advance(st, flush=True)
+            st.ended = True
+        return events
+
+    def _write_channel(self, st: _Station, code: str, t0: float, rate: float, samples: Any) -> None:
+        row = _ORIENTATION.get(str(code)[-1:].upper())
+        if row is None:
+            st.once(f"comp-{code}", "station %s: channel %s has no E/N/Z/1/2/3 orientation; ignored",
+                    st.name, code)
+            return
+        x = np.asarray(samples, dtype=np.float64).ravel()
+        bad = ~np.isfinite(x)
+        if bad.any():
+            good = x[~bad]
+            x = x.copy()
+            x[bad] = good.mean() if good.size else 0.0
+            log.warning("station %s: %d NaN/inf samples on %s at %s replaced by the block mean",
+                        st.name, int(bad.sum()), code, iso_utc(t0))
+        if abs(rate - SAMPLING_RATE) > 1e-6:
+            res = st.resamplers.get(row)
+            if res is None or res.rate != rate:
+                res = st.resamplers[row] = _Resampler(rate)
+                log.warning("station %s: channel %s at %g Hz, resampled to 100 Hz (causal)",
+                            st.name, code, rate)
+            start, x = res(t0, x, st.origin)
+        else:
+            exact = (t0 - st.origin) * SAMPLING_RATE
+            start = int(round(exact))
+            if abs(exact - start) > 0.1:
+                st.once("snap", "station %s: block times are off the 100-Hz grid by %.2f samples; snapped",
+                        st.name, exact - start)
+        self._store(st, row, code, start, x, t0)
+
+    def _store(self, st: _Station, row: int, code: str, start: int, x: np.ndarray, t0: float) -> None:
+        n = len(x)
+        if n == 0:
+            return
+        stop = start + n
+        if start < st.committed:
+            late = min(stop, st.committed) - start
+            log.warning("station %s: %d samples of %s at %s arrived after that time was processed;"
+                        " dropped", st.name, late, code, iso_utc(t0))
+            if stop <= st.committed:
+                return
+            x, start = x[late:], st.committed
+        st.seen[row] = True
+        for series in (st.raw, st.present, st.filled):
+            series.ensure(stop)
+        have = st.present.view(start, stop)[row]
+        if have.any():
+            log.warning("station %s: %d samples of %s at %s overlap data already received; kept the"
+                        " first copy", st.name, int(have.sum()), code, iso_utc(t0))
+        new = ~have
+        st.raw.view(start, stop)[row][new] = x[new]
+        have[new] = True
+        st.hwm = max(st.hwm, stop)
+
+    # -------------------------------------------------------------- processing
+    def _advance(self, st: _Station, flush: bool) -> list[Event]:
+        self._commit(st, flush)
+        self._run_windows(st)
+        if flush:
+            self._run_tail(st)
+        before = len(st.events)
+        self._scan(st, flush)
+        self._trim(st)
+        return st.events[before:]
+
+    def _commit(self, st: _Station, flush: bool) -> None:
+        """Move the committed mark over received samples; fill gaps once they are overdue."""
+        while st.committed < st.hwm:
+            seg = st.present.view(st.committed, st.hwm).all(axis=0)
+            missing = np.flatnonzero(~seg)
+            if missing.size == 0:
+                st.committed = st.hwm
+                return
+            gap_start = st.committed + int(missing[0])
+            st.committed = gap_start
+            limit = st.hwm if flush else st.hwm - self.max_delay
+            if gap_start >= limit:
+                return
+            after = seg[missing[0]:]
+            run = np.flatnonzero(after)
+            gap_end = min(gap_start + (int(run[0]) if run.size else after.size), limit)
+            self._fill(st, gap_start, gap_end)
+            st.committed = gap_end
+
+    def _fill(self, st: _Station, start: int, stop: int) -> None:
+        """Fill missing samples in [start, stop) from the past only, flag them, say so."""
+        present = st.present.view(start, stop)
+        raw = st.raw.view(start, stop)
+        lo = max(st.raw.base, start - _FILL_CONTEXT)
+        filled_comps = []
+        for row in range(3):
+            miss = ~present[row]
+            if not miss.any():
+                continue
+            if not st.seen[row]:
+                st.once(f"missing-{row}", "station %s: component %s missing; filled with zeros",
+                        st.name, COMPONENTS[row])
+                value = 0.0
+            else:
+                past = st.raw.view(lo, start)[row]
+                if past.size:
+                    value = float(past.mean())
+                else:  # gap at the very start: nearest later sample on this channel
+                    later = st.raw.view(start, stop)[row][~miss]
+                    value = float(later[0]) if later.size else 0.0
+                filled_comps.append(COMPONENTS[row])
+            raw[row][miss] = value
+            present[row][miss] = True
+        st.filled.view(start, stop)[0] = True
+        if filled_comps:
+            log.warning("station %s: gap of %.2f s on %s at %s filled with the mean of the previous"
+                        " samples (flagged)", st.name, (stop - start) / SAMPLING_RATE,
+                        ",".join(filled_comps), iso_utc(st.origin + start / SAMPLING_RATE))
+
+    def _run_windows(self, st: _Station) -> None:
+        starts = []
+        a = st.next_window
+        while a + WINDOW <= st.committed:
+            starts.append(a)
+            a += self.cfg.stride
+        for i in range(0, len(starts), self.cfg.batch_size):
+            chunk = starts[i: i + self.cfg.batch_size]
+            x = np.stack([st.raw.view(s, s + WINDOW) for s in chunk])
+            outputs = self._predict(x)
+            for j, s in enumerate(chunk):
+                self._accumulate(st, s, s + WINDOW, [o[j] for o in outputs])
+            st.next_window = chunk[-1] + self.cfg.stride
+            st.final = st.next_window
+
+    def _run_tail(self, st: _Station) -> None:
+        """One window right-aligned to the newest sample, stacked onto the samples not yet final."""
+        end = st.committed
+        if end <= st.final:
+            return
+        start = end - WINDOW
+        if start >= 0:
+            x = st.raw.view(start, end)
+        else:  # stream shorter than a window: pad on the left with each channel's mean
+            have = st.raw.view(max(st.raw.base, 0), end)
+            pad = np.repeat(have.mean(axis=1, keepdims=True), WINDOW - have.shape[1], axis=1)
+            x = np.concatenate([pad.astype(np.float32), have], axis=1)
+        outputs = self._predict(x[None])
+        keep = end - st.final
+        self._accumulate(st, st.final, end, [o[0][WINDOW - keep:] for o in outputs])
+        log.info("station %s: tail window processed (%.2f s of newest samples)", st.name,
+                 keep / SAMPLING_RATE)
+        st.final = end
+
+    def _predict(self, x: np.ndarray) -> list[np.ndarray]:
+        out = self.predict(normalize(x))
+        out = [np.asarray(o, dtype=np.float32).reshape(x.shape[0], -1) for o in out]
+        if len(out) not in (3, 6):
+            raise DataError(f"predictor returned {len(out)} arrays, expected 3 (or 6 in MC mode)")
+        self.windows_run += x.shape[0]
+        return out
+
+    def _accumulate(self, st: _Station, start: int, stop: int, outputs: list[np.ndarray]) -> None:
+        for series in (st.prob, st.count) + ((st.spread,) if st.spread is not None else ()):
+            series.ensure(stop)
+        prob, count = st.prob.view(start, stop), st.count.view(start, stop)
+        new = np.stack(outputs[:3])
+        if self.cfg.combine == "max":
+            np.maximum(prob, new, out=prob)
+            count += 1.0
+        else:
+            prob += new
+            count += 1.0
+        if st.spread is not None and len(outputs) == 6:
+            spread = st.spread.view(start, stop)
+            np.maximum(spread, np.stack(outputs[3:]), out=spread)
+
+    def probabilities(self, st: _Station, start: int, stop: int) -> np.ndarray:
+        """(3, n) combined det/P/S of final samples [start, stop)."""
+        prob = st.prob.view(start, stop)
+        if self.cfg.combine == "mean":
+            return prob / np.maximum(st.count.view(start, stop), 1.0)
+        return prob
+
+    # ------------------------------------------------------------------ events
+    def _scan(self, st: _Station, flush: bool) -> None:
+        """Turn newly final samples into detections; emit those whose evidence is complete."""
+        if st.final > st.scan:
+            det = self.probabilities(st, st.scan, st.final)[0]
+            above = det >= self.th_det
+            edges = np.diff(np.concatenate(([0], above.astype(np.int8), [0])))
+            ons = np.flatnonzero(edges == 1) + st.scan
+            offs = np.flatnonzero(edges == -1) + st.scan
+            for on, off in zip(ons.tolist(), offs.tolist()):
+                if st.group is not None and (st.group_open and on == st.scan or
+                                             on - st.group[1] <= self.merge_gap):
+                    st.group[1] = off
+                else:
+                    if st.group is not None:
+                        self._emit(st)
+                    st.group = [on, off]
+            if st.group is not None:
+                st.group_open = st.group[1] == st.final
+            st.scan = st.final
+        if st.group is not None and (flush or (not st.group_open and st.final - st.group[1] >=
+                                               max(self.merge_gap, self.margin) + 1)):
+            self._emit(st)
+
+    def _emit(self, st: _Station) -> None:
+        start, end = st.group
+        st.group, st.group_open = None, False
+        if end - start < self.min_detection:
+            log.info("station %s: %.2f-s detection at %s shorter than min_detection_s; ignored",
+                     st.name, (end - start) / SAMPLING_RATE, iso_utc(st.origin + start / SAMPLING_RATE))
+            return
+        lo = max(start - self.margin, st.prob.base, 0)
+        hi = min(end + self.margin, st.final)
+        probs = self.probabilities(st, lo, hi)
+        det_prob = float(probs[0, start - lo: end - lo].max())
+        picks = {}
+        for row, phase, th in ((1, "p", self.th_p), (2, "s", self.th_s)):
+            i = int(probs[row].argmax())
+            value = float(probs[row, i])
+            picks[phase] = (lo + i, value) if value >= th else (None, None)
+        flags = []
+        if st.filled.view(lo, hi).any():
+            flags.append("gap_filled")
+        if not all(st.seen):
+            flags.append("missing_component")
+        if st.resamplers:
+            flags.append("resampled")
+        spread = None
+        if st.spread is not None:
+            sp = st.spread.view(lo, hi)
+            spread = {"det": float(sp[0, start - lo: end - lo].max())}
+            for row, phase in ((1, "p"), (2, "s")):
+                if picks[phase][0] is not None:
+                    spread[phase] = float(sp[row, picks[phase][0] - lo])
+
+        def t(i: int | None) -> float | None:
+            return None if i is None else st.origin + i / SAMPLING_RATE
+
+        st.events.append(Event(
+            station=st.name, detection_start=t(start), detection_end=t(end), det_prob=det_prob,
+            p_time=t(picks["p"][0]), p_prob=picks["p"][1], s_time=t(picks["s"][0]),
+            s_prob=picks["s"][1], model=self.model_name, flags=tuple(flags), spread=spread))
+
+    def _trim(self, st: _Station) -> None:
+        keep = min(st.next_window, st.final - self.history, st.final - self.margin,
+                   st.committed - max(_FILL_CONTEXT, WINDOW))
+        if st.group is not None:
+            keep = min(keep, st.group[0] - self.margin)
+        if keep <= 0:
+            return
+        for series in (st.raw, st.present, st.filled):
+            series.trim(keep)
+        for series in (st.prob, st.count) + ((st.spread,) if st.spread is not None else ()):
+            series.trim(keep)
+
+    # ------------------------------------------------------------------ views
+    def history_view(self, station: str, seconds: float | None = None) -> dict[str, Any]:
+        """Recent final waveforms and probabilities of a station (for the live display)."""
+        st = self.stations[station]
+        stop = st.final
+        start = max(st.raw.base, st.prob.base, 0,
+                    stop - int((seconds or self.cfg.history_s) * SAMPLING_RATE))
+        if stop <= start:
+            return {"origin": st.origin, "start": start, "waveform": np.zeros((3, 0), np.float32),
+                    "prob": np.zeros((3, 0), np.float32), "events": list(st.events)}
+        return {"origin": st.origin, "start": start,
+                "waveform": st.raw.view(start, stop).copy(),
+                "prob": self.probabilities(st, start, stop).copy(),
+                "events": list(st.events)}
+
+
+def run_blocks(engine: StreamEngine, blocks: Iterable[Block]) -> list[Event]:
+    """Feed every block, flush at the end; all events in emission order (tests and batch use)."""
+    events: list[Event] = []
+    for block in blocks:
+        events += engine.feed(block)
+    return events + engine.flush()

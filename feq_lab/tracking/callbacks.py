@@ -1,0 +1,103 @@
+"""Callbacks that connect Hydra sweeps and Lightning epochs to MLflow.
+
+- `MLflowSweepCallback` (listed in `hydra.callbacks`): one parent run per multirun, opened in
+  `on_multirun_start`; its id goes to `<sweep_dir>/mlflow_parent_run_id` (and an environment
+  variable) so every job — basic, joblib or submitit launcher, any sweeper — nests under it.
+- `EpochMetricsCallback` (Lightning): per-epoch `train/loss`, `val/loss` (and the learning rate)
+  logged to the job's run with the epoch as step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from feq_lab.tracking.mlflow import PARENT_RUN_ENV, PARENT_RUN_FILE, Tracker
+
+log = logging.getLogger(__name__)
+
+
+def _tracking_settings(config: DictConfig) -> tuple[str, str]:
+    tracking = config.get("tracking")
+    if tracking is None:
+        from feq_lab.errors import ConfigError
+
+        raise ConfigError("tracking", "missing from the config (tracking.uri, tracking.experiment)")
+    return str(tracking.uri), str(tracking.experiment)
+
+
+def _sweep_overrides(config: DictConfig) -> str:
+    try:
+        overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    except Exception:  # noqa: BLE001 - overrides are informative only
+        return ""
+    return " ".join(str(o) for o in overrides or [])
+
+
+class MLflowSweepCallback(Callback):
+    """Opens the sweep's parent run before the first job and closes it after the last."""
+
+    def __init__(self) -> None:
+        self.tracker: Tracker | None = None
+        self.parent_run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        uri, experiment = _tracking_settings(config)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        overrides = _sweep_overrides(config)
+        name = f"sweep {sweep_dir.name}" + (f" [{overrides}]" if overrides else "")
+        self.tracker = Tracker(uri, experiment)
+        self.parent_run_id = self.tracker.parent_run(
+            name[:250], sweep_dir, tags={"feq.sweep_overrides": overrides})
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        log.info("MLflow parent run %s (%s, experiment %s)", self.parent_run_id, uri, experiment)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.tracker is not None and self.parent_run_id is not None:
+            self.tracker.end_run(self.parent_run_id, "FINISHED")
+        if os.environ.get(PARENT_RUN_ENV) == self.parent_run_id:
+            os.environ.pop(PARENT_RUN_ENV, None)
+
+
+def parent_run_id_for_job() -> str | None:
+    """The parent run a multirun job nests under: the sweep-dir file, else the environment."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            marker = Path(str(hc.sweep.dir)) / PARENT_RUN_FILE
+            if marker.is_file():
+                return marker.read_text().strip() or None
+            return os.environ.get(PARENT_RUN_ENV) or None
+    except ValueError:  # no Hydra runtime (compose API, plain Python)
+        pass
+    return None
+
+
+class EpochMetricsCallback(pl.Callback):
+    """Logs `train/loss`, `val/loss` and `lr` per epoch (step = epoch) to the tracker's run."""
+
+    KEYS = ("train/loss", "val/loss")
+
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker = tracker
+        self.run_id = run_id
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.global_rank != 0:
+            return
+        metrics = {k: float(trainer.callback_metrics[k]) for k in self.KEYS
+                   if k in trainer.callback_metrics}
+        if trainer.optimizers:
+            metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        if metrics:
+            self.tracker.log_metrics(metrics, step=trainer.current_epoch, run_id=self.run_id)

@@ -1,0 +1,73 @@
+"""A small MLflow pyfunc wrapper around a run's checkpoint, so `models:/feq-picker@champion`
+loads with `mlflow.pyfunc.load_model` and predicts on raw windows.
+
+Why not `mlflow.pytorch.log_model`: its default format (pt2 export) took minutes for a small
+model; the checkpoint (spec + state dict) is what the lab already writes, and ONNX rides along.
+The model is saved "from code" (`pyfunc_entry.py`), so nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+CHECKPOINT_KEY = "checkpoint"
+ONNX_KEY = "onnx"
+ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+
+
+class PickerPyfunc(mlflow.pyfunc.PythonModel):
+    """Input: raw waveforms (3, 6000), (B, 3, 6000) or channel-last (B, 6000, 3) E,N,Z counts.
+    Output: dict of (B, 6000) float32 arrays `detection`, `p`, `s` (probabilities)."""
+
+    def load_context(self, context: Any) -> None:
+        from feq_lab.models import load_checkpoint
+
+        self.model = load_checkpoint(context.artifacts[CHECKPOINT_KEY]).eval()
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        import torch
+
+        from feq_lab.data.labels import normalize
+
+        x = np.asarray(model_input, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or 3 not in x.shape[1:]:
+            raise ValueError(f"expected (3, T), (B, 3, T) or (B, T, 3) waveforms, got shape {x.shape}")
+        if x.shape[1] != 3:
+            x = np.transpose(x, (0, 2, 1))
+        with torch.no_grad():
+            det, p, s = self.model(torch.from_numpy(normalize(x)))
+        return {"detection": det.numpy(), "p": p.numpy(), "s": s.numpy()}
+
+
+def save_pyfunc_model(path: str | os.PathLike, checkpoint: str | os.PathLike,
+                      onnx_path: str | os.PathLike | None = None) -> Path:
+    """Write an MLflow pyfunc model directory at `path` holding the checkpoint (and ONNX)."""
+    artifacts = {CHECKPOINT_KEY: str(checkpoint)}
+    if onnx_path is not None and Path(onnx_path).is_file():
+        artifacts[ONNX_KEY] = str(onnx_path)
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=str(ENTRY),
+        artifacts=artifacts,
+        pip_requirements=["feq-lab", "torch", "numpy", "mlflow"],
+    )
+    return Path(path)
+
+
+def model_files(model_dir: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(checkpoint, onnx or None) inside a downloaded pyfunc model directory."""
+    from feq_lab.errors import DataError
+
+    root = Path(model_dir)
+    ckpts = sorted(root.glob("artifacts/*.pt"))
+    if not ckpts:
+        raise DataError("registered model has no checkpoint (artifacts/*.pt)", path=str(root))
+    onnx = sorted(root.glob("artifacts/*.onnx"))
+    return ckpts[0], (onnx[0] if onnx else None)

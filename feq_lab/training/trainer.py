@@ -1,0 +1,75 @@
+"""The Lightning Trainer of one run: `cfg.trainer` passed as-is, plus the lab's callbacks
+(early stopping and best-checkpointing on the validation loss, per-epoch tracking, Optuna
+pruning when a sweeper asks for it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+from feq_lab.errors import ConfigError
+from feq_lab.training.module import MONITOR
+
+# Trainer arguments the lab sets itself; a trainer config must not fight over them.
+OWNED = ("callbacks", "logger", "default_root_dir", "enable_checkpointing")
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def build_trainer(
+    trainer_cfg: Mapping[str, Any] | None,
+    train_cfg: Mapping[str, Any] | None,
+    run_dir: str | Path,
+    callbacks: Sequence[pl.Callback] = (),
+    optuna_cfg: Mapping[str, Any] | None = None,
+) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """A Trainer writing its checkpoints under `run_dir/checkpoints`; returns it and the
+    checkpoint callback (whose `best_model_path` holds the lowest validation loss)."""
+    kwargs = _plain(trainer_cfg)
+    train = _plain(train_cfg)
+    clash = sorted(set(kwargs) & set(OWNED))
+    if clash:
+        raise ConfigError(f"trainer.{clash[0]}", "is set by the lab; remove it from the trainer config")
+    patience = int(train.get("patience", 12))
+    if patience < 0:
+        raise ConfigError("train.patience", f"must be >= 0, got {patience}")
+    checkpoint = ModelCheckpoint(
+        dirpath=str(Path(run_dir) / "checkpoints"), filename="best", monitor=MONITOR, mode="min",
+        save_top_k=1, save_last=False, auto_insert_metric_name=False)
+    all_callbacks: list[pl.Callback] = [
+        EarlyStopping(monitor=MONITOR, mode="min", patience=patience),
+        checkpoint,
+        *callbacks,
+    ]
+    if optuna_cfg:
+        from feq_lab.training.pruning import make_pruning_callback
+
+        all_callbacks.append(make_pruning_callback(optuna_cfg))
+    for key in ("limit_train_batches", "limit_val_batches"):
+        if key in train and key not in kwargs:
+            kwargs[key] = train[key]
+    kwargs.setdefault("enable_progress_bar", bool(train.get("progress_bar", True)))
+    kwargs.setdefault("enable_model_summary", False)
+    kwargs.setdefault("num_sanity_val_steps", 0)
+    trainer = pl.Trainer(
+        **kwargs,
+        callbacks=all_callbacks,
+        logger=False,
+        default_root_dir=str(run_dir),
+        enable_checkpointing=True,
+    )
+    return trainer, checkpoint

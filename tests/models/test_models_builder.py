@@ -1,0 +1,217 @@
+"""The builder: shapes, ranges, gradients, determinism, MC dropout, validation, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from feq_lab.errors import ConfigError, DataError
+from feq_lab.models import (
+    PRESETS,
+    ModelSpec,
+    build_model,
+    load_checkpoint,
+    mc_predict,
+    save_checkpoint,
+    spec_from_config,
+)
+from feq_lab.models.layers import KerasGRU, SameConv1d, SameMaxPool1d
+from feq_lab.paths import CONF_DIR
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _waveforms(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal((batch, 3, 6000)).astype(np.float32))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_outputs_are_probability_traces(preset):
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    x = _waveforms()
+    with torch.no_grad():
+        probs = model(x)
+        logits = model.forward_logits(x)
+    assert len(probs) == 3
+    for prob, logit in zip(probs, logits):
+        assert prob.shape == (2, 6000) and logit.shape == (2, 6000)
+        assert float(prob.min()) >= 0.0 and float(prob.max()) <= 1.0
+        torch.testing.assert_close(prob, torch.sigmoid(logit))
+    with torch.no_grad():
+        again = model(x)
+    for a, b in zip(probs, again):  # eval mode is deterministic (spatial dropout off)
+        assert torch.equal(a, b)
+
+
+def test_wrong_input_shape_is_rejected():
+    model = build_model("feq3").eval()
+    with pytest.raises(ValueError, match="6000"):
+        model(torch.zeros(1, 3, 5000))
+
+
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [("eqt", {}), ("leq", {}), ("feq1", {"gru_impl": "keras", "rnn_blocks": 1}), ("feq3", {"rnn": "lstm"})],
+)
+def test_gradients_reach_every_parameter(preset, overrides):
+    torch.manual_seed(1)
+    model = build_model(preset, **overrides).train()
+    det, p, s = model.forward_logits(_waveforms())
+    (det.square().mean() + p.square().mean() + s.square().mean()).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        # b_a (score bias) shifts every attention score equally: its gradient is exactly zero
+        if not name.endswith("score.bias"):
+            assert param.grad.abs().sum() > 0, name
+
+
+def test_mc_dropout_varies_and_restores_eval_mode():
+    torch.manual_seed(2)
+    model = build_model("feq3").eval()
+    x = _waveforms(1)
+    with torch.no_grad():
+        before = model(x)
+    mean, std = mc_predict(model, x, n=4)
+    assert len(mean) == len(std) == 3
+    assert all(m.shape == (1, 6000) for m in mean)
+    assert any(float(s.max()) > 0 for s in std)  # passes differ
+    assert all(float(m.min()) >= 0 and float(m.max()) <= 1 for m in mean)
+    assert not any(m.training for m in model.modules())
+    with torch.no_grad():
+        after = model(x)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_build_from_composed_config_mapping_and_none_overrides():
+    cfg = OmegaConf.create({"model": OmegaConf.load(CONF_DIR / "model" / "feq3.yaml")})
+    model = build_model(cfg.model, rnn=None, picker_rnn=None, cnn_blocks=None, rnn_blocks=None)
+    assert model.spec == build_model("feq3").spec
+    model = build_model(cfg.model, rnn="gru", cnn_blocks=3)
+    assert (model.spec.rnn, model.spec.residual_kernels, model.spec.name) == ("gru", (3, 3, 3), "feq3")
+    assert not model.rnn_blocks[0].rnn.bidirectional
+    spec = spec_from_config(cfg.model, rnn_blocks=3)
+    assert isinstance(spec, ModelSpec) and spec.rnn_blocks == 3
+    assert build_model(spec, dropout=0.2).spec.dropout == 0.2
+
+
+def test_cnn_blocks_cycle_the_kernel_pattern():
+    assert build_model("eqt", cnn_blocks=9).spec.residual_kernels == (3, 3, 3, 3, 2, 3, 2, 3, 3)
+    assert build_model("feq2", cnn_blocks=5).spec.residual_kernels == (3, 3, 3, 2, 3)
+    assert len(build_model("leq", cnn_blocks=1).bottleneck) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"cnn_blocks": 0}, "cnn_blocks"),
+        ({"rnn_blocks": -1}, "rnn_blocks"),
+        ({"cnn_blocks": 2.5}, "cnn_blocks"),
+        ({"rnn": "transformer"}, "rnn"),
+        ({"picker_rnn": "bilstm"}, "picker_rnn"),
+        ({"gru_impl": "tf"}, "gru_impl"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"rnn_type": "gru"}, "rnn_type"),
+    ],
+)
+def test_invalid_knobs_raise_config_error_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        build_model("feq3", **overrides)
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}:")
+
+
+def test_invalid_presets_name_the_key():
+    with pytest.raises(ConfigError, match="unknown preset 'feq9'") as info:
+        build_model("feq9")
+    assert info.value.key == "model"
+    bad = dict(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "leq.yaml")))
+    with pytest.raises(ConfigError) as info:
+        build_model({**bad, "decoder_crops": [[0, 0]] * 5})  # output would be 56·2·2·3·3·3 ≠ 6000
+    assert info.value.key == "model.decoder_crops"
+    with pytest.raises(ConfigError) as info:
+        build_model({**bad, "encoder_shared": [[3, 1]]})  # stage 1 is 8→16, stage 3 is 16→16
+    assert info.value.key == "model.encoder_shared"
+    with pytest.raises(ConfigError) as info:
+        build_model({**bad, "kernel": 3})
+    assert info.value.key == "model.kernel"
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(3)
+    model = build_model("feq3", rnn="bigru", cnn_blocks=3).eval()
+    path = save_checkpoint(model, tmp_path / "ckpt" / "model.pt")
+    assert path.is_file() and not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+    loaded = load_checkpoint(path)
+    assert loaded.spec == model.spec and not loaded.training
+    x = _waveforms(1)
+    with torch.no_grad():
+        for a, b in zip(model(x), loaded(x)):
+            assert torch.equal(a, b)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="garbage.pt"):
+        load_checkpoint(garbage)
+
+
+def _keras_gru_reference(x, w_ih, w_hh, bias):
+    """Keras reset_after=False GRU written out in NumPy (z, r, n gate order)."""
+    u = w_hh.shape[1]
+    h = np.zeros((x.shape[0], u))
+    out = []
+    for t in range(x.shape[1]):
+        gx = x[:, t] @ w_ih.T + bias
+        z = 1 / (1 + np.exp(-(gx[:, :u] + h @ w_hh[:u].T)))
+        r = 1 / (1 + np.exp(-(gx[:, u : 2 * u] + h @ w_hh[u : 2 * u].T)))
+        n = np.tanh(gx[:, 2 * u :] + (r * h) @ w_hh[2 * u :].T)
+        h = z * h + (1 - z) * n
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
+def test_keras_gru_matches_reset_after_false_equations():
+    torch.manual_seed(4)
+    gru = KerasGRU(5, 4, bidirectional=True)
+    with torch.no_grad():
+        gru.bias_l0.uniform_(-0.5, 0.5)
+        gru.bias_l0_reverse.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 7, 5)
+    with torch.no_grad():
+        out, _ = gru(x)
+    fwd = _keras_gru_reference(x.double().numpy(), *(getattr(gru, n).detach().double().numpy() for n in ("weight_ih_l0", "weight_hh_l0", "bias_l0")))
+    bwd = _keras_gru_reference(
+        x.flip(1).double().numpy(),
+        *(getattr(gru, n).detach().double().numpy() for n in ("weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_l0_reverse")),
+    )[:, ::-1]
+    np.testing.assert_allclose(out.numpy(), np.concatenate([fwd, bwd], axis=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("length, pool", [(6000, 3), (2000, 3), (667, 3), (223, 2), (112, 2), (375, 2), (10, 4), (11, 5)])
+def test_same_max_pool_matches_tensorflow_padding(length, pool):
+    x = torch.randn(1, 2, length)
+    out = SameMaxPool1d(pool, length)(x)
+    n_out = math.ceil(length / pool)
+    total = max((n_out - 1) * pool + pool - length, 0)
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (total // 2, total - total // 2)), constant_values=-np.inf)
+    expected = padded.reshape(1, 2, n_out, pool).max(-1)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_even_kernel_pads_on_the_right_like_tensorflow():
+    conv = SameConv1d(1, 1, 2)
+    with torch.no_grad():
+        conv.conv.weight.copy_(torch.tensor([[[1.0, 10.0]]]))
+        conv.conv.bias.zero_()
+    out = conv(torch.tensor([[[1.0, 2.0, 3.0]]]))
+    assert out.tolist() == [[[21.0, 32.0, 3.0]]]  # last window sees the zero pad on the right

@@ -1,0 +1,184 @@
+"""Selection policies on hand-made run records with known answers (ties, infeasible, missing)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from feq_lab.errors import ConfigError, SelectionError
+from feq_lab.selection.policy import (
+    Constraint, Objective, dominates, pareto_front, select, split_candidates,
+)
+from feq_lab.tracking.records import RunRecord
+
+# The study's numbers (REFERENCE §4); latencies are made up but in the study's order.
+STUDY = {
+    #        size_mb lat_ms det_fn p_fn  s_fn  det_f1 p_f1 s_f1  params
+    "eqt":  (4.5,   40.0,  8,   626, 1137, 0.99, 0.98, 0.98, 373495),
+    "leq":  (0.965, 12.0,  130, 673, 1817, 0.99, 0.99, 0.97, 39776),
+    "feq1": (0.922, 11.0,  131, 1010, 1517, 0.99, 0.98, 0.97, 36096),
+    "feq2": (0.748, 10.0,  256, 1103, 3087, 0.99, 0.97, 0.95, 30512),
+    "feq3": (0.767, 10.1,  31,  595, 1132, 0.99, 0.99, 0.98, 32080),
+}
+
+CONSTRAINTS_CFG = {
+    "policy": "constraints",
+    "constraints": [{"key": "size/model_mb", "max": 1.0},
+                    {"key": "latency/window_ms_p50", "max_rel": 1.5}],
+    "objectives": [{"key": "test/detection_fn", "goal": "min"},
+                   {"key": "test/s_f1", "goal": "max"}],
+}
+
+
+def rec(name, status="FINISHED", run_id=None, **metrics):
+    return RunRecord(run_id=run_id or f"id-{name}", name=name, status=status,
+                     params={"model": name}, metrics=metrics)
+
+
+def study_runs(with_baseline=True):
+    runs = []
+    for name, (mb, lat, dfn, pfn, sfn, df1, pf1, sf1, n) in STUDY.items():
+        runs.append(rec(name, **{
+            "size/model_mb": mb, "latency/window_ms_p50": lat, "test/detection_fn": dfn,
+            "test/p_fn": pfn, "test/s_fn": sfn, "test/detection_f1": df1, "test/p_f1": pf1,
+            "test/s_f1": sf1, "params/total_paper": n}))
+    if with_baseline:  # the classical baseline: fewest FN of all, but never a candidate
+        runs.append(rec("stalta", **{"test/detection_fn": 0, "test/s_f1": 0.5}))
+    return runs
+
+
+def test_constraints_reproduce_the_study_choice():
+    d = select(study_runs(), CONSTRAINTS_CFG)
+    assert d.champion.name == "feq3"
+    status = {c.run.name: c.status for c in d.candidates}
+    assert status == {"eqt": "rejected", "leq": "feasible", "feq1": "feasible",
+                      "feq2": "feasible", "feq3": "chosen", "stalta": "baseline"}
+    ranks = {c.run.name: c.rank for c in d.candidates if c.rank}
+    assert ranks == {"feq3": 1, "leq": 2, "feq1": 3, "feq2": 4}
+    eqt = next(c for c in d.candidates if c.run.name == "eqt")
+    assert any("size/model_mb=4.5" in n for n in eqt.notes)
+    assert any("latency/window_ms_p50=40" in n for n in eqt.notes)
+    text = "\n".join(d.reasons)
+    assert "feq3 beats the runner-up leq" in text and "test/detection_fn 31 vs 130" in text
+    out = d.to_dict()
+    assert out["champion"]["metrics"]["test/detection_fn"] == 31
+
+
+def test_constraints_tie_broken_by_s_f1_then_label():
+    runs = [rec("a", **{"test/detection_fn": 3, "test/s_f1": 0.90}),
+            rec("b", **{"test/detection_fn": 3, "test/s_f1": 0.95}),
+            rec("c", **{"test/detection_fn": 5, "test/s_f1": 0.99})]
+    cfg = {"policy": "constraints", "objectives": CONSTRAINTS_CFG["objectives"]}
+    d = select(runs, cfg)
+    assert d.champion.name == "b"
+    assert "tied on test/detection_fn=3" in d.reasons[-1]
+    # a perfect tie on every objective: the label decides, deterministically, whatever the order
+    twins = [rec("y", **{"test/detection_fn": 3, "test/s_f1": 0.9}),
+             rec("x", **{"test/detection_fn": 3, "test/s_f1": 0.9})]
+    assert select(twins, cfg).champion.name == "x"
+    assert select(twins[::-1], cfg).champion.name == "x"
+    assert "tie on every objective" in select(twins, cfg).reasons[-1]
+
+
+def test_infeasible_constraint_names_every_run():
+    cfg = dict(CONSTRAINTS_CFG, constraints=[{"key": "size/model_mb", "max": 0.1}])
+    with pytest.raises(SelectionError) as err:
+        select(study_runs(), cfg)
+    msg = str(err.value)
+    assert "no run satisfies the constraints" in msg
+    for name in STUDY:
+        assert name in msg
+    assert "size/model_mb=0.748" in msg  # feq2's value is stated
+
+
+def test_missing_and_nan_metric_named():
+    runs = study_runs(with_baseline=False)
+    runs[1] = rec("leq", run_id="run-leq-1", **{k: v for k, v in runs[1].metrics.items()
+                                                if k != "test/s_f1"})
+    runs[2] = rec("feq1", run_id="run-feq1-1", **dict(runs[2].metrics,
+                                                       **{"test/detection_fn": math.nan}))
+    with pytest.raises(SelectionError) as err:
+        select(runs, CONSTRAINTS_CFG)
+    msg = str(err.value)
+    assert "run leq (run-leq-1) lacks test/s_f1" in msg
+    assert "run feq1 (run-feq1-1) lacks test/detection_fn" in msg
+    assert "eqt" not in msg
+
+
+def test_no_finished_runs_or_only_baselines():
+    with pytest.raises(SelectionError, match="no runs found"):
+        select([], CONSTRAINTS_CFG)
+    failed = [rec("feq3", status="FAILED"), rec("leq", status="RUNNING")]
+    with pytest.raises(SelectionError, match=r"no FINISHED run.*feq3 \(id-feq3\) FAILED"):
+        select(failed, CONSTRAINTS_CFG)
+    with pytest.raises(SelectionError, match="baseline"):
+        split_candidates([rec("stalta")])
+
+
+def test_failed_runs_are_ignored_not_fatal():
+    runs = study_runs()
+    runs.append(rec("feq9", status="FAILED", **{"test/detection_fn": 0, "test/s_f1": 1.0,
+                                                "size/model_mb": 0.1,
+                                                "latency/window_ms_p50": 1.0}))
+    assert select(runs, CONSTRAINTS_CFG).champion.name == "feq3"
+
+
+PARETO_RUNS = [
+    rec("A", **{"test/s_f1": 0.90, "latency/window_ms_p50": 10.0}),
+    rec("B", **{"test/s_f1": 0.95, "latency/window_ms_p50": 20.0}),
+    rec("C", **{"test/s_f1": 0.99, "latency/window_ms_p50": 40.0}),
+    rec("D", **{"test/s_f1": 0.90, "latency/window_ms_p50": 30.0}),  # dominated by A and B
+]
+PARETO_OBJ = [{"key": "test/s_f1", "goal": "max"},
+              {"key": "latency/window_ms_p50", "goal": "min"}]
+
+
+def test_pareto_front_and_knee():
+    objs = [Objective("test/s_f1", "max"), Objective("latency/window_ms_p50", "min")]
+    assert [r.name for r in pareto_front(PARETO_RUNS, objs)] == ["A", "B", "C"]
+    assert dominates(PARETO_RUNS[0], PARETO_RUNS[3], objs)
+    assert not dominates(PARETO_RUNS[3], PARETO_RUNS[3], objs)
+    d = select(PARETO_RUNS, {"policy": "pareto", "objectives": PARETO_OBJ})
+    # scaled distances to the ideal point: A 1.0, B sqrt((4/9)^2 + (1/3)^2) = 0.556, C 1.0
+    assert d.champion.name == "B"
+    by = {c.run.name: c for c in d.candidates}
+    assert by["B"].score == pytest.approx(math.hypot(4 / 9, 1 / 3))
+    assert by["D"].status == "dominated" and "dominated by A, B" in by["D"].notes[0]
+    assert by["A"].score == pytest.approx(1.0) and by["C"].score == pytest.approx(1.0)
+
+
+def test_pareto_tie_broken_by_tie_breaker():
+    runs = [rec("A", **{"test/s_f1": 0.9, "latency/window_ms_p50": 10.0, "size/model_mb": 2.0}),
+            rec("C", **{"test/s_f1": 1.0, "latency/window_ms_p50": 20.0, "size/model_mb": 1.0})]
+    cfg = {"policy": "pareto", "objectives": PARETO_OBJ}
+    assert select(runs, cfg).champion.name == "A"  # equal distance 1.0: the label decides
+    cfg["tie_breakers"] = [{"key": "size/model_mb", "goal": "min"}]
+    d = select(runs, cfg)
+    assert d.champion.name == "C"
+    assert any("tie in distance" in r for r in d.reasons)
+
+
+def test_weighted_known_scores_and_weights_change_answer():
+    d = select(PARETO_RUNS, {"policy": "weighted", "objectives": PARETO_OBJ})
+    assert d.champion.name == "B"
+    score = {c.run.name: c.score for c in d.candidates}
+    assert score["A"] == pytest.approx(0.5) and score["B"] == pytest.approx((5 / 9 + 2 / 3) / 2)
+    heavy = [dict(PARETO_OBJ[0], weight=3.0), PARETO_OBJ[1]]
+    assert select(PARETO_RUNS, {"policy": "weighted", "objectives": heavy}).champion.name == "C"
+
+
+def test_relative_constraint_bounds():
+    c = Constraint("latency/window_ms_p50", max_rel=1.5)
+    assert c.bounds([10.0, 20.0]) == (-math.inf, 15.0)
+    c = Constraint("test/s_f1", min_rel=0.9, max=1.0)
+    assert c.bounds([0.5, 1.0]) == (0.9, 1.0)
+
+
+def test_bad_config_is_named():
+    with pytest.raises(ConfigError, match="select.policy"):
+        select(PARETO_RUNS, {"policy": "best", "objectives": PARETO_OBJ})
+    with pytest.raises(ConfigError, match=r"select.objectives\[0\].goal"):
+        select(PARETO_RUNS, {"policy": "pareto", "objectives": [{"key": "x", "goal": "up"}]})
+    with pytest.raises(ConfigError, match=r"select.constraints\[0\]"):
+        select(PARETO_RUNS, {"objectives": PARETO_OBJ, "constraints": [{"key": "x"}]})
