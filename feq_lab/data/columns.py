@@ -116,7 +116,8 @@ def parse_string(value: Any) -> str | None:
 
 def parse_time(values: pd.Series) -> pd.Series:
     """'2006-11-03 16:12:24.700000' (UTC, no zone) -> datetime64[ns]; nulls -> NaT."""
-    cleaned = values.map(lambda v: None if is_missing(v) else str(v).strip())
+    cleaned = values.map(lambda v: None if is_missing(v) else (
+        v.decode() if isinstance(v, bytes) else str(v)).strip())
     return pd.to_datetime(cleaned, format="ISO8601")
 
 
@@ -136,8 +137,8 @@ def parse_frame(raw: pd.DataFrame, source: str = "<csv>") -> pd.DataFrame:
     for col in STEAD_COLUMNS:
         if col not in raw.columns:
             out[col] = (np.full(len(raw), np.nan) if col in FLOAT_COLUMNS
-                        else pd.Series([pd.NaT] * len(raw)) if col in TIME_COLUMNS
-                        else [None] * len(raw))
+                        else np.full(len(raw), np.datetime64("NaT"), dtype="datetime64[ns]")
+                        if col in TIME_COLUMNS else [None] * len(raw))
             continue
         values = raw[col].tolist()
         parser = (parse_float if col in FLOAT_COLUMNS else parse_vector if col in VECTOR_COLUMNS
@@ -155,13 +156,14 @@ def parse_frame(raw: pd.DataFrame, source: str = "<csv>") -> pd.DataFrame:
             except (ValueError, TypeError) as exc:
                 raise DataError(f"column {col}: cannot parse {value!r} ({exc})",
                                 path=source, trace=name) from exc
-        out[col] = np.array(parsed, dtype=np.float64) if col in FLOAT_COLUMNS else parsed
-    frame = pd.DataFrame({c: out[c] for c in STEAD_COLUMNS})
-    for col in STRING_COLUMNS + VECTOR_COLUMNS:
-        frame[col] = frame[col].astype(object)
+        out[col] = (np.array(parsed, dtype=np.float64) if col in FLOAT_COLUMNS
+                    else pd.Series(parsed, dtype=object))
+    # Object columns keep None for missing strings (pandas would otherwise turn them into NaN).
+    frame = pd.DataFrame({c: (pd.Series(out[c], dtype=object) if c in STRING_COLUMNS + VECTOR_COLUMNS
+                              else out[c]) for c in STEAD_COLUMNS})
     for extra in raw.columns:
         if extra not in STEAD_COLUMNS:
-            frame[extra] = [parse_string(v) for v in raw[extra].tolist()]
+            frame[extra] = pd.Series([parse_string(v) for v in raw[extra].tolist()], dtype=object)
     return frame
 
 

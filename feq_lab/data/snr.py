@@ -14,45 +14,44 @@ import numpy as np
 SNR_WINDOW = 500  # samples (5 s at 100 Hz)
 
 
-def window_power(x: np.ndarray, start: np.ndarray, stop: np.ndarray, time_axis: int = 1,
+def window_power(x: np.ndarray, start: np.ndarray, stop: np.ndarray,
                  mean: np.ndarray | None = None) -> np.ndarray:
-    """Mean power of x[i, start_i:stop_i] per channel for a batch (n, T, c) or (n, c, T).
+    """Mean power per channel of x[i, :, start_i:stop_i] for a channel-first batch (n, c, T).
 
-    Gathers only the windows (fixed maximal length with a mask), so cost is independent of T.
-    `mean` (n, c) is subtracted first when given.
+    A loop of contiguous slices: only the windows are touched, whatever T is. `mean` (n, c)
+    is subtracted first when given.
     """
-    n = x.shape[0]
-    start = np.asarray(start, dtype=np.int64)
-    stop = np.asarray(stop, dtype=np.int64)
-    length = max(int((stop - start).max()), 1) if n else 1
-    idx = start[:, None] + np.arange(length)[None, :]
-    valid = idx < stop[:, None]
-    idx = np.minimum(idx, x.shape[time_axis] - 1)
-    rows = np.arange(n)[:, None]
-    win = x[rows, idx, :] if time_axis == 1 else np.swapaxes(x, 1, 2)[rows, idx, :]
-    win = win.astype(np.float64)  # (n, L, c)
-    if mean is not None:
-        win -= mean[:, None, :]
-    win *= valid[:, :, None]
-    counts = np.maximum(valid.sum(axis=1), 1)[:, None]
-    return np.einsum("nlc,nlc->nc", win, win) / counts
+    n, c, _ = x.shape
+    out = np.zeros((n, c))
+    for i in range(n):
+        a, b = int(start[i]), int(stop[i])
+        if b <= a:
+            continue
+        seg = x[i, :, a:b].astype(np.float64)
+        if mean is not None:
+            seg -= mean[i][:, None]
+        out[i] = np.einsum("ct,ct->c", seg, seg) / (b - a)
+    return out
 
 
-def waveform_snr_db(waveforms: np.ndarray, p_samples: np.ndarray,
-                    window: int = SNR_WINDOW) -> np.ndarray:
-    """(N, 6000, 3) waveforms and (N,) P samples -> (N, 3) SNR in dB (NaN without a P)."""
+def waveform_snr_db(waveforms: np.ndarray, p_samples: np.ndarray, window: int = SNR_WINDOW,
+                    channel_first: bool = False) -> np.ndarray:
+    """(N, 6000, 3) waveforms (or (N, 3, 6000) with channel_first) and (N,) P samples -> (N, 3)
+    SNR in dB per channel; NaN where there is no P."""
     x = np.asarray(waveforms)
     if x.ndim == 2:
         x = x[None]
+    if not channel_first:
+        x = np.swapaxes(x, 1, 2)
     p = np.asarray(p_samples, dtype=np.float64).reshape(-1)
-    n, t, c = x.shape
+    n, c, t = x.shape
     out = np.full((n, c), np.nan)
     ok = np.nonzero(np.isfinite(p) & (p >= 1) & (p < t - 1))[0]
     if ok.size == 0:
         return out
     xs = x[ok]
     pi = np.round(p[ok]).astype(np.int64)
-    mean = xs.mean(axis=1, dtype=np.float64)
+    mean = xs.mean(axis=2, dtype=np.float64)
     noise = window_power(xs, np.maximum(pi - window, 0), pi, mean=mean)
     signal = window_power(xs, pi, np.minimum(pi + window, t), mean=mean)
     tiny = np.finfo(np.float64).tiny

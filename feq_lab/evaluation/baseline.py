@@ -6,9 +6,10 @@ detection intervals. The recursive LTA starts from zero, so the first ``lta_s`` 
 be meaningless (obspy zeroes them): the envelope is prefixed with its own first samples mirrored so
 the LTA is warm when the window starts (STEAD windows put P only 5-10 s in).
 Detected traces are then picked with `ar_pick` (Akazawa AR-AIC) on the raw Z, N, E channels, and a
-P/S pick is kept only inside the association region of the learned models (detection intervals
-widened by ``association_margin_s``), so `metrics.score` judges both with one rule. `p_prob` /
-`s_prob` hold the STA/LTA ratio at the pick (not a probability).
+P/S pick is kept only inside an association region built as for the learned models (trigger
+intervals widened by ``association_margin_s``, 1 s by default, see DEFAULTS), and an S before its
+P is dropped; `metrics.score` then judges both with one rule. `p_prob` / `s_prob` hold the
+STA/LTA ratio at the pick (not a probability).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "lta_s": 5.0,
     "trigger_on": 3.5,
     "trigger_off": 1.5,
-    "association_margin_s": 0.5,
+    # wider than the learned models' 0.5 s: an STA/LTA trigger turns on after the onset, late
+    # by up to the STA window, while the AR picker places P at the onset itself
+    "association_margin_s": 1.0,
     # obspy.signal.trigger.ar_pick arguments (obspy's documented example values)
     "ar_f1": 1.0,
     "ar_f2": 20.0,
@@ -49,28 +52,32 @@ DEFAULTS: dict[str, Any] = {
 _IGNORED_KEYS = {"name", "preset", "kind", "type", "description", "_target_"}
 
 
-def stalta_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """DEFAULTS overridden by `cfg` (or `cfg["stalta"]` when nested); unknown keys are errors."""
+def stalta_config(cfg: Mapping[str, Any] | None, key_prefix: str = "model") -> dict[str, Any]:
+    """DEFAULTS overridden by `cfg` (or `cfg["stalta"]` when nested); unknown keys are errors.
+
+    Errors name `<key_prefix>.<key>`: the baseline's settings live in the `model` group
+    (conf/model/stalta.yaml).
+    """
     cfg = dict(cfg or {})
     if isinstance(cfg.get("stalta"), Mapping):
         cfg = dict(cfg["stalta"])
     unknown = sorted(set(cfg) - set(DEFAULTS) - _IGNORED_KEYS)
     if unknown:
         raise ConfigError(
-            f"stalta.{unknown[0]}", f"unknown baseline setting (known: {', '.join(DEFAULTS)})"
+            f"{key_prefix}.{unknown[0]}", f"unknown baseline setting (known: {', '.join(DEFAULTS)})"
         )
     out = {**DEFAULTS, **{k: v for k, v in cfg.items() if k in DEFAULTS}}
     if sorted(str(out["channels"]).upper()) != ["E", "N", "Z"]:
         raise ConfigError(
-            "stalta.channels", f"must be a permutation of ENZ, got {out['channels']!r}"
+            f"{key_prefix}.channels", f"must be a permutation of ENZ, got {out['channels']!r}"
         )
     for key in ("sampling_rate", "sta_s", "lta_s", "trigger_on", "trigger_off"):
         if not float(out[key]) > 0:
-            raise ConfigError(f"stalta.{key}", f"must be > 0, got {out[key]}")
+            raise ConfigError(f"{key_prefix}.{key}", f"must be > 0, got {out[key]}")
     if not float(out["sta_s"]) < float(out["lta_s"]):
-        raise ConfigError("stalta.sta_s", "must be shorter than lta_s")
+        raise ConfigError(f"{key_prefix}.sta_s", "must be shorter than lta_s")
     if not 0 < float(out["freqmin"]) < float(out["freqmax"]) < float(out["sampling_rate"]) / 2:
-        raise ConfigError("stalta.freqmin", "need 0 < freqmin < freqmax < Nyquist")
+        raise ConfigError(f"{key_prefix}.freqmin", "need 0 < freqmin < freqmax < Nyquist")
     return out
 
 

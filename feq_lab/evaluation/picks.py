@@ -21,7 +21,7 @@ one pass per detection threshold.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,7 +62,7 @@ class PeakFeatures:
         """Pick samples (float, NaN = no pick) of `phase` at `threshold`."""
         sample = getattr(self, f"{phase}_sample")
         value = getattr(self, f"{phase}_value")
-        return np.where(value >= threshold, sample.astype(np.float64), np.nan)
+        return np.where(value >= np.float32(threshold), sample.astype(np.float64), np.nan)
 
 
 def check_thresholds(
@@ -101,36 +101,56 @@ def margin_samples(association_margin_s: float, sampling_rate: float) -> int:
     return round(association_margin_s * sampling_rate)
 
 
-def _masked_peak(prob: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    masked = np.where(region, prob, -np.inf)
-    idx = masked.argmax(axis=1)
-    value = np.take_along_axis(masked, idx[:, None], axis=1)[:, 0]
-    return idx, value
+def _masked_peak(
+    prob: np.ndarray, region: np.ndarray, buf: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index and value of the maximum of `prob` inside `region` (-inf where it is empty)."""
+    buf.fill(-np.inf)
+    np.copyto(buf, prob, where=region)
+    idx = buf.argmax(axis=1)
+    return idx, np.take_along_axis(buf, idx[:, None], axis=1)[:, 0]
+
+
+def peak_features_multi(
+    det: np.ndarray,
+    p: np.ndarray,
+    s: np.ndarray,
+    detection_thresholds: Sequence[float],
+    margin: int,
+) -> list[PeakFeatures]:
+    """`PeakFeatures` for each detection threshold, from one pass over the traces.
+
+    Why one pass: widening the trigger intervals by `margin` equals thresholding a running
+    maximum of the detection trace (max over +-margin samples >= threshold), so that running
+    maximum and the float32 copies are computed once per chunk and shared by every threshold.
+    """
+    det, p, s = as_traces(det, "detection"), as_traces(p, "p"), as_traces(s, "s")
+    if not (det.shape == p.shape == s.shape):
+        raise DataError(f"probability shapes differ: det {det.shape}, p {p.shape}, s {s.shape}")
+    n, k = det.shape[0], len(detection_thresholds)
+    detected = np.zeros((k, n), bool)
+    p_idx, s_idx = np.zeros((k, n), np.int64), np.zeros((k, n), np.int64)
+    p_val, s_val = np.full((k, n), -np.inf, np.float32), np.full((k, n), -np.inf, np.float32)
+    for a in range(0, n, CHUNK_TRACES):
+        b = min(a + CHUNK_TRACES, n)
+        det_c = np.asarray(det[a:b], np.float32)
+        p_c, s_c = np.asarray(p[a:b], np.float32), np.asarray(s[a:b], np.float32)
+        if margin > 0:
+            det_c = maximum_filter1d(det_c, size=2 * margin + 1, axis=1, mode="nearest")
+        buf = np.empty_like(p_c)
+        for j, th in enumerate(detection_thresholds):
+            region = det_c >= np.float32(th)
+            detected[j, a:b] = region.any(axis=1)
+            p_idx[j, a:b], p_val[j, a:b] = _masked_peak(p_c, region, buf)
+            s_idx[j, a:b], s_val[j, a:b] = _masked_peak(s_c, region, buf)
+    return [PeakFeatures(detected[j], p_idx[j], p_val[j], s_idx[j], s_val[j]) for j in range(k)]
 
 
 def peak_features(
     det: np.ndarray, p: np.ndarray, s: np.ndarray, detection_threshold: float, margin: int
 ) -> PeakFeatures:
     """Detection flags and associated P/S peaks at one detection threshold (margin in samples)."""
-    det, p, s = as_traces(det, "detection"), as_traces(p, "p"), as_traces(s, "s")
-    if not (det.shape == p.shape == s.shape):
-        raise DataError(f"probability shapes differ: det {det.shape}, p {p.shape}, s {s.shape}")
-    n = det.shape[0]
-    detected = np.zeros(n, bool)
-    p_idx, s_idx = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    p_val, s_val = np.full(n, -np.inf, np.float32), np.full(n, -np.inf, np.float32)
-    for a in range(0, n, CHUNK_TRACES):
-        b = min(a + CHUNK_TRACES, n)
-        above = np.asarray(det[a:b], np.float32) >= detection_threshold
-        detected[a:b] = above.any(axis=1)
-        region = above
-        if margin > 0:
-            region = maximum_filter1d(
-                above.view(np.uint8), size=2 * margin + 1, axis=1, mode="constant", cval=0
-            ).astype(bool)
-        p_idx[a:b], p_val[a:b] = _masked_peak(np.asarray(p[a:b], np.float32), region)
-        s_idx[a:b], s_val[a:b] = _masked_peak(np.asarray(s[a:b], np.float32), region)
-    return PeakFeatures(detected, p_idx, p_val, s_idx, s_val)
+    return peak_features_multi(det, p, s, [detection_threshold], margin)[0]
 
 
 def trigger_intervals(above: np.ndarray) -> tuple[tuple[int, int], ...]:
@@ -160,7 +180,7 @@ def extract_picks(
     out: list[TracePicks] = []
     for i in range(det.shape[0]):
         intervals = (
-            trigger_intervals(np.asarray(det[i], np.float32) >= th["detection"])
+            trigger_intervals(np.asarray(det[i], np.float32) >= np.float32(th["detection"]))
             if feats.detected[i]
             else ()
         )

@@ -123,10 +123,13 @@ class ProbabilityCollector:
         )
 
 
-def _stored(x: np.ndarray, dtype: Any, floor: float) -> np.ndarray:
-    out = np.asarray(x, dtype=np.float32).copy()
-    out[out < floor] = 0.0
-    return out.astype(dtype)
+def _stored(x: np.ndarray, dtype: Any, floor: float, chunk: int = 1024) -> np.ndarray:
+    """Floored copy in `dtype`, built chunk by chunk (no full float32 temp at paper scale)."""
+    out = np.empty(x.shape, dtype=dtype)
+    for a in range(0, x.shape[0], chunk):
+        part = np.asarray(x[a : a + chunk], dtype=np.float32)
+        out[a : a + chunk] = np.where(part < floor, np.float32(0.0), part)
+    return out
 
 
 def as_stored(probs: Probabilities, dtype: Any = np.float16, floor: float = 0.01) -> Probabilities:

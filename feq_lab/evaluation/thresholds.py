@@ -2,8 +2,9 @@
 
 Why it is fast: a phase's peak inside the association region depends only on the detection
 threshold, and the phase threshold merely decides whether that peak counts as a pick
-(`picks.PeakFeatures`). So the (N, T) work runs once per detection threshold; every (P, S)
-threshold pair then costs O(N) comparisons, and detection/P/S metrics are combined per row.
+(`picks.PeakFeatures`). So the (N, T) work runs in one pass shared by all detection
+thresholds; every (P, S) threshold pair then costs O(N) comparisons, and detection/P/S metrics
+are combined per row.
 Rows equal `metrics.evaluate` at the same thresholds (tested).
 """
 
@@ -16,7 +17,12 @@ import pandas as pd
 
 from feq_lab.errors import ConfigError
 from feq_lab.evaluation.metrics import METRIC_KEYS, check_scoring, detection_metrics, phase_metrics
-from feq_lab.evaluation.picks import THRESHOLD_KEYS, check_thresholds, margin_samples, peak_features
+from feq_lab.evaluation.picks import (
+    THRESHOLD_KEYS,
+    check_thresholds,
+    margin_samples,
+    peak_features_multi,
+)
 from feq_lab.evaluation.probabilities import Probabilities
 
 THRESHOLD_COLUMNS = tuple(f"{k}_threshold" for k in THRESHOLD_KEYS)
@@ -62,8 +68,8 @@ def threshold_grid(
     truth = probs.truth
     tol = tolerance_s * sampling_rate
     rows = []
-    for det_th in g["detection"]:
-        feats = peak_features(probs.det, probs.p, probs.s, det_th, margin)
+    per_threshold = peak_features_multi(probs.det, probs.p, probs.s, g["detection"], margin)
+    for det_th, feats in zip(g["detection"], per_threshold):
         det_m = detection_metrics(feats.detected, truth.is_earthquake)
         p_m = {
             th: phase_metrics(

@@ -210,6 +210,7 @@ class AdditiveSelfAttention(nn.Module):
         self.score = nn.Linear(units, 1)  # w_a, b_a (b_a cancels in the softmax; kept for counts)
         self.width = width
         self.eps = eps
+        self._mask_cache: dict[tuple[int, str], torch.Tensor] = {}
         for lin in (self.query, self.key, self.score):
             nn.init.xavier_uniform_(lin.weight)
 
@@ -226,21 +227,29 @@ class AdditiveSelfAttention(nn.Module):
     def _local(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Banded attention: only the `width` neighbours s ∈ [t − width//2, t − width//2 + width)
         are scored (what the masked dense form computes, without the T×T tensor)."""
-        lo = self.width // 2
-        hi = self.width - 1 - lo
-        length = x.shape[1]
-        k_pad = F.pad(k, (0, 0, lo, hi))
-        x_pad = F.pad(x, (0, 0, lo, hi))
-        # valid[t, j]: neighbour s = t − lo + j lies inside the sequence
-        idx = torch.arange(length, device=x.device).unsqueeze(1) - lo + torch.arange(self.width, device=x.device)
-        valid = (idx >= 0) & (idx < length)
-        k_win = torch.stack([k_pad[:, j : j + length] for j in range(self.width)], dim=2)  # (B,T,W,U)
-        x_win = torch.stack([x_pad[:, j : j + length] for j in range(self.width)], dim=2)  # (B,T,W,C)
-        e = self.score(torch.tanh(q.unsqueeze(2) + k_win)).squeeze(-1)  # (B, T, W)
-        e = e.masked_fill(~valid, -math.inf)
+        width = self.width
+        lo = width // 2
+        hi = width - 1 - lo
+        k_win = F.pad(k, (0, 0, lo, hi)).unfold(1, width, 1)  # (B, T, U, W): neighbour j = t − lo + j
+        x_win = F.pad(x, (0, 0, lo, hi)).unfold(1, width, 1)  # (B, T, C, W)
+        h = torch.tanh(q.unsqueeze(-1) + k_win)
+        e = torch.matmul(h.transpose(2, 3), self.score.weight.t()).squeeze(-1) + self.score.bias  # (B, T, W)
+        e = e.masked_fill(self._outside(x.shape[1], x.device), -math.inf)
         e = torch.exp(e - e.amax(dim=-1, keepdim=True))
         a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
-        return (a.unsqueeze(-1) * x_win).sum(dim=2)
+        return torch.matmul(x_win, a.unsqueeze(-1)).squeeze(-1)
+
+    def _outside(self, length: int, device: torch.device) -> torch.Tensor:
+        """(T, W) mask of neighbours outside the sequence; cached (it only depends on T)."""
+        key = (length, str(device))
+        cached = self._mask_cache.get(key) if not torch.jit.is_tracing() else None
+        if cached is None:
+            lo = self.width // 2
+            idx = torch.arange(length, device=device).unsqueeze(1) - lo + torch.arange(self.width, device=device)
+            cached = (idx < 0) | (idx >= length)
+            if not torch.jit.is_tracing():
+                self._mask_cache[key] = cached
+        return cached
 
 
 class TransformerBlock(nn.Module):

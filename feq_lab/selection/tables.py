@@ -14,6 +14,7 @@ from feq_lab.tracking.records import RunRecord
 PRESET_ORDER = ("eqt", "leq", "feq1", "feq2", "feq3")
 GRID_PARAMS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks")
 BASELINE_MODELS = ("stalta",)
+BASELINE_NAMES = {"stalta": "STA/LTA (obspy)"}
 OUTPUTS = ("detection", "p", "s")
 OUTPUT_NAMES = {"detection": "Detection", "p": "P", "s": "S"}
 SECTIONS = (("encoder", "Encoder"), ("bottleneck", "ResNet / bottleneck"),
@@ -42,17 +43,33 @@ def is_baseline(run: RunRecord) -> bool:
     return (param(run, "model") or "").lower() in BASELINE_MODELS
 
 
+def overridden_knobs(run: RunRecord) -> dict[str, str]:
+    """Grid knobs whose value differs from the preset's own (`model.<knob>` param).
+
+    The main job logs the resolved knobs at the top level and the preset under `model.*`; a
+    record without `model.<knob>` counts a knob as overridden when it is set at all.
+    """
+    out = {}
+    for k in GRID_PARAMS:
+        value = param(run, k)
+        if value is not None and value != param(run, f"model.{k}"):
+            out[k] = value
+    return out
+
+
 def is_preset(run: RunRecord) -> bool:
-    """A learned run with no grid override: one of the five published architectures."""
-    return not is_baseline(run) and all(param(run, k) is None for k in GRID_PARAMS)
+    """A learned run with the preset's own architecture: one of the five published models."""
+    return not is_baseline(run) and not overridden_knobs(run)
 
 
 def variant_label(run: RunRecord) -> str:
-    """Model preset plus its grid overrides, e.g. 'feq3 rnn=gru cnn_blocks=4'."""
+    """Model preset plus the knobs it overrides, e.g. 'FEQ3 rnn=gru cnn_blocks=4'."""
     model = param(run, "model")
     if model is None or model.startswith("{"):
         return run.label
-    extra = [f"{k}={param(run, k)}" for k in GRID_PARAMS if param(run, k) is not None]
+    if model.lower() in BASELINE_NAMES:
+        return BASELINE_NAMES[model.lower()]
+    extra = [f"{k}={v}" for k, v in overridden_knobs(run).items()]
     return " ".join([model.upper() if model in PRESET_ORDER else model] + extra)
 
 

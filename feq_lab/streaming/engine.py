@@ -202,6 +202,7 @@ class _Station:
         self.count = SampleSeries(1, np.float32, 0.0)  # windows per sample (mean mode)
         self.spread = SampleSeries(3, np.float32, 0.0) if n_spread else None
         self.hwm = 0  # one past the newest sample received
+        self.channel_hwm = [0, 0, 0]  # the same per component
         self.committed = 0  # raw samples below this are final (received or filled)
         self.next_window = 0  # start of the next regular window
         self.final = 0  # probabilities below this are final
@@ -318,6 +319,9 @@ class StreamEngine:
         for series in (st.raw, st.present, st.filled):
             series.ensure(stop)
         have = st.present.view(start, stop)[row]
+        if start < st.channel_hwm[row] and not have.all():
+            log.info("station %s: %s block at %s arrived out of order; placed in its slot",
+                     st.name, code, iso_utc(t0))
         if have.any():
             log.warning("station %s: %d samples of %s at %s overlap data already received; kept the"
                         " first copy", st.name, int(have.sum()), code, iso_utc(t0))
@@ -325,6 +329,7 @@ class StreamEngine:
         st.raw.view(start, stop)[row][new] = x[new]
         have[new] = True
         st.hwm = max(st.hwm, stop)
+        st.channel_hwm[row] = max(st.channel_hwm[row], stop)
 
     # -------------------------------------------------------------- processing
     def _advance(self, st: _Station, flush: bool) -> list[Event]:
@@ -338,7 +343,8 @@ class StreamEngine:
         return st.events[before:]
 
     def _commit(self, st: _Station, flush: bool) -> None:
-        """Move the committed mark over received samples; fill gaps once they are overdue."""
+        """Move the committed mark over received samples; fill a gap once data `max_delay_s`
+        beyond its start have arrived (late blocks may still fill it until then)."""
         while st.committed < st.hwm:
             seg = st.present.view(st.committed, st.hwm).all(axis=0)
             missing = np.flatnonzero(~seg)
@@ -352,7 +358,7 @@ class StreamEngine:
                 return
             after = seg[missing[0]:]
             run = np.flatnonzero(after)
-            gap_end = min(gap_start + (int(run[0]) if run.size else after.size), limit)
+            gap_end = gap_start + (int(run[0]) if run.size else after.size)  # the whole gap
             self._fill(st, gap_start, gap_end)
             st.committed = gap_end
 

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 import threading
 from typing import Any, Sequence
 
 RECORD_SIZE = 512
 
 
+def _record_samples(record: bytes) -> int:
+    """Number of samples in a miniSEED record (fixed header bytes 30-31, either byte order)."""
+    year_be = struct.unpack(">H", record[20:22])[0]
+    order = ">" if 1900 <= year_be <= 2200 else "<"
+    return struct.unpack(order + "H", record[30:32])[0]
+
+
 def stream_to_records(stream: Any, encoding: str = "FLOAT32") -> list[bytes]:
     """512-byte miniSEED records of an obspy Stream, interleaved by start time like a live feed."""
-    import obspy
-
     records: list[tuple[float, int, bytes]] = []
     for k, tr in enumerate(stream):
         tr = tr.copy()
@@ -29,10 +35,11 @@ def stream_to_records(stream: Any, encoding: str = "FLOAT32") -> list[bytes]:
         buf = io.BytesIO()
         tr.write(buf, format="MSEED", reclen=RECORD_SIZE, encoding=encoding)
         raw = buf.getvalue()
+        t0, rate, done = float(tr.stats.starttime.timestamp), float(tr.stats.sampling_rate), 0
         for a in range(0, len(raw), RECORD_SIZE):
             chunk = raw[a: a + RECORD_SIZE]
-            start = obspy.read(io.BytesIO(chunk), format="MSEED", headonly=True)[0].stats.starttime
-            records.append((float(start.timestamp), k, chunk))
+            records.append((t0 + done / rate, k, chunk))
+            done += _record_samples(chunk)
     records.sort(key=lambda r: (r[0], r[1]))
     return [r[2] for r in records]
 

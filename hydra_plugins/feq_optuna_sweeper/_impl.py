@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import optuna
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
@@ -198,6 +199,9 @@ class SweeperImpl(Sweeper):
     ) -> None:
         self.hydra_context = hydra_context
         self.config = config
+        # Hydra sets HydraConfig only inside jobs; set it here so `${hydra:...}` interpolations
+        # in the app's config (e.g. tracking.uri) resolve in the sweeper process too.
+        HydraConfig.instance().set_config(config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )

@@ -107,17 +107,23 @@ def write_study_report(study: optuna.Study, objectives: Sequence[Any], out_dir: 
     return paths
 
 
-def log_to_parent_run(config: DictConfig, sweep_dir: Path, paths: Sequence[Path]) -> bool:
+def log_to_parent_run(config: DictConfig, sweep_dir: Path, paths: Sequence[Path]) -> str | None:
     """Log the report files as artifacts of the multirun's MLflow parent run, if there is one.
 
     The parent run is opened by feq_lab.tracking's Hydra callback, which writes its id to
     `<sweep_dir>/mlflow_parent_run_id`; apps without tracking (or without that callback) skip this.
+    Returns the parent run id the files went to.
     """
-    uri = config.get("tracking", {}).get("uri") if "tracking" in config else None
-    if not uri or not (Path(sweep_dir) / "mlflow_parent_run_id").exists():
+    marker = Path(sweep_dir) / "mlflow_parent_run_id"
+    tracking = config.get("tracking") if "tracking" in config else None
+    if tracking is None or not marker.is_file():
         log.info("No MLflow parent run for %s: report files stay in the sweep dir", sweep_dir)
-        return False
-    from feq_lab.tracking import log_sweep_artifacts
+        return None
+    from feq_lab.tracking.mlflow import Tracker
 
-    log_sweep_artifacts(str(uri), Path(sweep_dir), list(paths), artifact_path=ARTIFACT_PATH)
-    return True
+    parent_run_id = marker.read_text().strip()
+    tracker = Tracker(str(tracking.uri), str(tracking.experiment))
+    for path in paths:
+        tracker.log_artifact(path, artifact_path=ARTIFACT_PATH, run_id=parent_run_id)
+    log.info("Study report logged to MLflow parent run %s (%s/)", parent_run_id, ARTIFACT_PATH)
+    return parent_run_id

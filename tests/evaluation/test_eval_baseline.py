@@ -43,9 +43,9 @@ def test_detects_an_impulsive_arrival_and_not_noise():
 def test_config_and_input_errors():
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (1, T, 3)).astype(np.float32)
-    with pytest.raises(ConfigError, match="stalta.sta_window"):
+    with pytest.raises(ConfigError, match="model.sta_window"):
         stalta_picks(x, {"sta_window": 1.0})
-    with pytest.raises(ConfigError, match="stalta.sta_s"):
+    with pytest.raises(ConfigError, match="model.sta_s"):
         stalta_picks(x, {"sta_s": 6.0})
     x[0, 10, 1] = np.nan
     with pytest.raises(DataError, match="bad_trace"):

@@ -42,7 +42,9 @@ def log_sweep(uri: str, tmp_path, name: str, models: dict, data_version: str = "
     tracker = Tracker(uri, EXPERIMENT)
     parent = tracker.parent_run(name, tmp_path / f"sweep-{name}")
     for i, (label, (mb, lat, dfn, pfn, sfn, df1, pf1, sf1, n), extra) in enumerate(models):
-        params = {"model": label, "rnn": "None", "cnn_blocks": "None", "data_version": data_version,
+        knobs = ({"rnn": "null", "cnn_blocks": "null"} if label == "stalta" else
+                 {"rnn": "bilstm", "cnn_blocks": "2", "model.rnn": "bilstm", "model.cnn_blocks": "2"})
+        params = {"model": label, **knobs, "data_version": data_version,
                   "data.kind": "synthetic", "thresholds.detection": 0.3, "thresholds.p": 0.1,
                   "thresholds.s": 0.1, **extra}
         with tracker.child_run(params, name=f"{label}-{i}", parent_run_id=parent) as run_id:
@@ -77,7 +79,7 @@ def presets():
 
 def variants():
     return [("feq3", STUDY["feq2"], {"rnn": "gru", "cnn_blocks": "4"}),
-            ("feq3", STUDY["leq"], {"rnn": "bilstm", "cnn_blocks": "2"})]
+            ("feq3", STUDY["leq"], {"rnn": "bilstm", "cnn_blocks": "4"})]
 
 
 def config(uri, tmp_path, *overrides):
@@ -126,9 +128,9 @@ def test_select_and_report_on_two_sweeps(store, tmp_path):
     md = (rep / "report.md").read_text()
     assert "`md5abc`" in md and "synthetic" in md
     assert "| **Total** | 373,495 | 39,776 | 36,096 | 30,512 | 32,080 |" in md  # Table 1
-    assert "FEQ3 rnn=gru cnn_blocks=4" in md and "FEQ3 rnn=bilstm cnn_blocks=2" in md  # Table 2
+    assert "FEQ3 rnn=gru cnn_blocks=4" in md and "| FEQ3 cnn_blocks=4 |" in md  # Table 2
     assert "| FEQ3 **(champion)** | 31 | 595 | 1,132 |" in md                            # Table 5
-    assert "| stalta | 400 | 900 | 2,500 |" in md                                         # baseline
+    assert "| STA/LTA (obspy) | 400 | 900 | 2,500 |" in md                                         # baseline
     assert md.count("![") == 7
     metrics = json.loads((rep / "champion_metrics.json").read_text())
     assert metrics["test"]["detection_fn"] == 31 and metrics["size"]["model_mb"] == 0.767

@@ -1,0 +1,88 @@
+"""Latency of the five presets (batch 1, 1 thread; torch eager and onnxruntime) against SeisBench's
+EQTransformer(lstm_blocks=2) eager as the peer, all in one process.
+
+    python bench/models.py [--repeats 30] [--rounds 5]
+
+Goals (issue 3): FEQ3 on its best backend ≤ 0.12 × peer; FEQ3 eager ≤ 0.5 × our EQT eager.
+Candidates are timed round-robin (`rounds` × `repeats` calls each) so a noisy, shared machine
+slows them alike; the figure is the median over all calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from feq_lab.export.onnx import export_onnx, onnx_session, run_onnx  # noqa: E402
+from feq_lab.models import PRESETS, build_model  # noqa: E402
+from feq_lab.profiling.latency import device_name, time_calls  # noqa: E402
+
+PEER = "seisbench EQTransformer(lstm_blocks=2) eager"
+
+
+def candidates(tmp: Path, x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    out: dict[str, Callable[[], Any]] = {}
+    try:
+        import seisbench.models as sbm
+
+        peer = sbm.EQTransformer(lstm_blocks=2).eval()
+        out[PEER] = lambda: _eager(peer, x)
+    except ImportError:
+        print("seisbench not installed: no peer (pip install seisbench)")
+    arr = x.numpy()
+    for name in PRESETS:
+        torch.manual_seed(0)
+        model = build_model(name).eval()
+        session = onnx_session(export_onnx(model, tmp / f"{name}.onnx"), threads=1)
+        out[f"{name} eager"] = lambda m=model: _eager(m, x)
+        out[f"{name} onnxruntime"] = lambda s=session: run_onnx(s, arr)
+    return out
+
+
+def _eager(model: torch.nn.Module, x: torch.Tensor) -> Any:
+    with torch.inference_mode():
+        return model(x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 6000)).astype(np.float32))
+    with tempfile.TemporaryDirectory() as tmp:
+        fns = candidates(Path(tmp), x)
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for fn in fns.values():
+            time_calls(fn, warmup=5, repeats=1)
+        for _ in range(args.rounds):
+            for key, fn in fns.items():
+                times[key].extend(time_calls(fn, warmup=1, repeats=args.repeats))
+    p50 = {k: float(np.median(v)) for k, v in times.items()}
+    p90 = {k: float(np.percentile(v, 90)) for k, v in times.items()}
+    print(f"device: {device_name()}; torch {torch.__version__}; 1 thread; batch 1; "
+          f"{args.rounds}×{args.repeats} calls each")
+    base = p50.get(PEER)
+    print(f"{'candidate':48s} {'p50 ms':>8s} {'p90 ms':>8s} {'× peer':>8s}")
+    for key in p50:
+        ratio = f"{p50[key] / base:8.3f}" if base else "     n/a"
+        print(f"{key:48s} {p50[key]:8.2f} {p90[key]:8.2f} {ratio}")
+    best = min(("feq3 eager", "feq3 onnxruntime"), key=p50.__getitem__)
+    if base:
+        r = p50[best] / base
+        print(f"goal 1: FEQ3 best backend ({best}) / peer = {r:.3f} (goal ≤ 0.12: {'met' if r <= 0.12 else 'NOT met'})")
+    r = p50["feq3 eager"] / p50["eqt eager"]
+    print(f"goal 2: FEQ3 eager / our EQT eager = {r:.3f} (goal ≤ 0.5: {'met' if r <= 0.5 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""SteadDataModule: contract batches, half-augmented training, unaugmented val/test, workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from feq_lab.data.datamodule import SteadDataModule
+from feq_lab.data.stead import open_dataset
+
+AUGMENT = {"enabled": True, "shift_event": 0.99, "add_event": 0.6, "add_noise": 0.3,
+           "drop_channel": 0.5, "add_gap": 0.2, "min_snr_db": 10.0}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def test_batch_contract(tiny_subset):
+    dm = SteadDataModule(tiny_subset, batch_size=8, num_workers=0, augment=AUGMENT, seed=1)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["x"].shape == (8, 3, 6000) and batch["x"].dtype == torch.float32
+    for key in ("y_det", "y_p", "y_s"):
+        assert batch[key].shape == (8, 6000) and batch[key].dtype == torch.float32
+    assert batch["p_arrival_sample"].dtype == torch.float64
+    assert batch["is_earthquake"].dtype == torch.bool and len(batch["trace_name"]) == 8
+    # Half original, half augmented copies of the same traces.
+    assert batch["trace_name"][:4] == batch["trace_name"][4:]
+    x = batch["x"].numpy()
+    assert np.allclose(x.mean(axis=-1), 0, atol=1e-4)
+    eq = batch["is_earthquake"].numpy()
+    assert np.isnan(batch["p_arrival_sample"].numpy()[~eq]).all()
+    for i in np.nonzero(eq)[0]:
+        p = int(round(batch["p_arrival_sample"][i].item()))
+        assert batch["y_p"][i, p] == pytest.approx(1.0)
+
+
+def test_test_loader_is_csv_order_and_unaugmented(tiny_subset):
+    dm = SteadDataModule(tiny_subset, batch_size=4, num_workers=0, augment=AUGMENT, seed=1)
+    names = [n for b in dm.test_dataloader() for n in b["trace_name"]]
+    ds = open_dataset(tiny_subset)
+    assert names == ds.metadata.loc[ds.metadata["split"] == "test", "trace_name"].tolist()
+    first = next(iter(dm.test_dataloader()))
+    raw = ds.get_waveform(first["trace_name"][0]).T
+    expect = (raw - raw.mean(1, keepdims=True)) / raw.std(1, keepdims=True)
+    np.testing.assert_allclose(first["x"][0].numpy(), expect, atol=1e-4)
+    val = [n for b in dm.val_dataloader() for n in b["trace_name"]]
+    assert len(val) == 3
+
+
+def test_seeded_and_worker_count_independent(tiny_subset):
+    def first_batches(workers, seed):
+        dm = SteadDataModule(tiny_subset, batch_size=8, num_workers=workers, augment=AUGMENT,
+                             seed=seed)
+        it = iter(dm.train_dataloader())
+        return [next(it) for _ in range(2)]
+
+    a, b, c = first_batches(0, 4), first_batches(2, 4), first_batches(0, 5)
+    for x, y in zip(a, b):
+        assert x["trace_name"] == y["trace_name"]
+        torch.testing.assert_close(x["x"], y["x"])
+        torch.testing.assert_close(x["y_p"], y["y_p"])
+    assert a[0]["trace_name"] != c[0]["trace_name"] or not torch.equal(a[0]["x"], c[0]["x"])
+
+
+def test_epochs_differ_and_cover_all_training_traces(tiny_subset):
+    dm = SteadDataModule(tiny_subset, batch_size=16, num_workers=0, augment=AUGMENT, seed=2)
+    loader = dm.train_dataloader()
+    epoch0 = [n for b in loader for n in b["trace_name"]]
+    epoch1 = [n for b in loader for n in b["trace_name"]]
+    n_train = len(dm.split("train"))
+    assert len(epoch0) == 2 * n_train and sorted(set(epoch0)) == sorted(set(epoch1))
+    assert epoch0 != epoch1
+
+
+def test_no_augment_plain_batches(tiny_subset):
+    dm = SteadDataModule(tiny_subset, batch_size=8, num_workers=0, augment={"enabled": False})
+    batch = next(iter(dm.train_dataloader()))
+    assert len(set(batch["trace_name"])) == 8

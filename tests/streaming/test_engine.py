@@ -1,0 +1,230 @@
+"""The streaming engine: block-size invariance, gaps, disorder, tail, bad samples, stacking."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import EVENT_P_S, EVENT_S_S, T0, blocks_of, make_record, standin_predict
+
+from feq_lab.errors import ConfigError
+from feq_lab.streaming.engine import Block, EngineConfig, StreamEngine, iso_utc, run_blocks
+
+
+def run(blocks, **cfg):
+    engine = StreamEngine(standin_predict, "standin", cfg or None)
+    return run_blocks(engine, blocks), engine
+
+
+def dicts(events):
+    return [e.to_dict() for e in events]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    events, _ = run(blocks_of(make_record(), 60.0))
+    return events
+
+
+def test_reference_event_is_right(reference):
+    assert len(reference) == 1
+    ev = reference[0]
+    assert abs(ev.p_time - (T0 + EVENT_P_S)) <= 0.05
+    assert abs(ev.s_time - (T0 + EVENT_S_S)) <= 0.05
+    assert ev.detection_start <= ev.p_time < ev.s_time <= ev.detection_end
+    d = ev.to_dict()
+    assert d["type"] == "event" and d["station"] == "XX.STA" and d["model"] == "standin"
+    assert d["p_time"] == iso_utc(ev.p_time) and d["p_time"].endswith("Z")
+
+
+@pytest.mark.parametrize("block_s", [1.0, 7.0, 60.0, 0.37])
+def test_block_sizes_give_identical_events(reference, block_s):
+    events, _ = run(blocks_of(make_record(), block_s))
+    assert dicts(events) == dicts(reference)
+
+
+def test_events_are_emitted_once_when_complete_not_at_the_end():
+    engine = StreamEngine(standin_predict, "standin")
+    emitted_at = []
+    for k, block in enumerate(blocks_of(make_record(), 1.0)):
+        for ev in engine.feed(block):
+            emitted_at.append(k)
+    emitted_at += ["flush"] * len(engine.flush())
+    assert len(emitted_at) == 1
+    assert emitted_at[0] != "flush"
+    # evidence completes when every window covering the event ran: before the stream ends
+    assert EVENT_S_S < emitted_at[0] < 290
+
+
+def test_out_of_order_block_is_placed_in_its_slot(reference, caplog):
+    blocks = blocks_of(make_record(), 60.0)
+    blocks[1], blocks[2] = blocks[2], blocks[1]
+    with caplog.at_level(logging.INFO, logger="feq_lab.streaming"):
+        events, _ = run(blocks)
+    assert dicts(events) == dicts(reference)
+    assert "out of order" in caplog.text
+
+
+def test_too_late_block_is_dropped_with_a_log_line(caplog):
+    blocks = blocks_of(make_record(), 30.0)
+    late = blocks.pop(2)  # 60-90 s, delivered after everything else
+    with caplog.at_level(logging.WARNING, logger="feq_lab.streaming"):
+        events, _ = run(blocks + [late], max_delay_s=60.0)
+    assert "gap of 30.00 s" in caplog.text
+    assert "arrived after that time was processed; dropped" in caplog.text
+    real = [e for e in events if abs(e.p_time - (T0 + EVENT_P_S)) <= 0.05]
+    assert len(real) == 1 and "gap_filled" not in real[0].flags
+    # the stand-in (unlike a model trained with gap augmentation) triggers where data resume
+    # after the flat fill: such an event is flagged
+    assert all("gap_filled" in e.flags for e in events if e is not real[0])
+
+
+def test_gap_is_filled_flagged_and_logged(reference, caplog):
+    rec = make_record()
+    blocks = [b for b in blocks_of(rec, 5.0) if not (100.0 <= b.starttime - T0 < 110.0)]
+    with caplog.at_level(logging.WARNING, logger="feq_lab.streaming"):
+        events, _ = run(blocks)
+    assert "gap of 10.00 s" in caplog.text
+    real = [e for e in events if abs(e.p_time - reference[0].p_time) <= 0.05]
+    assert dicts(real) == dicts(reference)  # the gap is far from the event: same event
+    assert all("gap_filled" in e.flags for e in events if e is not real[0])
+    # a gap inside the event is flagged on it
+    blocks = [b for b in blocks_of(rec, 1.0) if not (EVENT_S_S + 1 <= b.starttime - T0 < EVENT_S_S + 2)]
+    events, _ = run(blocks)
+    assert any("gap_filled" in e.flags and e.p_time is not None and
+               abs(e.p_time - reference[0].p_time) <= 0.05 for e in events)
+
+
+def test_overlapping_and_resent_blocks_keep_the_first_copy(reference, caplog):
+    rec = make_record()
+    by_start = {b.starttime - T0: b for b in blocks_of(rec, 30.0)}
+    resent = blocks_of(rec[:, 15000:21000], 60.0, t0=T0 + 150.0)[0]  # 150-210 s again
+    order = [0, 30, 120, 150, 180, "resent", 60, 90, 210, 240, 270]
+    blocks = [resent if k == "resent" else by_start[float(k)] for k in order]
+    blocks.append(by_start[60.0])  # a late duplicate of already-processed data
+    with caplog.at_level(logging.INFO, logger="feq_lab.streaming"):
+        events, _ = run(blocks, max_delay_s=200.0)
+    assert "overlap data already received; kept the first copy" in caplog.text
+    assert "arrived after that time was processed; dropped" in caplog.text
+    assert dicts(events) == dicts(reference)
+
+
+def test_tail_is_processed():
+    rec = make_record(minutes=4.75, event=False)
+    rng = np.random.default_rng(5)
+    n = rec.shape[1]
+    t = np.arange(n) / 100.0
+    p, s = t - 275.0, t - 278.0
+    rec[2] += np.where(p >= 0, 25.0, 0.0) * rng.normal(0, 1, n)
+    rec[:2] += np.where(s >= 0, 40.0, 0.0) * rng.normal(0, 1, (2, n))
+    engine = StreamEngine(standin_predict, "standin")
+    during = [ev for b in blocks_of(rec, 60.0) for ev in engine.feed(b)]
+    assert during == []  # the last regular window ends at 270 s: only the tail sees the event
+    tail = engine.flush()
+    assert len(tail) == 1
+    assert abs(tail[0].p_time - (T0 + 275.0)) <= 0.05
+    assert abs(tail[0].s_time - (T0 + 278.0)) <= 0.05
+    assert engine.flush() == []  # flushing twice emits nothing twice
+
+
+def spike_predict(x):
+    """Window-independent picker: P (and detection) where |Z| exceeds 8 normalised units."""
+    hit = (np.abs(x[:, 2]) > 8.0).astype(np.float32)
+    return hit, hit, np.zeros_like(hit)
+
+
+def test_stream_shorter_than_a_window_is_processed():
+    rng = np.random.default_rng(2)
+    rec = rng.normal(0, 1, (3, 4500)).astype(np.float32)  # 45 s
+    rec[2, 3000:3060] += 60.0  # a 0.6-s spike at 30 s
+    engine = StreamEngine(spike_predict, "spike", {"min_detection_s": 0.0})
+    events = run_blocks(engine, blocks_of(rec, 10.0))
+    assert len(events) == 1
+    assert abs(events[0].p_time - (T0 + 30.0)) <= 0.02
+    assert engine.windows_run == 1
+
+
+def test_missing_component_and_nan_samples_are_survived(caplog):
+    rec = make_record()
+    blocks = []
+    for b in blocks_of(rec, 60.0):
+        ch = {k: v.copy() for k, v in b.channels.items() if k != "HHN"}
+        if b.starttime - T0 == 60.0:
+            ch["HHE"][100:130] = np.nan
+        blocks.append(Block(b.station, b.starttime, b.sampling_rate, ch))
+    with caplog.at_level(logging.WARNING, logger="feq_lab.streaming"):
+        events, _ = run(blocks)
+    assert "component N missing" in caplog.text
+    assert "30 NaN/inf samples" in caplog.text
+    assert len(events) == 1 and "missing_component" in events[0].flags
+    assert abs(events[0].p_time - (T0 + EVENT_P_S)) <= 0.05
+
+
+def test_other_sampling_rate_is_resampled(caplog):
+    from scipy.signal import resample_poly
+
+    rec = make_record()
+    rec200 = resample_poly(rec.astype(np.float64), 2, 1, axis=1).astype(np.float32)
+    blocks = blocks_of(rec200, 7.0, rate=200.0)
+    with caplog.at_level(logging.WARNING, logger="feq_lab.streaming"):
+        events, _ = run(blocks)
+    assert "resampled to 100 Hz" in caplog.text
+    assert len(events) == 1 and "resampled" in events[0].flags
+    assert abs(events[0].p_time - (T0 + EVENT_P_S)) <= 0.1
+    # the causal resampler is block-length independent too
+    again, _ = run(blocks_of(rec200, 60.0, rate=200.0))
+    assert dicts(again) == dicts(events)
+
+
+def test_per_channel_blocks_and_two_stations():
+    rec = make_record()
+    blocks = []
+    for station, shift in (("XX.AAA", 0.0), ("XX.BBB", 3.0)):
+        for b in blocks_of(rec, 1.3, station=station, t0=T0 + shift):
+            blocks += [Block(station, b.starttime, 100.0, {k: v}) for k, v in b.channels.items()]
+    blocks.sort(key=lambda b: b.starttime)
+    events, engine = run(blocks)
+    by_station = {e.station: e for e in events}
+    assert sorted(by_station) == ["XX.AAA", "XX.BBB"] and len(events) == 2
+    assert abs(by_station["XX.BBB"].p_time - by_station["XX.AAA"].p_time - 3.0) <= 0.011
+
+
+def test_mean_combination_and_stride(reference):
+    events, _ = run(blocks_of(make_record(), 60.0), combine="mean", stride=1500)
+    assert len(events) == 1 and abs(events[0].p_time - reference[0].p_time) <= 0.05
+
+
+def test_mc_spread_is_reported():
+    def predict_mc(x):
+        det, p, s = standin_predict(x)
+        return det, p, s, det * 0.1, p * 0.2, s * 0.3
+
+    engine = StreamEngine(predict_mc, "mc", mc=True)
+    events = run_blocks(engine, blocks_of(make_record(), 60.0))
+    assert len(events) == 1
+    assert events[0].spread["p"] == pytest.approx(0.2, abs=1e-3)
+    assert events[0].to_dict()["spread"]["s"] == pytest.approx(0.3, abs=1e-3)
+
+
+def test_memory_is_bounded_over_a_long_stream():
+    rng = np.random.default_rng(1)
+    engine = StreamEngine(standin_predict, "standin", {"history_s": 60.0})
+    for k in range(40):  # 40 minutes
+        seg = rng.normal(0, 1, (3, 6000)).astype(np.float32)
+        engine.feed(Block("XX.STA", T0 + 60.0 * k, 100.0, dict(zip(("E", "N", "Z"), seg))))
+    st = engine.stations["XX.STA"]
+    assert st.raw.data.shape[1] <= 65536 * 2
+    assert st.raw.base > 30 * 6000
+
+
+@pytest.mark.parametrize("key,value", [("stride", 0), ("stride", 7000), ("combine", "median"),
+                                       ("batch_size", 0), ("max_delay_s", -1.0), ("bogus", 1)])
+def test_bad_engine_config_names_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"engine.{key}"):
+        EngineConfig.from_mapping({key: value})
+
+
+def test_bad_thresholds_name_the_key():
+    with pytest.raises(ConfigError, match="engine.thresholds.p"):
+        EngineConfig.from_mapping({"thresholds": {"detection": 0.5, "p": 2.0, "s": 0.3}})

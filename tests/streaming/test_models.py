@@ -1,0 +1,74 @@
+"""The engine with a real (untrained, seeded) FEQ3: torch and onnxruntime backends, block sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import blocks_of, make_record
+
+from feq_lab.streaming.engine import StreamEngine, run_blocks
+from feq_lab.errors import ConfigError
+from feq_lab.streaming.predictors import make_predictor, onnx_predictor, parse_model_uri, torch_predictor
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def feq3():
+    from feq_lab.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("feq3").eval()
+
+
+@pytest.fixture(scope="module")
+def record():
+    return make_record(minutes=2.5)
+
+
+def probs_after(predict, record, block_s):
+    engine = StreamEngine(predict, "feq3", {"history_s": 600.0})
+    events = run_blocks(engine, blocks_of(record, block_s))
+    view = engine.history_view("XX.STA", 600.0)
+    return events, view["prob"], engine.windows_run
+
+
+def test_feq3_block_sizes_give_the_same_probabilities_and_events(feq3, record):
+    predict = torch_predictor(feq3, threads=1)
+    ev7, p7, n7 = probs_after(predict, record, 7.0)
+    ev60, p60, n60 = probs_after(predict, record, 60.0)
+    assert p7.shape == p60.shape == (3, record.shape[1])
+    assert n7 == n60 == 5  # 4 regular windows (0, 30, 60, 90 s) + the tail
+    np.testing.assert_allclose(p7, p60, atol=1e-5)
+    assert [e.to_dict() for e in ev7] == [e.to_dict() for e in ev60]
+    assert np.all((p7 >= 0) & (p7 <= 1))
+
+
+def test_onnxruntime_matches_torch(feq3, record, tmp_path):
+    # make_predictor exports the model itself when no ONNX file came with it
+    predict = make_predictor(feq3, None, "onnxruntime", 1, 0, tmp_path)
+    path = tmp_path / "model.onnx"
+    assert path.exists()
+    x = np.random.default_rng(0).normal(size=(2, 3, 6000)).astype(np.float32)
+    assert [o.shape for o in predict(x)] == [(2, 6000)] * 3
+    _, p_onnx, _ = probs_after(onnx_predictor(path, threads=1), record, 60.0)
+    _, p_torch, _ = probs_after(torch_predictor(feq3, threads=1), record, 60.0)
+    np.testing.assert_allclose(p_onnx, p_torch, atol=2e-4)
+
+
+def test_mc_mode_gives_a_spread(feq3):
+    predict = make_predictor(feq3, None, "onnxruntime", 1, 3, None)  # MC falls back to torch
+    x = np.random.default_rng(0).normal(size=(1, 3, 6000)).astype(np.float32)
+    out = predict(x)
+    assert len(out) == 6 and float(np.max(out[3:][0])) > 0.0
+
+
+def test_model_config_errors():
+    assert parse_model_uri("models:/feq-picker@champion") == ("feq-picker", "champion")
+    with pytest.raises(ConfigError, match="model_uri"):
+        parse_model_uri("runs:/abc/model")
+    with pytest.raises(ConfigError, match="backend"):
+        make_predictor(None, None, "tensorflow", 1, 0, None)
+    with pytest.raises(ConfigError, match="threads"):
+        make_predictor(None, None, "torch", 0, 0, None)

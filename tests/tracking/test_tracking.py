@@ -1,0 +1,130 @@
+"""Tracker against a real MLflow SQLite store in tmp_path: runs, resume lookup, load_runs,
+failure marking, registry round trip through the pyfunc model."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+
+from feq_lab.tracking.mlflow import (
+    PARENT_RUN_FILE,
+    TAG_CONFIG_HASH,
+    TAG_DATA_VERSION,
+    TAG_ERROR,
+    Tracker,
+    copy_run_pointer,
+    download_artifact,
+    load_champion,
+    load_runs,
+    with_retry,
+)
+
+
+@pytest.fixture()
+def tracker(tmp_path):
+    return Tracker(f"sqlite:///{tmp_path}/mlflow.db", "unit")
+
+
+def test_parent_children_and_load_runs(tracker, tmp_path):
+    sweep = tmp_path / "sweep"
+    parent = tracker.parent_run("sweep", sweep)
+    assert (sweep / PARENT_RUN_FILE).read_text().strip() == parent
+    tags = {TAG_CONFIG_HASH: "abc", TAG_DATA_VERSION: "v1"}
+    with tracker.child_run({"model": "feq3", "rnn": "gru"}, tags, name="a", parent_run_id=parent) as a:
+        tracker.log_metrics({"test/p_f1": 0.9, "test/p_residual_mae_s": math.nan})
+        tracker.log_metrics({"val/loss": 1.0}, step=0)
+        tracker.log_metrics({"val/loss": 0.5}, step=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracker.child_run({"model": "feq3"}, {}, name="b", parent_run_id=parent):
+            raise RuntimeError("boom")
+    tracker.end_run(parent)
+
+    runs = {r.name: r for r in load_runs(tracker.uri, "unit")}
+    assert set(runs) == {"a", "b"}
+    assert runs["a"].status == "FINISHED" and runs["b"].status == "FAILED"
+    assert runs["a"].params["rnn"] == "gru"
+    assert runs["a"].metrics["test/p_f1"] == pytest.approx(0.9)
+    assert math.isnan(runs["a"].metrics["test/p_residual_mae_s"])
+    assert runs["a"].metrics["val/loss"] == pytest.approx(0.5)  # latest step
+    history = tracker.client.get_metric_history(a, "val/loss")
+    assert [m.step for m in history] == [0, 1]
+    assert runs["b"].tags[TAG_ERROR] == "RuntimeError: boom"
+
+    assert tracker.find_finished("abc", "v1") == a
+    assert tracker.find_finished("abc", "v2") is None  # other data version
+    assert tracker.find_finished("zzz", "v1") is None
+
+    # a resumed sweep: a pointer child stands for the original run
+    parent2 = tracker.parent_run("sweep 2", tmp_path / "sweep2")
+    pointer = copy_run_pointer(tracker, a, parent2, "a", tags)
+    assert pointer != a
+    assert tracker.find_finished("abc", "v1") == a  # never the pointer
+    (rec,) = load_runs(tracker.uri, "unit")  # latest parent = parent2
+    assert rec.run_id == a and rec.metrics["test/p_f1"] == pytest.approx(0.9)
+    assert load_runs(tracker.uri, "no-such-experiment") == []
+
+
+def test_artifacts_download(tracker, tmp_path):
+    run = tracker.start_run("art")
+    csv = tmp_path / "threshold_grid.csv"
+    csv.write_text("a,b\n1,2\n")
+    tracker.log_artifact(csv, "evaluation")
+    tracker.end_run()
+    got = download_artifact(tracker.uri, run, "threshold_grid.csv", tmp_path / "dl")
+    assert got.read_text() == "a,b\n1,2\n"
+
+
+def test_with_retry_waits_out_a_locked_database(tmp_path):
+    db = tmp_path / "lock.db"
+    holder = sqlite3.connect(db, timeout=0)
+    holder.execute("create table t (x)")
+    holder.execute("begin exclusive")
+    calls = []
+
+    def write():
+        calls.append(1)
+        if len(calls) == 3:
+            holder.rollback()  # the other writer finishes
+        con = sqlite3.connect(db, timeout=0)
+        try:
+            con.execute("insert into t values (1)")
+            con.commit()
+        finally:
+            con.close()
+        return "ok"
+
+    assert with_retry(write, base_delay=0.01) == "ok"
+    assert len(calls) == 3
+    with pytest.raises(ValueError):
+        with_retry(lambda: (_ for _ in ()).throw(ValueError("not a lock")))
+
+
+def test_register_and_load_champion(tracker, tmp_path):
+    import mlflow.pyfunc
+    import torch
+
+    from feq_lab.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("feq2").eval()
+    ckpt = save_checkpoint(model, tmp_path / "model.pt")
+    run = tracker.start_run("champ")
+    tracker.log_pyfunc_model(ckpt)
+    tracker.end_run()
+    version = tracker.register(run, "feq-picker", "champion")
+    assert version == "1"
+
+    loaded, onnx_path = load_champion(tracker.uri, dst=tmp_path / "champ")
+    assert onnx_path is None
+    x = torch.randn(1, 3, 6000)
+    with torch.no_grad():
+        for a, b in zip(model(x), loaded(x)):
+            assert torch.equal(a, b)
+
+    pyfunc = mlflow.pyfunc.load_model(f"{tmp_path / 'champ' / 'model'}")
+    out = pyfunc.predict(np.random.default_rng(0).standard_normal((3, 6000)).astype(np.float32))
+    assert set(out) == {"detection", "p", "s"}
+    assert out["p"].shape == (1, 6000) and np.all((out["p"] >= 0) & (out["p"] <= 1))
