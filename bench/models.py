@@ -5,7 +5,8 @@ EQTransformer(lstm_blocks=2) eager as the peer, all in one process.
 
 Goals (issue 3): FEQ3 on its best backend ≤ 0.12 × peer; FEQ3 eager ≤ 0.5 × our EQT eager.
 Candidates are timed round-robin (`rounds` × `repeats` calls each) so a noisy, shared machine
-slows them alike; the figure is the median over all calls.
+slows them alike; the figure is the median over all calls. Both wall-clock and thread CPU time
+are reported: on a shared machine the CPU-time ratios are the trustworthy ones.
 """
 
 from __future__ import annotations
@@ -61,18 +62,24 @@ def main() -> None:
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 6000)).astype(np.float32))
     with tempfile.TemporaryDirectory() as tmp:
         fns = candidates(Path(tmp), x)
-        times: dict[str, list[float]] = {k: [] for k in fns}
         for fn in fns.values():
             time_calls(fn, warmup=5, repeats=1)
+        times = {clock: {k: [] for k in fns} for clock in ("wall", "cpu")}
         for _ in range(args.rounds):
             for key, fn in fns.items():
-                times[key].extend(time_calls(fn, warmup=1, repeats=args.repeats))
+                for clock in ("wall", "cpu"):
+                    times[clock][key].extend(time_calls(fn, warmup=1, repeats=args.repeats, clock=clock))
+    print(f"device: {device_name()}; torch {torch.__version__}; 1 thread; batch 1; "
+          f"{args.rounds}×{args.repeats} calls each per clock")
+    for clock, label in (("wall", "wall-clock"), ("cpu", "thread CPU time (stable on a shared machine)")):
+        report(label, times[clock])
+
+
+def report(label: str, times: dict[str, list[float]]) -> None:
     p50 = {k: float(np.median(v)) for k, v in times.items()}
     p90 = {k: float(np.percentile(v, 90)) for k, v in times.items()}
-    print(f"device: {device_name()}; torch {torch.__version__}; 1 thread; batch 1; "
-          f"{args.rounds}×{args.repeats} calls each")
     base = p50.get(PEER)
-    print(f"{'candidate':48s} {'p50 ms':>8s} {'p90 ms':>8s} {'× peer':>8s}")
+    print(f"\n{label}\n{'candidate':48s} {'p50 ms':>8s} {'p90 ms':>8s} {'× peer':>8s}")
     for key in p50:
         ratio = f"{p50[key] / base:8.3f}" if base else "     n/a"
         print(f"{key:48s} {p50[key]:8.2f} {p90[key]:8.2f} {ratio}")

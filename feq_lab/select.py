@@ -65,8 +65,10 @@ def gather_runs(uri: str, experiment: str, parent_ids: Sequence[str | None]) -> 
         found = load_runs(uri, experiment, parent_run_id=pid)
         if not found:
             which = f"parent run {pid}" if pid else "the latest parent run"
+            hint = (" (a sweep recorded by DVC whose store was since deleted or moved? rerun "
+                    "it: `dvc repro -f sweep`)" if pid else "")
             raise SelectionError(f"no runs found under {which} of experiment {experiment!r} "
-                                 f"in {uri}")
+                                 f"in {uri}{hint}")
         for r in found:
             runs.setdefault(r.run_id, r)
     return list(runs.values())

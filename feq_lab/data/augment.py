@@ -10,8 +10,9 @@ Probabilities come from `data.augment` in the config.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class ShiftEvent:
         hi = min(t - 1 - self.margin - end, t - 1 - self.margin - s)
         if hi <= lo:
             return sample
-        shift = int(rng.integers(int(math.ceil(lo)), int(math.floor(hi)) + 1))
+        shift = int(rng.integers(math.ceil(lo), math.floor(hi) + 1))
         out = dict(sample)
         out["waveform"] = np.roll(sample["waveform"], shift, axis=-1)
         out["p"], out["s"] = p + shift, s + shift
@@ -73,7 +74,7 @@ class AddEvent:
         if room <= 0:
             return sample
         new_p = start + 100 + rng.uniform(0, room)
-        shift = int(round(new_p - p))
+        shift = round(new_p - p)
         copy = np.roll(wave, shift, axis=-1)
         copy[..., : int(start)] = 0.0  # only the shifted event, not wrapped-around samples
         out = dict(sample)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,7 +49,7 @@ TRACE_COLUMNS: tuple[str, ...] = ("network_code", "receiver_code", "receiver_typ
 EVENT_COLUMNS: tuple[str, ...] = tuple(c for c in STEAD_COLUMNS if c not in TRACE_COLUMNS)
 MISSING_TOKENS = frozenset({"", "none", "nan", "null", "na", "[]", "[[]]"})
 
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf", re.I)
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf", re.IGNORECASE)
 
 
 def is_missing(value: Any) -> bool:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -21,8 +22,9 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from feq_lab.data import augment as aug
-from feq_lab.data.labels import make_labels, normalize, pick_label, detection_label
-from feq_lab.data.stead import Dataset as SteadDataset, open_dataset, snr_matrix
+from feq_lab.data.labels import detection_label, make_labels, normalize, pick_label
+from feq_lab.data.stead import Dataset as SteadDataset
+from feq_lab.data.stead import open_dataset, snr_matrix
 from feq_lab.errors import ConfigError, DataError
 
 

@@ -31,8 +31,8 @@ def pick_label(sample: float | None, n_samples: int = 6000) -> np.ndarray:
     y = np.zeros(n_samples, dtype=np.float32)
     if sample is None or not math.isfinite(sample):
         return y
-    lo = max(int(math.floor(sample - PICK_HALF_WIDTH)), 0)
-    hi = min(int(math.ceil(sample + PICK_HALF_WIDTH)), n_samples - 1)
+    lo = max(math.floor(sample - PICK_HALF_WIDTH), 0)
+    hi = min(math.ceil(sample + PICK_HALF_WIDTH), n_samples - 1)
     if lo > hi:
         return y
     t = np.arange(lo, hi + 1, dtype=np.float64)
@@ -49,8 +49,8 @@ def detection_label(p_sample: float | None, s_sample: float | None,
     if p_sample is None or s_sample is None or not (math.isfinite(p_sample) and math.isfinite(s_sample)):
         return y
     end = s_sample + DETECTION_S_FACTOR * (s_sample - p_sample)
-    lo = max(int(round(p_sample)), 0)
-    hi = min(int(round(end)), n_samples - 1)
+    lo = max(round(p_sample), 0)
+    hi = min(round(end), n_samples - 1)
     if lo <= hi:
         y[lo:hi + 1] = 1.0
     return y

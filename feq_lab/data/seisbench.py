@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
 import pandas as pd
 
 from feq_lab.data import columns as cols
-from feq_lab.data.stead import (N_CHANNELS, N_SAMPLES, SAMPLING_RATE, Dataset, _FileHandles,
-                                _pick_error, open_hdf5, validate_picks, validate_waveform)
+from feq_lab.data.stead import (
+    N_CHANNELS,
+    N_SAMPLES,
+    SAMPLING_RATE,
+    Dataset,
+    _FileHandles,
+    _pick_error,
+    open_hdf5,
+    validate_picks,
+    validate_waveform,
+)
 from feq_lab.errors import DataError
 
 # SeisBench column -> STEAD column.
@@ -183,24 +193,23 @@ def write_seisbench(out_dir: str | os.PathLike, waveforms: Sequence[np.ndarray],
     rows = metadata.to_dict("records") if isinstance(metadata, pd.DataFrame) else list(metadata)
     perm = ["ENZ".index(c) for c in component_order]
     records = []
-    with atomic_path(out / "waveforms.hdf5") as tmp:
-        with h5py.File(tmp, "w") as handle:
-            fmt = handle.create_group("data_format")
-            fmt.create_dataset("dimension_order", data="CW")
-            fmt.create_dataset("component_order", data=component_order)
-            fmt.create_dataset("sampling_rate", data=SAMPLING_RATE)
-            for b, start in enumerate(range(0, len(rows), bucket_size)):
-                chunk = [np.asarray(w, dtype=np.float32)[:, perm].T
-                         for w in waveforms[start:start + bucket_size]]
-                handle.create_dataset(f"data/bucket{b}", data=np.stack(chunk))
-                for i, row in enumerate(rows[start:start + bucket_size]):
-                    rec = {STEAD_TO_SEISBENCH.get(k, k): cols.format_value(k, row.get(k))
-                           for k in cols.STEAD_COLUMNS}
-                    rec["trace_name_original"] = rec.pop("trace_name")
-                    rec["trace_name"] = f"bucket{b}${i},:{N_CHANNELS},:{N_SAMPLES}"
-                    if "split" in row:
-                        rec["split"] = {"val": "dev"}.get(row["split"], row["split"])
-                    records.append(rec)
+    with atomic_path(out / "waveforms.hdf5") as tmp, h5py.File(tmp, "w") as handle:
+        fmt = handle.create_group("data_format")
+        fmt.create_dataset("dimension_order", data="CW")
+        fmt.create_dataset("component_order", data=component_order)
+        fmt.create_dataset("sampling_rate", data=SAMPLING_RATE)
+        for b, start in enumerate(range(0, len(rows), bucket_size)):
+            chunk = [np.asarray(w, dtype=np.float32)[:, perm].T
+                     for w in waveforms[start:start + bucket_size]]
+            handle.create_dataset(f"data/bucket{b}", data=np.stack(chunk))
+            for i, row in enumerate(rows[start:start + bucket_size]):
+                rec = {STEAD_TO_SEISBENCH.get(k, k): cols.format_value(k, row.get(k))
+                       for k in cols.STEAD_COLUMNS}
+                rec["trace_name_original"] = rec.pop("trace_name")
+                rec["trace_name"] = f"bucket{b}${i},:{N_CHANNELS},:{N_SAMPLES}"
+                if "split" in row:
+                    rec["split"] = {"val": "dev"}.get(row["split"], row["split"])
+                records.append(rec)
     with atomic_path(out / "metadata.csv") as tmp:
         pd.DataFrame(records).to_csv(tmp, index=False)
     return out

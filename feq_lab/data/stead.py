@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -171,13 +171,13 @@ class Dataset:
             yield meta.iloc[i], self.get_waveform_at(i)
 
     # ------------------------------------------------------------------ selection
-    def select(self, mask: Any) -> "Dataset":
+    def select(self, mask: Any) -> Dataset:
         """A view on the rows where `mask` is true (or on integer positions); shares handles."""
         mask = np.asarray(mask)
         rows = self._meta[mask] if mask.dtype == bool else self._meta.iloc[mask]
         return self._view(rows)
 
-    def _view(self, rows: pd.DataFrame) -> "Dataset":
+    def _view(self, rows: pd.DataFrame) -> Dataset:
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone._set_meta(rows)
@@ -187,7 +187,7 @@ class Dataset:
                min_snr_db: float | None = None, max_snr_db: float | None = None,
                distance_km: tuple[float | None, float | None] | None = None,
                magnitude: tuple[float | None, float | None] | None = None,
-               split: str | Iterable[str] | None = None) -> "Dataset":
+               split: str | Iterable[str] | None = None) -> Dataset:
         """Rows matching every given criterion (metadata only; no waveform is read).
 
         SNR bounds apply to every channel (EQT's "all three SNRs >= 10 dB"); noise rows have no
@@ -223,10 +223,10 @@ class Dataset:
     def close(self) -> None:
         self._files.close()
 
-    def __enter__(self) -> "Dataset":
+    def __enter__(self) -> Dataset:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -418,7 +418,7 @@ class SteadWriter:
 
     def __init__(self, hdf5_path: str | os.PathLike, csv_path: str | os.PathLike | None = None,
                  layout: str = "merged", extra_columns: Sequence[str] = (),
-                 write_attrs: bool = True):
+                 write_attrs: bool = True, defer_csv: bool = False):
         if layout not in ("merged", "2019"):
             raise ValueError(f"layout must be 'merged' or '2019', got {layout!r}")
         self.hdf5_path = Path(hdf5_path)
@@ -432,8 +432,13 @@ class SteadWriter:
         self._csv_file = None
         self._csv: Any = None
         self.count = 0
+        # defer_csv: keep formatted rows and write them at exit in `csv_order` (indices in
+        # add() order), so waveforms can stream to disk while the index gets its final order.
+        self.defer_csv = defer_csv
+        self.csv_order: Sequence[int] | None = None
+        self._rows: list[list[str]] = []
 
-    def __enter__(self) -> "SteadWriter":
+    def __enter__(self) -> SteadWriter:
         self.hdf5_path.parent.mkdir(parents=True, exist_ok=True)
         self._h5 = h5py.File(self._tmp_h5, "w")
         self._h5.attrs["feq_lab_format"] = f"stead-{self.layout}"
@@ -466,11 +471,20 @@ class SteadWriter:
                     attrs[key] = str(row.get(key))
             _write_attrs(dset, attrs)
         raw = cols.format_row(row, self.extra_columns)
-        self._csv.writerow([raw[c] for c in list(cols.STEAD_COLUMNS) + list(self.extra_columns)])
+        line = [raw[c] for c in list(cols.STEAD_COLUMNS) + list(self.extra_columns)]
+        if self.defer_csv:
+            self._rows.append(line)
+        else:
+            self._csv.writerow(line)
         self.count += 1
 
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+    def __exit__(self, exc_type: Any, *rest: object) -> None:
         assert self._h5 is not None and self._csv_file is not None
+        if exc_type is None and self.defer_csv:
+            order = range(len(self._rows)) if self.csv_order is None else self.csv_order
+            if sorted(order) != list(range(len(self._rows))):
+                raise ValueError("csv_order must be a permutation of the added rows")
+            self._csv.writerows(self._rows[i] for i in order)
         self._h5.close()
         self._csv_file.close()
         if exc_type is None:
@@ -490,10 +504,3 @@ def write_dataset(hdf5_path: str | os.PathLike, waveforms: Iterable[np.ndarray],
         for wave, row in zip(waveforms, rows):
             writer.add(wave, row)
     return Path(hdf5_path)
-
-
-def copy_tree_atomic(src: Path, dst: Path) -> None:
-    """Replace directory `dst` with `src` (used for whole-subset outputs)."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(src, dst)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +100,7 @@ def prepare(data_cfg: Mapping[str, Any]) -> Path:
         summary = json.loads((out_dir / "summary.json").read_text())
         summary["config"] = {**content, "generator_version": GENERATOR_VERSION}
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+        os.chmod(out_dir / "summary.json", 0o644)
         return out_dir
     extract(content, out_dir)
     return out_dir
@@ -165,6 +167,7 @@ def extract(content: Mapping[str, Any], out_dir: Path) -> Path:
              "shortfall": shortfall, "source_traces": len(ds)}
     summary = summarize(out_dir, config=dict(content), extra=extra)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    os.chmod(out_dir / "summary.json", 0o644)
     return out_dir
 
 

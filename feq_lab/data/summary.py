@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ def describe_metadata(meta: pd.DataFrame) -> dict[str, Any]:
     """Counts per category/split and distributions of the earthquake fields."""
     from feq_lab.data.stead import snr_matrix
 
-    summary: dict[str, Any] = {"n_traces": int(len(meta)),
+    summary: dict[str, Any] = {"n_traces": len(meta),
                                "categories": {str(k): int(v) for k, v in
                                               meta["trace_category"].value_counts().items()}}
     if "split" in meta:

@@ -25,15 +25,16 @@ import functools
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from feq_lab.data import traveltime
-from feq_lab.data.snr import waveform_snr_db, window_power
+from feq_lab.data.snr import waveform_snr_db
 
 FS = 100.0
 N_SAMPLES = 6000
@@ -154,16 +155,6 @@ def noise_bank() -> np.ndarray:
     return series.astype(np.float32)
 
 
-def _slices(bank: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random N_SAMPLES window per entry of `rows` (n, k) from the bank's rows -> (n, k, T)."""
-    starts = rng.integers(0, bank.shape[1] - N_SAMPLES, rows.shape)
-    out = np.empty(rows.shape + (N_SAMPLES,), dtype=bank.dtype)
-    for i, j in np.ndindex(*rows.shape):  # contiguous copies beat a fancy-index gather here
-        s = starts[i, j]
-        out[i, j] = bank[rows[i, j], s:s + N_SAMPLES]
-    return out
-
-
 def _class_index(fc: np.ndarray, tstar: np.ndarray) -> np.ndarray:
     i = np.abs(np.log(fc)[:, None] - np.log(FC_GRID)[None, :]).argmin(axis=1)
     j = np.abs(np.log(tstar)[:, None] - np.log(TSTAR_GRID)[None, :]).argmin(axis=1)
@@ -209,11 +200,17 @@ def _draw_events(rng: np.random.Generator, n: int) -> _Events:
 
 
 def _envelope(t: np.ndarray, onset: np.ndarray, rise: np.ndarray, decay: np.ndarray) -> np.ndarray:
-    """(n, T) envelope: zero before onset, linear rise over `rise` samples, then exp decay."""
-    dt = t[None, :] - onset[:, None].astype(np.float32)
-    ramp = np.clip(dt / rise[:, None].astype(np.float32), 0.0, 1.0)
-    after = np.maximum(dt - rise[:, None].astype(np.float32), 0.0)
-    return ramp * np.exp(-after / decay[:, None].astype(np.float32))
+    """(n, T) float32 envelope: zero before onset, linear rise over `rise` samples, then
+    exp(-(t - onset - rise) / decay). Computed as min(ramp, decay curve) in a few fused passes."""
+    f32 = np.float32
+    inv_rise = (1.0 / rise).astype(f32)[:, None]
+    env = t[None, :] * inv_rise - (onset / rise).astype(f32)[:, None]
+    np.clip(env, 0.0, 1.0, out=env)
+    inv_decay = (1.0 / decay).astype(f32)[:, None]
+    tail = ((onset + rise) / decay).astype(f32)[:, None] - t[None, :] * inv_decay
+    np.minimum(tail, 0.0, out=tail)
+    np.exp(tail, out=tail)
+    return np.minimum(env, tail, out=env)
 
 
 def _earthquake_batch(rng: np.random.Generator, n: int):
@@ -231,7 +228,7 @@ def _earthquake_batch(rng: np.random.Generator, n: int):
     tstar_s = ts_sec / 300.0 + kappa
 
     # Envelopes: P decays into a P coda; S rises then decays exponentially (the coda).
-    coda_tau = 100.0 * 10 ** (0.12 * ev.magnitude + 0.25 + 0.1 * rng.standard_normal(n))
+    coda_tau = 100.0 * 10 ** (0.12 * ev.magnitude + 0.15 + 0.1 * rng.standard_normal(n))
     coda_tau *= 1.0 + ev.distance_km / 150.0
     rise_p = np.clip(FS / fc_p, 3.0, 60.0)
     rise_s = np.clip(FS / fc_s, 5.0, 100.0) + 0.05 * (ev.s_sample - ev.p_sample)
@@ -243,9 +240,9 @@ def _earthquake_batch(rng: np.random.Generator, n: int):
         idx = np.nonzero(second)[0]
         sp2 = rng.uniform(100.0, 1500.0, idx.size)
         p2 = rng.uniform(ev.s_sample[idx] + 200.0, N_SAMPLES - 200.0)
-        weaker = 10 ** -rng.uniform(0.3, 1.5, idx.size)
-        env_p[idx] += weaker[:, None] * _envelope(t, p2, rise_p[idx], 0.6 * coda_tau[idx])
-        env_s[idx] += weaker[:, None] * _envelope(t, p2 + sp2, rise_s[idx], coda_tau[idx])
+        weaker = (10 ** -rng.uniform(0.3, 1.5, idx.size)).astype(np.float32)[:, None]
+        env_p[idx] += weaker * _envelope(t, p2, rise_p[idx], 0.6 * coda_tau[idx])
+        env_s[idx] += weaker * _envelope(t, p2 + sp2, rise_s[idx], coda_tau[idx])
 
     # Peak amplitudes from the spectra (Parseval: energy / effective duration), so S/P ratios,
     # corner frequencies and attenuation act on amplitude; (beta/alpha)^3 ~ 0.19 for P.
@@ -258,19 +255,21 @@ def _earthquake_batch(rng: np.random.Generator, n: int):
     dur_s = (rise_s / 3 + 0.5 * coda_tau) / FS
     amp_p = 0.19 * rad_p * m0 / r_hyp * np.sqrt(e_p / dur_p)
     amp_s = rad_s * m0 / r_hyp * np.sqrt(e_s / dur_s)
-    norm = amp_s  # overall scale is set by the SNR draw below; keep numbers O(1)
-    amp_p, amp_s = amp_p / norm, amp_s / norm
+    amp_p, amp_s = amp_p / amp_s, np.ones(n)  # the absolute scale is set by the SNR draw below
 
-    # Three base series (P, SV, SH): band-limited by each trace's spectrum class, under envelopes.
-    bank = signal_bank()
-    cls = np.stack([_class_index(fc_p, tstar_p), _class_index(fc_s, tstar_s),
-                    _class_index(fc_s, tstar_s)], axis=1)
-    base = _slices(bank, cls, rng)  # (n, 3, T)
+    # Six component series per trace: P, SV, SH (band-limited by the trace's spectrum class,
+    # under their envelopes) and three ambient-noise channels.
+    cls_p, cls_s = _class_index(fc_p, tstar_p), _class_index(fc_s, tstar_s)
     env_p *= amp_p[:, None].astype(np.float32)
-    env_s *= amp_s[:, None].astype(np.float32)
-    base[:, 0] *= env_p
-    base[:, 1] *= env_s
-    base[:, 2] *= env_s
+    comp = np.empty((n, 6, N_SAMPLES), dtype=np.float32)
+    bank = signal_bank()
+    starts = rng.integers(0, bank.shape[1] - N_SAMPLES, (n, 3))
+    for i in range(n):
+        for k, (row, env) in enumerate(((cls_p[i], env_p[i]), (cls_s[i], env_s[i]),
+                                        (cls_s[i], env_s[i]))):
+            s0 = starts[i, k]
+            np.multiply(bank[row, s0:s0 + N_SAMPLES], env, out=comp[i, k])
+    _noise_into(rng, comp[:, 3:])
 
     # Rotation onto E, N, Z: near-vertical incidence, so P on Z and S on the horizontals.
     inc = np.deg2rad(rng.uniform(10.0, 35.0, n))
@@ -278,37 +277,52 @@ def _earthquake_batch(rng: np.random.Generator, n: int):
     sin_i, cos_i, sin_a, cos_a = np.sin(inc), np.cos(inc), np.sin(az), np.cos(az)
     sv = rng.uniform(0.5, 1.5, n)
     w_sv, w_sh = sv / np.sqrt(1 + sv**2), 1.0 / np.sqrt(1 + sv**2)
-    mix = np.empty((n, 3, 3), dtype=np.float32)  # [channel E, N, Z] x [P, SV, SH]
+    mix = np.empty((n, 3, 3))  # [channel E, N, Z] x [P, SV, SH]
     mix[:, 0] = np.stack([sin_i * sin_a, w_sv * cos_i * sin_a, w_sh * cos_a], axis=1)
     mix[:, 1] = np.stack([sin_i * cos_a, w_sv * cos_i * cos_a, -w_sh * sin_a], axis=1)
     mix[:, 2] = np.stack([cos_i, -w_sv * sin_i, np.zeros(n)], axis=1)
-    signal = np.matmul(mix, base)  # (n, 3, T)
 
-    noise = _noise(rng, n, single_channel=np.zeros(n, dtype=bool))
+    # Noise level: per-channel powers in the 5 s windows around P (from the components:
+    # a 3x3 Gram matrix of P/SV/SH in the signal window, noise power in the noise window).
+    pi = ev.p_sample.astype(np.int64)
+    gram = np.empty((n, 3, 3))
+    pn = np.empty((n, 3))
+    chan = (1.0 + 0.15 * rng.standard_normal((n, 3))).clip(0.5, 1.5)  # per-channel noise level
+    for i in range(n):
+        seg = comp[i, :3, pi[i]:pi[i] + 500].astype(np.float64)
+        gram[i] = seg @ seg.T / seg.shape[1]
+        nseg = comp[i, 3:, max(pi[i] - 500, 0):pi[i]].astype(np.float64)
+        pn[i] = np.einsum("ct,ct->c", nseg, nseg) / max(nseg.shape[1], 1) * chan[i] ** 2
+    ps = np.einsum("ncs,nst,nct->nc", mix, gram, mix)
     target = np.interp(rng.random(n), _SNR_Q, _SNR_DB)
-    scale = _noise_scale(signal, noise, ev.p_sample, target)
-    # Raw counts: stations differ by orders of magnitude in gain.
+    scale = _noise_scale(ps, pn, target)
+
+    # Raw counts: stations differ by orders of magnitude in gain. One batched (T,6)@(6,3)
+    # product mixes, scales, adds the noise and lays the result out as (T, 3) at once.
     gain = 10 ** rng.uniform(1.0, 4.0, n)
-    signal *= (gain / scale)[:, None, None].astype(np.float32)
-    noise *= gain[:, None, None].astype(np.float32)
-    signal += noise
-    waves = signal
+    out_mix = np.zeros((n, 3, 6))
+    out_mix[:, :, :3] = mix * (gain / scale)[:, None, None]
+    out_mix[:, [0, 1, 2], [3, 4, 5]] = chan * gain[:, None]
+    waves = np.matmul(comp.transpose(0, 2, 1), out_mix.astype(np.float32).transpose(0, 2, 1))
     _add_glitches(rng, waves, prob=0.04)
-    snr = waveform_snr_db(waves, ev.p_sample, channel_first=True)
-    waves = np.ascontiguousarray(np.transpose(waves, (0, 2, 1)))
-    # Coda end: where the S envelope (peak amp_s/scale) sinks to the noise RMS (1 by design).
-    peak = amp_s / scale * np.sqrt(np.mean(mix[:, :, 1] ** 2 + mix[:, :, 2] ** 2, axis=1))
+    snr = waveform_snr_db(waves, ev.p_sample)
+    # Coda end: where the S envelope sinks to the noise RMS (the noise has unit variance
+    # before gain, so the S peak in noise units is sqrt(mean channel S gain^2) / scale).
+    peak = np.sqrt(np.mean(mix[:, :, 1] ** 2 + mix[:, :, 2] ** 2, axis=1)) / scale
     coda_end = ev.s_sample + rise_s + coda_tau * np.log(np.maximum(peak, 1.0))
     coda_end = np.clip(np.round(coda_end), ev.s_sample + 50, N_SAMPLES)
     return waves, ev, snr, coda_end
 
 
-def _noise(rng: np.random.Generator, n: int, single_channel: np.ndarray) -> np.ndarray:
-    """(n, 3, 6000) float32 coloured noise of unit variance, spectra between NLNM and NHNM."""
+def _noise_into(rng: np.random.Generator, out: np.ndarray) -> None:
+    """Fill (n, 3, 6000) with unit-variance coloured noise between NLNM and NHNM (+ tones)."""
+    n = out.shape[0]
     bank = noise_bank()
     level = rng.integers(0, len(NOISE_LEVELS), n)
-    noise = _slices(bank, np.repeat(level[:, None], 3, axis=1), rng)
-    noise *= (1.0 + 0.15 * rng.standard_normal((n, 3, 1))).astype(np.float32)
+    starts = rng.integers(0, bank.shape[1] - N_SAMPLES, (n, 3))
+    for i in range(n):
+        for c in range(3):
+            out[i, c] = bank[level[i], starts[i, c]:starts[i, c] + N_SAMPLES]
     # Station-specific narrow-band tones (electrical/mechanical) in ~15% of stations.
     tone = np.nonzero(rng.random(n) < 0.15)[0]
     if tone.size:
@@ -318,21 +332,14 @@ def _noise(rng: np.random.Generator, n: int, single_channel: np.ndarray) -> np.n
         t = np.arange(N_SAMPLES, dtype=np.float32) / np.float32(FS)
         wave = np.sin(np.float32(2 * np.pi) * f0[:, None].astype(np.float32) * t[None, :]
                       + phase[:, None].astype(np.float32))
-        noise[tone] += amp[:, :, None].astype(np.float32) * wave[:, None, :]
-    if single_channel.any():
-        noise[single_channel, 0] = noise[single_channel, 2]
-        noise[single_channel, 1] = noise[single_channel, 2]
-    return noise
+        out[tone] += amp[:, :, None].astype(np.float32) * wave[:, None, :]
 
 
-def _noise_scale(signal: np.ndarray, noise: np.ndarray, p: np.ndarray,
-                 target_db: np.ndarray) -> np.ndarray:
+def _noise_scale(ps: np.ndarray, pn: np.ndarray, target_db: np.ndarray) -> np.ndarray:
     """Per-trace divisor of the signal so the mean-of-channels window SNR hits `target_db`."""
-    n = signal.shape[0]
-    pi = p.astype(np.int64)
-    ps = window_power(signal, pi, np.minimum(pi + 500, N_SAMPLES))
-    pn = window_power(noise, np.maximum(pi - 500, 0), pi)
+    n = ps.shape[0]
     ps = np.maximum(ps, 1e-30)
+    pn = np.maximum(pn, 1e-30)
     # Bisection on log10(divisor^2): mean_c 10 log10(1 + ps/(d pn)) is decreasing in d.
     lo = np.full(n, -30.0)
     hi = np.full(n, 60.0)
@@ -347,29 +354,38 @@ def _noise_scale(signal: np.ndarray, noise: np.ndarray, p: np.ndarray,
 
 def _add_glitches(rng: np.random.Generator, waves: np.ndarray, prob: float,
                   gap_prob: float = 0.0) -> None:
-    """In place on (n, 3, T): spikes in a fraction of traces; zeroed gaps (dropouts)."""
+    """In place on (n, T, 3): spikes in a fraction of traces; zeroed gaps (dropouts)."""
     n = waves.shape[0]
     for i in np.nonzero(rng.random(n) < prob)[0]:
         rms = float(np.sqrt(np.mean(np.square(waves[i], dtype=np.float64)))) + 1e-30
         for _ in range(int(rng.integers(1, 4))):
             at = int(rng.integers(0, N_SAMPLES - 3))
             width = int(rng.integers(1, 4))
-            waves[i, int(rng.integers(0, 3)), at:at + width] += (
+            waves[i, at:at + width, int(rng.integers(0, 3))] += (
                 rng.choice([-1.0, 1.0]) * rms * rng.uniform(5, 50))
     if gap_prob > 0:
         for i in np.nonzero(rng.random(n) < gap_prob)[0]:
             length = int(rng.integers(50, 1500))
             at = int(rng.integers(0, N_SAMPLES - length))
-            waves[i, :, at:at + length] = 0.0
+            waves[i, at:at + length, :] = 0.0
 
 
 def _noise_batch(rng: np.random.Generator, n: int):
     """n noise traces (n, 6000, 3) float32; ~3% single-channel stations, spikes, gaps."""
     single = rng.random(n) < 0.03
-    noise = _noise(rng, n, single)
-    _add_glitches(rng, noise, prob=0.08, gap_prob=0.05)
-    gain = (10 ** rng.uniform(1.0, 4.0, n)).astype(np.float32)
-    return np.ascontiguousarray(np.transpose(noise * gain[:, None, None], (0, 2, 1))), single
+    comp = np.empty((n, 3, N_SAMPLES), dtype=np.float32)
+    _noise_into(rng, comp)
+    gain = 10 ** rng.uniform(1.0, 4.0, n)
+    chan = (1.0 + 0.15 * rng.standard_normal((n, 3))).clip(0.5, 1.5)
+    out_mix = np.zeros((n, 3, 3))
+    out_mix[:, [0, 1, 2], [0, 1, 2]] = chan * gain[:, None]
+    out_mix[single] = 0.0
+    out_mix[single, :, 2] = gain[single, None]  # single-channel station: Z copied to E and N
+    waves = np.matmul(comp.transpose(0, 2, 1), out_mix.astype(np.float32).transpose(0, 2, 1))
+    _add_glitches(rng, waves, prob=0.08, gap_prob=0.05)
+    waves[single, :, 0] = waves[single, :, 2]  # a glitch on a one-sensor station shows everywhere
+    waves[single, :, 1] = waves[single, :, 2]
+    return waves, single
 
 
 # ---------------------------------------------------------------------------- metadata
@@ -428,7 +444,7 @@ def _earthquake_rows(rng: np.random.Generator, ev: _Events, snr: np.ndarray,
     dlat = ev.distance_km * np.cos(baz) / traveltime.KM_PER_DEG
     dlon = ev.distance_km * np.sin(baz) / (traveltime.KM_PER_DEG
                                              * np.cos(np.deg2rad(st["receiver_latitude"])))
-    maybe = lambda values, p_null: [None if rng.random() < p_null else v for v in values]  # noqa: E731
+    maybe = lambda values, p_null: [None if rng.random() < p_null else v for v in values]
     name_time = start - pd.to_timedelta(rng.uniform(1.0, 2.0, n), unit="s")
     snr32 = np.round(snr, 1).astype(np.float32).astype(np.float64)
     rows = pd.DataFrame({
@@ -537,21 +553,27 @@ def make_synthetic_subset(out_dir: str | os.PathLike, n_earthquakes: int, n_nois
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     split = dict(split or DEFAULT_SPLIT)
-    batches = list(generate(n_earthquakes, n_noise, seed))
-    waves = np.concatenate([b[0] for b in batches]) if batches else np.zeros((0, N_SAMPLES, 3), np.float32)
-    meta = pd.concat([b[1] for b in batches], ignore_index=True) if batches else pd.DataFrame(
-        columns=["trace_category", "trace_name"])
-    order = np.random.default_rng([seed, 1]).permutation(len(meta))
-    meta = meta.iloc[order].reset_index(drop=True)
-    waves = waves[order]
-    meta["split"] = assign_split(meta["trace_category"].to_numpy(), split, seed)
-    with SteadWriter(out / "subset.hdf5", out / "subset.csv", extra_columns=("split",)) as writer:
-        for wave, row in zip(waves, meta.to_dict("records")):
-            writer.add(wave, row)
+    n = int(n_earthquakes) + int(n_noise)
+    # Final CSV order: a seeded shuffle of earthquakes and noise; splits follow that order.
+    # Waveforms stream to the HDF5 file batch by batch (bounded memory).
+    order = np.random.default_rng([seed, 1]).permutation(n)  # CSV position -> generation index
+    categories = np.array(["earthquake_local"] * int(n_earthquakes) + ["noise"] * int(n_noise))
+    split_by_index = np.empty(n, dtype=object)
+    split_by_index[order] = assign_split(categories[order], split, seed)
+    with SteadWriter(out / "subset.hdf5", out / "subset.csv", extra_columns=("split",),
+                     defer_csv=True) as writer:
+        index = 0
+        for waves, meta in generate(n_earthquakes, n_noise, seed):
+            for wave, row in zip(waves, meta.to_dict("records")):
+                row["split"] = split_by_index[index]
+                writer.add(wave, row)
+                index += 1
+        writer.csv_order = order.tolist()
     config = {"kind": "synthetic", "n_earthquakes": int(n_earthquakes), "n_noise": int(n_noise),
               "seed": int(seed), "split": split, "generator_version": GENERATOR_VERSION}
     summary = summarize(out, config=config)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_jsonable))
+    os.chmod(out / "summary.json", 0o644)
     return out
 
 

@@ -9,13 +9,30 @@ outputs match the Keras originals.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 BN_EPS = 1e-3  # Keras BatchNormalization default
+# Eval-time folding of separable convs into one dense conv (see SameConv1d._folded_weight).
+FOLD_SEPARABLE = True
+FOLD_MAX_LENGTH = 1000
+FOLD_MAX_CHANNELS = 4
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """Suspend the TorchScript tracer (ONNX export): eval-time caches built inside are constants
+    of the exported graph, not traced computations."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 def same_padding(kernel: int) -> tuple[int, int]:
@@ -50,9 +67,26 @@ class SameConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.extra_right:
             x = F.pad(x, (0, self.extra_right))
-        if self.depthwise is not None:
-            x = self.depthwise(x)
-        return self.conv(x)
+        if self.depthwise is None:
+            return self.conv(x)
+        if not self.training and FOLD_SEPARABLE and (x.shape[-1] <= FOLD_MAX_LENGTH or x.shape[1] <= FOLD_MAX_CHANNELS):
+            weight = self._folded_weight()
+            return F.conv1d(x, weight, self.conv.bias, padding=self.depthwise.padding)
+        return self.conv(self.depthwise(x))
+
+    def _folded_weight(self) -> torch.Tensor:
+        """Depthwise ∘ pointwise as one conv weight W[o, c, j] = P[o, c]·D[c, j] (the same linear
+        map). Short inputs pay a fixed cost per depthwise call that dwarfs the extra MACs, so eval
+        uses one dense conv there. Cached until a weight changes."""
+        d, p = self.depthwise.weight, self.conv.weight
+        key = (d.data_ptr(), d._version, p.data_ptr(), p._version)
+        cache = self.__dict__.get("_fold_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        with torch.no_grad(), untraced():
+            weight = p[:, :, 0].unsqueeze(-1) * d[:, 0, :].unsqueeze(0)
+        self.__dict__["_fold_cache"] = (key, weight)
+        return weight
 
 
 class SameMaxPool1d(nn.Module):
@@ -72,6 +106,19 @@ class SameMaxPool1d(nn.Module):
         if self.left == self.right and 2 * self.left <= self.pool:
             return F.max_pool1d(x, self.pool, padding=self.left)
         return F.max_pool1d(F.pad(x, (self.left, self.right), value=-math.inf), self.pool)
+
+
+def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Repeat each sample `factor` times along the last axis (Keras UpSampling1D).
+
+    Eager uses `repeat_interleave` (the fastest copy in torch); the ONNX export writes it as
+    stack + flatten (Concat/Reshape), which onnxruntime runs ~5× faster than the Tile that
+    `repeat_interleave` exports to. Both produce the same values."""
+    if factor == 1:
+        return x
+    if torch.onnx.is_in_onnx_export():
+        return torch.stack([x] * factor, dim=-1).flatten(2)
+    return torch.repeat_interleave(x, factor, dim=2)
 
 
 class SpatialDropout(nn.Dropout1d):
@@ -230,8 +277,11 @@ class AdditiveSelfAttention(nn.Module):
         width = self.width
         lo = width // 2
         hi = width - 1 - lo
-        k_win = F.pad(k, (0, 0, lo, hi)).unfold(1, width, 1)  # (B, T, U, W): neighbour j = t − lo + j
-        x_win = F.pad(x, (0, 0, lo, hi)).unfold(1, width, 1)  # (B, T, C, W)
+        length = x.shape[1]
+        k_pad, x_pad = F.pad(k, (0, 0, lo, hi)), F.pad(x, (0, 0, lo, hi))
+        # (B, T, U, W) and (B, T, C, W): neighbour j of step t is step t − lo + j
+        k_win = torch.stack([k_pad[:, j : j + length] for j in range(width)], dim=-1)
+        x_win = torch.stack([x_pad[:, j : j + length] for j in range(width)], dim=-1)
         h = torch.tanh(q.unsqueeze(-1) + k_win)
         e = torch.matmul(h.transpose(2, 3), self.score.weight.t()).squeeze(-1) + self.score.bias  # (B, T, W)
         e = e.masked_fill(self._outside(x.shape[1], x.device), -math.inf)
@@ -242,13 +292,13 @@ class AdditiveSelfAttention(nn.Module):
     def _outside(self, length: int, device: torch.device) -> torch.Tensor:
         """(T, W) mask of neighbours outside the sequence; cached (it only depends on T)."""
         key = (length, str(device))
-        cached = self._mask_cache.get(key) if not torch.jit.is_tracing() else None
+        cached = self._mask_cache.get(key)
         if cached is None:
             lo = self.width // 2
-            idx = torch.arange(length, device=device).unsqueeze(1) - lo + torch.arange(self.width, device=device)
-            cached = (idx < 0) | (idx >= length)
-            if not torch.jit.is_tracing():
-                self._mask_cache[key] = cached
+            with untraced():
+                idx = torch.arange(length, device=device).unsqueeze(1) - lo + torch.arange(self.width, device=device)
+                cached = (idx < 0) | (idx >= length)
+            self._mask_cache[key] = cached
         return cached
 
 
@@ -313,9 +363,43 @@ class Decoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, j in enumerate(self.layer_of_stage):
-            x = torch.repeat_interleave(x, self.upsample[i], dim=2)
+            x = upsample_nearest(x, self.upsample[i])
             left, right = self.crops[i]
             if left or right:
                 x = x[:, :, left : x.shape[2] - right]
             x = F.relu(self.layers[j](x))
         return self.head(x).squeeze(1)
+
+
+def fuse_parallel_rnns(rnns: Sequence[nn.Module]) -> nn.Module | None:
+    """One uni-directional nn.LSTM/nn.GRU equivalent to several run on the same input.
+
+    The hidden state is the concatenation of theirs; gate rows are interleaved per gate and the
+    recurrent matrix is block-diagonal, so each part only sees its own state: the same function,
+    with one fused kernel call instead of one per branch (the P and S pickers share their input).
+    Returns None for RNNs it cannot fuse (Keras GRU cells, bidirectional or multi-layer ones).
+    """
+    first = rnns[0]
+    kinds = {type(r) for r in rnns}
+    if len(kinds) != 1 or first.__class__ not in (nn.LSTM, nn.GRU):
+        return None
+    if any(r.bidirectional or r.num_layers != 1 or not r.bias or not r.batch_first for r in rnns):
+        return None
+    u, n = first.hidden_size, len(rnns)
+    gates = 4 if isinstance(first, nn.LSTM) else 3
+    with untraced():
+        fused = first.__class__(first.input_size, n * u, batch_first=True)
+    with torch.no_grad(), untraced():
+        for name in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
+            parts = [getattr(r, name)[g * u : (g + 1) * u] for g in range(gates) for r in rnns]
+            getattr(fused, name).copy_(torch.cat(parts))
+        w_hh = torch.zeros(gates * n * u, n * u)
+        for g in range(gates):
+            for i, r in enumerate(rnns):
+                rows = slice((g * n + i) * u, (g * n + i + 1) * u)
+                w_hh[rows, i * u : (i + 1) * u] = r.weight_hh_l0[g * u : (g + 1) * u]
+        fused.weight_hh_l0.copy_(w_hh)
+    with untraced():
+        fused.to(first.weight_ih_l0.device)
+    fused.requires_grad_(False)
+    return fused.eval()

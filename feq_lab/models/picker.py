@@ -29,6 +29,7 @@ from feq_lab.models.layers import (
     SameMaxPool1d,
     SpatialDropout,
     TransformerBlock,
+    fuse_parallel_rnns,
 )
 from feq_lab.models.spec import ModelSpec, layer_indices, spec_from_config, spec_from_dict
 from feq_lab.paths import atomic_path
@@ -116,9 +117,31 @@ class PickerModel(nn.Module):
         for block in self.transformers:
             h = block(h)
         det = self.decoders[0](h.transpose(1, 2))
-        p = self.decoders[1](self.pickers[0](h).transpose(1, 2))
-        s = self.decoders[2](self.pickers[1](h).transpose(1, 2))
+        p_branch, s_branch = self._picker_branches(h)
+        p = self.decoders[1](p_branch.transpose(1, 2))
+        s = self.decoders[2](s_branch.transpose(1, 2))
         return det, p, s
+
+    def _picker_branches(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """P and S branches; in eval their RNNs run as one fused RNN (same function, one kernel)."""
+        fused = None if self.training else self._fused_picker_rnn()
+        if fused is None:
+            return [branch(h) for branch in self.pickers]
+        y = fused(h)[0]
+        u = self.spec.units
+        return [branch.attention(y[..., i * u : (i + 1) * u]) for i, branch in enumerate(self.pickers)]
+
+    def _fused_picker_rnn(self) -> nn.Module | None:
+        """The fused P/S RNN, rebuilt whenever a picker RNN weight changes (training, loading)."""
+        rnns = [branch.rnn for branch in self.pickers]
+        params = [p for r in rnns for p in r.parameters()]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cache = self.__dict__.get("_fused_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        fused = fuse_parallel_rnns(rnns)
+        self.__dict__["_fused_cache"] = (key, fused)  # a plain attribute: not a submodule
+        return fused
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         det, p, s = self.forward_logits(x)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from feq_lab.errors import ConfigError, SelectionError
-from feq_lab.selection.tables import param
+from feq_lab.selection.tables import param, variant_label
 from feq_lab.tracking.records import RunRecord
 
 POLICIES = ("constraints", "pareto", "weighted")
@@ -102,7 +102,8 @@ class CandidateResult:
     def to_dict(self, keys: Iterable[str]) -> dict[str, Any]:
         return {
             "run_id": self.run.run_id,
-            "name": self.run.label,
+            "name": variant_label(self.run),
+            "run_name": self.run.name,
             "status": self.status,
             "rank": self.rank,
             "score": self.score,
@@ -130,7 +131,8 @@ class Decision:
             "settings": self.settings,
             "champion": {
                 "run_id": champ.run_id,
-                "name": champ.label,
+                "name": variant_label(champ),
+                "run_name": champ.name,
                 "params": dict(sorted(champ.params.items())),
                 "metrics": {k: champ.metrics.get(k) for k in self.keys},
             },
@@ -205,13 +207,13 @@ def split_candidates(
         raise SelectionError("no runs found in the sweep: nothing to select from")
     finished = [r for r in runs if r.status == "FINISHED"]
     if not finished:
-        listing = ", ".join(f"{r.label} ({r.run_id[:8]}) {r.status}" for r in runs)
+        listing = ", ".join(f"{variant_label(r)} ({r.run_id[:8]}) {r.status}" for r in runs)
         raise SelectionError(f"no FINISHED run in the sweep; runs found: {listing}")
     baselines = [r for r in finished
                  if any(param(r, p) in {str(v) for v in vals} for p, vals in exclude.items())]
     candidates = [r for r in finished if r not in baselines]
     if not candidates:
-        listing = ", ".join(f"{r.label} ({r.run_id[:8]})" for r in finished)
+        listing = ", ".join(f"{variant_label(r)} ({r.run_id[:8]})" for r in finished)
         raise SelectionError(
             f"every FINISHED run is a baseline excluded by {dict(exclude)}: {listing}")
     return candidates, baselines
@@ -224,7 +226,7 @@ def require_metrics(runs: Sequence[RunRecord], keys: Iterable[str]) -> None:
     for r in runs:
         missing = [k for k in keys if not _finite(r.metrics.get(k))]
         if missing:
-            problems.append(f"run {r.label} ({r.run_id}) lacks {', '.join(missing)}")
+            problems.append(f"run {variant_label(r)} ({r.run_id}) lacks {', '.join(missing)}")
     if problems:
         raise SelectionError("missing metrics needed by the policy: " + "; ".join(problems))
 
@@ -248,7 +250,7 @@ def apply_constraints(
             if v < low or v > high:
                 why = f"{c.key}={_fmt(v)} outside [{_fmt(low)}, {_fmt(high)}]"
                 rejected.setdefault(r.run_id, []).append(why)
-                out.append(f"{r.label} ({_fmt(v)})")
+                out.append(f"{variant_label(r)} ({_fmt(v)})")
         reasons.append(f"constraint {c} (bound [{_fmt(low)}, {_fmt(high)}]): "
                        + (f"rejects {', '.join(out)}" if out else "every candidate passes"))
     feasible = [r for r in runs if r.run_id not in rejected]
@@ -260,30 +262,30 @@ def apply_constraints(
 
 def _run_name(runs: Sequence[RunRecord], run_id: str) -> str:
     r = next(r for r in runs if r.run_id == run_id)
-    return f"{r.label} ({r.run_id[:8]})"
+    return f"{variant_label(r)} ({r.run_id[:8]})"
 
 
 def lexicographic_key(objectives: Sequence[Objective]):
     """Sort key: objectives in order, then the label and id (stable, deterministic)."""
     def key(r: RunRecord):
-        return tuple(o.sort_value(r.metrics[o.key]) for o in objectives) + (r.label, r.run_id)
+        return tuple(o.sort_value(r.metrics[o.key]) for o in objectives) + (variant_label(r), r.run_id)
     return key
 
 
 def explain_order(ranked: Sequence[RunRecord], objectives: Sequence[Objective]) -> str:
     """Why the first run beats the second: the first objective that separates them."""
     if len(ranked) < 2:
-        return f"{ranked[0].label} is the only feasible candidate"
+        return f"{variant_label(ranked[0])} is the only feasible candidate"
     a, b = ranked[0], ranked[1]
     for i, o in enumerate(objectives):
         va, vb = a.metrics[o.key], b.metrics[o.key]
         if va != vb:
             tie = ("" if i == 0 else "tied on " + ", ".join(
                 f"{p.key}={_fmt(a.metrics[p.key])}" for p in objectives[:i]) + "; ")
-            return (f"{a.label} beats the runner-up {b.label}: {tie}"
+            return (f"{variant_label(a)} beats the runner-up {variant_label(b)}: {tie}"
                     f"{o.key} {_fmt(va)} vs {_fmt(vb)} ({o.goal})")
-    return (f"{a.label} and {b.label} tie on every objective; the run label/id order decides "
-            f"({a.label} < {b.label})")
+    return (f"{variant_label(a)} and {variant_label(b)} tie on every objective; the run label/id order decides "
+            f"({variant_label(a)} < {variant_label(b)})")
 
 
 # --------------------------------------------------------------------------- the policies
@@ -314,7 +316,7 @@ def _prepare(runs, objectives, constraints, tie_breakers, exclude, policy):
     require_metrics(candidates, keys)
     reasons = [f"policy {policy}: {len(candidates)} candidate run(s) among {len(runs)} "
                f"({len(baselines)} baseline(s) excluded: "
-               f"{', '.join(b.label for b in baselines) or 'none'})"]
+               f"{', '.join(variant_label(b) for b in baselines) or 'none'})"]
     feasible, rejected, why = apply_constraints(candidates, constraints)
     reasons += why
     return candidates, baselines, feasible, rejected, reasons, keys
@@ -323,7 +325,7 @@ def _prepare(runs, objectives, constraints, tie_breakers, exclude, policy):
 def _results(candidates, baselines, rejected, ranked, status_of, score_of=None, notes_of=None):
     rank = {r.run_id: i + 1 for i, r in enumerate(ranked)}
     out = []
-    for r in sorted(candidates, key=lambda r: (rank.get(r.run_id, 10**9), r.label, r.run_id)):
+    for r in sorted(candidates, key=lambda r: (rank.get(r.run_id, 10**9), variant_label(r), r.run_id)):
         if r.run_id in rejected:
             out.append(CandidateResult(r, "rejected", notes=rejected[r.run_id]))
         else:
@@ -343,7 +345,7 @@ def select_constraints(runs, *, objectives, constraints=(), tie_breakers=(), exc
         runs, objectives, constraints, tie_breakers, exclude, "constraints")
     ranked = sorted(feasible, key=lexicographic_key(order))
     champ = ranked[0]
-    reasons.append(f"feasible: {', '.join(r.label for r in ranked)}; ranked by "
+    reasons.append(f"feasible: {', '.join(variant_label(r) for r in ranked)}; ranked by "
                    + ", then ".join(str(o) for o in order))
     reasons.append(explain_order(ranked, order))
     results = _results(candidates, baselines, rejected, ranked,
@@ -391,21 +393,21 @@ def select_pareto(runs, *, objectives, constraints=(), tie_breakers=(), exclude=
     champ = ranked[0]
     dominated = [r for r in feasible if r not in front]
     reasons.append(f"objectives: {', '.join(str(o) for o in objectives)}; non-dominated: "
-                   f"{', '.join(r.label for r in front)}"
-                   + (f"; dominated: {', '.join(r.label for r in dominated)}" if dominated else ""))
+                   f"{', '.join(variant_label(r) for r in front)}"
+                   + (f"; dominated: {', '.join(variant_label(r) for r in dominated)}" if dominated else ""))
     reasons.append(f"knee = front point nearest the ideal point (each objective scaled to [0, 1] "
-                   f"over the front): {champ.label} at distance {dist[champ.run_id]:.4g}")
+                   f"over the front): {variant_label(champ)} at distance {dist[champ.run_id]:.4g}")
     if len(ranked) > 1:
         nxt = ranked[1]
         if round(dist[nxt.run_id], 12) == round(dist[champ.run_id], 12):
-            reasons.append(f"tie in distance with {nxt.label} broken by "
+            reasons.append(f"tie in distance with {variant_label(nxt)} broken by "
                            + (", ".join(str(o) for o in tie_breakers) or "run label/id"))
         else:
-            reasons.append(f"runner-up {nxt.label} at distance {dist[nxt.run_id]:.4g}")
+            reasons.append(f"runner-up {variant_label(nxt)} at distance {dist[nxt.run_id]:.4g}")
 
     def notes(r):
         if r in dominated:
-            by = [o.label for o in feasible if dominates(o, r, objectives)]
+            by = [variant_label(o) for o in feasible if dominates(o, r, objectives)]
             return [f"dominated by {', '.join(by)}"]
         return []
 
@@ -433,8 +435,8 @@ def select_weighted(runs, *, objectives, constraints=(), tie_breakers=(), exclud
     reasons.append("score = weighted mean of objectives scaled to [0, 1] over the feasible runs "
                    "(1 = best): " + ", ".join(f"{o.key} ({o.goal}) x {_fmt(o.weight)}"
                                               for o in objectives))
-    reasons.append(f"{champ.label} scores {score[champ.run_id]:.4f}"
-                   + (f", runner-up {ranked[1].label} {score[ranked[1].run_id]:.4f}"
+    reasons.append(f"{variant_label(champ)} scores {score[champ.run_id]:.4f}"
+                   + (f", runner-up {variant_label(ranked[1])} {score[ranked[1].run_id]:.4f}"
                       if len(ranked) > 1 else ""))
     if len(ranked) > 1 and round(score[ranked[1].run_id], 12) == round(score[champ.run_id], 12):
         reasons.append(f"tie in score broken by "

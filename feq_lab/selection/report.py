@@ -31,7 +31,10 @@ CHAMPION_METRICS = "champion_metrics.json"
 THRESHOLD_CURVE = "threshold_curve.csv"
 FIGURES_DIR = "figures"
 CURVE_COLUMNS = ["output", "threshold", "precision", "recall", "f1"]
-CHAMPION_KEYS_PREFIXES = ("test/", "params/", "size/", "latency/")
+CHAMPION_KEYS = tuple(
+    [f"test/{o}_{s}" for o in OUTPUTS for s in ("f1", "precision", "recall", "fn")]
+    + ["test/p_residual_mae_s", "test/s_residual_mae_s", "params/total_paper",
+       "params/total_torch", "size/model_mb", "latency/window_ms_p50"])
 
 
 @dataclass
@@ -123,11 +126,12 @@ def headline_thresholds(run: RunRecord) -> dict[str, float]:
 
 
 def champion_metrics(run: RunRecord) -> dict[str, Any]:
-    """The champion's numbers nested by prefix (`{"test": {"s_f1": ...}}`) for `dvc metrics`."""
+    """The champion's headline numbers nested by prefix (`{"test": {"s_f1": ...}}`), for
+    `dvc metrics show/diff` (a curated set: the report's tables hold the rest)."""
     out: dict[str, dict[str, float]] = {}
-    for k, v in sorted(run.metrics.items()):
-        if k.startswith(CHAMPION_KEYS_PREFIXES) and isinstance(v, (int, float)) \
-                and math.isfinite(v):
+    for k in CHAMPION_KEYS:
+        v = run.metrics.get(k)
+        if isinstance(v, (int, float)) and math.isfinite(v):
             group, _, name = k.partition("/")
             out.setdefault(group, {})[name] = float(v)
     return out

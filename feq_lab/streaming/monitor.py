@@ -28,13 +28,14 @@ class MonitorStats:
     pick_delays_s: list[float] = field(default_factory=list)  # arrival -> events out (blocks with events)
 
     def summary(self) -> dict[str, Any]:
-        d = np.asarray(self.block_delays_s or [np.nan])
-        pk = np.asarray(self.pick_delays_s or [np.nan])
+        def ms(values: list[float], how: Any) -> float | None:
+            return round(float(how(values)) * 1e3, 2) if values else None
+
         return {"blocks": self.blocks, "events": self.events, "windows": self.windows,
                 "wall_s": round(self.wall_s, 3),
-                "block_delay_ms_p50": round(float(np.nanmedian(d)) * 1e3, 2),
-                "block_delay_ms_max": round(float(np.nanmax(d)) * 1e3, 2),
-                "pick_delay_ms_max": round(float(np.nanmax(pk)) * 1e3, 2)}
+                "block_delay_ms_p50": ms(self.block_delays_s, np.median),
+                "block_delay_ms_max": ms(self.block_delays_s, np.max),
+                "pick_delay_ms_max": ms(self.pick_delays_s, np.max)}
 
 
 def run_monitor(blocks: Iterable[Block], engine: StreamEngine, sink: EventSink,

@@ -29,7 +29,7 @@ class PickerPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model = load_checkpoint(context.artifacts[CHECKPOINT_KEY]).eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
         import torch
 
         from feq_lab.data.labels import normalize

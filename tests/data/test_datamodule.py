@@ -34,7 +34,7 @@ def test_batch_contract(tiny_subset):
     eq = batch["is_earthquake"].numpy()
     assert np.isnan(batch["p_arrival_sample"].numpy()[~eq]).all()
     for i in np.nonzero(eq)[0]:
-        p = int(round(batch["p_arrival_sample"][i].item()))
+        p = round(batch["p_arrival_sample"][i].item())
         assert batch["y_p"][i, p] == pytest.approx(1.0)
 
 

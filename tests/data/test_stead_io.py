@@ -91,7 +91,7 @@ def test_filters_use_metadata_only(tmp_path, traces):
     assert (d <= 50.0).all()
     test = ds.filter(split="test")
     assert test.metadata["trace_name"].tolist() == meta["trace_name"][meta["split"] == "test"].tolist()
-    row, wave = next(iter(test))
+    _row, wave = next(iter(test))
     np.testing.assert_array_equal(wave, waves[3])
 
 
@@ -119,10 +119,9 @@ def test_seisbench_round_trip(tmp_path, traces):
 
 def test_writer_leaves_nothing_on_failure(tmp_path, traces):
     waves, meta = traces
-    with pytest.raises(RuntimeError):
-        with SteadWriter(tmp_path / "out.hdf5") as writer:
-            writer.add(waves[0], meta.iloc[0].to_dict())
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), SteadWriter(tmp_path / "out.hdf5") as writer:
+        writer.add(waves[0], meta.iloc[0].to_dict())
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -11,7 +11,7 @@ import pytest
 from feq_lab.data import columns as cols
 from feq_lab.data import synthetic, traveltime
 from feq_lab.data.snr import waveform_snr_db
-from feq_lab.data.stead import open_dataset, read_csv_index
+from feq_lab.data.stead import open_dataset
 
 
 @pytest.fixture(scope="module")

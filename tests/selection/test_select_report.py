@@ -105,13 +105,14 @@ def store(tmp_path_factory):
 def test_select_and_report_on_two_sweeps(store, tmp_path):
     uri, first, second, summary = store
     payload = run_select(config(uri, tmp_path, f"select.sweep_summary={summary}"))
-    assert payload["champion"]["name"] == "feq3-4"
+    assert payload["champion"]["run_name"] == "feq3-4"
+    assert payload["champion"]["name"] == "FEQ3"
     assert payload["parent_run_ids"] == [first, second]
     assert payload["registered"] == "feq-picker@champion" and payload["model_version"] == "1"
     saved = json.loads((tmp_path / "reports" / "selection.json").read_text())
     assert saved["champion"]["run_id"] == payload["champion"]["run_id"]
     assert saved["data_versions"] == ["md5abc"]
-    status = {c["name"]: c["status"] for c in saved["candidates"]}
+    status = {c["run_name"]: c["status"] for c in saved["candidates"]}
     assert status["eqt-0"] == "rejected" and status["stalta-5"] == "baseline"
 
     tracker = Tracker(uri, EXPERIMENT)
@@ -157,7 +158,7 @@ def test_infeasible_policy_writes_nothing(store, tmp_path):
     uri, _, _, summary = store
     cfg = config(uri, tmp_path, f"select.sweep_summary={summary}",
                  "select.constraints=[{key: size/model_mb, max: 0.1}]")
-    with pytest.raises(SelectionError, match="no run satisfies.*feq2-3.*size/model_mb=0.748"):
+    with pytest.raises(SelectionError, match="no run satisfies.*FEQ2.*size/model_mb=0.748"):
         run_select(cfg)
     assert not (tmp_path / "reports" / "selection.json").exists()
     with pytest.raises(ConfigError, match="select.output"):

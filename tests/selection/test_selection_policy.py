@@ -60,7 +60,7 @@ def test_constraints_reproduce_the_study_choice():
     assert any("size/model_mb=4.5" in n for n in eqt.notes)
     assert any("latency/window_ms_p50=40" in n for n in eqt.notes)
     text = "\n".join(d.reasons)
-    assert "feq3 beats the runner-up leq" in text and "test/detection_fn 31 vs 130" in text
+    assert "FEQ3 beats the runner-up LEQ" in text and "test/detection_fn 31 vs 130" in text
     out = d.to_dict()
     assert out["champion"]["metrics"]["test/detection_fn"] == 31
 
@@ -88,7 +88,7 @@ def test_infeasible_constraint_names_every_run():
     msg = str(err.value)
     assert "no run satisfies the constraints" in msg
     for name in STUDY:
-        assert name in msg
+        assert name.upper() in msg
     assert "size/model_mb=0.748" in msg  # feq2's value is stated
 
 
@@ -101,16 +101,16 @@ def test_missing_and_nan_metric_named():
     with pytest.raises(SelectionError) as err:
         select(runs, CONSTRAINTS_CFG)
     msg = str(err.value)
-    assert "run leq (run-leq-1) lacks test/s_f1" in msg
-    assert "run feq1 (run-feq1-1) lacks test/detection_fn" in msg
-    assert "eqt" not in msg
+    assert "run LEQ (run-leq-1) lacks test/s_f1" in msg
+    assert "run FEQ1 (run-feq1-1) lacks test/detection_fn" in msg
+    assert "EQT" not in msg
 
 
 def test_no_finished_runs_or_only_baselines():
     with pytest.raises(SelectionError, match="no runs found"):
         select([], CONSTRAINTS_CFG)
     failed = [rec("feq3", status="FAILED"), rec("leq", status="RUNNING")]
-    with pytest.raises(SelectionError, match=r"no FINISHED run.*feq3 \(id-feq3\) FAILED"):
+    with pytest.raises(SelectionError, match=r"no FINISHED run.*FEQ3 \(id-feq3\) FAILED"):
         select(failed, CONSTRAINTS_CFG)
     with pytest.raises(SelectionError, match="baseline"):
         split_candidates([rec("stalta")])

@@ -1,0 +1,80 @@
+"""The main job's config handling: effective knobs, the resume hash, flat params, and
+validation that fails before any work (compose API: no subprocess, no training)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from feq_lab.errors import ConfigError
+from feq_lab.job.config import config_hash, effective_config, run_params
+from feq_lab.job.run import plan_job, run_job
+from feq_lab.paths import CONF_DIR
+
+
+def cfg_of(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def effective_hash(*overrides: str) -> str:
+    cfg = cfg_of(*overrides)
+    return config_hash(effective_config(cfg, plan_job(cfg).spec))
+
+
+def test_hash_follows_what_is_built_not_how_it_was_asked():
+    base = effective_hash()
+    assert effective_hash("rnn=bilstm", "cnn_blocks=2") == base  # FEQ3's own values
+    assert effective_hash("resume=true", "tracking.uri=sqlite:////elsewhere.db",
+                          "train.progress_bar=false") == base  # volatile keys
+    assert effective_hash("rnn=gru") != base
+    assert effective_hash("seed=1") != base
+    assert effective_hash("data.n_noise=7") != base
+
+
+def test_params_are_flat_with_effective_knobs_and_preset_name():
+    cfg = cfg_of("model=feq1", "cnn_blocks=3")
+    params = run_params(effective_config(cfg, plan_job(cfg).spec), "abc.dir")
+    assert params["model"] == "feq1"
+    assert params["rnn"] == "bigru" and params["picker_rnn"] == "gru"  # from the preset
+    assert params["cnn_blocks"] == "3" and params["model.cnn_blocks"] == "3"
+    assert params["rnn_blocks"] == "2"
+    assert params["thresholds.detection"] == "0.3" and params["train.loss_weights.s"] == "0.55"
+    assert params["data_version"] == "abc.dir"
+    assert all(isinstance(v, str) for v in params.values())
+
+
+def test_stalta_is_planned_without_a_network():
+    plan = plan_job(cfg_of("model=stalta", "rnn=gru"))
+    assert plan.kind == "stalta" and plan.model is None and plan.name == "stalta"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("rnn=transformer", "rnn"),
+    ("cnn_blocks=0", "cnn_blocks"),
+    ("thresholds.p=1.5", "thresholds.p"),
+    ("train.loss_weights.p=-1", "train.loss_weights.p"),
+    ("eval.threshold_grid.s=[]", "eval.threshold_grid.s"),
+])
+def test_bad_config_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        plan_job(cfg_of(override))
+    assert err.value.key.startswith(key)
+
+
+def test_bad_config_fails_before_any_work_and_is_recorded(tmp_path):
+    out_dir = tmp_path / "subset"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = cfg_of("rnn=transformer", f"data.out_dir={out_dir}", f"tracking.uri={uri}")
+    with pytest.raises(ConfigError):
+        run_job(cfg, run_dir=tmp_path / "run", reraise=True)
+    assert not out_dir.exists()  # no data was prepared
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    from feq_lab.tracking.mlflow import load_runs
+
+    (failed,) = load_runs(uri, "feq-lab")
+    assert failed.status == "FAILED" and failed.tags["feq.error"].startswith("ConfigError: rnn")
+    # in a sweep (reraise=False) the same failure returns NaN objectives instead
+    result = run_job(cfg, run_dir=tmp_path / "run2")
+    assert result["test/p_f1"] != result["test/p_f1"]  # NaN
