@@ -4,8 +4,8 @@ EQTransformer(lstm_blocks=2) eager as the peer, all in one process.
     python bench/models.py [--repeats 30] [--rounds 5]
 
 Goals (issue 3): FEQ3 on its best backend ≤ 0.12 × peer; FEQ3 eager ≤ 0.5 × our EQT eager.
-Candidates are timed round-robin (`rounds` × `repeats` calls each) so a noisy, shared machine
-slows them alike; the figure is the median over all calls. Both wall-clock and thread CPU time
+Candidates are timed round-robin, one call each per pass (`rounds` × `repeats` passes), so a
+noisy, shared machine slows them alike; the figure is the median over all calls. Both wall-clock and thread CPU time
 are reported: on a shared machine the CPU-time ratios are the trustworthy ones.
 """
 
@@ -14,17 +14,19 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feq_lab.export.onnx import export_onnx, onnx_session, run_onnx  # noqa: E402
-from feq_lab.models import PRESETS, build_model  # noqa: E402
-from feq_lab.profiling.latency import device_name, time_calls  # noqa: E402
+from feq_lab.export.onnx import export_onnx, onnx_session, run_onnx
+from feq_lab.models import PRESETS, build_model
+from feq_lab.profiling.latency import device_name, time_calls
 
 PEER = "seisbench EQTransformer(lstm_blocks=2) eager"
 
@@ -64,14 +66,23 @@ def main() -> None:
         fns = candidates(Path(tmp), x)
         for fn in fns.values():
             time_calls(fn, warmup=5, repeats=1)
-        times = {clock: {k: [] for k in fns} for clock in ("wall", "cpu")}
-        for _ in range(args.rounds):
+        times: dict[str, dict[str, list[float]]] = {
+            c: {k: [] for k in fns} for c in ("wall", "cpu")
+        }
+        for _ in range(args.rounds * args.repeats):  # one call of each candidate per pass
             for key, fn in fns.items():
-                for clock in ("wall", "cpu"):
-                    times[clock][key].extend(time_calls(fn, warmup=1, repeats=args.repeats, clock=clock))
-    print(f"device: {device_name()}; torch {torch.__version__}; 1 thread; batch 1; "
-          f"{args.rounds}×{args.repeats} calls each per clock")
-    for clock, label in (("wall", "wall-clock"), ("cpu", "thread CPU time (stable on a shared machine)")):
+                wall, cpu = time.perf_counter(), time.thread_time()
+                fn()
+                times["cpu"][key].append((time.thread_time() - cpu) * 1e3)
+                times["wall"][key].append((time.perf_counter() - wall) * 1e3)
+    print(
+        f"device: {device_name()}; torch {torch.__version__}; 1 thread; batch 1; "
+        f"{args.rounds}×{args.repeats} calls each per clock"
+    )
+    for clock, label in (
+        ("wall", "wall-clock"),
+        ("cpu", "thread CPU time (stable on a shared machine)"),
+    ):
         report(label, times[clock])
 
 
@@ -80,15 +91,19 @@ def report(label: str, times: dict[str, list[float]]) -> None:
     p90 = {k: float(np.percentile(v, 90)) for k, v in times.items()}
     base = p50.get(PEER)
     print(f"\n{label}\n{'candidate':48s} {'p50 ms':>8s} {'p90 ms':>8s} {'× peer':>8s}")
-    for key in p50:
-        ratio = f"{p50[key] / base:8.3f}" if base else "     n/a"
-        print(f"{key:48s} {p50[key]:8.2f} {p90[key]:8.2f} {ratio}")
+    for key, median in p50.items():
+        ratio = f"{median / base:8.3f}" if base else "     n/a"
+        print(f"{key:48s} {median:8.2f} {p90[key]:8.2f} {ratio}")
     best = min(("feq3 eager", "feq3 onnxruntime"), key=p50.__getitem__)
     if base:
         r = p50[best] / base
-        print(f"goal 1: FEQ3 best backend ({best}) / peer = {r:.3f} (goal ≤ 0.12: {'met' if r <= 0.12 else 'NOT met'})")
+        print(
+            f"goal 1: FEQ3 best backend ({best}) / peer = {r:.3f} (goal ≤ 0.12: {'met' if r <= 0.12 else 'NOT met'})"
+        )
     r = p50["feq3 eager"] / p50["eqt eager"]
-    print(f"goal 2: FEQ3 eager / our EQT eager = {r:.3f} (goal ≤ 0.5: {'met' if r <= 0.5 else 'NOT met'})")
+    print(
+        f"goal 2: FEQ3 eager / our EQT eager = {r:.3f} (goal ≤ 0.5: {'met' if r <= 0.5 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

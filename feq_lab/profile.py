@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,7 +42,9 @@ def load_config(argv: Sequence[str]) -> DictConfig:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([a.lstrip("+") for a in argv]))
     unknown = sorted(set(cfg.backends) - {"torch", "onnxruntime"})
     if unknown:
-        raise ConfigError("backends", f"unknown backend {unknown[0]!r}; expected torch and/or onnxruntime")
+        raise ConfigError(
+            "backends", f"unknown backend {unknown[0]!r}; expected torch and/or onnxruntime"
+        )
     if cfg.format not in ("table", "json"):
         raise ConfigError("format", f"expected table or json, got {cfg.format!r}")
     return cfg
@@ -72,8 +75,13 @@ def profile_variant(model_name: str, cfg: DictConfig) -> dict[str, Any]:
         for backend in cfg.backends:
             for batch in cfg.batches:
                 r = measure_latency(
-                    model, backend, batch=int(batch), threads=int(cfg.threads),
-                    warmup=int(cfg.warmup), repeats=int(cfg.repeats), onnx_path=onnx_path,
+                    model,
+                    backend,
+                    batch=int(batch),
+                    threads=int(cfg.threads),
+                    warmup=int(cfg.warmup),
+                    repeats=int(cfg.repeats),
+                    onnx_path=onnx_path,
                 )
                 result["latency"].append(r.to_dict())
     return result
@@ -87,20 +95,39 @@ def format_table(results: list[dict[str, Any]]) -> str:
         for section, label in SECTION_LABELS.items():
             rows.append((f"{label} ({conv})", [f"{r['params'][conv][section]:,}" for r in results]))
     rows.append(("Size, state dict (MB)", [f"{r['size_mb']:.3f}" for r in results]))
-    rows.append(("Size, ONNX (MB)", [f"{r['onnx_mb']:.3f}" if r["onnx_mb"] else "n/a" for r in results]))
+    rows.append(
+        ("Size, ONNX (MB)", [f"{r['onnx_mb']:.3f}" if r["onnx_mb"] else "n/a" for r in results])
+    )
     for i, lat in enumerate(results[0]["latency"]):
         label = f"Latency {lat['backend']} b={lat['batch']} p50/p90 (ms)"
-        rows.append((label, [f"{r['latency'][i]['p50_ms']:.2f}/{r['latency'][i]['p90_ms']:.2f}" for r in results]))
+        rows.append(
+            (
+                label,
+                [
+                    f"{r['latency'][i]['p50_ms']:.2f}/{r['latency'][i]['p90_ms']:.2f}"
+                    for r in results
+                ],
+            )
+        )
         if lat["batch"] > 1:
-            rows.append((f"  per window, b={lat['batch']} (ms)", [f"{r['latency'][i]['window_ms_p50']:.2f}" for r in results]))
+            rows.append(
+                (
+                    f"  per window, b={lat['batch']} (ms)",
+                    [f"{r['latency'][i]['window_ms_p50']:.2f}" for r in results],
+                )
+            )
     width0 = max(len(label) for label, _ in rows)
     widths = [max(len(n), *(len(v[j]) for _, v in rows)) for j, n in enumerate(names)]
     lines = ["  ".join([" " * width0, *(n.rjust(w) for n, w in zip(names, widths))])]
     for label, values in rows:
-        lines.append("  ".join([label.ljust(width0), *(v.rjust(w) for v, w in zip(values, widths))]))
+        lines.append(
+            "  ".join([label.ljust(width0), *(v.rjust(w) for v, w in zip(values, widths))])
+        )
     lat0 = results[0]["latency"][0] if results[0]["latency"] else None
     if lat0:
-        lines.append(f"device: {lat0['device']}; threads: {lat0['threads']}; repeats: {lat0['repeats']}")
+        lines.append(
+            f"device: {lat0['device']}; threads: {lat0['threads']}; repeats: {lat0['repeats']}"
+        )
     return "\n".join(lines)
 
 

@@ -64,5 +64,7 @@ def onnx_session(path: str | os.PathLike, threads: int = 1):
 
 def run_onnx(session, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(detection, p, s) from an onnxruntime session for a (B, 3, 6000) float32 array."""
-    det, p, s = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+    det, p, s = session.run(
+        list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}
+    )
     return det, p, s

@@ -9,14 +9,16 @@ outputs match the Keras originals.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 BN_EPS = 1e-3  # Keras BatchNormalization default
+# Inference fast paths (eval mode, not during ONNX export); each computes the same function as
+# the training-time modules. Switches exist so tests can compare both paths.
 # Eval-time folding of separable convs into one dense conv (see SameConv1d._folded_weight).
 FOLD_SEPARABLE = True
 FOLD_MAX_LENGTH = 1000
@@ -67,10 +69,21 @@ class SameConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.extra_right:
             x = F.pad(x, (0, self.extra_right))
+        fast = not self.training and not torch.onnx.is_in_onnx_export()
         if self.depthwise is None:
-            return self.conv(x)
-        if not self.training and FOLD_SEPARABLE and (x.shape[-1] <= FOLD_MAX_LENGTH or x.shape[1] <= FOLD_MAX_CHANNELS):
+            return (
+                dense_conv(x, self.conv.weight, self.conv.bias, self.conv.padding[0])
+                if fast
+                else self.conv(x)
+            )
+        if (
+            not self.training
+            and FOLD_SEPARABLE
+            and (x.shape[-1] <= FOLD_MAX_LENGTH or x.shape[1] <= FOLD_MAX_CHANNELS)
+        ):
             weight = self._folded_weight()
+            if fast:
+                return dense_conv(x, weight, self.conv.bias, self.depthwise.padding[0])
             return F.conv1d(x, weight, self.conv.bias, padding=self.depthwise.padding)
         return self.conv(self.depthwise(x))
 
@@ -87,6 +100,25 @@ class SameConv1d(nn.Module):
             weight = p[:, :, 0].unsqueeze(-1) * d[:, 0, :].unsqueeze(0)
         self.__dict__["_fold_cache"] = (key, weight)
         return weight
+
+
+DENSE_MODE = "thnn"  # "thnn" | "default" (let F.conv1d pick, i.e. oneDNN)
+
+
+def dense_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
+) -> torch.Tensor:
+    """Inference conv1d (groups = 1) on PyTorch's native im2col+GEMM kernel.
+
+    Why: for these thin, long 1-D convolutions (e.g. the 8→1, k=11 heads over 6000 samples)
+    oneDNN, which `F.conv1d` dispatches to, is several times slower on CPU. Same arithmetic."""
+    if DENSE_MODE != "thnn" or weight.shape[-1] == 1:
+        return F.conv1d(x, weight, bias, padding=padding)
+    k = weight.shape[-1]
+    out = torch.ops.aten.thnn_conv2d(
+        x.unsqueeze(2), weight.unsqueeze(2), [1, k], bias, [1, 1], [0, padding]
+    )
+    return out.squeeze(2)
 
 
 class SameMaxPool1d(nn.Module):
@@ -180,7 +212,8 @@ class KerasGRU(nn.Module):
         bound = 1.0 / math.sqrt(u)
         for suffix in self._suffixes():
             self.register_parameter(
-                f"weight_ih{suffix}", nn.Parameter(torch.empty(3 * u, input_size).uniform_(-bound, bound))
+                f"weight_ih{suffix}",
+                nn.Parameter(torch.empty(3 * u, input_size).uniform_(-bound, bound)),
             )
             self.register_parameter(
                 f"weight_hh{suffix}", nn.Parameter(torch.empty(3 * u, u).uniform_(-bound, bound))
@@ -283,7 +316,9 @@ class AdditiveSelfAttention(nn.Module):
         k_win = torch.stack([k_pad[:, j : j + length] for j in range(width)], dim=-1)
         x_win = torch.stack([x_pad[:, j : j + length] for j in range(width)], dim=-1)
         h = torch.tanh(q.unsqueeze(-1) + k_win)
-        e = torch.matmul(h.transpose(2, 3), self.score.weight.t()).squeeze(-1) + self.score.bias  # (B, T, W)
+        e = (
+            torch.matmul(h.transpose(2, 3), self.score.weight.t()).squeeze(-1) + self.score.bias
+        )  # (B, T, W)
         e = e.masked_fill(self._outside(x.shape[1], x.device), -math.inf)
         e = torch.exp(e - e.amax(dim=-1, keepdim=True))
         a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
@@ -296,7 +331,11 @@ class AdditiveSelfAttention(nn.Module):
         if cached is None:
             lo = self.width // 2
             with untraced():
-                idx = torch.arange(length, device=device).unsqueeze(1) - lo + torch.arange(self.width, device=device)
+                idx = (
+                    torch.arange(length, device=device).unsqueeze(1)
+                    - lo
+                    + torch.arange(self.width, device=device)
+                )
                 cached = (idx < 0) | (idx >= length)
             self._mask_cache[key] = cached
         return cached
@@ -305,7 +344,9 @@ class AdditiveSelfAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """EQT's global transformer on (B, T, C): x + attention → LayerNorm → + feed-forward → LayerNorm."""
 
-    def __init__(self, channels: int, attention_units: int, ff_units: int, dropout: float, ln_eps: float):
+    def __init__(
+        self, channels: int, attention_units: int, ff_units: int, dropout: float, ln_eps: float
+    ):
         super().__init__()
         self.attention = AdditiveSelfAttention(channels, attention_units)
         self.norm1 = nn.LayerNorm(channels, eps=ln_eps)
@@ -322,7 +363,9 @@ class TransformerBlock(nn.Module):
 class PickerBranch(nn.Module):
     """P or S branch on (B, T, C): uni-directional RNN → dropout → local attention."""
 
-    def __init__(self, kind: str, units: int, attention_units: int, width: int, dropout: float, gru_impl: str):
+    def __init__(
+        self, kind: str, units: int, attention_units: int, width: int, dropout: float, gru_impl: str
+    ):
         super().__init__()
         self.rnn = make_rnn(kind, units, units, gru_impl)
         self.drop = nn.Dropout(dropout)

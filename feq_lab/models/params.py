@@ -8,7 +8,7 @@ GRU counts as Keras' `reset_after=False` cell whichever GRU flavour is built.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -49,7 +49,9 @@ def _count(roots: Iterable[nn.Module], convention: str, seen: set[int]) -> int:
 def count_parameters(model: nn.Module, convention: str = "paper") -> dict[str, int]:
     """{encoder, bottleneck, rnn_transformer, decoder, total} for a PickerModel."""
     if convention not in CONVENTIONS:
-        raise ConfigError("convention", f"unknown counting convention {convention!r}; expected paper or torch")
+        raise ConfigError(
+            "convention", f"unknown counting convention {convention!r}; expected paper or torch"
+        )
     sections = model.section_modules()  # type: ignore[operator]
     seen: set[int] = set()
     counts = {name: _count(sections[name], convention, seen) for name in SECTIONS}

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from feq_lab.models.spec import ModelSpec, layer_indices, spec_from_config, spec
 from feq_lab.paths import atomic_path
 
 CHECKPOINT_FORMAT = "feq-lab-checkpoint/1"
+FUSE_PICKER_RNNS = True  # eval: run the P and S RNNs as one block-diagonal RNN (same function)
 
 
 class Encoder(nn.Module):
@@ -47,7 +49,9 @@ class Encoder(nn.Module):
         self.pools = nn.ModuleList()
         channels, length = spec.in_channels, spec.in_samples
         separable = spec.encoder_conv == "separable"
-        for i, (f, k, p) in enumerate(zip(spec.encoder_filters, spec.encoder_kernels, spec.encoder_pools)):
+        for i, (f, k, p) in enumerate(
+            zip(spec.encoder_filters, spec.encoder_kernels, spec.encoder_pools)
+        ):
             if self.layer_of_stage[i] == len(self.layers):
                 self.layers.append(SameConv1d(channels, f, k, separable=separable))
             pool = SameMaxPool1d(p, length)
@@ -75,7 +79,10 @@ class PickerModel(nn.Module):
         if spec.block == "residual":
             blocks = [ResidualBlock(width, k, spec.dropout) for k in spec.residual_kernels]
         else:
-            blocks = [BottleneckBlock(width, spec.bottleneck_width, k, spec.dropout) for k in spec.residual_kernels]
+            blocks = [
+                BottleneckBlock(width, spec.bottleneck_width, k, spec.dropout)
+                for k in spec.residual_kernels
+            ]
         self.bottleneck = nn.Sequential(*blocks)
         u = spec.units
         self.rnn_blocks = nn.ModuleList(
@@ -83,12 +90,16 @@ class PickerModel(nn.Module):
             for i in range(spec.rnn_blocks)
         )
         self.transformers = nn.ModuleList(
-            TransformerBlock(u, spec.attention_units, spec.feedforward_units, spec.dropout, spec.layer_norm_eps)
+            TransformerBlock(
+                u, spec.attention_units, spec.feedforward_units, spec.dropout, spec.layer_norm_eps
+            )
             for _ in range(spec.transformer_blocks)
         )
         width_local = spec.local_attention_width or None
         self.pickers = nn.ModuleList(
-            PickerBranch(spec.picker_rnn, u, spec.attention_units, width_local, spec.dropout, spec.gru_impl)
+            PickerBranch(
+                spec.picker_rnn, u, spec.attention_units, width_local, spec.dropout, spec.gru_impl
+            )
             for _ in ("p", "s")
         )
         decoder_layers = layer_indices(len(spec.decoder_filters), spec.decoder_shared)
@@ -110,7 +121,9 @@ class PickerModel(nn.Module):
         """Pre-sigmoid detection, P and S traces, each (B, in_samples)."""
         expected = (self.spec.in_channels, self.spec.in_samples)
         if x.dim() != 3 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"{self.spec.name}: input must be (batch, {expected[0]}, {expected[1]}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{self.spec.name}: input must be (batch, {expected[0]}, {expected[1]}), got {tuple(x.shape)}"
+            )
         h = self.bottleneck(self.encoder(x)).transpose(1, 2)  # (B, T, C) from here on
         for block in self.rnn_blocks:
             h = block(h)
@@ -124,12 +137,14 @@ class PickerModel(nn.Module):
 
     def _picker_branches(self, h: torch.Tensor) -> list[torch.Tensor]:
         """P and S branches; in eval their RNNs run as one fused RNN (same function, one kernel)."""
-        fused = None if self.training else self._fused_picker_rnn()
+        fused = None if self.training or not FUSE_PICKER_RNNS else self._fused_picker_rnn()
         if fused is None:
             return [branch(h) for branch in self.pickers]
         y = fused(h)[0]
         u = self.spec.units
-        return [branch.attention(y[..., i * u : (i + 1) * u]) for i, branch in enumerate(self.pickers)]
+        return [
+            branch.attention(y[..., i * u : (i + 1) * u]) for i, branch in enumerate(self.pickers)
+        ]
 
     def _fused_picker_rnn(self) -> nn.Module | None:
         """The fused P/S RNN, rebuilt whenever a picker RNN weight changes (training, loading)."""
@@ -178,10 +193,12 @@ def build_model(preset: str | ModelSpec | Mapping[str, Any], **overrides: Any) -
     """
     if isinstance(preset, ModelSpec):
         spec = spec_from_config(preset.to_dict(), **overrides)
-    elif isinstance(preset, str) or isinstance(preset, Mapping) or hasattr(preset, "items"):
+    elif isinstance(preset, (str, Mapping)) or hasattr(preset, "items"):
         spec = spec_from_config(preset, **overrides)
     else:
-        raise ConfigError("model", f"expected a preset name, mapping or ModelSpec, got {type(preset).__name__}")
+        raise ConfigError(
+            "model", f"expected a preset name, mapping or ModelSpec, got {type(preset).__name__}"
+        )
     return PickerModel(spec)
 
 
@@ -217,13 +234,19 @@ def mc_predict(
 
 def save_checkpoint(model: PickerModel, path: str | os.PathLike) -> Path:
     """Spec (plain dict) + state dict in one torch file, written atomically."""
-    payload = {"format": CHECKPOINT_FORMAT, "spec": model.spec.to_dict(), "state_dict": model.state_dict()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": model.spec.to_dict(),
+        "state_dict": model.state_dict(),
+    }
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(payload, tmp)
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PickerModel:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> PickerModel:
     """Rebuild the model from its stored spec and load the weights (eval mode)."""
     from feq_lab.errors import DataError
 
@@ -232,7 +255,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise DataError(f"cannot read checkpoint: {exc}", path=str(path)) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"not a feq-lab checkpoint (expected format {CHECKPOINT_FORMAT})", path=str(path))
+        raise DataError(
+            f"not a feq-lab checkpoint (expected format {CHECKPOINT_FORMAT})", path=str(path)
+        )
     model = PickerModel(spec_from_dict(payload["spec"]))
     model.load_state_dict(payload["state_dict"])
     return model.eval()

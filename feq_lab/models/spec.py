@@ -8,9 +8,10 @@ before any module is built, and every error names the key at fault.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -96,7 +97,7 @@ class ModelSpec:
         """Plain JSON/YAML-able dict (lists, not tuples) that `spec_from_dict` reads back."""
         return _plain(asdict(self))
 
-    def validate(self, origin: Mapping[str, str] | None = None) -> "ModelSpec":
+    def validate(self, origin: Mapping[str, str] | None = None) -> ModelSpec:
         """Raise ConfigError naming the key of the first impossible value; return self."""
         origin = origin or {}
 
@@ -106,8 +107,17 @@ class ModelSpec:
         def fail(field: str, msg: str) -> None:
             raise ConfigError(key(field), msg)
 
-        for f in ("cnn_blocks", "rnn_blocks", "units", "attention_units", "feedforward_units",
-                  "bottleneck_width", "head_kernel", "in_channels", "in_samples"):
+        for f in (
+            "cnn_blocks",
+            "rnn_blocks",
+            "units",
+            "attention_units",
+            "feedforward_units",
+            "bottleneck_width",
+            "head_kernel",
+            "in_channels",
+            "in_samples",
+        ):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 fail(f, f"must be an integer >= 1, got {v!r}")
@@ -118,14 +128,28 @@ class ModelSpec:
         if self.rnn not in RNN_KINDS:
             fail("rnn", f"unknown RNN type {self.rnn!r}; expected one of {', '.join(RNN_KINDS)}")
         if self.picker_rnn not in PICKER_RNN_KINDS:
-            fail("picker_rnn", f"unknown RNN type {self.picker_rnn!r}; expected one of {', '.join(PICKER_RNN_KINDS)}")
+            fail(
+                "picker_rnn",
+                f"unknown RNN type {self.picker_rnn!r}; expected one of {', '.join(PICKER_RNN_KINDS)}",
+            )
         if self.gru_impl not in GRU_IMPLS:
-            fail("gru_impl", f"unknown GRU implementation {self.gru_impl!r}; expected one of {', '.join(GRU_IMPLS)}")
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            fail(
+                "gru_impl",
+                f"unknown GRU implementation {self.gru_impl!r}; expected one of {', '.join(GRU_IMPLS)}",
+            )
+        if (
+            not isinstance(self.dropout, (int, float))
+            or isinstance(self.dropout, bool)
+            or not 0 <= self.dropout < 1
+        ):
             fail("dropout", f"must be a number in [0, 1), got {self.dropout!r}")
         if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
             fail("layer_norm_eps", f"must be > 0, got {self.layer_norm_eps!r}")
-        for f, kinds in (("encoder_conv", CONV_KINDS), ("decoder_conv", CONV_KINDS), ("block", BLOCK_KINDS)):
+        for f, kinds in (
+            ("encoder_conv", CONV_KINDS),
+            ("decoder_conv", CONV_KINDS),
+            ("block", BLOCK_KINDS),
+        ):
             if getattr(self, f) not in kinds:
                 fail(f, f"unknown kind {getattr(self, f)!r}; expected one of {', '.join(kinds)}")
         self._validate_stages(fail)
@@ -135,7 +159,9 @@ class ModelSpec:
         def positive_ints(f: str, values: Sequence[Any], n: int | None) -> None:
             if n is not None and len(values) != n:
                 fail(f, f"needs {n} values (one per stage), got {len(values)}")
-            if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+            if not values or any(
+                not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values
+            ):
                 fail(f, f"must be a non-empty list of integers >= 1, got {list(values)!r}")
 
         n_enc = len(self.encoder_filters)
@@ -148,7 +174,8 @@ class ModelSpec:
         positive_ints("decoder_kernels", self.decoder_kernels, n_dec)
         positive_ints("decoder_upsample", self.decoder_upsample, n_dec)
         if len(self.decoder_crops) != n_dec or any(
-            len(c) != 2 or any(not isinstance(v, int) or v < 0 for v in c) for c in self.decoder_crops
+            len(c) != 2 or any(not isinstance(v, int) or v < 0 for v in c)
+            for c in self.decoder_crops
         ):
             fail("decoder_crops", f"needs {n_dec} [left, right] pairs of integers >= 0")
         for f, filters, kernels, first_in in (
@@ -162,7 +189,11 @@ class ModelSpec:
                 stage, source = pair
                 if not 0 <= source < stage < len(filters):
                     fail(f, f"[{stage}, {source}]: a stage can only reuse an earlier stage")
-                if (ins[stage], filters[stage], kernels[stage]) != (ins[source], filters[source], kernels[source]):
+                if (ins[stage], filters[stage], kernels[stage]) != (
+                    ins[source],
+                    filters[source],
+                    kernels[source],
+                ):
                     fail(f, f"stage {stage} cannot reuse stage {source}: shapes differ")
         if self.decoder_lengths[-1] != self.in_samples:
             fail(
@@ -193,7 +224,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping) or (hasattr(value, "items") and hasattr(value, "keys")):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)) or (
-        hasattr(value, "__iter__") and hasattr(value, "__len__") and not isinstance(value, (str, bytes))
+        hasattr(value, "__iter__")
+        and hasattr(value, "__len__")
+        and not isinstance(value, (str, bytes))
     ):
         return [_plain(v) for v in value]
     return value
@@ -220,7 +253,10 @@ def load_preset(name: str) -> dict[str, Any]:
     """The content of `conf/model/<name>.yaml` as a plain dict."""
     path = preset_path(name)
     if not path.is_file():
-        raise ConfigError("model", f"unknown preset {name!r} (no {path}); available: {', '.join(available_presets())}")
+        raise ConfigError(
+            "model",
+            f"unknown preset {name!r} (no {path}); available: {', '.join(available_presets())}",
+        )
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise ConfigError("model", f"{path} does not hold a mapping")
@@ -235,14 +271,20 @@ def spec_from_config(model_cfg: Mapping[str, Any] | str, **overrides: Any) -> Mo
     """
     data = load_preset(model_cfg) if isinstance(model_cfg, str) else _plain(model_cfg)
     if not isinstance(data, dict):
-        raise ConfigError("model", f"expected a mapping or a preset name, got {type(model_cfg).__name__}")
+        raise ConfigError(
+            "model", f"expected a mapping or a preset name, got {type(model_cfg).__name__}"
+        )
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
-        raise ConfigError(f"model.{unknown[0]}", f"unknown model option; known: {', '.join(sorted(_FIELDS))}")
+        raise ConfigError(
+            f"model.{unknown[0]}", f"unknown model option; known: {', '.join(sorted(_FIELDS))}"
+        )
     origin: dict[str, str] = {}
     for k, v in overrides.items():
         if k not in _FIELDS or k == "name":
-            raise ConfigError(k, f"unknown model override; known: {', '.join(KNOBS)} (or any model.* field)")
+            raise ConfigError(
+                k, f"unknown model override; known: {', '.join(KNOBS)} (or any model.* field)"
+            )
         if v is None:
             continue
         data[k] = _plain(v)

@@ -9,9 +9,10 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,15 +98,24 @@ def measure_latency(
     export for onnxruntime (otherwise the model is exported to a temp file first).
     """
     if backend not in BACKENDS:
-        raise ConfigError("backend", f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    for key, value, low in (("batch", batch, 1), ("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
+        raise ConfigError(
+            "backend", f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}"
+        )
+    for key, value, low in (
+        ("batch", batch, 1),
+        ("threads", threads, 1),
+        ("repeats", repeats, 1),
+        ("warmup", warmup, 0),
+    ):
         if not isinstance(value, int) or value < low:
             raise ConfigError(key, f"must be an integer >= {low}, got {value!r}")
     if mc_passes and backend != "torch":
         raise ConfigError("mc_passes", "Monte-Carlo dropout is timed on the torch backend only")
     spec = model.spec  # type: ignore[attr-defined]
     x = torch.from_numpy(
-        np.random.default_rng(seed).standard_normal((batch, spec.in_channels, spec.in_samples)).astype(np.float32)
+        np.random.default_rng(seed)
+        .standard_normal((batch, spec.in_channels, spec.in_samples))
+        .astype(np.float32)
     )
     previous_threads = torch.get_num_threads()
     was_training = model.training
@@ -131,13 +141,16 @@ def measure_latency(
     )
 
 
-def _time_torch(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int, mc_passes: int) -> np.ndarray:
+def _time_torch(
+    model: nn.Module, x: torch.Tensor, warmup: int, repeats: int, mc_passes: int
+) -> np.ndarray:
     if mc_passes:
         from feq_lab.models.picker import mc_predict
 
         def call() -> Any:
             return mc_predict(model, x, mc_passes)  # type: ignore[arg-type]
     else:
+
         def call() -> Any:
             with torch.inference_mode():
                 return model(x)
@@ -146,12 +159,21 @@ def _time_torch(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int, mc
 
 
 def _time_onnx(
-    model: nn.Module, x: torch.Tensor, warmup: int, repeats: int, threads: int, onnx_path: str | os.PathLike | None
+    model: nn.Module,
+    x: torch.Tensor,
+    warmup: int,
+    repeats: int,
+    threads: int,
+    onnx_path: str | os.PathLike | None,
 ) -> np.ndarray:
     from feq_lab.export.onnx import export_onnx, onnx_session, run_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(onnx_path) if onnx_path is not None else export_onnx(model, Path(tmp) / "model.onnx")
+        path = (
+            Path(onnx_path)
+            if onnx_path is not None
+            else export_onnx(model, Path(tmp) / "model.onnx")
+        )
         session = onnx_session(path, threads=threads)
         arr = x.numpy()
         return time_calls(lambda: run_onnx(session, arr), warmup, repeats)

@@ -413,6 +413,11 @@ class StreamEngine:
         if end <= st.final:
             return
         start = end - WINDOW
+        if st.next_window > 0 and start == st.next_window - self.cfg.stride:
+            log.info("station %s: end of stream; the last window already ends at the newest sample",
+                     st.name)
+            st.final = end  # that window's outputs are all there is: they become final
+            return
         if start >= 0:
             x = st.raw.view(start, end)
         else:  # stream shorter than a window: pad on the left with each channel's mean
@@ -422,8 +427,8 @@ class StreamEngine:
         outputs = self._predict(x[None])
         keep = end - st.final
         self._accumulate(st, st.final, end, [o[0][WINDOW - keep:] for o in outputs])
-        log.info("station %s: tail window processed (%.2f s of newest samples)", st.name,
-                 keep / SAMPLING_RATE)
+        log.info("station %s: end of stream; tail window processed (%.2f s of newest samples)",
+                 st.name, keep / SAMPLING_RATE)
         st.final = end
 
     def _predict(self, x: np.ndarray) -> list[np.ndarray]:

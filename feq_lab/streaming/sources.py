@@ -309,9 +309,13 @@ def make_source(cfg: Mapping[str, Any], out_dir: Path, data_cfg: Mapping[str, An
         if not subset_dir:
             if data_cfg is None:
                 raise ConfigError("source.subset_dir", "no subset given and no data config")
-            from feq_lab.data.subset import prepare
+            existing = Path(str(data_cfg.get("out_dir") or "data/subset"))
+            if (existing / "subset.csv").exists():
+                subset_dir = existing  # use what training used; never rebuild it from here
+            else:
+                from feq_lab.data.subset import prepare
 
-            subset_dir = prepare(data_cfg)
+                subset_dir = prepare(data_cfg)
         scenario = build_scenario(subset_dir, seed=int(cfg.get("seed", 0)),
                                   noise_minutes=int(cfg.get("noise_minutes", 3)),
                                   after_minutes=int(cfg.get("after_minutes", 0)),

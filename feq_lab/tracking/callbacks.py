@@ -48,6 +48,10 @@ class MLflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():  # lets `${hydra:runtime.cwd}` in tracking.uri resolve
+            HydraConfig.instance().set_config(config)
         uri, experiment = _tracking_settings(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
@@ -20,7 +21,11 @@ from optuna.trial import TrialState
 
 from feq_lab.errors import ConfigError
 from hydra_plugins.feq_optuna_sweeper._report import log_to_parent_run, write_study_report
-from hydra_plugins.feq_optuna_sweeper._space import build_search_space, format_value, trial_overrides
+from hydra_plugins.feq_optuna_sweeper._space import (
+    build_search_space,
+    format_value,
+    trial_overrides,
+)
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +348,7 @@ def _job_output_dir(result: JobReturn) -> str | None:
     """The job's Hydra output dir (its working dir only when hydra.job.chdir is true)."""
     try:
         return str(result.hydra_cfg.hydra.runtime.output_dir)  # type: ignore[union-attr]
-    except Exception:
+    except Exception:  # noqa: BLE001 - an older JobReturn without hydra_cfg
         return str(result.working_dir) if result.working_dir else None
 
 

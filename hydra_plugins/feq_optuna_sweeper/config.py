@@ -1,8 +1,10 @@
 """The sweeper's structured config, registered as `hydra/sweeper=feq_optuna`.
 
 No `from __future__ import annotations` here: Hydra's plugin scan executes this module before
-it is in sys.modules, and dataclasses then cannot resolve string annotations.
+it is in sys.modules, and dataclasses then cannot resolve string annotations. Optional/List/Dict
+stay: OmegaConf reads these annotations to type-check the config.
 """
+# ruff: noqa: UP006, UP035, UP045
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional

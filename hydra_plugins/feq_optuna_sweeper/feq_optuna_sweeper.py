@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -17,9 +17,9 @@ class FeqOptunaSweeper(Sweeper):
     def __init__(
         self,
         study_name: str,
-        storage: Optional[str],
+        storage: str | None,
         n_trials: int,
-        n_jobs: Optional[int],
+        n_jobs: int | None,
         objectives: Any,
         sampler: Any,
         pruner: Any,
@@ -45,5 +45,5 @@ class FeqOptunaSweeper(Sweeper):
     ) -> None:
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         return self._impl.sweep(arguments)

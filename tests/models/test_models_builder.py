@@ -32,7 +32,9 @@ def _one_thread():
 
 
 def _waveforms(batch: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.from_numpy(np.random.default_rng(seed).standard_normal((batch, 3, 6000)).astype(np.float32))
+    return torch.from_numpy(
+        np.random.default_rng(seed).standard_normal((batch, 3, 6000)).astype(np.float32)
+    )
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -62,7 +64,12 @@ def test_wrong_input_shape_is_rejected():
 
 @pytest.mark.parametrize(
     "preset, overrides",
-    [("eqt", {}), ("leq", {}), ("feq1", {"gru_impl": "keras", "rnn_blocks": 1}), ("feq3", {"rnn": "lstm"})],
+    [
+        ("eqt", {}),
+        ("leq", {}),
+        ("feq1", {"gru_impl": "keras", "rnn_blocks": 1}),
+        ("feq3", {"rnn": "lstm"}),
+    ],
 )
 def test_gradients_reach_every_parameter(preset, overrides):
     torch.manual_seed(1)
@@ -99,7 +106,11 @@ def test_build_from_composed_config_mapping_and_none_overrides():
     model = build_model(cfg.model, rnn=None, picker_rnn=None, cnn_blocks=None, rnn_blocks=None)
     assert model.spec == build_model("feq3").spec
     model = build_model(cfg.model, rnn="gru", cnn_blocks=3)
-    assert (model.spec.rnn, model.spec.residual_kernels, model.spec.name) == ("gru", (3, 3, 3), "feq3")
+    assert (model.spec.rnn, model.spec.residual_kernels, model.spec.name) == (
+        "gru",
+        (3, 3, 3),
+        "feq3",
+    )
     assert not model.rnn_blocks[0].rnn.bidirectional
     spec = spec_from_config(cfg.model, rnn_blocks=3)
     assert isinstance(spec, ModelSpec) and spec.rnn_blocks == 3
@@ -189,21 +200,34 @@ def test_keras_gru_matches_reset_after_false_equations():
     x = torch.randn(2, 7, 5)
     with torch.no_grad():
         out, _ = gru(x)
-    fwd = _keras_gru_reference(x.double().numpy(), *(getattr(gru, n).detach().double().numpy() for n in ("weight_ih_l0", "weight_hh_l0", "bias_l0")))
+    fwd = _keras_gru_reference(
+        x.double().numpy(),
+        *(
+            getattr(gru, n).detach().double().numpy()
+            for n in ("weight_ih_l0", "weight_hh_l0", "bias_l0")
+        ),
+    )
     bwd = _keras_gru_reference(
         x.flip(1).double().numpy(),
-        *(getattr(gru, n).detach().double().numpy() for n in ("weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_l0_reverse")),
+        *(
+            getattr(gru, n).detach().double().numpy()
+            for n in ("weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_l0_reverse")
+        ),
     )[:, ::-1]
     np.testing.assert_allclose(out.numpy(), np.concatenate([fwd, bwd], axis=-1), atol=1e-5)
 
 
-@pytest.mark.parametrize("length, pool", [(6000, 3), (2000, 3), (667, 3), (223, 2), (112, 2), (375, 2), (10, 4), (11, 5)])
+@pytest.mark.parametrize(
+    "length, pool", [(6000, 3), (2000, 3), (667, 3), (223, 2), (112, 2), (375, 2), (10, 4), (11, 5)]
+)
 def test_same_max_pool_matches_tensorflow_padding(length, pool):
     x = torch.randn(1, 2, length)
     out = SameMaxPool1d(pool, length)(x)
     n_out = math.ceil(length / pool)
     total = max((n_out - 1) * pool + pool - length, 0)
-    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (total // 2, total - total // 2)), constant_values=-np.inf)
+    padded = np.pad(
+        x.numpy(), ((0, 0), (0, 0), (total // 2, total - total // 2)), constant_values=-np.inf
+    )
     expected = padded.reshape(1, 2, n_out, pool).max(-1)
     np.testing.assert_array_equal(out.numpy(), expected)
 
@@ -215,3 +239,48 @@ def test_even_kernel_pads_on_the_right_like_tensorflow():
         conv.conv.bias.zero_()
     out = conv(torch.tensor([[[1.0, 2.0, 3.0]]]))
     assert out.tolist() == [[[21.0, 32.0, 3.0]]]  # last window sees the zero pad on the right
+
+
+def _plain_paths(enabled: bool) -> None:
+    from feq_lab.models import layers, picker
+
+    layers.FOLD_SEPARABLE = enabled
+    layers.DENSE_MODE = "thnn" if enabled else "default"
+    picker.FUSE_PICKER_RNNS = enabled
+
+
+@pytest.mark.parametrize("preset", ["eqt", "feq1", "feq3"])
+def test_inference_fast_paths_compute_the_same_function(preset):
+    """Folded separable convs, native dense convs and the fused P/S RNN == the plain modules."""
+    torch.manual_seed(7)
+    model = build_model(preset).eval()
+    x = _waveforms(2)
+    try:
+        _plain_paths(False)
+        with torch.no_grad():
+            plain = model.forward_logits(x)
+        _plain_paths(True)
+        with torch.no_grad():
+            fast = model.forward_logits(x)
+    finally:
+        _plain_paths(True)
+    for a, b in zip(plain, fast):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_caches_follow_weight_changes():
+    torch.manual_seed(8)
+    model = build_model("feq3").eval()
+    x = _waveforms(1)
+    with torch.no_grad():
+        before = model(x)
+        for param in model.parameters():  # what an optimiser step or load_state_dict does
+            param.mul_(1.1)
+        after = model(x)
+    fresh = build_model("feq3").eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = fresh(x)
+    assert not torch.allclose(before[1], after[1])
+    for a, b in zip(after, expected):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

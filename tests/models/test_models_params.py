@@ -31,10 +31,18 @@ def test_counts_match_reference_in_both_conventions(preset):
     enc, bk, bt, rk, rt, dec, tk, tt = REFERENCE_COUNTS[preset]
     model = build_model(preset)
     assert count_parameters(model, "paper") == {
-        "encoder": enc, "bottleneck": bk, "rnn_transformer": rk, "decoder": dec, "total": tk,
+        "encoder": enc,
+        "bottleneck": bk,
+        "rnn_transformer": rk,
+        "decoder": dec,
+        "total": tk,
     }
     assert count_parameters(model, "torch") == {
-        "encoder": enc, "bottleneck": bt, "rnn_transformer": rt, "decoder": dec, "total": tt,
+        "encoder": enc,
+        "bottleneck": bt,
+        "rnn_transformer": rt,
+        "decoder": dec,
+        "total": tt,
     }
     # the torch convention is literally sum(numel) of the built module (shared layers once)
     assert count_parameters(model, "torch")["total"] == sum(p.numel() for p in model.parameters())
@@ -56,7 +64,9 @@ def test_reference_gru_sizes():
     two = count_parameters(build_model("feq2", rnn_blocks=2), "paper")["rnn_transformer"]
     assert two - one == 3_168 + (32 * 16 + 16) + 4 * 16  # BiGRU + 1×1 conv 32→16 + BN(16)
     gru_pickers = count_parameters(build_model("feq2"), "paper")["rnn_transformer"]
-    lstm_pickers = count_parameters(build_model("feq2", picker_rnn="lstm"), "paper")["rnn_transformer"]
+    lstm_pickers = count_parameters(build_model("feq2", picker_rnn="lstm"), "paper")[
+        "rnn_transformer"
+    ]
     assert lstm_pickers - gru_pickers == 2 * (2_112 - 1_584)
 
 
@@ -75,4 +85,8 @@ def test_eqt_matches_seisbench_eqtransformer():
     sbm = pytest.importorskip("seisbench.models")
     peer = sbm.EQTransformer(lstm_blocks=2)
     ours = build_model("eqt")
-    assert count_parameters(ours, "torch")["total"] == sum(p.numel() for p in peer.parameters()) == 372_023
+    assert (
+        count_parameters(ours, "torch")["total"]
+        == sum(p.numel() for p in peer.parameters())
+        == 372_023
+    )

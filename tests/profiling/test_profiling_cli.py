@@ -29,7 +29,10 @@ def test_one_variant_as_json():
     assert variant["params"]["paper"]["bottleneck"] == 3_712
     assert variant["params"]["torch"]["total"] > 0
     assert variant["size_mb"] > 0 and variant["onnx_mb"] > 0
-    assert {(lat["backend"], lat["batch"]) for lat in variant["latency"]} == {("torch", 1), ("onnxruntime", 1)}
+    assert {(lat["backend"], lat["batch"]) for lat in variant["latency"]} == {
+        ("torch", 1),
+        ("onnxruntime", 1),
+    }
 
 
 def test_all_presets_side_by_side():

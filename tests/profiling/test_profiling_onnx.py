@@ -40,7 +40,8 @@ def _trained_looking(model):
 
 @pytest.mark.parametrize(
     "preset, overrides",
-    [(p, {}) for p in PRESETS] + [("feq3", {"rnn": "gru", "picker_rnn": "lstm", "cnn_blocks": 3, "rnn_blocks": 2})],
+    [(p, {}) for p in PRESETS]
+    + [("feq3", {"rnn": "gru", "picker_rnn": "lstm", "cnn_blocks": 3, "rnn_blocks": 2})],
 )
 def test_onnx_outputs_match_torch(tmp_path, preset, overrides):
     torch.manual_seed(6)
@@ -83,7 +84,13 @@ def test_latency_harness_reports_and_restores_threads(backend):
     assert torch.get_num_threads() == 2  # restored
     assert model.training  # mode restored
     assert isinstance(result, LatencyResult)
-    assert (result.backend, result.batch, result.threads, result.repeats, result.mc_passes) == (backend, 2, 1, 3, 0)
+    assert (result.backend, result.batch, result.threads, result.repeats, result.mc_passes) == (
+        backend,
+        2,
+        1,
+        3,
+        0,
+    )
     assert 0 < result.p50_ms <= result.p90_ms
     assert result.window_ms_p50 == pytest.approx(result.p50_ms / 2)
     assert result.device.startswith("cpu")

@@ -34,7 +34,39 @@ def compose(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def test_cli_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
+def write_record(path: Path, minutes: float = 2.0) -> Path:
+    st = obspy.Stream([obspy.Trace(make_record(minutes=minutes)[i], header={
+        "network": "XX", "station": "STA", "channel": f"HH{c}", "sampling_rate": 100.0,
+        "starttime": obspy.UTCDateTime(T0)}) for i, c in enumerate("ENZ")])
+    st.write(str(path), format="MSEED", encoding="FLOAT32")
+    return path
+
+
+def test_cli_files_with_a_local_checkpoint(checkpoint, tmp_path):
+    """The command line exactly as documented; stdout carries only JSON lines."""
+    path = write_record(tmp_path / "rec.mseed")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MPLBACKEND": "Agg"}
+    env.pop("DISPLAY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "feq_lab.stream", "source=files", f"source.paths=[{path}]",
+         "model=feq3", f"checkpoint={checkpoint}", "backend=torch", "display=png",
+         "engine.thresholds.detection=0.0", "engine.min_detection_s=0", f"out_dir={out}",
+         f"hydra.run.dir={tmp_path / 'hydra'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout = JSON lines only
+    assert events, "detection threshold 0 must give at least one event"
+    assert all(e["type"] == "event" and e["model"] == "feq3:feq3.pt" for e in events)
+    assert "end of stream" in proc.stderr  # logs go to stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["windows"] == 3 and summary["events"] == len(events)
+    assert len(obspy.read_events(str(out / "picks.xml"))) == len(events)
+    assert (out / "monitor_XX.STA.png").stat().st_size > 10_000
+
+
+def test_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
+    from feq_lab.stream import run
     from feq_lab.tracking.mlflow import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -45,43 +77,20 @@ def test_cli_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path
     tracker.register(run_id, "feq-picker", "champion")
 
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MPLBACKEND": "Agg"}
-    env.pop("DISPLAY", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "feq_lab.stream", "source=replay", "display=png",
-         f"source.subset_dir={tiny_subset}", f"tracking.uri={uri}", f"out_dir={out}",
-         "engine.thresholds.detection=0.3", f"hydra.run.dir={tmp_path / 'hydra'}"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout = JSON lines only
-    assert all(e["type"] == "event" and e["model"].endswith("feq-picker@champion") for e in events)
-    assert "replay:" in proc.stderr  # logs go to stderr
+    result = run(compose([f"source.subset_dir={tiny_subset}", f"tracking.uri={uri}",
+                          "display=png", f"out_dir={out}"]))
+    assert result["model"] == "feq3:feq-picker@champion"
+    assert (out / "model.onnx").exists()  # the onnxruntime backend exported the champion
     truth = json.loads((out / "scenario.json").read_text())
     assert truth["p_time"] < truth["s_time"] and len(truth["noise_intervals"]) == 1
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["blocks"] == 4 and summary["windows"] >= 7
-    assert summary["scenario"]["n_events"] == len(events)
+    assert result["blocks"] == 4 and result["windows"] == 7  # 0, 30, ..., 180 s
+    assert result["scenario"]["n_events"] == result["events"]
     assert (out / "picks.csv").exists() and (out / "picks.xml").exists()
-    assert len(obspy.read_events(str(out / "picks.xml"))) == len(events)
-    pngs = list(out.glob("monitor_*.png"))
-    assert len(pngs) == 1 and pngs[0].stat().st_size > 10_000
-    assert (out / "model.onnx").exists()  # the onnxruntime backend exported the champion
+    assert len(list(out.glob("monitor_*.png"))) == 1
 
 
-def test_local_checkpoint_on_files_and_scenarios(checkpoint, tiny_subset, tmp_path, capsys):
+def test_seeded_scenarios_are_summarised(checkpoint, tiny_subset, tmp_path, capsys):
     from feq_lab.stream import run
-
-    path = tmp_path / "rec.mseed"
-    st = obspy.Stream([obspy.Trace(make_record(minutes=2)[i], header={
-        "network": "XX", "station": "STA", "channel": f"HH{c}", "sampling_rate": 100.0,
-        "starttime": obspy.UTCDateTime(T0)}) for i, c in enumerate("ENZ")])
-    st.write(str(path), format="MSEED", encoding="FLOAT32")
-    cfg = compose(["source=files", f"source.paths=[{path}]", "model=feq3",
-                   f"checkpoint={checkpoint}", "backend=torch", "display=none",
-                   f"out_dir={tmp_path / 'files'}", "tracking.uri=sqlite:///unused.db"])
-    result = run(cfg)
-    assert result["model"] == "feq3:feq3.pt" and result["windows"] == 4
-    assert (tmp_path / "files" / "picks.csv").exists()
 
     cfg = compose([f"source.subset_dir={tiny_subset}", f"checkpoint={checkpoint}",
                    "backend=torch", "display=none", "scenarios=2",
@@ -89,7 +98,9 @@ def test_local_checkpoint_on_files_and_scenarios(checkpoint, tiny_subset, tmp_pa
     summary = run(cfg)
     assert summary["scenarios"] == 2 and len(summary["per_scenario"]) == 2
     assert summary["detections"] + summary["misses"] == 2
+    assert [s["seed"] for s in summary["per_scenario"]] == [0, 1]
     assert json.loads((tmp_path / "many" / "scenarios_summary.json").read_text())["scenarios"] == 2
+    assert (tmp_path / "many" / "scenario_001" / "scenario.json").exists()
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["type"] == "scenarios_summary"
 

@@ -39,7 +39,7 @@ def test_feq3_block_sizes_give_the_same_probabilities_and_events(feq3, record):
     ev7, p7, n7 = probs_after(predict, record, 7.0)
     ev60, p60, n60 = probs_after(predict, record, 60.0)
     assert p7.shape == p60.shape == (3, record.shape[1])
-    assert n7 == n60 == 5  # 4 regular windows (0, 30, 60, 90 s) + the tail
+    assert n7 == n60 == 4  # 0, 30, 60, 90 s; the last one ends at the newest sample: no tail
     np.testing.assert_allclose(p7, p60, atol=1e-5)
     assert [e.to_dict() for e in ev7] == [e.to_dict() for e in ev60]
     assert np.all((p7 >= 0) & (p7 <= 1))

@@ -10,9 +10,27 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 from optuna.trial import TrialState
+from sweeper_helpers import TOY_APP, load_toy_study, subprocess_env
 
-from sweeper_helpers import TOY_APP, load_toy_study, run_toy, subprocess_env  # noqa: F401
+
+@pytest.fixture
+def run_toy(tmp_path):
+    """Run `app.py -m <overrides>` in tmp_path; fail the test with the output if it fails."""
+
+    def run(*overrides: str, env: dict[str, str] | None = None, timeout: float = 120):
+        proc = subprocess.run(
+            [sys.executable, str(TOY_APP), "-m", *overrides],
+            cwd=tmp_path, env=env or subprocess_env(), capture_output=True, text=True,
+            timeout=timeout, check=False,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return proc
+
+    return run
+
+
 
 MO = "hydra.sweeper.objectives=[{metric:score,direction:maximize},{metric:cost,direction:minimize}]"
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from sweeper_helpers import mlflow_runs, prepare_tiny_data, run_main_job, tiny_job_overrides
 
 pytestmark = pytest.mark.slow
