@@ -64,7 +64,7 @@ def champion_threshold_grid(uri: str, champion: RunRecord) -> pd.DataFrame:
             return pd.read_csv(path)
         except FeqLabError:
             raise
-        except Exception as err:  # the store's own error type varies (file, S3, server)
+        except Exception as err:  # noqa: BLE001 - the store's error type varies (file, S3, server)
             raise DataError(f"cannot read artifact {THRESHOLD_GRID_ARTIFACT} of the champion run "
                             f"{champion.run_id} ({type(err).__name__}: {err})") from None
 
@@ -72,7 +72,7 @@ def champion_threshold_grid(uri: str, champion: RunRecord) -> pd.DataFrame:
 def _local_artifact(run: RunRecord, name: str) -> Path:
     """`name` inside a run's local artifact folder (at its root or in a sub-folder)."""
     uri = run.artifact_uri
-    if not (uri.startswith("file:") or uri.startswith("/")):
+    if not uri.startswith(("file:", "/")):
         raise DataError(f"artifact store {uri!r} is not local; feq_lab.tracking.mlflow needs "
                         f"download_artifact(uri, run_id, path, dst)")
     root = Path(url2pathname(urlparse(uri).path)) if uri.startswith("file:") else Path(uri)

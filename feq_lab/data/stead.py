@@ -37,8 +37,9 @@ def validate_waveform(data: Any, path: str, trace: str) -> np.ndarray:
     if arr.dtype.kind != "f":
         raise DataError(f"waveform has dtype {arr.dtype}, expected a float type", path=path,
                         trace=trace)
-    # One reduction first (cheap); the element-wise check only when the sum is not finite.
-    if not np.isfinite(arr.sum(dtype=np.float64)) and not np.isfinite(arr).all():
+    # One reduction first (cheap: NaN/inf propagate); the element-wise check only when the sum
+    # is not finite (it may also overflow on huge but finite values).
+    if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
         raise DataError("waveform contains NaN or inf samples", path=path, trace=trace)
     return arr.astype(np.float32, copy=False)
 
@@ -64,6 +65,7 @@ class _FileHandles:
 
     def __init__(self, paths: Sequence[Path]):
         self.paths = [Path(p) for p in paths]
+        self.names = [str(p) for p in self.paths]
         self._pid: int | None = None
         self._files: dict[int, h5py.File] = {}
 
@@ -84,7 +86,7 @@ class _FileHandles:
         self._files = {}
 
     def __getstate__(self) -> dict:
-        return {"paths": self.paths, "_pid": None, "_files": {}}
+        return {"paths": self.paths, "names": self.names, "_pid": None, "_files": {}}
 
 
 def open_hdf5(path: Path) -> h5py.File:
@@ -150,12 +152,13 @@ class Dataset:
 
     def _read(self, file_index: int, key: str, trace: str) -> np.ndarray:
         handle = self._files.get(file_index)
-        path = str(self._files.paths[file_index])
         try:
             node = handle[key]
         except KeyError:
+            path = str(self._files.paths[file_index])
             raise DataError(f"trace missing from the HDF5 file (no dataset {key!r})", path=path,
                             trace=trace) from None
+        path = self._files.names[file_index]
         if not isinstance(node, h5py.Dataset):
             raise DataError(f"{key!r} is not a dataset", path=path, trace=trace)
         try:

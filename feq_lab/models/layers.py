@@ -9,7 +9,7 @@ outputs match the Keras originals.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -35,6 +35,13 @@ def untraced() -> Iterator[None]:
         yield
     finally:
         torch._C._set_tracing_state(state)
+
+
+def weights_key(tensors: Iterable[torch.Tensor]) -> tuple:
+    """Identity + in-place version of weights: an eval-time cache built from them is stale when
+    this changes (optimiser step, load_state_dict, .to()). Inference tensors (a model built under
+    `torch.inference_mode`) have no version counter; their storage address is used alone."""
+    return tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors)
 
 
 def same_padding(kernel: int) -> tuple[int, int]:
@@ -92,7 +99,7 @@ class SameConv1d(nn.Module):
         map). Short inputs pay a fixed cost per depthwise call that dwarfs the extra MACs, so eval
         uses one dense conv there. Cached until a weight changes."""
         d, p = self.depthwise.weight, self.conv.weight
-        key = (d.data_ptr(), d._version, p.data_ptr(), p._version)
+        key = weights_key((d, p))
         cache = self.__dict__.get("_fold_cache")
         if cache is not None and cache[0] == key:
             return cache[1]
@@ -108,11 +115,12 @@ DENSE_MODE = "thnn"  # "thnn" | "default" (let F.conv1d pick, i.e. oneDNN)
 def dense_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
 ) -> torch.Tensor:
-    """Inference conv1d (groups = 1) on PyTorch's native im2col+GEMM kernel.
+    """Inference conv1d (groups = 1); single windows on CPU use PyTorch's native im2col+GEMM.
 
-    Why: for these thin, long 1-D convolutions (e.g. the 8→1, k=11 heads over 6000 samples)
-    oneDNN, which `F.conv1d` dispatches to, is several times slower on CPU. Same arithmetic."""
-    if DENSE_MODE != "thnn" or weight.shape[-1] == 1:
+    Why: at batch 1, for these thin, long 1-D convolutions (e.g. the 8→1, k=11 heads over 6000
+    samples) oneDNN, which `F.conv1d` dispatches to, is several times slower; from batch 2 on
+    oneDNN wins, so it keeps those. Same arithmetic either way."""
+    if DENSE_MODE != "thnn" or weight.shape[-1] == 1 or x.shape[0] != 1 or x.device.type != "cpu":
         return F.conv1d(x, weight, bias, padding=padding)
     k = weight.shape[-1]
     out = torch.ops.aten.thnn_conv2d(
@@ -310,7 +318,7 @@ class AdditiveSelfAttention(nn.Module):
         width = self.width
         lo = width // 2
         hi = width - 1 - lo
-        length = x.shape[1]
+        length = int(x.shape[1])  # the sequence length is fixed by the model: a constant in ONNX
         k_pad, x_pad = F.pad(k, (0, 0, lo, hi)), F.pad(x, (0, 0, lo, hi))
         # (B, T, U, W) and (B, T, C, W): neighbour j of step t is step t − lo + j
         k_win = torch.stack([k_pad[:, j : j + length] for j in range(width)], dim=-1)
@@ -408,8 +416,8 @@ class Decoder(nn.Module):
         for i, j in enumerate(self.layer_of_stage):
             x = upsample_nearest(x, self.upsample[i])
             left, right = self.crops[i]
-            if left or right:
-                x = x[:, :, left : x.shape[2] - right]
+            if left or right:  # python ints: a constant Slice in ONNX, no Shape/Gather/Sub chain
+                x = x[:, :, left : int(x.shape[2]) - right]
             x = F.relu(self.layers[j](x))
         return self.head(x).squeeze(1)
 

@@ -31,6 +31,7 @@ from feq_lab.models.layers import (
     SpatialDropout,
     TransformerBlock,
     fuse_parallel_rnns,
+    weights_key,
 )
 from feq_lab.models.spec import ModelSpec, layer_indices, spec_from_config, spec_from_dict
 from feq_lab.paths import atomic_path
@@ -150,7 +151,7 @@ class PickerModel(nn.Module):
         """The fused P/S RNN, rebuilt whenever a picker RNN weight changes (training, loading)."""
         rnns = [branch.rnn for branch in self.pickers]
         params = [p for r in rnns for p in r.parameters()]
-        key = tuple((p.data_ptr(), p._version) for p in params)
+        key = weights_key(params)
         cache = self.__dict__.get("_fused_cache")
         if cache is not None and cache[0] == key:
             return cache[1]

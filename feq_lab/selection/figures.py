@@ -8,18 +8,18 @@ parallel with other work; pyplot's global state is never relied on.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-from feq_lab.selection.tables import OUTPUT_NAMES, OUTPUTS  # noqa: E402
-from feq_lab.tracking.records import RunRecord  # noqa: E402
+from feq_lab.selection.tables import OUTPUT_NAMES, OUTPUTS
+from feq_lab.tracking.records import RunRecord
 
 CHAMPION_COLOR = "#d62728"
 COLOR = "#1f77b4"

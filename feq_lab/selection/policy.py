@@ -17,8 +17,9 @@ Remaining ties go to `tie_breakers`, then to the run label and id, so the answer
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from feq_lab.errors import ConfigError, SelectionError
 from feq_lab.selection.tables import param, variant_label
@@ -314,9 +315,9 @@ def _prepare(runs, objectives, constraints, tie_breakers, exclude, policy):
     keys = list(dict.fromkeys([c.key for c in constraints] + [o.key for o in objectives]
                               + [o.key for o in tie_breakers]))
     require_metrics(candidates, keys)
-    reasons = [f"policy {policy}: {len(candidates)} candidate run(s) among {len(runs)} "
-               f"({len(baselines)} baseline(s) excluded: "
-               f"{', '.join(variant_label(b) for b in baselines) or 'none'})"]
+    reasons = [(f"policy {policy}: {len(candidates)} candidate run(s) among {len(runs)} "
+                f"({len(baselines)} baseline(s) excluded: "
+                f"{', '.join(variant_label(b) for b in baselines) or 'none'})")]
     feasible, rejected, why = apply_constraints(candidates, constraints)
     reasons += why
     return candidates, baselines, feasible, rejected, reasons, keys
@@ -439,7 +440,7 @@ def select_weighted(runs, *, objectives, constraints=(), tie_breakers=(), exclud
                    + (f", runner-up {variant_label(ranked[1])} {score[ranked[1].run_id]:.4f}"
                       if len(ranked) > 1 else ""))
     if len(ranked) > 1 and round(score[ranked[1].run_id], 12) == round(score[champ.run_id], 12):
-        reasons.append(f"tie in score broken by "
+        reasons.append("tie in score broken by "
                        + (", ".join(str(o) for o in tie_breakers) or "run label/id"))
     results = _results(candidates, baselines, rejected, ranked,
                        lambda r: "chosen" if r is champ else "feasible",

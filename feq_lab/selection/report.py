@@ -14,9 +14,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -157,9 +158,9 @@ def render_markdown(inp: ReportInputs, finished: Sequence[RunRecord], labels: di
     variants = [r for r in finished if not tables.is_preset(r) and not tables.is_baseline(r)]
     baselines = [r for r in finished if tables.is_baseline(r)]
     learned = presets + variants
-    star = lambda r: " **(champion)**" if r.run_id == champ.run_id else ""  # noqa: E731
+    star = lambda r: " **(champion)**" if r.run_id == champ.run_id else ""
     versions, kinds = _data_versions(finished), _data_kinds(finished)
-    md = [f"# feq-lab report: choosing the picker", ""]
+    md = ["# feq-lab report: choosing the picker", ""]
     md.append(f"Data version (DVC md5 of the subset): `{'`, `'.join(versions)}`"
               + ("  **— runs disagree on the data version: the comparison is not like for like.**"
                  if len(versions) > 1 else ""))
@@ -175,15 +176,17 @@ def render_markdown(inp: ReportInputs, finished: Sequence[RunRecord], labels: di
             f"{tables.variant_label(r)} ({r.run_id[:8]}, {r.status})" for r in skipped) + ".")
     md += ["", "## Decision", "",
            f"Champion: **{labels[champ.run_id]}** (run `{champ.run_id}`), policy "
-           f"`{sel.get('policy', '?')}`, registered as `{sel.get('registered', 'feq-picker@champion')}`.",
+           f"`{sel.get('policy', '?')}`, "
+           + (f"registered as `{sel['registered']}` (version {sel.get('model_version')})."
+              if sel.get("registered") else "not registered (`select.register=false`)."),
            ""]
     md += [f"- {r}" for r in sel.get("reasons", [])]
     for title, group in (("Table 1 — parameters per section, the five presets", presets),
                          ("Table 2 — parameters per section, grid variants", variants)):
         md += ["", f"## {title}", ""]
         md.append(tables.params_table(group, labels) if group else "_No runs in this group._")
-    md += ["", "Counted in the study's (Keras 2.3.1) convention; the last row is PyTorch's "
-               "`numel`.", "", "## Model size and latency", ""]
+    md += ["", ("Counted in the study's (Keras 2.3.1) convention; the last row is PyTorch's "
+                "`numel`."), "", "## Model size and latency", ""]
     md.append(tables.run_rows(learned + [b for b in baselines
                                          if "latency/window_ms_p50" in b.metrics],
                               labels, tables.SIZE_COLUMNS, star))
@@ -216,7 +219,7 @@ def render_markdown(inp: ReportInputs, finished: Sequence[RunRecord], labels: di
             [[tables.OUTPUT_NAMES[r.output], f"{r.threshold:g}", f"{r.precision:.3f}",
               f"{r.recall:.3f}", f"{r.f1:.3f}"] for r in best.itertuples()]))
         md += ["", f"![threshold trade-off]({figs['thresholds']})",
-               f"", f"Full curve: `{THRESHOLD_CURVE}` (`dvc plots show`)."]
+               "", f"Full curve: `{THRESHOLD_CURVE}` (`dvc plots show`)."]
     return "\n".join(md) + "\n"
 
 

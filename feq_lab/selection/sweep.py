@@ -18,8 +18,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from feq_lab.errors import FeqLabError, SelectionError
 from feq_lab.paths import atomic_write_text
@@ -33,7 +33,7 @@ def run_grid(overrides: Sequence[str], sweep_dir: Path) -> str:
         shutil.rmtree(sweep_dir)
     cmd = [sys.executable, "-m", "feq_lab", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     print("+ " + shlex.join(cmd), flush=True)
-    proc = subprocess.run(cmd)
+    proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0:
         raise SelectionError(f"the sweep {shlex.join(overrides)} exited with code "
                              f"{proc.returncode}")

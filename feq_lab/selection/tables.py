@@ -7,7 +7,8 @@ read from a `RunRecord` (i.e. from MLflow), none is typed in.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from feq_lab.tracking.records import RunRecord
 
@@ -97,7 +98,7 @@ def fmt(v: Any, kind: str = "auto") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return MISSING
     if kind == "int" or (kind == "auto" and float(v).is_integer() and abs(v) >= 10):
-        return f"{int(round(v)):,}"
+        return f"{round(v):,}"
     if kind == "f1":
         return f"{v:.3f}"
     if kind == "mb":

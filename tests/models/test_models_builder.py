@@ -284,3 +284,10 @@ def test_inference_caches_follow_weight_changes():
     assert not torch.allclose(before[1], after[1])
     for a, b in zip(after, expected):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_model_built_under_inference_mode_runs():
+    with torch.inference_mode():
+        model = build_model("feq3").eval()
+        det, p, s = model(_waveforms(1))
+    assert det.shape == p.shape == s.shape == (1, 6000)

@@ -13,14 +13,13 @@ import sys
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from test_selection_policy import STUDY
 
 from feq_lab.errors import ConfigError, SelectionError
 from feq_lab.paths import CONF_DIR
 from feq_lab.report import run_report
 from feq_lab.select import run_select
 from feq_lab.tracking.mlflow import Tracker
-
-from test_selection_policy import STUDY
 
 EXPERIMENT = "feq-test"
 
@@ -147,7 +146,7 @@ def test_select_and_report_on_two_sweeps(store, tmp_path):
 
 
 def test_pareto_policy_and_latest_parent(store, tmp_path):
-    uri, first, second, _ = store
+    uri, _first, second, _ = store
     payload = run_select(config(uri, tmp_path, "select=pareto", "select.register=false"))
     assert payload["parent_run_ids"] == [second]  # the latest sweep by default
     assert payload["policy"] == "pareto"

@@ -8,7 +8,12 @@ import pytest
 
 from feq_lab.errors import ConfigError, SelectionError
 from feq_lab.selection.policy import (
-    Constraint, Objective, dominates, pareto_front, select, split_candidates,
+    Constraint,
+    Objective,
+    dominates,
+    pareto_front,
+    select,
+    split_candidates,
 )
 from feq_lab.tracking.records import RunRecord
 
