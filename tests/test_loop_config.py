@@ -45,9 +45,12 @@ def test_params_are_flat_with_effective_knobs_and_preset_name():
     assert all(isinstance(v, str) for v in params.values())
 
 
-def test_stalta_is_planned_without_a_network():
-    plan = plan_job(cfg_of("model=stalta", "rnn=gru"))
+def test_stalta_is_planned_without_a_network_and_ignores_the_knobs():
+    cfg = cfg_of("model=stalta", "rnn=gru")
+    plan = plan_job(cfg)
     assert plan.kind == "stalta" and plan.model is None and plan.name == "stalta"
+    assert effective_config(cfg, None)["rnn"] is None
+    assert effective_hash("model=stalta", "rnn=gru") == effective_hash("model=stalta")
 
 
 @pytest.mark.parametrize("override, key", [

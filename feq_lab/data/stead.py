@@ -68,10 +68,12 @@ class _FileHandles:
         self.names = [str(p) for p in self.paths]
         self._pid: int | None = None
         self._files: dict[int, h5py.File] = {}
+        self._groups: dict[tuple[int, str], h5py.Group] = {}
 
     def get(self, index: int) -> h5py.File:
         if self._pid != os.getpid():  # a forked worker must not reuse the parent's handle
             self._files = {}
+            self._groups = {}
             self._pid = os.getpid()
         handle = self._files.get(index)
         if handle is None:
@@ -79,14 +81,26 @@ class _FileHandles:
             self._files[index] = handle
         return handle
 
+    def group(self, index: int, name: str) -> h5py.Group:
+        """A cached group handle (lookups relative to it are cheaper than full paths)."""
+        handle = self.get(index)
+        key = (index, name)
+        group = self._groups.get(key)
+        if group is None:
+            group = handle[name] if name else handle
+            self._groups[key] = group
+        return group
+
     def close(self) -> None:
         if self._pid == os.getpid():
             for handle in self._files.values():
                 handle.close()
         self._files = {}
+        self._groups = {}
 
     def __getstate__(self) -> dict:
-        return {"paths": self.paths, "names": self.names, "_pid": None, "_files": {}}
+        return {"paths": self.paths, "names": self.names, "_pid": None, "_files": {},
+                "_groups": {}}
 
 
 def open_hdf5(path: Path) -> h5py.File:
@@ -151,9 +165,9 @@ class Dataset:
         return self._read(self._file_of[position], self._keys[position], self._names[position])
 
     def _read(self, file_index: int, key: str, trace: str) -> np.ndarray:
-        handle = self._files.get(file_index)
+        group_name, _, name = key.rpartition("/")
         try:
-            node = handle[key]
+            node = self._files.group(file_index, group_name)[name]
         except KeyError:
             path = str(self._files.paths[file_index])
             raise DataError(f"trace missing from the HDF5 file (no dataset {key!r})", path=path,

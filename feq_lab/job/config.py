@@ -78,6 +78,9 @@ def effective_config(cfg: Any, spec: Any | None) -> dict[str, Any]:
         plain["model"] = model
         for knob in KNOBS:
             plain[knob] = model[knob]
+    else:  # the classical baseline: the network knobs do not apply
+        for knob in KNOBS:
+            plain[knob] = None
     return plain
 
 

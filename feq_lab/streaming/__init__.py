@@ -1,1 +1,7 @@
-"""feq_lab.streaming"""
+"""feq_lab.streaming: the real-time monitor.
+
+engine (rolling buffers, 60-s windows, stacking, events), sources (replay, files, SeedLink),
+predictors (torch, onnxruntime, Monte-Carlo), outputs (JSON lines, picks CSV/QuakeML), display
+(the live plot), monitor (the loop and the replay scoring), seedlink_server (a test server).
+Nothing is imported here, so the onnxruntime monitor never loads torch or matplotlib.
+"""

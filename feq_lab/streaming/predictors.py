@@ -52,7 +52,7 @@ def torch_predictor(model: Any, threads: int = 1, mc_passes: int = 0) -> Predict
 
             mean, std = mc_predict(model, xt, int(mc_passes))
             return [t.numpy() for t in (*mean, *std)]
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: its tensors would poison a later ONNX export
             return [t.numpy() for t in model(xt)]
 
     return predict

@@ -42,6 +42,7 @@ def write_record(path: Path, minutes: float = 2.0) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_files_with_a_local_checkpoint(checkpoint, tmp_path):
     """The command line exactly as documented; stdout carries only JSON lines."""
     path = write_record(tmp_path / "rec.mseed")
@@ -65,6 +66,7 @@ def test_cli_files_with_a_local_checkpoint(checkpoint, tmp_path):
     assert (out / "monitor_XX.STA.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
     from feq_lab.stream import run
     from feq_lab.tracking.mlflow import Tracker

@@ -4,6 +4,7 @@ failure marking, registry round trip through the pyfunc model."""
 from __future__ import annotations
 
 import math
+import shutil
 import sqlite3
 
 import numpy as np
@@ -23,8 +24,17 @@ from feq_lab.tracking.mlflow import (
 )
 
 
+@pytest.fixture(scope="module")
+def store_template(tmp_path_factory):
+    """A migrated, empty SQLite store: creating the schema is the slow part, so tests copy it."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    Tracker(f"sqlite:///{path}", "warmup")  # creates the schema
+    return path
+
+
 @pytest.fixture()
-def tracker(tmp_path):
+def tracker(tmp_path, store_template):
+    shutil.copy(store_template, tmp_path / "mlflow.db")
     return Tracker(f"sqlite:///{tmp_path}/mlflow.db", "unit")
 
 
