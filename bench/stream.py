@@ -41,14 +41,17 @@ def make_hour(minutes: int, seed: int = 0) -> np.ndarray:
     t = np.arange(n) / 100.0
     for onset in rng.uniform(60.0, minutes * 60.0 - 60.0, size=max(minutes // 10, 1)):
         p, s = t - onset, t - onset - rng.uniform(2.0, 8.0)
-        x[2] += np.where(p >= 0, 800.0 * np.exp(-np.clip(p, 0, None) / 2.0), 0.0) * rng.normal(0, 1, n)
+        x[2] += np.where(p >= 0, 800.0 * np.exp(-np.clip(p, 0, None) / 2.0), 0.0) * rng.normal(
+            0, 1, n
+        )
         hs = np.where(s >= 0, 1500.0 * np.exp(-np.clip(s, 0, None) / 3.0), 0.0)
         x[:2] += hs * rng.normal(0, 1, (2, n))
     return x.astype(np.float32)
 
 
 # The monitor process for the RSS measurement: engine + onnxruntime + numpy, no torch.
-MONITOR_CHILD = r"""
+MONITOR_CHILD = (
+    r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[3])
 import numpy as np
@@ -78,7 +81,9 @@ print(json.dumps({"peak_rss_mb": peak_rss_mb(),
                   "windows": engine.windows_run,
                   "block_delay_ms_p50": float(np.median(delays)) * 1e3,
                   "block_delay_ms_max": float(np.max(delays)) * 1e3}))
-""" % T0
+"""
+    % T0
+)
 
 
 def run_ours(onnx_path: Path, data: np.ndarray) -> tuple[float, dict]:
@@ -92,16 +97,24 @@ def run_ours(onnx_path: Path, data: np.ndarray) -> tuple[float, dict]:
     start = time.perf_counter()
     n_events = 0
     for a in range(0, data.shape[1], 6000):
-        seg = data[:, a: a + 6000]
+        seg = data[:, a : a + 6000]
         t = time.perf_counter()
-        n_events += len(engine.feed(Block("XX.BENCH", T0 + a / 100.0, 100.0,
-                                          {"HHE": seg[0], "HHN": seg[1], "HHZ": seg[2]})))
+        n_events += len(
+            engine.feed(
+                Block(
+                    "XX.BENCH", T0 + a / 100.0, 100.0, {"HHE": seg[0], "HHN": seg[1], "HHZ": seg[2]}
+                )
+            )
+        )
         delays.append(time.perf_counter() - t)
     n_events += len(engine.flush())
     elapsed = time.perf_counter() - start
-    return elapsed, {"windows": engine.windows_run, "events": n_events,
-                     "block_delay_ms_p50": float(np.median(delays)) * 1e3,
-                     "block_delay_ms_max": float(np.max(delays)) * 1e3}
+    return elapsed, {
+        "windows": engine.windows_run,
+        "events": n_events,
+        "block_delay_ms_p50": float(np.median(delays)) * 1e3,
+        "block_delay_ms_max": float(np.max(delays)) * 1e3,
+    }
 
 
 def run_seisbench(data: np.ndarray) -> tuple[float | None, str]:
@@ -116,9 +129,21 @@ def run_seisbench(data: np.ndarray) -> tuple[float | None, str]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = sbm.EQTransformer().eval()  # random weights: speed does not depend on them
-    stream = obspy.Stream([obspy.Trace(data[i], header={
-        "network": "XX", "station": "BENCH", "channel": f"HH{c}", "sampling_rate": 100.0,
-        "starttime": obspy.UTCDateTime(T0)}) for i, c in enumerate("ENZ")])
+    stream = obspy.Stream(
+        [
+            obspy.Trace(
+                data[i],
+                header={
+                    "network": "XX",
+                    "station": "BENCH",
+                    "channel": f"HH{c}",
+                    "sampling_rate": 100.0,
+                    "starttime": obspy.UTCDateTime(T0),
+                },
+            )
+            for i, c in enumerate("ENZ")
+        ]
+    )
     model.annotate(stream.slice(obspy.UTCDateTime(T0), obspy.UTCDateTime(T0 + 120)))  # warm-up
     start = time.perf_counter()
     model.annotate(stream)
@@ -130,7 +155,9 @@ def run_seisbench(data: np.ndarray) -> tuple[float | None, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=60)
-    parser.add_argument("--checkpoint", type=Path, default=None, help="FEQ3 checkpoint (default: untrained)")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="FEQ3 checkpoint (default: untrained)"
+    )
     parser.add_argument("--skip-seisbench", action="store_true")
     args = parser.parse_args()
 
@@ -147,8 +174,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="feq-bench-") as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "feq3.onnx")
         ours_s, ours = run_ours(onnx_path, data)
-        print(f"ours   FEQ3 onnxruntime 1 thread: {ours_s:8.2f} s  ({ours['windows']} windows, "
-              f"{ours['events']} events, stride 3000)")
+        print(
+            f"ours   FEQ3 onnxruntime 1 thread: {ours_s:8.2f} s  ({ours['windows']} windows, "
+            f"{ours['events']} events, stride 3000)"
+        )
         if args.skip_seisbench:
             sb_s, sb_note = None, "skipped (--skip-seisbench)"
         else:
@@ -161,20 +190,32 @@ def main() -> None:
         data_path = Path(tmp) / "data.npy"
         np.save(data_path, data)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        child = subprocess.run([sys.executable, "-c", MONITOR_CHILD, str(onnx_path), str(data_path),
-                                str(ROOT)], capture_output=True, text=True, env=env, check=False)
+        child = subprocess.run(
+            [sys.executable, "-c", MONITOR_CHILD, str(onnx_path), str(data_path), str(ROOT)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         if child.returncode != 0:
             print(f"monitor subprocess failed:\n{child.stderr[-2000:]}")
         else:
             mon = json.loads(child.stdout.strip().splitlines()[-1])
-            print(f"monitor peak RSS (onnxruntime, separate process): {mon['peak_rss_mb']:.1f} MB "
-                  f"(goal <= 150 MB; torch imported: {mon['torch_imported']})")
-            print(f"block arrival -> picks delay (1-min blocks): p50 {mon['block_delay_ms_p50']:.1f} ms,"
-                  f" max {mon['block_delay_ms_max']:.1f} ms in the monitor process; "
-                  f"in-process p50 {ours['block_delay_ms_p50']:.1f} ms, max {ours['block_delay_ms_max']:.1f} ms")
-    print("note: events become final once every window covering them ran: with 60-s windows and a "
-          "3000-sample stride that is 30-60 s of stream time after the detection ends (or at the "
-          "stream's end, via the tail window)")
+            print(
+                f"monitor peak RSS (onnxruntime, separate process): {mon['peak_rss_mb']:.1f} MB "
+                f"(goal <= 150 MB; torch imported: {mon['torch_imported']})"
+            )
+            print(
+                "block arrival -> picks delay (1-min blocks): "
+                f"p50 {mon['block_delay_ms_p50']:.1f} ms, max {mon['block_delay_ms_max']:.1f} ms "
+                f"in the monitor process; in-process p50 {ours['block_delay_ms_p50']:.1f} ms, "
+                f"max {ours['block_delay_ms_max']:.1f} ms"
+            )
+    print(
+        "note: events become final once every window covering them ran: with 60-s windows and a "
+        "3000-sample stride that is 30-60 s of stream time after the detection ends (or at the "
+        "stream's end, via the tail window)"
+    )
 
 
 if __name__ == "__main__":

@@ -55,17 +55,30 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if n_scenarios and source_cfg.get("kind") != "replay":
         raise ConfigError("scenarios", "needs source=replay")
     model, onnx_path, label = load_model(cfg)
-    predict = make_predictor(model, onnx_path, str(cfg.get("backend", "onnxruntime")),
-                             int(cfg.get("threads", 1)), int(cfg.get("mc_passes") or 0), out_dir)
+    predict = make_predictor(
+        model,
+        onnx_path,
+        str(cfg.get("backend", "onnxruntime")),
+        int(cfg.get("threads", 1)),
+        int(cfg.get("mc_passes") or 0),
+        out_dir,
+    )
     plot = dict(cfg.get("plot") or {})
-    log.info("model %s, backend %s, %s thread(s); output in %s", label, cfg.get("backend"),
-             cfg.get("threads"), out_dir)
+    log.info(
+        "model %s, backend %s, %s thread(s); output in %s",
+        label,
+        cfg.get("backend"),
+        cfg.get("threads"),
+        out_dir,
+    )
 
     runs = range(n_scenarios) if n_scenarios else [None]
     scores = []
     result: dict[str, Any] = {}
     for k in runs:
-        run_dir = out_dir if k is None else out_dir / f"scenario_{int(source_cfg.get('seed', 0)) + k:03d}"
+        run_dir = (
+            out_dir if k is None else out_dir / f"scenario_{int(source_cfg.get('seed', 0)) + k:03d}"
+        )
         run_source = dict(source_cfg)
         if k is not None:
             run_source["seed"] = int(source_cfg.get("seed", 0)) + k
@@ -73,9 +86,17 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         blocks, scenario = make_source(run_source, run_dir, cfg.get("data"))
         engine = StreamEngine(predict, label, engine_cfg, mc=bool(cfg.get("mc_passes")))
         display_mode = str(cfg.get("display", "auto"))
-        display = None if display_mode == "none" else LiveDisplay(
-            display_mode, run_dir, int(plot.get("n_blocks", 4)), float(plot.get("block_s", 60)),
-            int(plot.get("dpi", 80)))
+        display = (
+            None
+            if display_mode == "none"
+            else LiveDisplay(
+                display_mode,
+                run_dir,
+                int(plot.get("n_blocks", 4)),
+                float(plot.get("block_s", 60)),
+                int(plot.get("dpi", 80)),
+            )
+        )
         sink = EventSink(run_dir)
         stats = run_monitor(blocks, engine, sink, display, float(plot.get("refresh_s", 1.0)))
         result = {"type": "summary", "model": label, "out_dir": str(run_dir), **stats.summary()}
@@ -88,8 +109,12 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if k is None:
             log.info("summary: %s", json.dumps(result))
     if n_scenarios:
-        summary = {"type": "scenarios_summary", "model": label, **summarise_scenarios(scores),
-                   "per_scenario": scores}
+        summary = {
+            "type": "scenarios_summary",
+            "model": label,
+            **summarise_scenarios(scores),
+            "per_scenario": scores,
+        }
         atomic_write_text(out_dir / "scenarios_summary.json", json.dumps(summary, indent=2) + "\n")
         print(json.dumps({k: v for k, v in summary.items() if k != "per_scenario"}), flush=True)
         return summary

@@ -13,8 +13,13 @@ import numpy as np
 class SampleSeries:
     """`rows` parallel series over absolute sample indices [base, base + capacity)."""
 
-    def __init__(self, rows: int, dtype: np.dtype | type = np.float32, fill: float | bool = 0,
-                 capacity: int = 65536):
+    def __init__(
+        self,
+        rows: int,
+        dtype: np.dtype | type = np.float32,
+        fill: float | bool = 0,
+        capacity: int = 65536,
+    ):
         self.rows = rows
         self.dtype = np.dtype(dtype)
         self.fill = fill
@@ -40,7 +45,7 @@ class SampleSeries:
         """(rows, stop - start) view of absolute [start, stop); both must lie in storage."""
         if start < self.base or stop > self.end or start > stop:
             raise IndexError(f"[{start}, {stop}) outside stored [{self.base}, {self.end})")
-        return self.data[:, start - self.base: stop - self.base]
+        return self.data[:, start - self.base : stop - self.base]
 
     def trim(self, keep_from: int, min_drop: int = 30000) -> None:
         """Forget samples before `keep_from` once at least `min_drop` of them can go (amortised)."""

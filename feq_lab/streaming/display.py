@@ -22,8 +22,15 @@ from feq_lab.streaming.engine import SAMPLING_RATE, StreamEngine, iso_utc
 
 log = logging.getLogger("feq_lab.streaming")
 
-BLOCK_COLOURS = ("tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:olive", "tab:cyan",
-                 "tab:pink")
+BLOCK_COLOURS = (
+    "tab:green",
+    "tab:purple",
+    "tab:orange",
+    "tab:brown",
+    "tab:olive",
+    "tab:cyan",
+    "tab:pink",
+)
 P_COLOUR, S_COLOUR, DET_COLOUR = "tab:blue", "tab:red", "0.35"
 
 
@@ -35,10 +42,16 @@ def window_available() -> bool:
 
 
 class LiveDisplay:
-    """Redraw a station's recent blocks after each fed block (`mode`: window | png | none | auto)."""
+    """Redraw a station's recent blocks after each block (`mode`: window | png | none | auto)."""
 
-    def __init__(self, mode: str, out_dir: str | Path, n_blocks: int = 4, block_s: float = 60.0,
-                 dpi: int = 80):
+    def __init__(
+        self,
+        mode: str,
+        out_dir: str | Path,
+        n_blocks: int = 4,
+        block_s: float = 60.0,
+        dpi: int = 80,
+    ):
         if mode not in ("window", "png", "none", "auto"):
             raise ConfigError("display", f"must be window, png, none or auto, got {mode!r}")
         if mode == "auto":
@@ -100,7 +113,9 @@ class LiveDisplay:
             self._plt.show(block=False)
 
 
-def draw_blocks(fig: Any, view: dict[str, Any], n_blocks: int, block_s: float, station: str) -> None:
+def draw_blocks(
+    fig: Any, view: dict[str, Any], n_blocks: int, block_s: float, station: str
+) -> None:
     """Draw the last `n_blocks` blocks of `view` (engine.history_view) onto `fig`."""
     origin, start = view["origin"], view["start"]
     wave, prob = view["waveform"], view["prob"]
@@ -109,8 +124,13 @@ def draw_blocks(fig: Any, view: dict[str, Any], n_blocks: int, block_s: float, s
     last_block = (stop - 1) // step
     first_block = max(start // step, last_block - n_blocks + 1)
     blocks = list(range(first_block, last_block + 1))
-    axes = fig.subplots(2, n_blocks, sharey="row", squeeze=False,
-                        gridspec_kw={"height_ratios": [2, 1], "hspace": 0.08, "wspace": 0.05})
+    axes = fig.subplots(
+        2,
+        n_blocks,
+        sharey="row",
+        squeeze=False,
+        gridspec_kw={"height_ratios": [2, 1], "hspace": 0.08, "wspace": 0.05},
+    )
     picks = [(ev.p_time, P_COLOUR) for ev in view["events"] if ev.p_time is not None]
     picks += [(ev.s_time, S_COLOUR) for ev in view["events"] if ev.s_time is not None]
     for col in range(n_blocks):
@@ -123,14 +143,19 @@ def draw_blocks(fig: Any, view: dict[str, Any], n_blocks: int, block_s: float, s
         a, b = max(k * step, start), min((k + 1) * step, stop)
         t = (np.arange(a, b) - k * step) / SAMPLING_RATE
         colour = BLOCK_COLOURS[k % len(BLOCK_COLOURS)]
-        seg = wave[:, a - start: b - start].astype(np.float64)
+        seg = wave[:, a - start : b - start].astype(np.float64)
         seg = seg - seg.mean(axis=1, keepdims=True)
         scale = np.abs(seg).max() or 1.0
         for row, comp in enumerate("ENZ"):
-            top.plot(t, seg[row] / scale + 2.2 * (2 - row), color=colour, lw=0.6,
-                     alpha=(0.55, 0.75, 1.0)[row])
+            top.plot(
+                t,
+                seg[row] / scale + 2.2 * (2 - row),
+                color=colour,
+                lw=0.6,
+                alpha=(0.55, 0.75, 1.0)[row],
+            )
         top.set_yticks([0.0, 2.2, 4.4], ["Z", "N", "E"])
-        p = prob[:, a - start: b - start]
+        p = prob[:, a - start : b - start]
         bottom.fill_between(t, 0, p[0], color=DET_COLOUR, alpha=0.35, lw=0, label="detection")
         bottom.plot(t, p[1], color=P_COLOUR, lw=0.9, label="P")
         bottom.plot(t, p[2], color=S_COLOUR, lw=0.9, label="S")
@@ -146,5 +171,6 @@ def draw_blocks(fig: Any, view: dict[str, Any], n_blocks: int, block_s: float, s
         bottom.set_xlabel("s", fontsize=8)
     axes[1, 0].set_ylabel("probability", fontsize=8)
     axes[1, 0].legend(loc="upper left", fontsize=7, frameon=False)
-    fig.suptitle(f"{station} — last {len(blocks)} block(s), dashed: P (blue) and S (red) picks",
-                 fontsize=10)
+    fig.suptitle(
+        f"{station} — last {len(blocks)} block(s), dashed: P (blue) and S (red) picks", fontsize=10
+    )

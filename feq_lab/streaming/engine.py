@@ -110,7 +110,8 @@ class EngineConfig:
     combine: str = "max"
     batch_size: int = 16
     thresholds: Mapping[str, float] = field(
-        default_factory=lambda: {"detection": 0.5, "p": 0.3, "s": 0.3})
+        default_factory=lambda: {"detection": 0.5, "p": 0.3, "s": 0.3}
+    )
     association_margin_s: float = 0.5
     merge_gap_s: float = 1.0
     min_detection_s: float = 0.5
@@ -124,20 +125,29 @@ class EngineConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(cfg) - known
         if unknown:
-            raise ConfigError(f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(known)})")
+            raise ConfigError(
+                f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(known)})"
+            )
         if "thresholds" in cfg:
             from feq_lab.evaluation.picks import check_thresholds
 
             cfg["thresholds"] = check_thresholds(cfg["thresholds"], f"{key}.thresholds")
         out = cls(**cfg)
         if not 1 <= int(out.stride) <= WINDOW:
-            raise ConfigError(f"{key}.stride", f"must be in [1, {WINDOW}] samples, got {out.stride}")
+            raise ConfigError(
+                f"{key}.stride", f"must be in [1, {WINDOW}] samples, got {out.stride}"
+            )
         if out.combine not in ("max", "mean"):
             raise ConfigError(f"{key}.combine", f"must be 'max' or 'mean', got {out.combine!r}")
         if int(out.batch_size) < 1:
             raise ConfigError(f"{key}.batch_size", f"must be >= 1, got {out.batch_size}")
-        for name in ("association_margin_s", "merge_gap_s", "min_detection_s", "max_delay_s",
-                     "history_s"):
+        for name in (
+            "association_margin_s",
+            "merge_gap_s",
+            "min_detection_s",
+            "max_delay_s",
+            "history_s",
+        ):
             if float(getattr(out, name)) < 0:
                 raise ConfigError(f"{key}.{name}", f"must be >= 0, got {getattr(out, name)}")
         return out
@@ -228,8 +238,13 @@ class StreamEngine:
     `predict` is the model (see `Predictor`); `model_name` labels the events.
     """
 
-    def __init__(self, predict: Predictor, model_name: str, config: EngineConfig | Mapping | None = None,
-                 mc: bool = False):
+    def __init__(
+        self,
+        predict: Predictor,
+        model_name: str,
+        config: EngineConfig | Mapping | None = None,
+        mc: bool = False,
+    ):
         self.cfg = config if isinstance(config, EngineConfig) else EngineConfig.from_mapping(config)
         self.predict = predict
         self.model_name = model_name
@@ -253,13 +268,16 @@ class StreamEngine:
             raise DataError(f"bad sampling rate {block.sampling_rate!r}", trace=block.station)
         st = self.stations.get(block.station)
         if st is None:
-            st = self.stations[block.station] = _Station(block.station, float(block.starttime),
-                                                         self.cfg, 3 if self.mc else 0)
+            st = self.stations[block.station] = _Station(
+                block.station, float(block.starttime), self.cfg, 3 if self.mc else 0
+            )
             log.info("station %s: stream starts at %s", block.station, iso_utc(block.starttime))
         if st.ended:
             raise DataError("block after the stream was flushed", trace=block.station)
         for code, samples in block.channels.items():
-            self._write_channel(st, code, float(block.starttime), float(block.sampling_rate), samples)
+            self._write_channel(
+                st, code, float(block.starttime), float(block.sampling_rate), samples
+            )
         return self._advance(st, flush=False)
 
     def flush(self, station: str | None = None) -> list[Event]:
@@ -277,8 +295,12 @@ class StreamEngine:
     def _write_channel(self, st: _Station, code: str, t0: float, rate: float, samples: Any) -> None:
         row = _ORIENTATION.get(str(code)[-1:].upper())
         if row is None:
-            st.once(f"comp-{code}", "station %s: channel %s has no E/N/Z/1/2/3 orientation; ignored",
-                    st.name, code)
+            st.once(
+                f"comp-{code}",
+                "station %s: channel %s has no E/N/Z/1/2/3 orientation; ignored",
+                st.name,
+                code,
+            )
             return
         x = np.asarray(samples, dtype=np.float64).ravel()
         bad = ~np.isfinite(x)
@@ -286,32 +308,52 @@ class StreamEngine:
             good = x[~bad]
             x = x.copy()
             x[bad] = good.mean() if good.size else 0.0
-            log.warning("station %s: %d NaN/inf samples on %s at %s replaced by the block mean",
-                        st.name, int(bad.sum()), code, iso_utc(t0))
+            log.warning(
+                "station %s: %d NaN/inf samples on %s at %s replaced by the block mean",
+                st.name,
+                int(bad.sum()),
+                code,
+                iso_utc(t0),
+            )
         if abs(rate - SAMPLING_RATE) > 1e-6:
             res = st.resamplers.get(row)
             if res is None or res.rate != rate:
                 res = st.resamplers[row] = _Resampler(rate)
-                log.warning("station %s: channel %s at %g Hz, resampled to 100 Hz (causal)",
-                            st.name, code, rate)
+                log.warning(
+                    "station %s: channel %s at %g Hz, resampled to 100 Hz (causal)",
+                    st.name,
+                    code,
+                    rate,
+                )
             start, x = res(t0, x, st.origin)
         else:
             exact = (t0 - st.origin) * SAMPLING_RATE
             start = int(round(exact))
             if abs(exact - start) > 0.1:
-                st.once("snap", "station %s: block times are off the 100-Hz grid by %.2f samples; snapped",
-                        st.name, exact - start)
+                st.once(
+                    "snap",
+                    "station %s: block times are off the 100-Hz grid by %.2f samples; snapped",
+                    st.name,
+                    exact - start,
+                )
         self._store(st, row, code, start, x, t0)
 
-    def _store(self, st: _Station, row: int, code: str, start: int, x: np.ndarray, t0: float) -> None:
+    def _store(
+        self, st: _Station, row: int, code: str, start: int, x: np.ndarray, t0: float
+    ) -> None:
         n = len(x)
         if n == 0:
             return
         stop = start + n
         if start < st.committed:
             late = min(stop, st.committed) - start
-            log.warning("station %s: %d samples of %s at %s arrived after that time was processed;"
-                        " dropped", st.name, late, code, iso_utc(t0))
+            log.warning(
+                "station %s: %d samples of %s at %s arrived after that time was processed; dropped",
+                st.name,
+                late,
+                code,
+                iso_utc(t0),
+            )
             if stop <= st.committed:
                 return
             x, start = x[late:], st.committed
@@ -320,11 +362,21 @@ class StreamEngine:
             series.ensure(stop)
         have = st.present.view(start, stop)[row]
         if start < st.channel_hwm[row] and not have.all():
-            log.info("station %s: %s block at %s arrived out of order; placed in its slot",
-                     st.name, code, iso_utc(t0))
+            log.info(
+                "station %s: %s block at %s arrived out of order; placed in its slot",
+                st.name,
+                code,
+                iso_utc(t0),
+            )
         if have.any():
-            log.warning("station %s: %d samples of %s at %s overlap data already received; kept the"
-                        " first copy", st.name, int(have.sum()), code, iso_utc(t0))
+            log.warning(
+                "station %s: %d samples of %s at %s overlap data already received; kept the"
+                " first copy",
+                st.name,
+                int(have.sum()),
+                code,
+                iso_utc(t0),
+            )
         new = ~have
         st.raw.view(start, stop)[row][new] = x[new]
         have[new] = True
@@ -356,7 +408,7 @@ class StreamEngine:
             limit = st.hwm if flush else st.hwm - self.max_delay
             if gap_start >= limit:
                 return
-            after = seg[missing[0]:]
+            after = seg[missing[0] :]
             run = np.flatnonzero(after)
             gap_end = gap_start + (int(run[0]) if run.size else after.size)  # the whole gap
             self._fill(st, gap_start, gap_end)
@@ -373,8 +425,12 @@ class StreamEngine:
             if not miss.any():
                 continue
             if not st.seen[row]:
-                st.once(f"missing-{row}", "station %s: component %s missing; filled with zeros",
-                        st.name, COMPONENTS[row])
+                st.once(
+                    f"missing-{row}",
+                    "station %s: component %s missing; filled with zeros",
+                    st.name,
+                    COMPONENTS[row],
+                )
                 value = 0.0
             else:
                 past = st.raw.view(lo, start)[row]
@@ -388,9 +444,14 @@ class StreamEngine:
             present[row][miss] = True
         st.filled.view(start, stop)[0] = True
         if filled_comps:
-            log.warning("station %s: gap of %.2f s on %s at %s filled with the mean of the previous"
-                        " samples (flagged)", st.name, (stop - start) / SAMPLING_RATE,
-                        ",".join(filled_comps), iso_utc(st.origin + start / SAMPLING_RATE))
+            log.warning(
+                "station %s: gap of %.2f s on %s at %s filled with the mean of the previous"
+                " samples (flagged)",
+                st.name,
+                (stop - start) / SAMPLING_RATE,
+                ",".join(filled_comps),
+                iso_utc(st.origin + start / SAMPLING_RATE),
+            )
 
     def _run_windows(self, st: _Station) -> None:
         starts = []
@@ -399,7 +460,7 @@ class StreamEngine:
             starts.append(a)
             a += self.cfg.stride
         for i in range(0, len(starts), self.cfg.batch_size):
-            chunk = starts[i: i + self.cfg.batch_size]
+            chunk = starts[i : i + self.cfg.batch_size]
             x = np.stack([st.raw.view(s, s + WINDOW) for s in chunk])
             outputs = self._predict(x)
             for j, s in enumerate(chunk):
@@ -414,8 +475,10 @@ class StreamEngine:
             return
         start = end - WINDOW
         if st.next_window > 0 and start == st.next_window - self.cfg.stride:
-            log.info("station %s: end of stream; the last window already ends at the newest sample",
-                     st.name)
+            log.info(
+                "station %s: end of stream; the last window already ends at the newest sample",
+                st.name,
+            )
             st.final = end  # that window's outputs are all there is: they become final
             return
         if start >= 0:
@@ -426,9 +489,12 @@ class StreamEngine:
             x = np.concatenate([pad.astype(np.float32), have], axis=1)
         outputs = self._predict(x[None])
         keep = end - st.final
-        self._accumulate(st, st.final, end, [o[0][WINDOW - keep:] for o in outputs])
-        log.info("station %s: end of stream; tail window processed (%.2f s of newest samples)",
-                 st.name, keep / SAMPLING_RATE)
+        self._accumulate(st, st.final, end, [o[0][WINDOW - keep :] for o in outputs])
+        log.info(
+            "station %s: end of stream; tail window processed (%.2f s of newest samples)",
+            st.name,
+            keep / SAMPLING_RATE,
+        )
         st.final = end
 
     def _predict(self, x: np.ndarray) -> list[np.ndarray]:
@@ -471,8 +537,9 @@ class StreamEngine:
             ons = np.flatnonzero(edges == 1) + st.scan
             offs = np.flatnonzero(edges == -1) + st.scan
             for on, off in zip(ons.tolist(), offs.tolist()):
-                if st.group is not None and (st.group_open and on == st.scan or
-                                             on - st.group[1] <= self.merge_gap):
+                if st.group is not None and (
+                    st.group_open and on == st.scan or on - st.group[1] <= self.merge_gap
+                ):
                     st.group[1] = off
                 else:
                     if st.group is not None:
@@ -481,21 +548,29 @@ class StreamEngine:
             if st.group is not None:
                 st.group_open = st.group[1] == st.final
             st.scan = st.final
-        if st.group is not None and (flush or (not st.group_open and st.final - st.group[1] >=
-                                               max(self.merge_gap, self.margin) + 1)):
+        if st.group is not None and (
+            flush
+            or (
+                not st.group_open and st.final - st.group[1] >= max(self.merge_gap, self.margin) + 1
+            )
+        ):
             self._emit(st)
 
     def _emit(self, st: _Station) -> None:
         start, end = st.group
         st.group, st.group_open = None, False
         if end - start < self.min_detection:
-            log.info("station %s: %.2f-s detection at %s shorter than min_detection_s; ignored",
-                     st.name, (end - start) / SAMPLING_RATE, iso_utc(st.origin + start / SAMPLING_RATE))
+            log.info(
+                "station %s: %.2f-s detection at %s shorter than min_detection_s; ignored",
+                st.name,
+                (end - start) / SAMPLING_RATE,
+                iso_utc(st.origin + start / SAMPLING_RATE),
+            )
             return
         lo = max(start - self.margin, st.prob.base, 0)
         hi = min(end + self.margin, st.final)
         probs = self.probabilities(st, lo, hi)
-        det_prob = float(probs[0, start - lo: end - lo].max())
+        det_prob = float(probs[0, start - lo : end - lo].max())
         picks = {}
         for row, phase, th in ((1, "p", self.th_p), (2, "s", self.th_s)):
             i = int(probs[row].argmax())
@@ -511,7 +586,7 @@ class StreamEngine:
         spread = None
         if st.spread is not None:
             sp = st.spread.view(lo, hi)
-            spread = {"det": float(sp[0, start - lo: end - lo].max())}
+            spread = {"det": float(sp[0, start - lo : end - lo].max())}
             for row, phase in ((1, "p"), (2, "s")):
                 if picks[phase][0] is not None:
                     spread[phase] = float(sp[row, picks[phase][0] - lo])
@@ -519,14 +594,29 @@ class StreamEngine:
         def t(i: int | None) -> float | None:
             return None if i is None else st.origin + i / SAMPLING_RATE
 
-        st.events.append(Event(
-            station=st.name, detection_start=t(start), detection_end=t(end), det_prob=det_prob,
-            p_time=t(picks["p"][0]), p_prob=picks["p"][1], s_time=t(picks["s"][0]),
-            s_prob=picks["s"][1], model=self.model_name, flags=tuple(flags), spread=spread))
+        st.events.append(
+            Event(
+                station=st.name,
+                detection_start=t(start),
+                detection_end=t(end),
+                det_prob=det_prob,
+                p_time=t(picks["p"][0]),
+                p_prob=picks["p"][1],
+                s_time=t(picks["s"][0]),
+                s_prob=picks["s"][1],
+                model=self.model_name,
+                flags=tuple(flags),
+                spread=spread,
+            )
+        )
 
     def _trim(self, st: _Station) -> None:
-        keep = min(st.next_window, st.final - self.history, st.final - self.margin,
-                   st.committed - max(_FILL_CONTEXT, WINDOW))
+        keep = min(
+            st.next_window,
+            st.final - self.history,
+            st.final - self.margin,
+            st.committed - max(_FILL_CONTEXT, WINDOW),
+        )
         if st.group is not None:
             keep = min(keep, st.group[0] - self.margin)
         if keep <= 0:
@@ -541,15 +631,27 @@ class StreamEngine:
         """Recent final waveforms and probabilities of a station (for the live display)."""
         st = self.stations[station]
         stop = st.final
-        start = max(st.raw.base, st.prob.base, 0,
-                    stop - int((seconds or self.cfg.history_s) * SAMPLING_RATE))
+        start = max(
+            st.raw.base,
+            st.prob.base,
+            0,
+            stop - int((seconds or self.cfg.history_s) * SAMPLING_RATE),
+        )
         if stop <= start:
-            return {"origin": st.origin, "start": start, "waveform": np.zeros((3, 0), np.float32),
-                    "prob": np.zeros((3, 0), np.float32), "events": list(st.events)}
-        return {"origin": st.origin, "start": start,
-                "waveform": st.raw.view(start, stop).copy(),
-                "prob": self.probabilities(st, start, stop).copy(),
-                "events": list(st.events)}
+            return {
+                "origin": st.origin,
+                "start": start,
+                "waveform": np.zeros((3, 0), np.float32),
+                "prob": np.zeros((3, 0), np.float32),
+                "events": list(st.events),
+            }
+        return {
+            "origin": st.origin,
+            "start": start,
+            "waveform": st.raw.view(start, stop).copy(),
+            "prob": self.probabilities(st, start, stop).copy(),
+            "events": list(st.events),
+        }
 
 
 def run_blocks(engine: StreamEngine, blocks: Iterable[Block]) -> list[Event]:

@@ -25,21 +25,32 @@ class MonitorStats:
     windows: int = 0
     wall_s: float = 0.0
     block_delays_s: list[float] = field(default_factory=list)  # arrival -> engine done
-    pick_delays_s: list[float] = field(default_factory=list)  # arrival -> events out (blocks with events)
+    pick_delays_s: list[float] = field(
+        default_factory=list
+    )  # arrival -> events out (blocks with events)
 
     def summary(self) -> dict[str, Any]:
         def ms(values: list[float], how: Any) -> float | None:
             return round(float(how(values)) * 1e3, 2) if values else None
 
-        return {"blocks": self.blocks, "events": self.events, "windows": self.windows,
-                "wall_s": round(self.wall_s, 3),
-                "block_delay_ms_p50": ms(self.block_delays_s, np.median),
-                "block_delay_ms_max": ms(self.block_delays_s, np.max),
-                "pick_delay_ms_max": ms(self.pick_delays_s, np.max)}
+        return {
+            "blocks": self.blocks,
+            "events": self.events,
+            "windows": self.windows,
+            "wall_s": round(self.wall_s, 3),
+            "block_delay_ms_p50": ms(self.block_delays_s, np.median),
+            "block_delay_ms_max": ms(self.block_delays_s, np.max),
+            "pick_delay_ms_max": ms(self.pick_delays_s, np.max),
+        }
 
 
-def run_monitor(blocks: Iterable[Block], engine: StreamEngine, sink: EventSink,
-                display: Any | None = None, refresh_s: float = 1.0) -> MonitorStats:
+def run_monitor(
+    blocks: Iterable[Block],
+    engine: StreamEngine,
+    sink: EventSink,
+    display: Any | None = None,
+    refresh_s: float = 1.0,
+) -> MonitorStats:
     """Feed every block as it arrives; flush at the end (or on Ctrl-C) so the tail is processed."""
     stats = MonitorStats()
     started = time.perf_counter()
@@ -55,7 +66,9 @@ def run_monitor(blocks: Iterable[Block], engine: StreamEngine, sink: EventSink,
             if events:
                 stats.pick_delays_s.append(done - arrived)
                 stats.events += len(events)
-            if display is not None and (events or done - last_draw.get(block.station, -1e9) >= refresh_s):
+            if display is not None and (
+                events or done - last_draw.get(block.station, -1e9) >= refresh_s
+            ):
                 display.update(engine, block.station)
                 last_draw[block.station] = time.perf_counter()
     except KeyboardInterrupt:
@@ -71,7 +84,9 @@ def run_monitor(blocks: Iterable[Block], engine: StreamEngine, sink: EventSink,
     return stats
 
 
-def score_scenario(events: Sequence[Event], scenario: Scenario, tolerance_s: float = 0.5) -> dict[str, Any]:
+def score_scenario(
+    events: Sequence[Event], scenario: Scenario, tolerance_s: float = 0.5
+) -> dict[str, Any]:
     """Compare a replay's events with its ground truth.
 
     The earthquake is detected by an event whose detection interval overlaps
@@ -82,26 +97,35 @@ def score_scenario(events: Sequence[Event], scenario: Scenario, tolerance_s: flo
     hi = scenario.s_time + 0.4 * (scenario.s_time - scenario.p_time)
     matched = [e for e in events if e.detection_end >= lo and e.detection_start <= hi]
     false = [e for e in events if e not in matched]
-    in_noise = [e for e in events if any(e.detection_end > a and e.detection_start < b
-                                         for a, b in scenario.noise_intervals)]
+    in_noise = [
+        e
+        for e in events
+        if any(e.detection_end > a and e.detection_start < b for a, b in scenario.noise_intervals)
+    ]
     best = max(matched, key=lambda e: e.det_prob) if matched else None
     p_err = None if best is None or best.p_time is None else best.p_time - scenario.p_time
     s_err = None if best is None or best.s_time is None else best.s_time - scenario.s_time
     p_ok = p_err is not None and abs(p_err) <= tolerance_s
     s_ok = s_err is not None and abs(s_err) <= tolerance_s
     return {
-        "seed": scenario.seed, "earthquake_trace": scenario.earthquake_trace,
-        "detected": best is not None, "n_events": len(events), "false_events": len(false),
-        "noise_detections": len(in_noise), "duplicate_events": max(len(matched) - 1, 0),
+        "seed": scenario.seed,
+        "earthquake_trace": scenario.earthquake_trace,
+        "detected": best is not None,
+        "n_events": len(events),
+        "false_events": len(false),
+        "noise_detections": len(in_noise),
+        "duplicate_events": max(len(matched) - 1, 0),
         "p_error_s": None if p_err is None else round(p_err, 3),
         "s_error_s": None if s_err is None else round(s_err, 3),
-        "p_within_tolerance": p_ok, "s_within_tolerance": s_ok,
+        "p_within_tolerance": p_ok,
+        "s_within_tolerance": s_ok,
         "passed": len(events) == 1 and best is not None and p_ok and s_ok and not in_noise,
     }
 
 
 def summarise_scenarios(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Totals over seeded scenarios: detections, misses, false events, pick errors."""
+
     def errs(key: str) -> np.ndarray:
         return np.array([s[key] for s in scores if s[key] is not None], dtype=np.float64)
 

@@ -16,24 +16,49 @@ from typing import Sequence, TextIO
 from feq_lab.paths import atomic_path, atomic_write_text
 from feq_lab.streaming.engine import Event, iso_utc
 
-CSV_COLUMNS = ("station", "phase", "time", "probability", "detection_start", "detection_end",
-               "det_prob", "model", "flags")
+CSV_COLUMNS = (
+    "station",
+    "phase",
+    "time",
+    "probability",
+    "detection_start",
+    "detection_end",
+    "det_prob",
+    "model",
+    "flags",
+)
 
 
 def picks_rows(events: Sequence[Event]) -> list[dict[str, object]]:
     """One row per pick (P, S); a detection without picks gives one row with phase 'detection'."""
     rows = []
     for ev in events:
-        common = {"station": ev.station, "detection_start": iso_utc(ev.detection_start),
-                  "detection_end": iso_utc(ev.detection_end), "det_prob": round(ev.det_prob, 4),
-                  "model": ev.model, "flags": ";".join(ev.flags)}
-        picks = [(ph, t, p) for ph, t, p in (("P", ev.p_time, ev.p_prob), ("S", ev.s_time, ev.s_prob))
-                 if t is not None]
+        common = {
+            "station": ev.station,
+            "detection_start": iso_utc(ev.detection_start),
+            "detection_end": iso_utc(ev.detection_end),
+            "det_prob": round(ev.det_prob, 4),
+            "model": ev.model,
+            "flags": ";".join(ev.flags),
+        }
+        picks = [
+            (ph, t, p)
+            for ph, t, p in (("P", ev.p_time, ev.p_prob), ("S", ev.s_time, ev.s_prob))
+            if t is not None
+        ]
         if not picks:
-            rows.append({**common, "phase": "detection", "time": iso_utc(ev.detection_start),
-                         "probability": round(ev.det_prob, 4)})
+            rows.append(
+                {
+                    **common,
+                    "phase": "detection",
+                    "time": iso_utc(ev.detection_start),
+                    "probability": round(ev.det_prob, 4),
+                }
+            )
         for phase, t, prob in picks:
-            rows.append({**common, "phase": phase, "time": iso_utc(t), "probability": round(prob, 4)})
+            rows.append(
+                {**common, "phase": phase, "time": iso_utc(t), "probability": round(prob, 4)}
+            )
     return rows
 
 
@@ -54,18 +79,37 @@ def events_to_catalog(events: Sequence[Event]):
     catalog = Catalog(description="feq-lab real-time monitor picks")
     for ev in events:
         parts = ev.station.split(".")
-        wid = WaveformStreamID(network_code=parts[0], station_code=parts[1] if len(parts) > 1 else "",
-                               location_code=parts[2] if len(parts) > 2 else None)
-        qev = QEvent(event_type="earthquake", creation_info=CreationInfo(author=ev.model),
-                     comments=[Comment(text=(f"detection {iso_utc(ev.detection_start)} - "
-                                             f"{iso_utc(ev.detection_end)}, det_prob {ev.det_prob:.3f}"
-                                             + (f", flags {','.join(ev.flags)}" if ev.flags else "")))])
+        wid = WaveformStreamID(
+            network_code=parts[0],
+            station_code=parts[1] if len(parts) > 1 else "",
+            location_code=parts[2] if len(parts) > 2 else None,
+        )
+        qev = QEvent(
+            event_type="earthquake",
+            creation_info=CreationInfo(author=ev.model),
+            comments=[
+                Comment(
+                    text=(
+                        f"detection {iso_utc(ev.detection_start)} - "
+                        f"{iso_utc(ev.detection_end)}, det_prob {ev.det_prob:.3f}"
+                        + (f", flags {','.join(ev.flags)}" if ev.flags else "")
+                    )
+                )
+            ],
+        )
         for phase, t, prob in (("P", ev.p_time, ev.p_prob), ("S", ev.s_time, ev.s_prob)):
             if t is None:
                 continue
-            qev.picks.append(Pick(time=UTCDateTime(t), waveform_id=wid, phase_hint=phase,
-                                  evaluation_mode="automatic", method_id=f"smi:local/feq-lab/{ev.model}",
-                                  comments=[Comment(text=f"probability {prob:.4f}")]))
+            qev.picks.append(
+                Pick(
+                    time=UTCDateTime(t),
+                    waveform_id=wid,
+                    phase_hint=phase,
+                    evaluation_mode="automatic",
+                    method_id=f"smi:local/feq-lab/{ev.model}",
+                    comments=[Comment(text=f"probability {prob:.4f}")],
+                )
+            )
         catalog.append(qev)
     return catalog
 

@@ -62,9 +62,10 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
     """'models:/NAME@ALIAS' -> (NAME, ALIAS)."""
     prefix = "models:/"
     if not str(uri).startswith(prefix) or "@" not in str(uri):
-        raise ConfigError("model_uri", f"{uri!r}: expected models:/NAME@ALIAS "
-                                       "(e.g. models:/feq-picker@champion)")
-    name, alias = str(uri)[len(prefix):].split("@", 1)
+        raise ConfigError(
+            "model_uri", f"{uri!r}: expected models:/NAME@ALIAS (e.g. models:/feq-picker@champion)"
+        )
+    name, alias = str(uri)[len(prefix) :].split("@", 1)
     if not name or not alias:
         raise ConfigError("model_uri", f"{uri!r}: empty name or alias")
     return name, alias
@@ -88,8 +89,10 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[Any, Path | None, str]:
 
         torch.manual_seed(int(cfg.get("seed", 0)))
         model = build_model(dict(preset)).eval()
-        log.warning("model: %s with UNTRAINED seeded weights (give checkpoint=PATH for trained ones)",
-                    model.spec.name)
+        log.warning(
+            "model: %s with UNTRAINED seeded weights (give checkpoint=PATH for trained ones)",
+            model.spec.name,
+        )
         return model, None, f"{model.spec.name}:untrained"
     if checkpoint:
         from feq_lab.models import load_checkpoint
@@ -105,8 +108,9 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[Any, Path | None, str]:
     return model, onnx_path, f"{model.spec.name}:{name}@{alias}"
 
 
-def make_predictor(model: Any, onnx_path: Path | None, backend: str, threads: int, mc_passes: int,
-                   work_dir: Path) -> Predictor:
+def make_predictor(
+    model: Any, onnx_path: Path | None, backend: str, threads: int, mc_passes: int, work_dir: Path
+) -> Predictor:
     """The predict function for `backend`; exports ONNX into `work_dir` when none came with it."""
     if int(threads) < 1:
         raise ConfigError("threads", f"must be >= 1, got {threads}")

@@ -37,7 +37,7 @@ def stream_to_records(stream: Any, encoding: str = "FLOAT32") -> list[bytes]:
         raw = buf.getvalue()
         t0, rate, done = float(tr.stats.starttime.timestamp), float(tr.stats.sampling_rate), 0
         for a in range(0, len(raw), RECORD_SIZE):
-            chunk = raw[a: a + RECORD_SIZE]
+            chunk = raw[a : a + RECORD_SIZE]
             records.append((t0 + done / rate, k, chunk))
             done += _record_samples(chunk)
     records.sort(key=lambda r: (r[0], r[1]))
@@ -51,8 +51,13 @@ class SeedLinkTestServer:
     and resume with DATA <next seq>). `send_end`: send END after the last record.
     """
 
-    def __init__(self, records: Sequence[bytes], drop_after: int | None = None,
-                 send_end: bool = True, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        records: Sequence[bytes],
+        drop_after: int | None = None,
+        send_end: bool = True,
+        host: str = "127.0.0.1",
+    ):
         self.records = list(records)
         self.drop_after = drop_after
         self.send_end = send_end

@@ -73,9 +73,14 @@ def _start_time(value: Any) -> float | None:
         return None
 
 
-def build_scenario(subset_dir: str | Path, seed: int = 0, noise_minutes: int = 3,
-                   after_minutes: int = 0, split: str | None = "test",
-                   match_amplitude: bool = True) -> Scenario:
+def build_scenario(
+    subset_dir: str | Path,
+    seed: int = 0,
+    noise_minutes: int = 3,
+    after_minutes: int = 0,
+    split: str | None = "test",
+    match_amplitude: bool = True,
+) -> Scenario:
     """Pick `noise_minutes` noise traces and one earthquake trace (seeded) and join them.
 
     With `match_amplitude`, each piece is demeaned per channel and the noise pieces are scaled to
@@ -90,8 +95,9 @@ def build_scenario(subset_dir: str | Path, seed: int = 0, noise_minutes: int = 3
     ds = open_dataset(subset_dir)
     meta = ds.metadata
     is_eq = meta["trace_category"].astype(str).str.startswith("earthquake").to_numpy()
-    finite = np.isfinite(meta["p_arrival_sample"].to_numpy(np.float64)) & \
-        np.isfinite(meta["s_arrival_sample"].to_numpy(np.float64))
+    finite = np.isfinite(meta["p_arrival_sample"].to_numpy(np.float64)) & np.isfinite(
+        meta["s_arrival_sample"].to_numpy(np.float64)
+    )
     in_split = np.ones(len(meta), bool)
     if split and "split" in meta:
         in_split = (meta["split"] == split).to_numpy()
@@ -104,10 +110,13 @@ def build_scenario(subset_dir: str | Path, seed: int = 0, noise_minutes: int = 3
     if noise_rows.size < n_noise:
         noise_rows = np.flatnonzero(~is_eq)
     if eq_rows.size == 0 or noise_rows.size == 0:
-        raise DataError("the subset needs at least one earthquake and one noise trace",
-                        path=str(subset_dir))
+        raise DataError(
+            "the subset needs at least one earthquake and one noise trace", path=str(subset_dir)
+        )
     eq = int(rng.choice(eq_rows))
-    noise = [int(i) for i in rng.choice(noise_rows, size=n_noise, replace=noise_rows.size < n_noise)]
+    noise = [
+        int(i) for i in rng.choice(noise_rows, size=n_noise, replace=noise_rows.size < n_noise)
+    ]
     eq_wave = ds.get_waveform_at(eq).T.astype(np.float64)  # (3, 6000)
     p_sample = float(meta["p_arrival_sample"].iat[eq])
     s_sample = float(meta["s_arrival_sample"].iat[eq])
@@ -134,14 +143,27 @@ def build_scenario(subset_dir: str | Path, seed: int = 0, noise_minutes: int = 3
         noise_intervals.append((eq_start + 60.0, eq_start + 60.0 * (1 + after_minutes)))
     names = meta["trace_name"].tolist()
     ds.close()
-    return Scenario(station=f"{net}.{sta}", starttime=start, data=data,
-                    p_time=eq_start + p_sample / SAMPLING_RATE,
-                    s_time=eq_start + s_sample / SAMPLING_RATE, noise_intervals=noise_intervals,
-                    earthquake_trace=names[eq], noise_traces=[names[i] for i in noise], seed=seed)
+    return Scenario(
+        station=f"{net}.{sta}",
+        starttime=start,
+        data=data,
+        p_time=eq_start + p_sample / SAMPLING_RATE,
+        s_time=eq_start + s_sample / SAMPLING_RATE,
+        noise_intervals=noise_intervals,
+        earthquake_trace=names[eq],
+        noise_traces=[names[i] for i in noise],
+        seed=seed,
+    )
 
 
-def record_blocks(station: str, starttime: float, data: np.ndarray, block_s: float = 60.0,
-                  speed: float = 0.0, channel_prefix: str = "HH") -> Iterator[Block]:
+def record_blocks(
+    station: str,
+    starttime: float,
+    data: np.ndarray,
+    block_s: float = 60.0,
+    speed: float = 0.0,
+    channel_prefix: str = "HH",
+) -> Iterator[Block]:
     """Play a (3, n) E, N, Z record in blocks; `speed` > 0 paces them (1 = real time)."""
     if block_s <= 0:
         raise ConfigError("source.block_s", f"must be > 0, got {block_s}")
@@ -150,12 +172,16 @@ def record_blocks(station: str, starttime: float, data: np.ndarray, block_s: flo
     step = max(int(round(block_s * SAMPLING_RATE)), 1)
     clock = time.monotonic()
     for k, a in enumerate(range(0, data.shape[1], step)):
-        seg = data[:, a: a + step]
+        seg = data[:, a : a + step]
         if speed > 0:
             due = clock + (k + 1) * (seg.shape[1] / SAMPLING_RATE) / speed
             time.sleep(max(0.0, due - time.monotonic()))
-        yield Block(station, starttime + a / SAMPLING_RATE, SAMPLING_RATE,
-                    {f"{channel_prefix}{c}": seg[i] for i, c in enumerate("ENZ")})
+        yield Block(
+            station,
+            starttime + a / SAMPLING_RATE,
+            SAMPLING_RATE,
+            {f"{channel_prefix}{c}": seg[i] for i, c in enumerate("ENZ")},
+        )
 
 
 # ----------------------------------------------------------------------- files
@@ -183,8 +209,10 @@ def read_files(paths: Sequence[str | Path]) -> Any:
     try:
         stream.merge(method=1, fill_value=None)  # gaps become masked, overlaps are resolved
     except Exception as exc:
-        raise DataError(f"cannot merge the traces ({exc}); mixed sampling rates on one channel?",
-                        path=str(paths[0])) from exc
+        raise DataError(
+            f"cannot merge the traces ({exc}); mixed sampling rates on one channel?",
+            path=str(paths[0]),
+        ) from exc
     return stream.split()  # contiguous pieces; the engine fills and flags the gaps
 
 
@@ -207,8 +235,15 @@ def file_blocks(paths: Sequence[str | Path], block_s: float = 60.0) -> Iterator[
             t = t0 + a / rate
             boundary = (math.floor(t / block_s + 1e-9) + 1) * block_s
             b = min(n, a + max(1, int(math.ceil((boundary - t) * rate - 1e-6))))
-            pieces.append((t, _station_id(tr.stats), tr.stats.channel, rate,
-                           np.asarray(tr.data[a:b], dtype=np.float64)))
+            pieces.append(
+                (
+                    t,
+                    _station_id(tr.stats),
+                    tr.stats.channel,
+                    rate,
+                    np.asarray(tr.data[a:b], dtype=np.float64),
+                )
+            )
             a = b
     pieces.sort(key=lambda p: (p[0], p[1], p[2]))
     if not pieces:
@@ -230,9 +265,14 @@ def parse_stream(spec: str) -> tuple[str, str, str | None]:
     raise ConfigError("source.streams", f"{spec!r}: expected NET.STA[.LOC].CHA (e.g. IU.ANMO.BH?)")
 
 
-def seedlink_blocks(server: str, streams: Sequence[str], idle_timeout_s: float = 60.0,
-                    reconnect_delay_s: float = 5.0, max_reconnects: int | None = None,
-                    stop_after_s: float | None = None) -> Iterator[Block]:
+def seedlink_blocks(
+    server: str,
+    streams: Sequence[str],
+    idle_timeout_s: float = 60.0,
+    reconnect_delay_s: float = 5.0,
+    max_reconnects: int | None = None,
+    stop_after_s: float | None = None,
+) -> Iterator[Block]:
     """Records from a SeedLink server, one Block per record; reconnects when the feed stops.
 
     obspy 1.5.1's client compares a `None` connection timeout with a number, so the timeout is
@@ -247,7 +287,9 @@ def seedlink_blocks(server: str, streams: Sequence[str], idle_timeout_s: float =
     if ":" not in str(server):
         raise ConfigError("source.server", f"{server!r}: expected HOST:PORT")
     if not streams:
-        raise ConfigError("source.streams", "no streams given (e.g. 'source.streams=[IU.ANMO.BH?]')")
+        raise ConfigError(
+            "source.streams", "no streams given (e.g. 'source.streams=[IU.ANMO.BH?]')"
+        )
     if idle_timeout_s <= 0:
         raise ConfigError("source.idle_timeout_s", f"must be > 0, got {idle_timeout_s}")
     conn = SeedLinkConnection(timeout=float(idle_timeout_s))
@@ -278,8 +320,12 @@ def seedlink_blocks(server: str, streams: Sequence[str], idle_timeout_s: float =
                     if max_reconnects is not None and reconnects > max_reconnects:
                         log.warning("seedlink: no data for %.0f s; giving up", idle_timeout_s)
                         return
-                    log.warning("seedlink: no data for %.0f s from %s; reconnecting (resuming after"
-                                " the last record)", idle_timeout_s, server)
+                    log.warning(
+                        "seedlink: no data for %.0f s from %s; reconnecting (resuming after"
+                        " the last record)",
+                        idle_timeout_s,
+                        server,
+                    )
                     continue
                 log.info("seedlink: server %s ended the stream", server)
                 return
@@ -293,15 +339,20 @@ def seedlink_blocks(server: str, streams: Sequence[str], idle_timeout_s: float =
             except Exception as exc:
                 log.warning("seedlink: undecodable record skipped (%s)", exc)
                 continue
-            yield Block(_station_id(tr.stats), float(tr.stats.starttime.timestamp),
-                        float(tr.stats.sampling_rate), {tr.stats.channel: tr.data})
+            yield Block(
+                _station_id(tr.stats),
+                float(tr.stats.starttime.timestamp),
+                float(tr.stats.sampling_rate),
+                {tr.stats.channel: tr.data},
+            )
     finally:
         conn.close()
 
 
 # ---------------------------------------------------------------------- factory
-def make_source(cfg: Mapping[str, Any], out_dir: Path, data_cfg: Mapping[str, Any] | None = None
-                ) -> tuple[Iterator[Block], Scenario | None]:
+def make_source(
+    cfg: Mapping[str, Any], out_dir: Path, data_cfg: Mapping[str, Any] | None = None
+) -> tuple[Iterator[Block], Scenario | None]:
     """The source named by `cfg.kind` (replay | files | seedlink) and, for replay, its scenario."""
     kind = cfg.get("kind")
     if kind == "replay":
@@ -316,26 +367,50 @@ def make_source(cfg: Mapping[str, Any], out_dir: Path, data_cfg: Mapping[str, An
                 from feq_lab.data.subset import prepare
 
                 subset_dir = prepare(data_cfg)
-        scenario = build_scenario(subset_dir, seed=int(cfg.get("seed", 0)),
-                                  noise_minutes=int(cfg.get("noise_minutes", 3)),
-                                  after_minutes=int(cfg.get("after_minutes", 0)),
-                                  split=cfg.get("split", "test"),
-                                  match_amplitude=bool(cfg.get("match_amplitude", True)))
+        scenario = build_scenario(
+            subset_dir,
+            seed=int(cfg.get("seed", 0)),
+            noise_minutes=int(cfg.get("noise_minutes", 3)),
+            after_minutes=int(cfg.get("after_minutes", 0)),
+            split=cfg.get("split", "test"),
+            match_amplitude=bool(cfg.get("match_amplitude", True)),
+        )
         scenario.write_truth(Path(out_dir) / "scenario.json")
-        log.info("replay: %s, earthquake trace %s, P %s, S %s", scenario.station,
-                 scenario.earthquake_trace, iso_utc(scenario.p_time), iso_utc(scenario.s_time))
-        return record_blocks(scenario.station, scenario.starttime, scenario.data,
-                             float(cfg.get("block_s", 60.0)), float(cfg.get("speed", 0.0))), scenario
+        log.info(
+            "replay: %s, earthquake trace %s, P %s, S %s",
+            scenario.station,
+            scenario.earthquake_trace,
+            iso_utc(scenario.p_time),
+            iso_utc(scenario.s_time),
+        )
+        return record_blocks(
+            scenario.station,
+            scenario.starttime,
+            scenario.data,
+            float(cfg.get("block_s", 60.0)),
+            float(cfg.get("speed", 0.0)),
+        ), scenario
     if kind == "files":
         return file_blocks(list(cfg.get("paths") or []), float(cfg.get("block_s", 60.0))), None
     if kind == "seedlink":
-        return seedlink_blocks(str(cfg.get("server")), list(cfg.get("streams") or []),
-                               idle_timeout_s=float(cfg.get("idle_timeout_s", 60.0)),
-                               reconnect_delay_s=float(cfg.get("reconnect_delay_s", 5.0)),
-                               max_reconnects=cfg.get("max_reconnects"),
-                               stop_after_s=cfg.get("stop_after_s")), None
+        return seedlink_blocks(
+            str(cfg.get("server")),
+            list(cfg.get("streams") or []),
+            idle_timeout_s=float(cfg.get("idle_timeout_s", 60.0)),
+            reconnect_delay_s=float(cfg.get("reconnect_delay_s", 5.0)),
+            max_reconnects=cfg.get("max_reconnects"),
+            stop_after_s=cfg.get("stop_after_s"),
+        ), None
     raise ConfigError("source.kind", f"must be replay, files or seedlink, got {kind!r}")
 
 
-__all__ = ["Scenario", "build_scenario", "record_blocks", "file_blocks", "read_files",
-           "seedlink_blocks", "parse_stream", "make_source"]
+__all__ = [
+    "Scenario",
+    "build_scenario",
+    "record_blocks",
+    "file_blocks",
+    "read_files",
+    "seedlink_blocks",
+    "parse_stream",
+    "make_source",
+]

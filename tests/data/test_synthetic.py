@@ -12,6 +12,7 @@ from feq_lab.data import columns as cols
 from feq_lab.data import synthetic, traveltime
 from feq_lab.data.snr import waveform_snr_db
 from feq_lab.data.stead import open_dataset
+from feq_lab.data.subset import data_version
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,7 @@ def test_seeded_and_deterministic(tmp_path):
     c = synthetic.make_synthetic_subset(tmp_path / "c", 4, 2, seed=6)
     assert (a / "subset.csv").read_text() == (b / "subset.csv").read_text()
     assert (a / "subset.csv").read_text() != (c / "subset.csv").read_text()
+    assert data_version(a) == data_version(b) != data_version(c)  # byte-identical files
     da, db = open_dataset(a), open_dataset(b)
     for name in da.metadata["trace_name"]:
         np.testing.assert_array_equal(da.get_waveform(name), db.get_waveform(name))

@@ -41,15 +41,20 @@ def standin_predict(x: np.ndarray):
     x = np.asarray(x, dtype=np.float64)
     idx = np.arange(x.shape[-1])
     det, p, s = (np.zeros((x.shape[0], x.shape[-1]), np.float32) for _ in range(3))
-    for b, (on_p, on_s) in enumerate(zip(_onsets(x[:, 2] ** 2), _onsets(x[:, 0] ** 2 + x[:, 1] ** 2))):
+    for b, (on_p, on_s) in enumerate(
+        zip(_onsets(x[:, 2] ** 2), _onsets(x[:, 0] ** 2 + x[:, 1] ** 2))
+    ):
         if on_p is not None:
             p[b] = np.exp(-0.5 * ((idx - on_p) / 10.0) ** 2)
         if on_s is not None:
             s[b] = np.exp(-0.5 * ((idx - on_s) / 10.0) ** 2)
         first = min(v for v in (on_p, on_s, x.shape[-1]) if v is not None)
-        end = on_s + 0.4 * (on_s - on_p) if (on_p is not None and on_s is not None and on_s > on_p) \
+        end = (
+            on_s + 0.4 * (on_s - on_p)
+            if (on_p is not None and on_s is not None and on_s > on_p)
             else first + 500
-        det[b, first:int(end)] = 1.0
+        )
+        det[b, first : int(end)] = 1.0
     return det, p, s
 
 
@@ -61,23 +66,28 @@ def make_record(minutes: float = 5.0, seed: int = 0, event: bool = True) -> np.n
     if event:
         t = np.arange(n) / 100.0
         p, s = t - EVENT_P_S, t - EVENT_S_S
-        x[2] += np.where(p >= 0, 25.0 * np.exp(-np.clip(p, 0, None) / 3.0), 0.0) * rng.normal(0, 1, n)
+        x[2] += np.where(p >= 0, 25.0 * np.exp(-np.clip(p, 0, None) / 3.0), 0.0) * rng.normal(
+            0, 1, n
+        )
         hs = np.where(s >= 0, 40.0 * np.exp(-np.clip(s, 0, None) / 4.0), 0.0)
         x[0] += hs * rng.normal(0, 1, n)
         x[1] += hs * rng.normal(0, 1, n)
     return x.astype(np.float32)
 
 
-def blocks_of(record: np.ndarray, block_s: float, station: str = "XX.STA", t0: float = T0,
-              rate: float = 100.0):
+def blocks_of(
+    record: np.ndarray, block_s: float, station: str = "XX.STA", t0: float = T0, rate: float = 100.0
+):
     """Cut a (3, n) record into Blocks of block_s seconds (the last one may be shorter)."""
     from feq_lab.streaming.engine import Block
 
     step = int(round(block_s * rate))
     out = []
     for a in range(0, record.shape[1], step):
-        seg = record[:, a:a + step]
-        out.append(Block(station, t0 + a / rate, rate, {"HHE": seg[0], "HHN": seg[1], "HHZ": seg[2]}))
+        seg = record[:, a : a + step]
+        out.append(
+            Block(station, t0 + a / rate, rate, {"HHE": seg[0], "HHN": seg[1], "HHZ": seg[2]})
+        )
     return out
 
 

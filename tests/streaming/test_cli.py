@@ -1,4 +1,4 @@
-"""`python -m feq_lab.stream` end to end: registry champion + replay, and a local checkpoint + files."""
+"""`python -m feq_lab.stream` end to end: champion + replay, local checkpoint + files."""
 
 from __future__ import annotations
 
@@ -35,9 +35,21 @@ def compose(overrides: list[str]) -> dict:
 
 
 def write_record(path: Path, minutes: float = 2.0) -> Path:
-    st = obspy.Stream([obspy.Trace(make_record(minutes=minutes)[i], header={
-        "network": "XX", "station": "STA", "channel": f"HH{c}", "sampling_rate": 100.0,
-        "starttime": obspy.UTCDateTime(T0)}) for i, c in enumerate("ENZ")])
+    st = obspy.Stream(
+        [
+            obspy.Trace(
+                make_record(minutes=minutes)[i],
+                header={
+                    "network": "XX",
+                    "station": "STA",
+                    "channel": f"HH{c}",
+                    "sampling_rate": 100.0,
+                    "starttime": obspy.UTCDateTime(T0),
+                },
+            )
+            for i, c in enumerate("ENZ")
+        ]
+    )
     st.write(str(path), format="MSEED", encoding="FLOAT32")
     return path
 
@@ -50,11 +62,27 @@ def test_cli_files_with_a_local_checkpoint(checkpoint, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MPLBACKEND": "Agg"}
     env.pop("DISPLAY", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "feq_lab.stream", "source=files", f"source.paths=[{path}]",
-         "model=feq3", f"checkpoint={checkpoint}", "backend=torch", "display=png",
-         "engine.thresholds.detection=0.0", "engine.min_detection_s=0", f"out_dir={out}",
-         f"hydra.run.dir={tmp_path / 'hydra'}"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "feq_lab.stream",
+            "source=files",
+            f"source.paths=[{path}]",
+            "model=feq3",
+            f"checkpoint={checkpoint}",
+            "backend=torch",
+            "display=png",
+            "engine.thresholds.detection=0.0",
+            "engine.min_detection_s=0",
+            f"out_dir={out}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout = JSON lines only
     assert events, "detection threshold 0 must give at least one event"
@@ -79,8 +107,16 @@ def test_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
     tracker.register(run_id, "feq-picker", "champion")
 
     out = tmp_path / "run"
-    result = run(compose([f"source.subset_dir={tiny_subset}", f"tracking.uri={uri}",
-                          "display=png", f"out_dir={out}"]))
+    result = run(
+        compose(
+            [
+                f"source.subset_dir={tiny_subset}",
+                f"tracking.uri={uri}",
+                "display=png",
+                f"out_dir={out}",
+            ]
+        )
+    )
     assert result["model"] == "feq3:feq-picker@champion"
     assert (out / "model.onnx").exists()  # the onnxruntime backend exported the champion
     truth = json.loads((out / "scenario.json").read_text())
@@ -94,9 +130,17 @@ def test_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
 def test_seeded_scenarios_are_summarised(checkpoint, tiny_subset, tmp_path, capsys):
     from feq_lab.stream import run
 
-    cfg = compose([f"source.subset_dir={tiny_subset}", f"checkpoint={checkpoint}",
-                   "backend=torch", "display=none", "scenarios=2",
-                   f"out_dir={tmp_path / 'many'}", "tracking.uri=sqlite:///unused.db"])
+    cfg = compose(
+        [
+            f"source.subset_dir={tiny_subset}",
+            f"checkpoint={checkpoint}",
+            "backend=torch",
+            "display=none",
+            "scenarios=2",
+            f"out_dir={tmp_path / 'many'}",
+            "tracking.uri=sqlite:///unused.db",
+        ]
+    )
     summary = run(cfg)
     assert summary["scenarios"] == 2 and len(summary["per_scenario"]) == 2
     assert summary["detections"] + summary["misses"] == 2
@@ -111,11 +155,25 @@ def test_bad_config_is_a_clear_error(tmp_path):
     from feq_lab.errors import ConfigError
     from feq_lab.stream import run
 
-    cfg = compose(["source=files", "display=none", f"out_dir={tmp_path}", "engine.stride=0",
-                   "tracking.uri=sqlite:///unused.db"])
+    cfg = compose(
+        [
+            "source=files",
+            "display=none",
+            f"out_dir={tmp_path}",
+            "engine.stride=0",
+            "tracking.uri=sqlite:///unused.db",
+        ]
+    )
     with pytest.raises(ConfigError, match="engine.stride"):
         run(cfg)
-    cfg = compose(["source=seedlink", "display=none", f"out_dir={tmp_path}", "scenarios=3",
-                   "tracking.uri=sqlite:///unused.db"])
+    cfg = compose(
+        [
+            "source=seedlink",
+            "display=none",
+            f"out_dir={tmp_path}",
+            "scenarios=3",
+            "tracking.uri=sqlite:///unused.db",
+        ]
+    )
     with pytest.raises(ConfigError, match="scenarios"):
         run(cfg)

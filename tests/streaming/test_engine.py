@@ -90,10 +90,16 @@ def test_gap_is_filled_flagged_and_logged(reference, caplog):
     assert dicts(real) == dicts(reference)  # the gap is far from the event: same event
     assert all("gap_filled" in e.flags for e in events if e is not real[0])
     # a gap inside the event is flagged on it
-    blocks = [b for b in blocks_of(rec, 1.0) if not (EVENT_S_S + 1 <= b.starttime - T0 < EVENT_S_S + 2)]
+    blocks = [
+        b for b in blocks_of(rec, 1.0) if not (EVENT_S_S + 1 <= b.starttime - T0 < EVENT_S_S + 2)
+    ]
     events, _ = run(blocks)
-    assert any("gap_filled" in e.flags and e.p_time is not None and
-               abs(e.p_time - reference[0].p_time) <= 0.05 for e in events)
+    assert any(
+        "gap_filled" in e.flags
+        and e.p_time is not None
+        and abs(e.p_time - reference[0].p_time) <= 0.05
+        for e in events
+    )
 
 
 def test_overlapping_and_resent_blocks_keep_the_first_copy(reference, caplog):
@@ -218,8 +224,17 @@ def test_memory_is_bounded_over_a_long_stream():
     assert st.raw.base > 30 * 6000
 
 
-@pytest.mark.parametrize("key,value", [("stride", 0), ("stride", 7000), ("combine", "median"),
-                                       ("batch_size", 0), ("max_delay_s", -1.0), ("bogus", 1)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("stride", 0),
+        ("stride", 7000),
+        ("combine", "median"),
+        ("batch_size", 0),
+        ("max_delay_s", -1.0),
+        ("bogus", 1),
+    ],
+)
 def test_bad_engine_config_names_the_key(key, value):
     with pytest.raises(ConfigError, match=f"engine.{key}"):
         EngineConfig.from_mapping({key: value})

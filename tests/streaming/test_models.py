@@ -7,9 +7,14 @@ import pytest
 import torch
 from conftest import blocks_of, make_record
 
-from feq_lab.streaming.engine import StreamEngine, run_blocks
 from feq_lab.errors import ConfigError
-from feq_lab.streaming.predictors import make_predictor, onnx_predictor, parse_model_uri, torch_predictor
+from feq_lab.streaming.engine import StreamEngine, run_blocks
+from feq_lab.streaming.predictors import (
+    make_predictor,
+    onnx_predictor,
+    parse_model_uri,
+    torch_predictor,
+)
 
 torch.set_num_threads(1)
 

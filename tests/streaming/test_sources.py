@@ -15,14 +15,31 @@ from feq_lab.errors import ConfigError, DataError
 from feq_lab.streaming.engine import StreamEngine, run_blocks
 from feq_lab.streaming.outputs import EventSink
 from feq_lab.streaming.seedlink_server import SeedLinkTestServer, stream_to_records
-from feq_lab.streaming.sources import (build_scenario, file_blocks, parse_stream, record_blocks,
-                                       seedlink_blocks)
+from feq_lab.streaming.sources import (
+    build_scenario,
+    file_blocks,
+    parse_stream,
+    record_blocks,
+    seedlink_blocks,
+)
 
 
 def as_stream(record: np.ndarray, t0: float = T0, rate: float = 100.0, station: str = "STA"):
-    return obspy.Stream([obspy.Trace(record[i].astype(np.float32), header={
-        "network": "XX", "station": station, "channel": f"HH{c}", "sampling_rate": rate,
-        "starttime": obspy.UTCDateTime(t0)}) for i, c in enumerate("ENZ")])
+    return obspy.Stream(
+        [
+            obspy.Trace(
+                record[i].astype(np.float32),
+                header={
+                    "network": "XX",
+                    "station": station,
+                    "channel": f"HH{c}",
+                    "sampling_rate": rate,
+                    "starttime": obspy.UTCDateTime(t0),
+                },
+            )
+            for i, c in enumerate("ENZ")
+        ]
+    )
 
 
 def events_of(blocks):
@@ -47,10 +64,15 @@ def test_file_source_finds_the_event(record_file):
 def test_seedlink_server_gives_the_same_events_as_the_files(record_file, caplog):
     records = stream_to_records(obspy.read(str(record_file)))
     assert all(len(r) == 512 for r in records)
-    with caplog.at_level(logging.INFO, logger="feq_lab.streaming"), \
-            SeedLinkTestServer(records, drop_after=len(records) // 2) as server:
-        blocks = list(seedlink_blocks(server.address, ["XX.STA.HH?"], idle_timeout_s=1.5,
-                                      reconnect_delay_s=0.2))
+    with (
+        caplog.at_level(logging.INFO, logger="feq_lab.streaming"),
+        SeedLinkTestServer(records, drop_after=len(records) // 2) as server,
+    ):
+        blocks = list(
+            seedlink_blocks(
+                server.address, ["XX.STA.HH?"], idle_timeout_s=1.5, reconnect_delay_s=0.2
+            )
+        )
     assert "reconnecting" in caplog.text  # the server dropped the first connection mid-stream
     assert server.connections == 2
     assert any(c.startswith("DATA ") for c in server.commands)  # resumed by sequence number
@@ -66,8 +88,15 @@ def test_seedlink_unreachable_server_is_a_clear_error():
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     with pytest.raises(DataError, match="unreachable"):
-        list(seedlink_blocks(f"127.0.0.1:{port}", ["XX.STA.HH?"], idle_timeout_s=1.0,
-                             reconnect_delay_s=0.1, max_reconnects=1))
+        list(
+            seedlink_blocks(
+                f"127.0.0.1:{port}",
+                ["XX.STA.HH?"],
+                idle_timeout_s=1.0,
+                reconnect_delay_s=0.1,
+                max_reconnects=1,
+            )
+        )
 
 
 def test_files_with_gap_other_rate_and_sac(tmp_path, caplog):
@@ -113,13 +142,23 @@ def test_event_sink_writes_json_lines_csv_and_quakeml(tmp_path):
     out = io.StringIO()
     sink = EventSink(tmp_path, stream=out)
     assert (tmp_path / "picks.csv").exists() and (tmp_path / "picks.xml").exists()
-    events = run_blocks(StreamEngine(standin_predict, "standin"),
-                        record_blocks("XX.STA", T0, make_record(), block_s=60.0))
+    events = run_blocks(
+        StreamEngine(standin_predict, "standin"),
+        record_blocks("XX.STA", T0, make_record(), block_s=60.0),
+    )
     sink.emit(events)
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert len(lines) == 1 and lines[0]["type"] == "event"
-    for key in ("station", "detection_start", "detection_end", "p_time", "s_time", "p_prob",
-                "s_prob", "model"):
+    for key in (
+        "station",
+        "detection_start",
+        "detection_end",
+        "p_time",
+        "s_time",
+        "p_prob",
+        "s_prob",
+        "model",
+    ):
         assert key in lines[0]
     csv_rows = (tmp_path / "picks.csv").read_text().splitlines()
     assert csv_rows[0].startswith("station,phase,time") and len(csv_rows) == 3
@@ -143,5 +182,7 @@ def test_replay_scenario_from_a_prepared_subset(tiny_subset, tmp_path):
     assert len(blocks) == 4 and all(len(b.channels) == 3 for b in blocks)
     again = build_scenario(tiny_subset, seed=4)
     assert again.earthquake_trace == sc.earthquake_trace and np.array_equal(again.data, sc.data)
-    assert build_scenario(tiny_subset, seed=5).earthquake_trace != sc.earthquake_trace or \
-        build_scenario(tiny_subset, seed=5).noise_traces != sc.noise_traces
+    assert (
+        build_scenario(tiny_subset, seed=5).earthquake_trace != sc.earthquake_trace
+        or build_scenario(tiny_subset, seed=5).noise_traces != sc.noise_traces
+    )
