@@ -9,8 +9,9 @@ from feq_lab.data import traveltime
 
 def test_table_matches_live_taup_at_random_points():
     rng = np.random.default_rng(2024)
-    dist = np.concatenate([rng.uniform(0.5, 30.0, 2), rng.uniform(30.0, 340.0, 3)])
-    depth = np.concatenate([rng.uniform(0.0, 20.0, 3), rng.uniform(20.0, 150.0, 2)])
+    dist = np.concatenate([rng.uniform(0.5, 30.0, 2), rng.uniform(30.0, 340.0, 3), [87.05, 67.43]])
+    # incl. sources just above the Moho at 60-90 km, where a coarse depth grid erred by 0.06 s
+    depth = np.concatenate([rng.uniform(0.0, 20.0, 3), rng.uniform(20.0, 150.0, 2), [31.44, 33.34]])
     tp, ts = traveltime.first_arrivals(dist, depth)
     for d, z, p, s in zip(dist, depth, tp, ts):
         live_p, live_s = traveltime.taup_first_arrivals(d, z)
