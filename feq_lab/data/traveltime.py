@@ -1,7 +1,7 @@
 """First P and S travel times (TauP, iasp91) from a precomputed distance x depth table.
 
 Why: a live TauP query costs ~40 ms; the generator needs thousands per second. The table is built
-once by `python -m feq_lab.data.traveltime` (about 10 minutes), committed as a small CSV, and
+once by `python -m feq_lab.data.traveltime` (about 15 minutes), committed as a small CSV, and
 bilinearly interpolated; S-P agrees with live TauP to well under 0.05 s (tests/data check it).
 """
 
@@ -22,7 +22,7 @@ TABLE_PATH = Path(__file__).with_name("iasp91_tt.csv")
 CACHE_PATH = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "feq_lab" / "iasp91_tt.csv"
 
 # Denser nodes where the travel-time surface bends most (near the source, shallow depths).
-DISTANCE_NODES_KM = np.concatenate([np.arange(0.0, 30.0, 1.0), np.arange(30.0, 352.0, 2.0)])
+DISTANCE_NODES_KM = np.concatenate([np.arange(0.0, 150.0, 1.0), np.arange(150.0, 352.0, 2.0)])
 # 1-km depth steps down to 40 km: sources near the Moho (35 km in iasp91) bend the surface most.
 DEPTH_NODES_KM = np.concatenate([np.arange(0.0, 40.0, 1.0), np.arange(40.0, 60.0, 2.0),
                                  np.arange(60.0, 201.0, 10.0)])
