@@ -29,3 +29,16 @@ def stead_sample_csv() -> Path:
     if not STEAD_SAMPLE_CSV.exists():
         pytest.skip(f"{STEAD_SAMPLE_CSV} not present")
     return STEAD_SAMPLE_CSV
+
+
+@pytest.fixture(autouse=True)
+def _feq_lab_loggers_enabled():
+    """In-process Hydra apps reconfigure logging (dictConfig disables existing loggers);
+    re-enable the project's loggers so caplog-based tests don't depend on test order."""
+    import logging
+
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("feq_lab") and isinstance(logger, logging.Logger):
+            logger.disabled = False
+            logger.propagate = True
+    yield

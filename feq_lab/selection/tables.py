@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from typing import Any
 
+import yaml
+
+from feq_lab.paths import CONF_DIR
 from feq_lab.tracking.records import RunRecord
 
 PRESET_ORDER = ("eqt", "leq", "feq1", "feq2", "feq3")
@@ -44,16 +48,30 @@ def is_baseline(run: RunRecord) -> bool:
     return (param(run, "model") or "").lower() in BASELINE_MODELS
 
 
-def overridden_knobs(run: RunRecord) -> dict[str, str]:
-    """Grid knobs whose value differs from the preset's own (`model.<knob>` param).
+@cache
+def preset_knobs(model: str) -> dict[str, str]:
+    """The grid knobs' own values in `conf/model/<model>.yaml` (empty when no such preset)."""
+    path = CONF_DIR / "model" / f"{model}.yaml"
+    if not path.exists():
+        return {}
+    spec = yaml.safe_load(path.read_text()) or {}
+    return {k: str(spec[k]) for k in GRID_PARAMS if spec.get(k) is not None}
 
-    The main job logs the resolved knobs at the top level and the preset under `model.*`; a
-    record without `model.<knob>` counts a knob as overridden when it is set at all.
+
+def overridden_knobs(run: RunRecord) -> dict[str, str]:
+    """Grid knobs whose logged value differs from the preset's own value.
+
+    The reference is the preset file (`conf/model/<model>.yaml`): the main job logs resolved
+    knobs (with overrides applied) both at the top level and under `model.*`. Without a preset
+    file, a knob counts as overridden when it differs from `model.<knob>` (or is set at all).
     """
+    model = (param(run, "model") or "").lower()
+    ref = preset_knobs(model) if model else {}
     out = {}
     for k in GRID_PARAMS:
         value = param(run, k)
-        if value is not None and value != param(run, f"model.{k}"):
+        base = ref.get(k) if ref else param(run, f"model.{k}")
+        if value is not None and value != base:
             out[k] = value
     return out
 

@@ -19,6 +19,7 @@ from feq_lab.errors import ConfigError, SelectionError
 from feq_lab.paths import CONF_DIR
 from feq_lab.report import run_report
 from feq_lab.select import run_select
+from feq_lab.selection.tables import preset_knobs
 from feq_lab.tracking.mlflow import Tracker
 
 EXPERIMENT = "feq-test"
@@ -41,8 +42,9 @@ def log_sweep(uri: str, tmp_path, name: str, models: dict, data_version: str = "
     tracker = Tracker(uri, EXPERIMENT)
     parent = tracker.parent_run(name, tmp_path / f"sweep-{name}")
     for i, (label, (mb, lat, dfn, pfn, sfn, df1, pf1, sf1, n), extra) in enumerate(models):
+        # knobs as logged: null for the baseline, the preset's own values unless overridden
         knobs = ({"rnn": "null", "cnn_blocks": "null"} if label == "stalta" else
-                 {"rnn": "bilstm", "cnn_blocks": "2", "model.rnn": "bilstm", "model.cnn_blocks": "2"})
+                 {k: v for k, v in preset_knobs(label).items() if k in ("rnn", "cnn_blocks")})
         params = {"model": label, **knobs, "data_version": data_version,
                   "data.kind": "synthetic", "thresholds.detection": 0.3, "thresholds.p": 0.1,
                   "thresholds.s": 0.1, **extra}
