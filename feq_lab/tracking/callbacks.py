@@ -18,73 +18,13 @@ import pytorch_lightning as pl
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from feq_lab.tracking.mlflow import PARENT_RUN_ENV, PARENT_RUN_FILE, Tracker
+from feq_lab.tracking.mlflow import Tracker
+from feq_lab.tracking.sweep_callback import (  # noqa: F401 - re-exported
+    MLflowSweepCallback,
+    parent_run_id_for_job,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _tracking_settings(config: DictConfig) -> tuple[str, str]:
-    tracking = config.get("tracking")
-    if tracking is None:
-        from feq_lab.errors import ConfigError
-
-        raise ConfigError("tracking", "missing from the config (tracking.uri, tracking.experiment)")
-    return str(tracking.uri), str(tracking.experiment)
-
-
-def _sweep_overrides(config: DictConfig) -> str:
-    try:
-        overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-    except Exception:  # noqa: BLE001 - overrides are informative only
-        return ""
-    return " ".join(str(o) for o in overrides or [])
-
-
-class MLflowSweepCallback(Callback):
-    """Opens the sweep's parent run before the first job and closes it after the last."""
-
-    def __init__(self) -> None:
-        self.tracker: Tracker | None = None
-        self.parent_run_id: str | None = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
-        if not HydraConfig.initialized():  # lets `${hydra:runtime.cwd}` in tracking.uri resolve
-            HydraConfig.instance().set_config(config)
-        uri, experiment = _tracking_settings(config)
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        overrides = _sweep_overrides(config)
-        name = f"sweep {sweep_dir.name}" + (f" [{overrides}]" if overrides else "")
-        self.tracker = Tracker(uri, experiment)
-        self.parent_run_id = self.tracker.parent_run(
-            name[:250], sweep_dir, tags={"feq.sweep_overrides": overrides})
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        log.info("MLflow parent run %s (%s, experiment %s)", self.parent_run_id, uri, experiment)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.tracker is not None and self.parent_run_id is not None:
-            self.tracker.end_run(self.parent_run_id, "FINISHED")
-        if os.environ.get(PARENT_RUN_ENV) == self.parent_run_id:
-            os.environ.pop(PARENT_RUN_ENV, None)
-
-
-def parent_run_id_for_job() -> str | None:
-    """The parent run a multirun job nests under: the sweep-dir file, else the environment."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            marker = Path(str(hc.sweep.dir)) / PARENT_RUN_FILE
-            if marker.is_file():
-                return marker.read_text().strip() or None
-            return os.environ.get(PARENT_RUN_ENV) or None
-    except ValueError:  # no Hydra runtime (compose API, plain Python)
-        pass
-    return None
 
 
 class EpochMetricsCallback(pl.Callback):

@@ -24,12 +24,11 @@ from mlflow.exceptions import MlflowException
 
 from feq_lab.errors import ConfigError
 from feq_lab.tracking.records import RunRecord
+from feq_lab.tracking.sweep_callback import PARENT_RUN_ENV, PARENT_RUN_FILE  # noqa: F401
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PARENT_RUN_FILE = "mlflow_parent_run_id"
-PARENT_RUN_ENV = "FEQ_MLFLOW_PARENT_RUN_ID"
 TAG_ROLE = "feq.role"                      # parent | child | run
 TAG_CONFIG_HASH = "feq.config_hash"
 TAG_DATA_VERSION = "feq.data_version"
