@@ -42,3 +42,14 @@ def _feq_lab_loggers_enabled():
             logger.disabled = False
             logger.propagate = True
     yield
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Pin torch to one thread for the test (model/latency tests), then restore the count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -10,13 +10,8 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
 
 from feq_lab.tracking.mlflow import Tracker
 from feq_lab.tracking.sweep_callback import (  # noqa: F401 - re-exported

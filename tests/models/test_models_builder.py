@@ -23,12 +23,7 @@ from feq_lab.models.layers import KerasGRU, SameConv1d, SameMaxPool1d
 from feq_lab.paths import CONF_DIR
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _waveforms(batch: int = 2, seed: int = 0) -> torch.Tensor:

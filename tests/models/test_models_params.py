@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from feq_lab.models import PRESETS, build_model, count_parameters
 from feq_lab.models.params import parameter_report
@@ -18,12 +17,7 @@ REFERENCE_COUNTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.mark.parametrize("preset", PRESETS)

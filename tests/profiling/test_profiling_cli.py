@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from feq_lab.errors import ConfigError
 from feq_lab.profile import main, run
@@ -13,12 +12,7 @@ from feq_lab.profile import main, run
 FAST = ["warmup=0", "repeats=1", "batches=[1]", "threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_one_variant_as_json():

@@ -16,12 +16,7 @@ from feq_lab.profiling.latency import LatencyResult, measure_latency
 from feq_lab.profiling.size import file_size_mb, model_size_mb
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _waveforms(batch: int, seed: int = 0) -> np.ndarray:
