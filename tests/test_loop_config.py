@@ -40,7 +40,7 @@ def test_params_are_flat_with_effective_knobs_and_preset_name():
     assert params["rnn"] == "bigru" and params["picker_rnn"] == "gru"  # from the preset
     assert params["cnn_blocks"] == "3" and params["model.cnn_blocks"] == "3"
     assert params["rnn_blocks"] == "2"
-    assert params["thresholds.detection"] == "0.3" and params["train.loss_weights.s"] == "0.55"
+    assert params["thresholds.detection"] == "0.5" and params["train.loss_weights.s"] == "0.55"
     assert params["data_version"] == "abc.dir"
     assert all(isinstance(v, str) for v in params.values())
 
