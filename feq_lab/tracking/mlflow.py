@@ -140,6 +140,24 @@ class Tracker:
             atomic_write_text(Path(sweep_dir) / PARENT_RUN_FILE, run_id + "\n")
         return run_id
 
+    def reopen_parent(self, run_id: str) -> bool:
+        """Reuse a resumed sweep's parent run: RUNNING again, its orphaned RUNNING children KILLED.
+
+        Why: a killed search rerun in the same sweep dir must keep every trial under one parent.
+        False when the run is gone or belongs elsewhere (then the caller opens a new parent).
+        """
+        try:
+            run = with_retry(self.client.get_run, run_id)
+        except MlflowException:
+            return False
+        if run.info.experiment_id != self.experiment_id or run.data.tags.get(TAG_ROLE) != "parent":
+            return False
+        filt = f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'RUNNING'"
+        for child in _all_runs(self.client, self.experiment_id, filt):
+            with_retry(self.client.set_terminated, child.info.run_id, status="KILLED")
+        with_retry(self.client.update_run, run_id, status="RUNNING")
+        return True
+
     def start_run(self, name: str | None = None, params: Mapping[str, Any] | None = None,
                   tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None) -> str:
         """Open a run (nested under `parent_run_id` when given) and make it the current one."""

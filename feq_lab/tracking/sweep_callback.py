@@ -59,8 +59,14 @@ class MLflowSweepCallback(Callback):
         from feq_lab.tracking.mlflow import Tracker
 
         self.tracker = Tracker(uri, experiment)
-        self.parent_run_id = self.tracker.parent_run(
-            name[:250], sweep_dir, tags={"feq.sweep_overrides": overrides})
+        marker = sweep_dir / PARENT_RUN_FILE
+        previous = marker.read_text().strip() if marker.is_file() else ""
+        if previous and self.tracker.reopen_parent(previous):  # a resumed sweep (same dir)
+            self.parent_run_id = previous
+            log.info("resuming MLflow parent run %s from %s", previous, marker)
+        else:
+            self.parent_run_id = self.tracker.parent_run(
+                name[:250], sweep_dir, tags={"feq.sweep_overrides": overrides})
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         log.info("MLflow parent run %s (%s, experiment %s)", self.parent_run_id, uri, experiment)
 

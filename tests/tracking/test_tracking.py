@@ -138,3 +138,15 @@ def test_register_and_load_champion(tracker, tmp_path):
     out = pyfunc.predict(np.random.default_rng(0).standard_normal((3, 6000)).astype(np.float32))
     assert set(out) == {"detection", "p", "s"}
     assert out["p"].shape == (1, 6000) and np.all((out["p"] >= 0) & (out["p"] <= 1))
+
+
+def test_reopen_parent_of_a_resumed_sweep_kills_orphaned_children(tracker, tmp_path):
+    parent = tracker.parent_run("search", tmp_path / "sweep")
+    orphan = tracker.start_run("killed trial", parent_run_id=parent)
+    tracker.end_run(parent, "KILLED")  # the first sweep process died
+
+    assert tracker.reopen_parent(parent) is True
+    assert tracker.get_record(parent).status == "RUNNING"
+    assert tracker.get_record(orphan).status == "KILLED"
+    assert tracker.reopen_parent(orphan) is False  # not a parent: caller opens a new one
+    assert tracker.reopen_parent("0" * 32) is False  # unknown id
