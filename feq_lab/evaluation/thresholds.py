@@ -71,30 +71,15 @@ def threshold_grid(
     per_threshold = peak_features_multi(probs.det, probs.p, probs.s, g["detection"], margin)
     for det_th, feats in zip(g["detection"], per_threshold):
         det_m = detection_metrics(feats.detected, truth.is_earthquake)
-        p_m = {
-            th: phase_metrics(
-                "p",
-                feats.picks_at("p", th),
-                truth.p_sample,
-                truth.is_earthquake,
-                tol,
-                sampling_rate,
-                far_pick_counts_fp,
-            )
-            for th in g["p"]
-        }
-        s_m = {
-            th: phase_metrics(
-                "s",
-                feats.picks_at("s", th),
-                truth.s_sample,
-                truth.is_earthquake,
-                tol,
-                sampling_rate,
-                far_pick_counts_fp,
-            )
-            for th in g["s"]
-        }
+        truth_samples = {"p": truth.p_sample, "s": truth.s_sample}
+        p_m, s_m = (
+            {
+                th: phase_metrics(phase, feats.picks_at(phase, th), truth_samples[phase],
+                                  truth.is_earthquake, tol, sampling_rate, far_pick_counts_fp)
+                for th in g[phase]
+            }
+            for phase in ("p", "s")
+        )
         for p_th, s_th in itertools.product(g["p"], g["s"]):
             row = {"detection_threshold": det_th, "p_threshold": p_th, "s_threshold": s_th}
             row.update(det_m)
