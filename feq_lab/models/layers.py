@@ -23,6 +23,7 @@ BN_EPS = 1e-3  # Keras BatchNormalization default
 FOLD_SEPARABLE = True
 FOLD_MAX_LENGTH = 1000
 FOLD_MAX_CHANNELS = 4
+FAST_ATTENTION = True  # eval: global attention's tanh computed through sigmoid (same function)
 
 
 @contextmanager
@@ -76,22 +77,14 @@ class SameConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.extra_right:
             x = F.pad(x, (0, self.extra_right))
-        fast = not self.training and not torch.onnx.is_in_onnx_export()
         if self.depthwise is None:
-            return (
-                dense_conv(x, self.conv.weight, self.conv.bias, self.conv.padding[0])
-                if fast
-                else self.conv(x)
-            )
+            return self.conv(x)
         if (
             not self.training
             and FOLD_SEPARABLE
             and (x.shape[-1] <= FOLD_MAX_LENGTH or x.shape[1] <= FOLD_MAX_CHANNELS)
         ):
-            weight = self._folded_weight()
-            if fast:
-                return dense_conv(x, weight, self.conv.bias, self.depthwise.padding[0])
-            return F.conv1d(x, weight, self.conv.bias, padding=self.depthwise.padding)
+            return F.conv1d(x, self._folded_weight(), self.conv.bias, padding=self.depthwise.padding)
         return self.conv(self.depthwise(x))
 
     def _folded_weight(self) -> torch.Tensor:
@@ -107,26 +100,6 @@ class SameConv1d(nn.Module):
             weight = p[:, :, 0].unsqueeze(-1) * d[:, 0, :].unsqueeze(0)
         self.__dict__["_fold_cache"] = (key, weight)
         return weight
-
-
-DENSE_MODE = "thnn"  # "thnn" | "default" (let F.conv1d pick, i.e. oneDNN)
-
-
-def dense_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
-) -> torch.Tensor:
-    """Inference conv1d (groups = 1); single windows on CPU use PyTorch's native im2col+GEMM.
-
-    Why: at batch 1, for these thin, long 1-D convolutions (e.g. the 8→1, k=11 heads over 6000
-    samples) oneDNN, which `F.conv1d` dispatches to, is several times slower; from batch 2 on
-    oneDNN wins, so it keeps those. Same arithmetic either way."""
-    if DENSE_MODE != "thnn" or weight.shape[-1] == 1 or x.shape[0] != 1 or x.device.type != "cpu":
-        return F.conv1d(x, weight, bias, padding=padding)
-    k = weight.shape[-1]
-    out = torch.ops.aten.thnn_conv2d(
-        x.unsqueeze(2), weight.unsqueeze(2), [1, k], bias, [1, 1], [0, padding]
-    )
-    return out.squeeze(2)
 
 
 class SameMaxPool1d(nn.Module):
@@ -306,11 +279,24 @@ class AdditiveSelfAttention(nn.Module):
         q = self.query(x) + self.hidden_bias  # (B, T, U)
         k = self.key(x)
         if self.width is None:
+            if FAST_ATTENTION and not self.training and not torch.onnx.is_in_onnx_export():
+                return self._global_eval(x, q, k)
             e = self.score(torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))).squeeze(-1)  # (B, T, T)
             e = torch.exp(e - e.amax(dim=-1, keepdim=True))
             a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
             return a @ x
         return self._local(x, q, k)
+
+    def _global_eval(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Eager inference: tanh(a) = 2·sigmoid(2a) − 1, and the softmax ignores the constant
+        (−Σw_a + b_a), so e' = 2·w_a · sigmoid(2a) gives the same attention. Why: PyTorch's CPU
+        tanh is ~3× slower than its sigmoid, and the T×T×U tensor here is the largest
+        elementwise op of the recurrent section."""
+        h = torch.sigmoid_((2.0 * q).unsqueeze(2) + (2.0 * k).unsqueeze(1))  # (B, T, T, U)
+        e = torch.matmul(h, 2.0 * self.score.weight.t()).squeeze(-1)  # (B, T, T)
+        e = torch.exp(e - e.amax(dim=-1, keepdim=True))
+        a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
+        return a @ x
 
     def _local(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Banded attention: only the `width` neighbours s ∈ [t − width//2, t − width//2 + width)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feq_lab.errors import ConfigError
+from feq_lab.models.fastdecode import StackedDecoders, build_stacked
 from feq_lab.models.layers import (
     BottleneckBlock,
     Decoder,
@@ -38,6 +39,7 @@ from feq_lab.paths import atomic_path
 
 CHECKPOINT_FORMAT = "feq-lab-checkpoint/1"
 FUSE_PICKER_RNNS = True  # eval: run the P and S RNNs as one block-diagonal RNN (same function)
+STACK_DECODERS = True  # eval: the three decoders as one stacked, polyphase pass (fastdecode.py)
 
 
 class Encoder(nn.Module):
@@ -130,11 +132,23 @@ class PickerModel(nn.Module):
             h = block(h)
         for block in self.transformers:
             h = block(h)
-        det = self.decoders[0](h.transpose(1, 2))
         p_branch, s_branch = self._picker_branches(h)
+        if not self.training and STACK_DECODERS:
+            stacked = self._stacked_decoders()
+            return stacked(torch.cat([h, p_branch, s_branch], dim=2).transpose(1, 2))
+        det = self.decoders[0](h.transpose(1, 2))
         p = self.decoders[1](p_branch.transpose(1, 2))
         s = self.decoders[2](s_branch.transpose(1, 2))
         return det, p, s
+
+    def _stacked_decoders(self) -> StackedDecoders:
+        """The decoders' eval-time stacked form, rebuilt whenever a decoder weight changes."""
+        key = weights_key(list(self.decoders.parameters()))
+        cache = self.__dict__.get("_stacked_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, build_stacked(list(self.decoders)))
+            self.__dict__["_stacked_cache"] = cache
+        return cache[1]
 
     def _picker_branches(self, h: torch.Tensor) -> list[torch.Tensor]:
         """P and S branches; in eval their RNNs run as one fused RNN (same function, one kernel)."""

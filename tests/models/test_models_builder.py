@@ -240,16 +240,24 @@ def _plain_paths(enabled: bool) -> None:
     from feq_lab.models import layers, picker
 
     layers.FOLD_SEPARABLE = enabled
-    layers.DENSE_MODE = "thnn" if enabled else "default"
+    layers.FAST_ATTENTION = enabled
     picker.FUSE_PICKER_RNNS = enabled
+    picker.STACK_DECODERS = enabled
 
 
-@pytest.mark.parametrize("preset", ["eqt", "feq1", "feq3"])
-def test_inference_fast_paths_compute_the_same_function(preset):
-    """Folded separable convs, native dense convs and the fused P/S RNN == the plain modules."""
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("preset", ["eqt", "leq", "feq1", "feq3"])
+def test_inference_fast_paths_compute_the_same_function(preset, batch):
+    """Folded separable convs, the sigmoid-form global attention, the fused P/S RNN and the
+    stacked polyphase decoders (batch 1: tap-by-tap matmuls; batch 2: grouped convs) == the
+    plain modules."""
     torch.manual_seed(7)
     model = build_model(preset).eval()
-    x = _waveforms(2)
+    for module in model.modules():  # non-trivial BN statistics and attention biases
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.normal_(0.0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    x = _waveforms(batch)
     try:
         _plain_paths(False)
         with torch.no_grad():
