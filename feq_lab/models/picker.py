@@ -21,6 +21,7 @@ from torch import nn
 
 from feq_lab.errors import ConfigError
 from feq_lab.models.fastdecode import StackedDecoders, build_stacked
+from feq_lab.models.fastpick import StackedLocalAttention, build_stacked_attention
 from feq_lab.models.layers import (
     BottleneckBlock,
     Decoder,
@@ -132,14 +133,30 @@ class PickerModel(nn.Module):
             h = block(h)
         for block in self.transformers:
             h = block(h)
-        p_branch, s_branch = self._picker_branches(h)
         if not self.training and STACK_DECODERS:
-            stacked = self._stacked_decoders()
-            return stacked(torch.cat([h, p_branch, s_branch], dim=2).transpose(1, 2))
+            features = torch.cat([h, self._picker_features(h)], dim=2)  # (B, T, 3·C)
+            return self._stacked_decoders()(features.transpose(1, 2))
+        p_branch, s_branch = self._picker_branches(h)
         det = self.decoders[0](h.transpose(1, 2))
         p = self.decoders[1](p_branch.transpose(1, 2))
         s = self.decoders[2](s_branch.transpose(1, 2))
         return det, p, s
+
+    def _picker_features(self, h: torch.Tensor) -> torch.Tensor:
+        """Eval: the P and S branch outputs side by side (B, T, 2·C); with the fused RNN both
+        local attentions run as one stacked pass (fastpick.py)."""
+        fused = self._fused_picker_rnn() if FUSE_PICKER_RNNS else None
+        if fused is None or self.pickers[0].attention.width is None:
+            return torch.cat(self._picker_branches(h), dim=2)
+        return self._stacked_attention()(fused(h)[0])
+
+    def _stacked_attention(self) -> StackedLocalAttention:
+        key = weights_key([p for b in self.pickers for p in b.attention.parameters()])
+        cache = self.__dict__.get("_attention_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, build_stacked_attention([b.attention for b in self.pickers]))
+            self.__dict__["_attention_cache"] = cache
+        return cache[1]
 
     def _stacked_decoders(self) -> StackedDecoders:
         """The decoders' eval-time stacked form, rebuilt whenever a decoder weight changes."""

@@ -1,0 +1,91 @@
+"""Inference path for the P and S pickers' local attentions: both branches in one pass.
+
+Why: after the fused P/S RNN (one block-diagonal RNN, see `layers.fuse_parallel_rnns`) the two
+local attentions are two copies of ~25 tiny ops on (B, 56, 16). Block-diagonal query/key
+projections and a branch axis for the scores run both at once, on the fused RNN's output as it
+is, and hand the decoders the P and S features already side by side. Same function as
+`AdditiveSelfAttention._local` per branch: the score bias b_a is dropped because the softmax is
+shift-invariant, and in eager tanh is taken through sigmoid as in the global attention.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from feq_lab.models.layers import AdditiveSelfAttention, untraced
+
+
+def _block_diagonal(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.block_diag(*blocks)
+
+
+@dataclass(frozen=True)
+class StackedLocalAttention:
+    """n local additive attentions of equal shape, applied to (B, T, n·C) branch-major input."""
+
+    query: torch.Tensor  # (n·U, n·C), block-diagonal
+    hidden_bias: torch.Tensor  # (n·U,)
+    key: torch.Tensor  # (n·U, n·C), block-diagonal
+    score: torch.Tensor  # (n, U, 1)
+    width: int
+    eps: float
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        n, units = int(self.score.shape[0]), int(self.score.shape[1])
+        batch, length, width = y.shape[0], int(y.shape[1]), self.width
+        channels = int(y.shape[2]) // n
+        lo = width // 2
+        hi = width - 1 - lo
+        eager = not torch.onnx.is_in_onnx_export()
+        scale = 2.0 if eager else 1.0  # tanh(a) = 2·sigmoid(2a) − 1; constants cancel
+        if eager:
+            q = F.linear(y, self.query * scale, self.hidden_bias * scale)  # (B, T, n·U)
+            k = F.linear(y, self.key * scale)
+        else:
+            q = F.linear(y, self.query, self.hidden_bias)
+            k = F.linear(y, self.key)
+        k_pad, y_pad = F.pad(k, (0, 0, lo, hi)), F.pad(y, (0, 0, lo, hi))
+        k_win = torch.stack([k_pad[:, j : j + length] for j in range(width)], dim=-1)
+        y_win = torch.stack([y_pad[:, j : j + length] for j in range(width)], dim=-1)
+        a = q.unsqueeze(-1) + k_win  # (B, T, n·U, W)
+        h = torch.sigmoid(a) if eager else torch.tanh(a)
+        h = h.reshape(batch, length, n, units, width).transpose(3, 4)  # (B, T, n, W, U)
+        e = torch.matmul(h, self.score * scale if eager else self.score).squeeze(-1)  # (B, T, n, W)
+        e = e.masked_fill(_outside(length, width, str(y.device)), -math.inf)
+        e = torch.exp(e - e.amax(dim=-1, keepdim=True))
+        att = e / (e.sum(dim=-1, keepdim=True) + self.eps)
+        y_win = y_win.reshape(batch, length, n, channels, width)
+        out = torch.matmul(y_win, att.unsqueeze(-1))  # (B, T, n, C, 1)
+        return out.reshape(batch, length, n * channels)
+
+
+@functools.lru_cache(maxsize=16)
+def _outside(length: int, width: int, device: str) -> torch.Tensor:
+    """(T, 1, W) mask of neighbours outside the sequence (a constant of the exported graph)."""
+    with untraced():
+        idx = torch.arange(length, device=device).unsqueeze(1) - width // 2 + torch.arange(
+            width, device=device
+        )
+        return ((idx < 0) | (idx >= length)).unsqueeze(1)
+
+
+def build_stacked_attention(attentions: Sequence[AdditiveSelfAttention]) -> StackedLocalAttention:
+    """Stack local attentions of equal shape (no gradient, untraced)."""
+    first = attentions[0]
+    if first.width is None or any(a.width != first.width for a in attentions):
+        raise ValueError("only local attentions of one width can be stacked")
+    with torch.no_grad(), untraced():
+        return StackedLocalAttention(
+            query=_block_diagonal([a.query.weight for a in attentions]),
+            hidden_bias=torch.cat([a.hidden_bias for a in attentions]),
+            key=_block_diagonal([a.key.weight for a in attentions]),
+            score=torch.stack([a.score.weight.reshape(-1, 1) for a in attentions]),
+            width=int(first.width),
+            eps=float(first.eps),
+        )
