@@ -1,14 +1,15 @@
 """Latency of the five presets (batch 1, 1 thread; torch eager and onnxruntime) against SeisBench's
 EQTransformer(lstm_blocks=2) eager as the peer, all in one process.
 
-    python bench/models.py [--passes 12] [--block 5]
+    python bench/models.py [--passes 12] [--block 5] [--sections]
 
 Goals (issue 3): FEQ3 on its best backend ≤ 0.12 × peer; FEQ3 eager ≤ 0.5 × our EQT eager.
 Candidates are timed round-robin: per pass each runs one untimed call (its caches warm again
 after the previous candidate) then `block` timed calls, so a noisy, shared machine slows them
 alike while each is measured warm, as in streaming use; the figure is the median over all calls.
 Both wall-clock and thread CPU time
-are reported: on a shared machine the CPU-time ratios are the trustworthy ones.
+are reported: on a shared machine the CPU-time ratios are the trustworthy ones. `--sections` adds
+where the eager time goes, section by section, for our EQT and FEQ3 (feq_lab.profiling.sections).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passes", type=int, default=12, help="round-robin passes")
     parser.add_argument("--block", type=int, default=5, help="timed calls per candidate per pass")
+    parser.add_argument("--sections", action="store_true", help="eager time per model section")
     args = parser.parse_args()
     torch.set_num_threads(1)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 6000)).astype(np.float32))
@@ -88,6 +90,23 @@ def main() -> None:
         ("cpu", "thread CPU time (stable on a shared machine)"),
     ):
         report(label, times[clock])
+    if args.sections:
+        report_sections(args.passes)
+
+
+def report_sections(passes: int) -> None:
+    from feq_lab.profiling.sections import SECTIONS, time_sections
+
+    torch.manual_seed(0)
+    per = time_sections({"eqt": build_model("eqt"), "feq3": build_model("feq3")}, passes=passes)
+    print("\neager time per section (thread CPU ms, 1 thread, batch 1; sections timed alone, so "
+          "they do not add up to the whole model exactly)")
+    print(f"{'section':20s} {'eqt':>8s} {'feq3':>8s} {'feq3/eqt':>9s}")
+    for sec in SECTIONS:
+        a, b = per["eqt"].get(sec), per["feq3"].get(sec)
+        if a is None or b is None:
+            continue
+        print(f"{sec:20s} {a:8.3f} {b:8.3f} {b / a:9.2f}")
 
 
 def report(label: str, times: dict[str, list[float]]) -> None:
