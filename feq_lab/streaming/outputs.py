@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Sequence, TextIO
@@ -106,12 +107,19 @@ def events_to_catalog(events: Sequence[Event]):
                     waveform_id=wid,
                     phase_hint=phase,
                     evaluation_mode="automatic",
-                    method_id=f"smi:local/feq-lab/{ev.model}",
-                    comments=[Comment(text=f"probability {prob:.4f}")],
+                    method_id=f"smi:local/feq-lab/{quakeml_safe(ev.model)}",
+                    comments=[Comment(text=f"probability {prob:.4f}, model {ev.model}")],
                 )
             )
         catalog.append(qev)
     return catalog
+
+
+def quakeml_safe(text: str) -> str:
+    """`text` with the characters a QuakeML resource URI's path may not hold (':', '@', spaces,
+    ...) replaced by '-', e.g. 'feq3:feq-picker@champion' -> 'feq3-feq-picker-champion'.
+    Why: obspy writes such an id anyway, but the file then fails QuakeML validation."""
+    return re.sub(r"[^\w\-.*()+?~'=,;#/&]", "-", str(text)) or "model"
 
 
 def write_quakeml(path: str | Path, events: Sequence[Event]) -> Path:

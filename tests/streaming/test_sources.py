@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import warnings
 
 import numpy as np
 import obspy
@@ -168,6 +169,23 @@ def test_event_sink_writes_json_lines_csv_and_quakeml(tmp_path):
     assert abs(picks["P"].time.timestamp - (T0 + EVENT_P_S)) <= 0.05
     assert abs(picks["S"].time.timestamp - (T0 + EVENT_S_S)) <= 0.05
     assert picks["P"].waveform_id.station_code == "STA"
+
+
+def test_quakeml_is_valid_for_a_registry_model_name(tmp_path):
+    """A champion's label ('feq3:feq-picker@champion') must not make the QuakeML invalid."""
+    from obspy.io.quakeml.core import _validate
+
+    events = run_blocks(
+        StreamEngine(standin_predict, "feq3:feq-picker@champion"),
+        record_blocks("XX.STA", T0, make_record(), block_s=60.0),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # obspy warns when it writes an invalid resource URI
+        sink = EventSink(tmp_path, stream=io.StringIO())
+        sink.emit(events)
+    assert _validate(str(tmp_path / "picks.xml"))
+    pick = obspy.read_events(str(tmp_path / "picks.xml"))[0].picks[0]
+    assert "feq3:feq-picker@champion" in pick.comments[0].text
 
 
 def test_replay_scenario_from_a_prepared_subset(tiny_subset, tmp_path):
