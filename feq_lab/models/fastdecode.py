@@ -19,8 +19,8 @@ learned separately); outputs agree to float rounding (tests compare them). Built
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -108,6 +108,7 @@ class EngineConfig:
 
     stride: int = 3000
     combine: str = "max"
+    blinding: int = 0
     batch_size: int = 16
     thresholds: Mapping[str, float] = field(
         default_factory=lambda: {"detection": 0.5, "p": 0.3, "s": 0.3}
@@ -136,6 +137,12 @@ class EngineConfig:
         if not 1 <= int(out.stride) <= WINDOW:
             raise ConfigError(
                 f"{key}.stride", f"must be in [1, {WINDOW}] samples, got {out.stride}"
+            )
+        if not 0 <= int(out.blinding) <= (WINDOW - int(out.stride)) // 2:
+            raise ConfigError(
+                f"{key}.blinding",
+                f"must be in [0, (window - stride) / 2] = [0, {(WINDOW - int(out.stride)) // 2}] "
+                f"samples so that every sample stays covered, got {out.blinding}",
             )
         if out.combine not in ("max", "mean"):
             raise ConfigError(f"{key}.combine", f"must be 'max' or 'mean', got {out.combine!r}")
@@ -224,6 +231,7 @@ class _Station:
         self.logged: set[str] = set()
         self.events: list[Event] = []
         self.ended = False
+        self.blinded_tail: tuple[int, list[np.ndarray]] | None = None  # last window's right edge
 
     def once(self, key: str, message: str, *args: Any) -> None:
         """Log a condition the first time it happens for this station."""
@@ -463,8 +471,16 @@ class StreamEngine:
             chunk = starts[i : i + self.cfg.batch_size]
             x = np.stack([st.raw.view(s, s + WINDOW) for s in chunk])
             outputs = self._predict(x)
+            b = int(self.cfg.blinding)
             for j, s in enumerate(chunk):
-                self._accumulate(st, s, s + WINDOW, [o[j] for o in outputs])
+                # blinding: a window's edge samples, where the model sees its zero-padded border,
+                # are left to the neighbouring windows (except at the start of the stream)
+                left = 0 if s == 0 else b
+                self._accumulate(
+                    st, s + left, s + WINDOW - b, [o[j][left : WINDOW - b] for o in outputs]
+                )
+                # kept in case the stream ends with this window (then nothing else covers it)
+                st.blinded_tail = (s + WINDOW - b, [o[j][WINDOW - b :].copy() for o in outputs])
             st.next_window = chunk[-1] + self.cfg.stride
             st.final = st.next_window
 
@@ -479,6 +495,9 @@ class StreamEngine:
                 "station %s: end of stream; the last window already ends at the newest sample",
                 st.name,
             )
+            if st.blinded_tail is not None and self.cfg.blinding:
+                at, outputs = st.blinded_tail
+                self._accumulate(st, at, at + outputs[0].shape[-1], outputs)
             st.final = end  # that window's outputs are all there is: they become final
             return
         if start >= 0:

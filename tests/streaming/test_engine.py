@@ -196,6 +196,36 @@ def test_per_channel_blocks_and_two_stations():
     assert abs(by_station["XX.BBB"].p_time - by_station["XX.AAA"].p_time - 3.0) <= 0.011
 
 
+def edge_artefact_predict(x):
+    """The stand-in picker plus a spurious detection/P/S spike at both edges of every window."""
+    det, p, s = (np.array(o, copy=True) for o in standin_predict(x))
+    for out in (det, p, s):
+        out[:, :100] = 1.0
+        out[:, -100:] = 1.0
+    return det, p, s
+
+
+@pytest.mark.parametrize("block_s", [1.0, 7.0, 60.0])
+def test_blinding_drops_window_edge_artefacts_but_keeps_the_event(reference, block_s):
+    rec = make_record()
+    end = T0 + rec.shape[1] / 100.0
+
+    def interior(events):  # away from the stream's own edges, where no neighbour window exists
+        return [
+            e.to_dict()
+            for e in events
+            if T0 + 2.0 < e.detection_start and e.detection_end < end - 2.0
+        ]
+
+    plain = run_blocks(StreamEngine(edge_artefact_predict, "standin"), blocks_of(rec, block_s))
+    blind = run_blocks(
+        StreamEngine(edge_artefact_predict, "standin", {"blinding": 500}), blocks_of(rec, block_s)
+    )
+    assert len(interior(plain)) > len(interior(reference))  # the artefacts make false events
+    assert interior(blind) == interior(reference)
+    assert len(blind) == len(interior(reference)) + 2  # the stream's first and last edge remain
+
+
 def test_mean_combination_and_stride(reference):
     events, _ = run(blocks_of(make_record(), 60.0), combine="mean", stride=1500)
     assert len(events) == 1 and abs(events[0].p_time - reference[0].p_time) <= 0.05
@@ -232,6 +262,8 @@ def test_memory_is_bounded_over_a_long_stream():
         ("combine", "median"),
         ("batch_size", 0),
         ("max_delay_s", -1.0),
+        ("blinding", -1),
+        ("blinding", 1501),  # more than (6000 - 3000) / 2: some samples would be covered by none
         ("bogus", 1),
     ],
 )
