@@ -35,6 +35,10 @@ def format_summary(summary: dict[str, Any], out_dir: Path) -> str:
     if tt.get("count"):
         lines.append(f"  S-P vs TauP table: max |error| {tt['max_abs_error_sec']:.4f} s over "
                      f"{tt['count']} traces")
+    live = tt.get("live_taup", {})
+    if live.get("count"):
+        lines.append(f"  S-P vs live TauP (iasp91): max |error| {live['max_abs_error_sec']:.4f} s "
+                     f"over {live['count']} random traces")
     skipped = summary.get("skipped")
     if skipped:
         lines.append(f"  skipped bad traces: {skipped['count']}")

@@ -123,5 +123,7 @@ def test_cli_prints_summary_and_writes_outputs(tmp_path):
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "subset:" in res.stdout and "S-P vs TauP" in res.stdout
+    assert "S-P vs live TauP" in res.stdout
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["categories"] == {"earthquake_local": 4, "noise": 2}
+    assert summary["traveltime_check"]["live_taup"]["count"] == 4
