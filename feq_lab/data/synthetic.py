@@ -39,7 +39,7 @@ from feq_lab.data.snr import waveform_snr_db
 FS = 100.0
 N_SAMPLES = 6000
 FREQS = np.fft.rfftfreq(N_SAMPLES, d=1.0 / FS)
-GENERATOR_VERSION = "2"  # bump when the output for a given seed changes
+GENERATOR_VERSION = "3"  # bump when the output for a given seed changes
 DEFAULT_SPLIT = {"train": 0.85, "val": 0.05, "test": 0.10}
 
 # STEAD's mean-of-channels SNR (dB) quantiles (stead_stats.json), used as the target spread.
