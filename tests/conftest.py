@@ -10,8 +10,8 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
-STEAD_SAMPLE_CSV = SHARED_DIR / "data" / "stead_sample" / "100samples.csv"
+# the 100 real rows, kept in the repository (tests/fixtures/README.md says where from)
+STEAD_SAMPLE_CSV = Path(__file__).resolve().parent / "fixtures" / "stead_100samples.csv"
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +25,8 @@ def tiny_subset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def stead_sample_csv() -> Path:
-    """The 100 real STEAD metadata rows shipped in ../shared (skip if the folder is absent)."""
-    if not STEAD_SAMPLE_CSV.exists():
-        pytest.skip(f"{STEAD_SAMPLE_CSV} not present")
+    """The 100 real STEAD metadata rows (tests/fixtures copy of ../shared's sample)."""
+    assert STEAD_SAMPLE_CSV.exists(), f"{STEAD_SAMPLE_CSV} missing from the checkout"
     return STEAD_SAMPLE_CSV
 
 

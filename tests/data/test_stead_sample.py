@@ -1,9 +1,11 @@
-"""The metadata parser on 100 real STEAD rows (../shared/data/stead_sample/100samples.csv)."""
+"""The metadata parser on 100 real STEAD rows (tests/fixtures/stead_100samples.csv, a copy of
+../shared/data/stead_sample/100samples.csv)."""
 
 from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,13 @@ def parsed(stead_sample_csv):
 def raw_rows(stead_sample_csv):
     with open(stead_sample_csv, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def test_fixture_is_the_shared_sample(stead_sample_csv):
+    shared = Path(__file__).resolve().parents[3] / "shared/data/stead_sample/100samples.csv"
+    if not shared.exists():
+        pytest.skip(f"{shared} not present: nothing to compare the copy with")
+    assert stead_sample_csv.read_bytes() == shared.read_bytes()
 
 
 def test_all_rows_and_columns(parsed, raw_rows):
