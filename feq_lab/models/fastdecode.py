@@ -19,6 +19,7 @@ learned separately); outputs agree to float rounding (tests compare them). Built
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,12 @@ class _Conv:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         left, right = self.pad
-        if x.shape[0] == 1 and x.device.type == "cpu" and not torch.onnx.is_in_onnx_export():
+        if (
+            x.shape[0] == 1
+            and x.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not torch.onnx.is_in_onnx_export()
+        ):
             return self._by_taps(F.pad(x, (left, right)))
         if left != right:
             x = F.pad(x, (left, right))
@@ -121,48 +127,58 @@ def dense_weight(conv: SameConv1d) -> torch.Tensor:
 def polyphase_weight(weight: torch.Tensor, upsample: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Weight (f·C_out, C_in, D) and zero padding of the low-rate conv that equals nearest
     upsampling by f followed by a "same" conv with `weight`; output channel ρ·C_out + o is
-    filter o at phase ρ."""
+    filter o at phase ρ. A linear map of `weight` (differentiable)."""
     c_out, c_in, k = weight.shape
     f = upsample
     left = same_padding(k)[0]
     d_min = -((left + f - 1) // f)  # ⌊−L/f⌋
     d_max = (f - 1 + k - 1 - left) // f
-    out = weight.new_zeros(f, c_out, c_in, d_max - d_min + 1)
+    select = weight.new_zeros(f, d_max - d_min + 1, k)  # tap j of phase ρ lands at offset d
     for rho in range(f):
         for j in range(k):
-            out[rho, :, :, (rho + j - left) // f - d_min] += weight[:, :, j]
+            select[rho, (rho + j - left) // f - d_min, j] = 1.0
+    out = torch.einsum("rdj,ocj->rocd", select, weight)
     return out.reshape(f * c_out, c_in, -1), (-d_min, d_max)
 
 
 def polyphase_head(weight: torch.Tensor, phases: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Weight (F, F·C_in, D) and padding of a "same" conv (`weight`: (1, C_in, k)) applied to a
     signal held as F phases (input channel ρ'·C_in + c is channel c at phase ρ'); output channel
-    ρ is the result at phase ρ."""
+    ρ is the result at phase ρ. A linear map of `weight` (differentiable)."""
     _, c_in, k = weight.shape
     big_f = phases
     left = same_padding(k)[0]
     d_min = -((left + big_f - 1) // big_f)
     d_max = (big_f - 1 + k - 1 - left) // big_f
-    out = weight.new_zeros(big_f, big_f, c_in, d_max - d_min + 1)
+    select = weight.new_zeros(big_f, big_f, d_max - d_min + 1, k)
     for rho in range(big_f):
         for j in range(k):
             q = rho + j - left
-            out[rho, q % big_f, :, q // big_f - d_min] += weight[0, :, j]
+            select[rho, q % big_f, q // big_f - d_min, j] = 1.0
+    out = torch.einsum("rpdj,cj->rpcd", select, weight[0])
     return out.reshape(big_f, big_f * c_in, -1), (-d_min, d_max)
+
+
+@contextlib.contextmanager
+def _constant():
+    with torch.no_grad(), untraced():
+        yield
 
 
 def _grouped(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(parts), dim=0).contiguous()
 
 
-def build_stacked(decoders: Sequence) -> StackedDecoders:
-    """Re-arrange three `Decoder`s' weights into a `StackedDecoders` (no gradient, untraced)."""
+def build_stacked(decoders: Sequence, differentiable: bool = False) -> StackedDecoders:
+    """Re-arrange three `Decoder`s' weights into a `StackedDecoders`: a cached constant for
+    inference (no gradient, untraced), or rebuilt per training step with gradients flowing back
+    to the decoders' own parameters (`differentiable`)."""
     first = decoders[0]
     n = len(first.layer_of_stage)
     last_crop = first.crops[-1]
     polyphase = n > 0 and first.upsample[-1] > 1 and not any(last_crop)
     plain_stages = n - 1 if polyphase else n
-    with torch.no_grad(), untraced():
+    with contextlib.nullcontext() if differentiable else _constant():
         stages = []
         for i in range(plain_stages):
             convs = [d.layers[d.layer_of_stage[i]] for d in decoders]

@@ -41,6 +41,8 @@ from feq_lab.paths import atomic_path
 CHECKPOINT_FORMAT = "feq-lab-checkpoint/1"
 FUSE_PICKER_RNNS = True  # eval: run the P and S RNNs as one block-diagonal RNN (same function)
 STACK_DECODERS = True  # eval: the three decoders as one stacked, polyphase pass (fastdecode.py)
+# training: the same stacked pass, its weights rebuilt from the decoders' parameters every step
+STACK_DECODERS_IN_TRAINING = True
 
 
 class Encoder(nn.Module):
@@ -137,6 +139,9 @@ class PickerModel(nn.Module):
             features = torch.cat([h, self._picker_features(h)], dim=2)  # (B, T, 3·C)
             return self._stacked_decoders()(features.transpose(1, 2))
         p_branch, s_branch = self._picker_branches(h)
+        if self.training and STACK_DECODERS_IN_TRAINING:
+            stacked = build_stacked(list(self.decoders), differentiable=True)
+            return stacked(torch.cat([h, p_branch, s_branch], dim=2).transpose(1, 2))
         det = self.decoders[0](h.transpose(1, 2))
         p = self.decoders[1](p_branch.transpose(1, 2))
         s = self.decoders[2](s_branch.transpose(1, 2))
