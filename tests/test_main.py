@@ -150,6 +150,29 @@ def test_crashing_job_is_failed_and_sweep_goes_on_same_seed_same_metrics(lab):
         assert (math.isnan(a) and math.isnan(b)) or a == b, (key, a, b)
 
 
+def test_thresholds_tuned_on_the_validation_split(lab):
+    """eval.tune_thresholds_on=val: thresholds come from the validation grid, the test headline
+    metrics are the test grid's row at exactly those thresholds, and both grids are stored."""
+    import pandas as pd
+
+    cwd, uri = lab["cwd"], lab["uri"]
+    feq_lab(["-m", "eval.tune_thresholds_on=val", f"hydra.sweep.dir={cwd / 'sweep4'}",
+             *lab["common"]], cwd)
+    (run,) = load_runs(uri, EXPERIMENT, parent_run_id=parent_id(cwd / "sweep4"))
+    assert run.status == "FINISHED"
+    tuned = {o: run.metrics[f"thresholds/{o}"] for o in ("detection", "p", "s")}
+    assert tuned["detection"] in (0.3, 0.5) and tuned["p"] in (0.1, 0.3) and tuned["s"] == 0.1
+    assert {"val_tuned/detection_f1", "val_tuned/p_f1", "val_tuned/s_f1"} <= set(run.metrics)
+    client = Tracker(uri, EXPERIMENT).client
+    val = pd.read_csv(client.download_artifacts(run.run_id, "val_threshold_grid.csv", str(cwd)))
+    assert val["detection_f1"].max() == run.metrics["val_tuned/detection_f1"]
+    test = pd.read_csv(client.download_artifacts(run.run_id, "threshold_grid.csv", str(cwd)))
+    row = test[(test.detection_threshold == tuned["detection"]) & (test.p_threshold == tuned["p"])
+               & (test.s_threshold == tuned["s"])].iloc[0]
+    for key in ("detection_f1", "p_f1", "s_f1"):
+        assert abs(row[key] - run.metrics[f"test/{key}"]) < 1e-9, key
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

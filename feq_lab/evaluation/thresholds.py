@@ -98,9 +98,41 @@ def best_thresholds(table: pd.DataFrame, output: str = "p", metric: str = "f1") 
     return {k: float(row[f"{k}_threshold"]) for k in THRESHOLD_KEYS}
 
 
+def tune_thresholds(table: pd.DataFrame) -> dict[str, float]:
+    """Thresholds chosen on a (validation) grid, one output at a time: the detection threshold
+    with the best detection F1 (ties: fewer missed earthquakes, then the higher threshold), then
+    at that detection threshold the P and S thresholds with the best P / S F1 (ties: fewer
+    missed picks, then the higher threshold).
+
+    Why this order: P and S picks are only counted inside detections, so their best thresholds
+    depend on the detection threshold, not the other way round.
+    """
+    if table.empty:
+        raise ConfigError("eval.threshold_grid", "empty threshold table: nothing to tune on")
+
+    def pick(rows: pd.DataFrame, output: str) -> float:
+        ranked = rows.assign(
+            _f1=rows[f"{output}_f1"].astype(float).fillna(-1.0),
+            _fn=-rows[f"{output}_fn"].astype(float).fillna(float("inf")),
+            _th=rows[f"{output}_threshold"].astype(float),
+        ).sort_values(["_f1", "_fn", "_th"], ascending=False, kind="mergesort")
+        return float(ranked.iloc[0][f"{output}_threshold"])
+
+    det = pick(table, "detection")
+    at_det = table[table["detection_threshold"].astype(float) == det]
+    return {"detection": det, "p": pick(at_det, "p"), "s": pick(at_det, "s")}
+
+
 def as_records(table: pd.DataFrame) -> list[dict[str, float]]:
     """Plain dict rows (for logging or JSON), NaN kept as float('nan')."""
     return [{k: float(v) for k, v in r.items()} for r in table.to_dict(orient="records")]
 
 
-__all__ = ["THRESHOLD_COLUMNS", "as_records", "best_thresholds", "check_grid", "threshold_grid"]
+__all__ = [
+    "THRESHOLD_COLUMNS",
+    "as_records",
+    "best_thresholds",
+    "check_grid",
+    "threshold_grid",
+    "tune_thresholds",
+]

@@ -84,6 +84,11 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     eval_cfg = cfg.get("eval") or {}
     if eval_cfg.get("threshold_grid"):
         check_grid(eval_cfg.threshold_grid)
+    tune_on = eval_cfg.get("tune_thresholds_on")
+    if tune_on not in (None, "val"):
+        raise ConfigError("eval.tune_thresholds_on", f"must be null or 'val', got {tune_on!r}")
+    if tune_on and not eval_cfg.get("threshold_grid"):
+        raise ConfigError("eval.tune_thresholds_on", "needs eval.threshold_grid to choose from")
     if kind == "stalta":
         from feq_lab.evaluation.baseline import stalta_config
 
@@ -165,10 +170,22 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     model = module.model
     dm.setup("test")
     dataset = open_dataset(data_dir)
+    eval_cfg = cfg.get("eval") or {}
+    thresholds, tuning = dict(plan.thresholds or {}), None
+    if eval_cfg.get("tune_thresholds_on") == "val":
+        thresholds, tuning = tune_on_validation(model, dm, eval_cfg, trainer.strategy.root_device,
+                                                run_dir / "evaluation")
     result = evaluate_probabilities(
         predict_test(model, dm.test_dataloader(), trainer.strategy.root_device),
-        plan.thresholds or {}, cfg.get("eval") or {}, run_dir / "evaluation",
+        thresholds, eval_cfg, run_dir / "evaluation",
         waveforms=dataset.get_waveform)
+    # the thresholds the headline test metrics used (tuned or from the config)
+    result.metrics.update({f"thresholds/{k}": float(v) for k, v in thresholds.items()})
+    if tuning is not None:
+        result.metrics.update(tuning.metrics)
+        for folder, paths in tuning.artifacts.items():
+            for path in paths:
+                result.add(folder, path)
     model = model.cpu().eval()
     weights = run_dir / WEIGHTS_DIR
     ckpt_path = save_checkpoint(model, weights / "model.pt")
@@ -181,6 +198,29 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
         result.metrics["val/best_loss"] = float(checkpoint.best_model_score)
     tracker.log_pyfunc_model(ckpt_path, onnx_path, run_id)
     return result
+
+
+def tune_on_validation(model: Any, dm: Any, eval_cfg: Any, device: Any,
+                       out_dir: Path) -> tuple[dict[str, float], Assessment]:
+    """Thresholds chosen on the validation split's threshold grid (never on the test split):
+    returns them, plus the validation metrics at them and the validation grid file."""
+    from feq_lab.evaluation.probabilities import as_stored
+    from feq_lab.evaluation.thresholds import threshold_grid, tune_thresholds
+    from feq_lab.job.assess import eval_settings, predict_test, write_table
+
+    val = as_stored(predict_test(model, dm.val_dataloader(), device))
+    table = threshold_grid(val, eval_cfg.threshold_grid, **eval_settings(eval_cfg))
+    tuned = tune_thresholds(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = Assessment()
+    result.add("", write_table(table, out_dir / "val_threshold_grid.csv"))
+    row = table[(table["detection_threshold"] == tuned["detection"])
+                & (table["p_threshold"] == tuned["p"]) & (table["s_threshold"] == tuned["s"])]
+    for key in ("detection_f1", "p_f1", "s_f1", "detection_fn"):
+        result.metrics[f"val_tuned/{key}"] = float(row.iloc[0][key])
+    log.info("thresholds tuned on the validation split (%d traces): detection %.2f, P %.2f, "
+             "S %.2f", len(val.det), tuned["detection"], tuned["p"], tuned["s"])
+    return tuned, result
 
 
 def export_onnx_safely(model: Any, path: Path, tracker: Any, run_id: str) -> Path | None:

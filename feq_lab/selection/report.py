@@ -111,9 +111,14 @@ def threshold_curve(grid: pd.DataFrame, headline: Mapping[str, float],
 
 
 def headline_thresholds(run: RunRecord) -> dict[str, float]:
-    """The thresholds a run's headline metrics used (its `thresholds.*` params)."""
+    """The thresholds a run's headline metrics used: its `thresholds/*` metrics (logged by every
+    run, tuned on the validation split when `eval.tune_thresholds_on=val`), else its
+    `thresholds.*` params (runs logged before those metrics existed)."""
     out = {}
     for o in OUTPUTS:
+        if f"thresholds/{o}" in run.metrics:
+            out[o] = float(run.metrics[f"thresholds/{o}"])
+            continue
         v = param(run, f"thresholds.{o}")
         if v is not None:
             try:
