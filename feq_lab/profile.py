@@ -2,7 +2,9 @@
 
 Parameters per report section (paper and torch conventions), model size (state dict and ONNX) and
 latency (torch eager and onnxruntime, batch 1 and N) of one variant; `model=all` prints the five
-presets side by side like the report's Table 1. Config: conf/profile.yaml, key=value overrides.
+presets side by side like the report's Table 1; `sections=true` adds where the eager time goes
+(encoder, bottleneck, RNN blocks, transformers, picker RNN/attention, decoders).
+Config: conf/profile.yaml, key=value overrides.
 """
 
 from __future__ import annotations
@@ -87,6 +89,19 @@ def profile_variant(model_name: str, cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def add_sections(results: list[dict[str, Any]], cfg: DictConfig) -> None:
+    """Eager time per model section (`eager_sections_ms`), the variants timed round-robin."""
+    from feq_lab.models import build_model
+    from feq_lab.profiling.sections import time_sections
+
+    models = {
+        str(i): build_model(r["model"], **r["overrides"]).eval() for i, r in enumerate(results)
+    }
+    timed = time_sections(models, passes=max(int(cfg.repeats) // 4, 1), threads=int(cfg.threads))
+    for i, r in enumerate(results):
+        r["eager_sections_ms"] = timed[str(i)]
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     """Rows = measures, columns = variants (Table 1 layout)."""
     names = [r["model"] + "".join(f" {k}={v}" for k, v in r["overrides"].items()) for r in results]
@@ -116,6 +131,14 @@ def format_table(results: list[dict[str, Any]]) -> str:
                     [f"{r['latency'][i]['window_ms_p50']:.2f}" for r in results],
                 )
             )
+    if "eager_sections_ms" in results[0]:
+        for section in results[0]["eager_sections_ms"]:
+            rows.append(
+                (
+                    f"Eager {section}, b=1 (ms)",
+                    [f"{r['eager_sections_ms'].get(section, float('nan')):.3f}" for r in results],
+                )
+            )
     width0 = max(len(label) for label, _ in rows)
     widths = [max(len(n), *(len(v[j]) for _, v in rows)) for j, n in enumerate(names)]
     lines = ["  ".join([" " * width0, *(n.rjust(w) for n, w in zip(names, widths))])]
@@ -137,6 +160,8 @@ def run(argv: Sequence[str]) -> str:
     cfg = load_config(argv)
     names = list(PRESETS) if cfg.model == "all" else [str(cfg.model)]
     results = [profile_variant(name, cfg) for name in names]
+    if cfg.sections:
+        add_sections(results, cfg)
     if cfg.format == "json":
         return json.dumps({"variants": results}, indent=2)
     return format_table(results)

@@ -28,12 +28,16 @@ FAST_ATTENTION = True  # eval: global attention's tanh computed through sigmoid 
 
 @contextmanager
 def untraced() -> Iterator[None]:
-    """Suspend the TorchScript tracer (ONNX export): eval-time caches built inside are constants
-    of the exported graph, not traced computations."""
+    """Build an eval-time cache (no gradient): outside the TorchScript tracer (ONNX export), so
+    the cache is a constant of the exported graph, not a traced computation; and outside
+    inference mode, so a cache first built under `torch.inference_mode` is an ordinary tensor
+    that a later forward with autograd on (e.g. a gradient with respect to the input) may save
+    for backward."""
     state = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:
-        yield
+        with torch.inference_mode(False), torch.no_grad():
+            yield
     finally:
         torch._C._set_tracing_state(state)
 

@@ -324,3 +324,24 @@ def test_training_with_stacked_decoders_gives_the_same_outputs_and_gradients(pre
     for (name, _), a, b in zip(model.named_parameters(), plain_grads, fast_grads):
         # sums over 18,000 samples in another order: float32 rounding of ~1e-4 relative
         torch.testing.assert_close(a, b, atol=1e-4 * scale, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_caches_built_under_inference_mode_allow_input_gradients_later(batch):
+    """Eval caches (folded convs, fused RNN, stacked attention/decoders, masks) first built
+    under torch.inference_mode are ordinary tensors: a later eval forward with autograd on
+    (a saliency map, d output / d input) works and matches a model that never saw inference mode."""
+    torch.manual_seed(12)
+    model = build_model("feq3").eval()
+    fresh = build_model("feq3").eval()
+    fresh.load_state_dict(model.state_dict())
+    x = _waveforms(batch)
+    with torch.inference_mode():
+        model(x)
+    grads = []
+    for m in (model, fresh):
+        xi = x.clone().requires_grad_(True)
+        m(xi)[1].sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0

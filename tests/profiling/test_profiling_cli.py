@@ -38,6 +38,16 @@ def test_all_presets_side_by_side():
     assert any(r.startswith("Latency torch b=1") for r in rows)
 
 
+def test_sections_say_where_the_eager_time_goes():
+    out = json.loads(run(["model=feq3", "sections=true", "backends=[torch]", "format=json", *FAST]))
+    sections = out["variants"][0]["eager_sections_ms"]
+    assert {"encoder", "transformers", "picker rnn", "decoders", "whole model"} <= set(sections)
+    assert all(ms > 0 for ms in sections.values())
+    assert sections["decoders"] < sections["whole model"]
+    table = run(["model=feq3", "sections=true", "backends=[torch]", *FAST])
+    assert "Eager decoders, b=1 (ms)" in table
+
+
 def test_bad_options_name_the_key(capsys):
     with pytest.raises(ConfigError, match="^rnnn:"):
         run(["rnnn=gru"])
