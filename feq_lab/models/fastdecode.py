@@ -1,4 +1,4 @@
-"""Inference path for the three decoders: one stacked pass, the last stage in polyphase form.
+"""The three decoders as one stacked pass, the last stage in polyphase form.
 
 Why: at batch 1 the detection, P and S decoders are three copies of ~20 small ops each, and most
 of their time goes to fixed per-op costs, to copying the signal when upsampling and to the
@@ -12,9 +12,10 @@ im2col of long, thin convolutions at 6000 samples. Two exact rewrites remove mos
   conv runs on those phases too; only the 1-channel logits are interleaved back to full rate.
   Only a stage without cropping qualifies (a crop shifts the zero padding off the phase grid).
 
-Both are the same linear maps as the training-time modules (weights are re-arranged, never
-learned separately); outputs agree to float rounding (tests compare them). Built from the three
-`Decoder`s in eval mode and cached until a weight changes.
+Both are the same linear maps as the `Decoder` modules (their weights re-arranged, never learned
+separately); outputs and gradients agree to float rounding (tests compare them). In eval the
+re-arranged weights are built once and cached until a weight changes; in training they are
+rebuilt every step, differentiably, so the gradients reach the `Decoder` parameters.
 """
 
 from __future__ import annotations
