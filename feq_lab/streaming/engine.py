@@ -109,6 +109,7 @@ class EngineConfig:
     stride: int = 3000
     combine: str = "max"
     blinding: int = 0
+    require_pick: bool = False
     batch_size: int = 16
     thresholds: Mapping[str, float] = field(
         default_factory=lambda: {"detection": 0.5, "p": 0.3, "s": 0.3}
@@ -595,6 +596,13 @@ class StreamEngine:
             i = int(probs[row].argmax())
             value = float(probs[row, i])
             picks[phase] = (lo + i, value) if value >= th else (None, None)
+        if self.cfg.require_pick and picks["p"][0] is None and picks["s"][0] is None:
+            log.info(
+                "station %s: detection at %s without a P or S pick; dropped (require_pick)",
+                st.name,
+                iso_utc(st.origin + start / SAMPLING_RATE),
+            )
+            return
         flags = []
         if st.filled.view(lo, hi).any():
             flags.append("gap_filled")

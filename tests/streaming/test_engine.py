@@ -226,6 +226,28 @@ def test_blinding_drops_window_edge_artefacts_but_keeps_the_event(reference, blo
     assert len(blind) == len(interior(reference)) + 2  # the stream's first and last edge remain
 
 
+def detection_only_predict(x):
+    """The stand-in's detection, but P and S never cross any threshold."""
+    det, p, s = standin_predict(x)
+    return det, np.zeros_like(p), np.zeros_like(s)
+
+
+def test_require_pick_drops_detections_without_p_or_s(reference, caplog):
+    rec = make_record()
+    plain = run_blocks(StreamEngine(detection_only_predict, "standin"), blocks_of(rec, 60.0))
+    assert len(plain) == 1 and plain[0].p_time is None and plain[0].s_time is None
+    with caplog.at_level("INFO", logger="feq_lab.streaming"):
+        strict = run_blocks(
+            StreamEngine(detection_only_predict, "standin", {"require_pick": True}),
+            blocks_of(rec, 60.0),
+        )
+    assert strict == [] and "without a P or S pick" in caplog.text
+    picked = run_blocks(
+        StreamEngine(standin_predict, "standin", {"require_pick": True}), blocks_of(rec, 60.0)
+    )
+    assert dicts(picked) == dicts(reference)  # events with picks are untouched
+
+
 def test_mean_combination_and_stride(reference):
     events, _ = run(blocks_of(make_record(), 60.0), combine="mean", stride=1500)
     assert len(events) == 1 and abs(events[0].p_time - reference[0].p_time) <= 0.05
