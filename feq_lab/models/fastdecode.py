@@ -110,12 +110,12 @@ class StackedDecoders:
 def _interleave(y: torch.Tensor, phases: int, groups: int) -> torch.Tensor:
     """(B, groups·phases·C, T), channels ordered (group, phase, c) → (B, groups·C, phases·T):
     sample phases·i + ρ of channel c is phase ρ at i."""
-    batch, channels, length = y.shape
     if phases == 1:
         return y
+    channels, length = int(y.shape[1]), int(y.shape[2])  # static: only the batch is dynamic
     c = channels // (groups * phases)
-    y = y.reshape(batch, groups, phases, c, length).permute(0, 1, 3, 4, 2)
-    return y.reshape(batch, groups * c, phases * length)
+    y = y.reshape(-1, groups, phases, c, length).permute(0, 1, 3, 4, 2)
+    return y.reshape(-1, groups * c, phases * length)
 
 
 def dense_weight(conv: SameConv1d) -> torch.Tensor:

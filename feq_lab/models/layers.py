@@ -133,8 +133,9 @@ def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
     `repeat_interleave` exports to. Both produce the same values."""
     if factor == 1:
         return x
-    if torch.onnx.is_in_onnx_export():
-        return torch.stack([x] * factor, dim=-1).flatten(2)
+    if torch.onnx.is_in_onnx_export():  # static sizes: no Shape/Gather chain in the graph
+        channels, length = int(x.shape[1]), int(x.shape[2])
+        return torch.stack([x] * factor, dim=-1).reshape(-1, channels, length * factor)
     return torch.repeat_interleave(x, factor, dim=2)
 
 
