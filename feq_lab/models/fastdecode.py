@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from feq_lab.models.layers import SameConv1d, same_padding, untraced, upsample_nearest
+from feq_lab.models.layers import same_padding, untraced, upsample_nearest
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ class _Stage:
 @dataclass(frozen=True)
 class StackedDecoders:
     """The three decoders as one computation: `stages` at full rate, then either a polyphase
-    tail (`phases` > 1: last stage + head at the low rate) or a plain head (`phases` == 1)."""
+    tail (`tail_conv`: last stage + head at the low rate, `tail_upsample` phases) or, when the
+    last stage crops or does not upsample, only a plain head (`tail_upsample` == 1)."""
 
     stages: tuple[_Stage, ...]
     tail_upsample: int  # upsampling of the polyphase stage (1: no polyphase tail)
@@ -118,11 +119,11 @@ def _interleave(y: torch.Tensor, phases: int, groups: int) -> torch.Tensor:
     return y.reshape(-1, groups * c, phases * length)
 
 
-def dense_weight(conv: SameConv1d) -> torch.Tensor:
-    """The (C_out, C_in, k) weight of a SameConv1d (a separable one folded: W = P·D)."""
-    if conv.depthwise is None:
-        return conv.conv.weight
-    return conv.conv.weight[:, :, 0].unsqueeze(-1) * conv.depthwise.weight[:, 0, :].unsqueeze(0)
+def _phase_offsets(kernel: int, phases: int) -> tuple[int, int, int]:
+    """"Same" left padding L of a `kernel` conv, and the range [d_min, d_max] of low-rate
+    offsets ⌊(ρ + j − L) / phases⌋ its taps reach over all phases ρ."""
+    left = same_padding(kernel)[0]
+    return left, -((left + phases - 1) // phases), (phases - 1 + kernel - 1 - left) // phases
 
 
 def polyphase_weight(weight: torch.Tensor, upsample: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -131,9 +132,7 @@ def polyphase_weight(weight: torch.Tensor, upsample: int) -> tuple[torch.Tensor,
     filter o at phase ρ. A linear map of `weight` (differentiable)."""
     c_out, c_in, k = weight.shape
     f = upsample
-    left = same_padding(k)[0]
-    d_min = -((left + f - 1) // f)  # ⌊−L/f⌋
-    d_max = (f - 1 + k - 1 - left) // f
+    left, d_min, d_max = _phase_offsets(k, f)
     select = weight.new_zeros(f, d_max - d_min + 1, k)  # tap j of phase ρ lands at offset d
     for rho in range(f):
         for j in range(k):
@@ -148,9 +147,7 @@ def polyphase_head(weight: torch.Tensor, phases: int) -> tuple[torch.Tensor, tup
     ρ is the result at phase ρ. A linear map of `weight` (differentiable)."""
     _, c_in, k = weight.shape
     big_f = phases
-    left = same_padding(k)[0]
-    d_min = -((left + big_f - 1) // big_f)
-    d_max = (big_f - 1 + k - 1 - left) // big_f
+    left, d_min, d_max = _phase_offsets(k, big_f)
     select = weight.new_zeros(big_f, big_f, d_max - d_min + 1, k)
     for rho in range(big_f):
         for j in range(k):
@@ -158,12 +155,6 @@ def polyphase_head(weight: torch.Tensor, phases: int) -> tuple[torch.Tensor, tup
             select[rho, q % big_f, q // big_f - d_min, j] = 1.0
     out = torch.einsum("rpdj,cj->rpcd", select, weight[0])
     return out.reshape(big_f, big_f * c_in, -1), (-d_min, d_max)
-
-
-@contextlib.contextmanager
-def _constant():
-    with torch.no_grad(), untraced():
-        yield
 
 
 def _grouped(parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -179,11 +170,11 @@ def build_stacked(decoders: Sequence, differentiable: bool = False) -> StackedDe
     last_crop = first.crops[-1]
     polyphase = n > 0 and first.upsample[-1] > 1 and not any(last_crop)
     plain_stages = n - 1 if polyphase else n
-    with contextlib.nullcontext() if differentiable else _constant():
+    with contextlib.nullcontext() if differentiable else untraced():
         stages = []
         for i in range(plain_stages):
             convs = [d.layers[d.layer_of_stage[i]] for d in decoders]
-            weights = [dense_weight(c) for c in convs]
+            weights = [c.dense_weight() for c in convs]
             stages.append(
                 _Stage(
                     first.upsample[i],
@@ -200,7 +191,7 @@ def build_stacked(decoders: Sequence, differentiable: bool = False) -> StackedDe
         if polyphase:
             f = first.upsample[-1]
             convs = [d.layers[d.layer_of_stage[-1]] for d in decoders]
-            parts = [polyphase_weight(dense_weight(c), f) for c in convs]
+            parts = [polyphase_weight(c.dense_weight(), f) for c in convs]
             tail = _Conv(
                 _grouped(w for w, _ in parts),
                 _grouped(c.conv.bias.repeat(f) for c in convs),

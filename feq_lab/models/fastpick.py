@@ -10,7 +10,6 @@ shift-invariant, and in eager tanh is taken through sigmoid as in the global att
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from feq_lab.models.layers import AdditiveSelfAttention, untraced
+from feq_lab.models.layers import AdditiveSelfAttention, outside_mask, untraced
 
 
 def _block_diagonal(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -57,7 +56,7 @@ class StackedLocalAttention:
         h = torch.sigmoid(a) if eager else torch.tanh(a)
         h = h.reshape(batch, length, n, units, width).transpose(3, 4)  # (B, T, n, W, U)
         e = torch.matmul(h, self.score * scale if eager else self.score).squeeze(-1)  # (B, T, n, W)
-        e = e.masked_fill(_outside(length, width, str(y.device)), -math.inf)
+        e = e.masked_fill(outside_mask(length, width, str(y.device)).unsqueeze(1), -math.inf)
         e = torch.exp(e - e.amax(dim=-1, keepdim=True))
         att = e / (e.sum(dim=-1, keepdim=True) + self.eps)
         y_win = y_win.reshape(batch, length, n, channels, width)
@@ -65,22 +64,12 @@ class StackedLocalAttention:
         return out.reshape(batch, length, n * channels)
 
 
-@functools.lru_cache(maxsize=16)
-def _outside(length: int, width: int, device: str) -> torch.Tensor:
-    """(T, 1, W) mask of neighbours outside the sequence (a constant of the exported graph)."""
-    with untraced():
-        idx = torch.arange(length, device=device).unsqueeze(1) - width // 2 + torch.arange(
-            width, device=device
-        )
-        return ((idx < 0) | (idx >= length)).unsqueeze(1)
-
-
 def build_stacked_attention(attentions: Sequence[AdditiveSelfAttention]) -> StackedLocalAttention:
     """Stack local attentions of equal shape (no gradient, untraced)."""
     first = attentions[0]
     if first.width is None or any(a.width != first.width for a in attentions):
         raise ValueError("only local attentions of one width can be stacked")
-    with torch.no_grad(), untraced():
+    with untraced():
         return StackedLocalAttention(
             query=_block_diagonal([a.query.weight for a in attentions]),
             hidden_bias=torch.cat([a.hidden_bias for a in attentions]),

@@ -8,6 +8,7 @@ outputs match the Keras originals.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -92,18 +93,23 @@ class SameConv1d(nn.Module):
         return self.conv(self.depthwise(x))
 
     def _folded_weight(self) -> torch.Tensor:
-        """Depthwise ∘ pointwise as one conv weight W[o, c, j] = P[o, c]·D[c, j] (the same linear
-        map). Short inputs pay a fixed cost per depthwise call that dwarfs the extra MACs, so eval
-        uses one dense conv there. Cached until a weight changes."""
-        d, p = self.depthwise.weight, self.conv.weight
-        key = weights_key((d, p))
+        """`dense_weight()` cached until a weight changes. Short inputs pay a fixed cost per
+        depthwise call that dwarfs the extra MACs, so eval uses one dense conv there."""
+        key = weights_key((self.depthwise.weight, self.conv.weight))
         cache = self.__dict__.get("_fold_cache")
         if cache is not None and cache[0] == key:
             return cache[1]
-        with torch.no_grad(), untraced():
-            weight = p[:, :, 0].unsqueeze(-1) * d[:, 0, :].unsqueeze(0)
+        with untraced():
+            weight = self.dense_weight()
         self.__dict__["_fold_cache"] = (key, weight)
         return weight
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (C_out, C_in, k) weight of this conv; a separable one folded into one dense conv,
+        W[o, c, j] = P[o, c]·D[c, j] (the same linear map). Differentiable."""
+        if self.depthwise is None:
+            return self.conv.weight
+        return self.conv.weight[:, :, 0].unsqueeze(-1) * self.depthwise.weight[:, 0, :].unsqueeze(0)
 
 
 class SameMaxPool1d(nn.Module):
@@ -276,7 +282,6 @@ class AdditiveSelfAttention(nn.Module):
         self.score = nn.Linear(units, 1)  # w_a, b_a (b_a cancels in the softmax; kept for counts)
         self.width = width
         self.eps = eps
-        self._mask_cache: dict[tuple[int, str], torch.Tensor] = {}
         for lin in (self.query, self.key, self.score):
             nn.init.xavier_uniform_(lin.weight)
 
@@ -318,26 +323,21 @@ class AdditiveSelfAttention(nn.Module):
         e = (
             torch.matmul(h.transpose(2, 3), self.score.weight.t()).squeeze(-1) + self.score.bias
         )  # (B, T, W)
-        e = e.masked_fill(self._outside(x.shape[1], x.device), -math.inf)
+        e = e.masked_fill(outside_mask(length, width, str(x.device)), -math.inf)
         e = torch.exp(e - e.amax(dim=-1, keepdim=True))
         a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
         return torch.matmul(x_win, a.unsqueeze(-1)).squeeze(-1)
 
-    def _outside(self, length: int, device: torch.device) -> torch.Tensor:
-        """(T, W) mask of neighbours outside the sequence; cached (it only depends on T)."""
-        key = (length, str(device))
-        cached = self._mask_cache.get(key)
-        if cached is None:
-            lo = self.width // 2
-            with untraced():
-                idx = (
-                    torch.arange(length, device=device).unsqueeze(1)
-                    - lo
-                    + torch.arange(self.width, device=device)
-                )
-                cached = (idx < 0) | (idx >= length)
-            self._mask_cache[key] = cached
-        return cached
+
+@functools.lru_cache(maxsize=32)
+def outside_mask(length: int, width: int, device: str) -> torch.Tensor:
+    """(T, W) mask of local-attention neighbours outside the sequence (neighbour j of step t is
+    step t − width//2 + j); a constant of the exported graph, cached per (T, W, device)."""
+    with untraced():
+        idx = torch.arange(length, device=device).unsqueeze(1) - width // 2 + torch.arange(
+            width, device=device
+        )
+        return (idx < 0) | (idx >= length)
 
 
 class TransformerBlock(nn.Module):
@@ -431,7 +431,7 @@ def fuse_parallel_rnns(rnns: Sequence[nn.Module]) -> nn.Module | None:
     gates = 4 if isinstance(first, nn.LSTM) else 3
     with untraced():
         fused = first.__class__(first.input_size, n * u, batch_first=True)
-    with torch.no_grad(), untraced():
+    with untraced():
         for name in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
             parts = [getattr(r, name)[g * u : (g + 1) * u] for g in range(gates) for r in rnns]
             getattr(fused, name).copy_(torch.cat(parts))

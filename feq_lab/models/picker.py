@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -156,11 +156,18 @@ class PickerModel(nn.Module):
         return self._stacked_attention()(fused(h)[0])
 
     def _stacked_attention(self) -> StackedLocalAttention:
-        key = weights_key(self._params_of("attention"))
-        cache = self.__dict__.get("_attention_cache")
+        return self._eval_cache(
+            "attention", lambda: build_stacked_attention([b.attention for b in self.pickers])
+        )
+
+    def _eval_cache(self, part: str, build: Callable[[], Any]) -> Any:
+        """`build()` for one part of the model, kept until one of that part's weights changes
+        (training, loading); a plain attribute, never a submodule or a state-dict entry."""
+        key = weights_key(self._params_of(part))
+        caches = self.__dict__.setdefault("_eval_caches", {})
+        cache = caches.get(part)
         if cache is None or cache[0] != key:
-            cache = (key, build_stacked_attention([b.attention for b in self.pickers]))
-            self.__dict__["_attention_cache"] = cache
+            cache = caches[part] = (key, build())
         return cache[1]
 
     def _params_of(self, part: str) -> list[torch.Tensor]:
@@ -182,13 +189,8 @@ class PickerModel(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _stacked_decoders(self) -> StackedDecoders:
-        """The decoders' eval-time stacked form, rebuilt whenever a decoder weight changes."""
-        key = weights_key(self._params_of("decoders"))
-        cache = self.__dict__.get("_stacked_cache")
-        if cache is None or cache[0] != key:
-            cache = (key, build_stacked(list(self.decoders)))
-            self.__dict__["_stacked_cache"] = cache
-        return cache[1]
+        """The decoders' eval-time stacked form."""
+        return self._eval_cache("decoders", lambda: build_stacked(list(self.decoders)))
 
     def _picker_branches(self, h: torch.Tensor) -> list[torch.Tensor]:
         """P and S branches; in eval their RNNs run as one fused RNN (same function, one kernel)."""
@@ -202,15 +204,10 @@ class PickerModel(nn.Module):
         ]
 
     def _fused_picker_rnn(self) -> nn.Module | None:
-        """The fused P/S RNN, rebuilt whenever a picker RNN weight changes (training, loading)."""
-        rnns = [branch.rnn for branch in self.pickers]
-        key = weights_key(self._params_of("picker_rnns"))
-        cache = self.__dict__.get("_fused_cache")
-        if cache is not None and cache[0] == key:
-            return cache[1]
-        fused = fuse_parallel_rnns(rnns)
-        self.__dict__["_fused_cache"] = (key, fused)  # a plain attribute: not a submodule
-        return fused
+        """The fused P/S RNN (None where the RNNs cannot be fused)."""
+        return self._eval_cache(
+            "picker_rnns", lambda: fuse_parallel_rnns([branch.rnn for branch in self.pickers])
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         det, p, s = self.forward_logits(x)
