@@ -209,7 +209,7 @@ def tune_on_validation(model: Any, dm: Any, eval_cfg: Any, device: Any,
     from feq_lab.job.assess import eval_settings, predict_test, write_table
 
     val = as_stored(predict_test(model, dm.val_dataloader(), device))
-    table = threshold_grid(val, eval_cfg.threshold_grid, **eval_settings(eval_cfg))
+    table = threshold_grid(val, eval_cfg["threshold_grid"], **eval_settings(eval_cfg))
     tuned = tune_thresholds(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = Assessment()

@@ -480,8 +480,9 @@ class StreamEngine:
                 self._accumulate(
                     st, s + left, s + WINDOW - b, [o[j][left : WINDOW - b] for o in outputs]
                 )
-                # kept in case the stream ends with this window (then nothing else covers it)
-                st.blinded_tail = (s + WINDOW - b, [o[j][WINDOW - b :].copy() for o in outputs])
+            if b:  # the newest window's blinded edge, in case the stream ends with that window
+                tail = [o[-1][WINDOW - b :].copy() for o in outputs]
+                st.blinded_tail = (chunk[-1] + WINDOW - b, tail)
             st.next_window = chunk[-1] + self.cfg.stride
             st.final = st.next_window
 
@@ -496,7 +497,7 @@ class StreamEngine:
                 "station %s: end of stream; the last window already ends at the newest sample",
                 st.name,
             )
-            if st.blinded_tail is not None and self.cfg.blinding:
+            if st.blinded_tail is not None:  # only kept when blinding
                 at, outputs = st.blinded_tail
                 self._accumulate(st, at, at + outputs[0].shape[-1], outputs)
             st.final = end  # that window's outputs are all there is: they become final
