@@ -32,7 +32,8 @@ def section_calls(model: PickerModel, x: torch.Tensor) -> dict[str, Callable[[],
         after_tr = after_rnn
         for block in model.transformers:
             after_tr = block(after_tr)
-        fused = model._fused_picker_rnn()
+        # the stacked path of `forward` (fused P/S RNN, local attentions); else no split
+        fused = model._fused_picker_rnn() if model.pickers[0].attention.width else None
         picker_out = fused(after_tr)[0] if fused is not None else None
         features = torch.cat([after_tr, model._picker_features(after_tr)], dim=2).transpose(1, 2)
 
