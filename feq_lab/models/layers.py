@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feq_lab.models import kernels
+
 BN_EPS = 1e-3  # Keras BatchNormalization default
 # Inference fast paths (eval mode, not during ONNX export); each computes the same function as
 # the training-time modules. Switches exist so tests can compare both paths.
@@ -25,6 +27,7 @@ FOLD_SEPARABLE = True
 FOLD_MAX_LENGTH = 1000
 FOLD_MAX_CHANNELS = 4
 FAST_ATTENTION = True  # eval: global attention's tanh computed through sigmoid (same function)
+FAST_GRU = True  # inference: nn.GRU through the fused C kernel when it builds (models/kernels)
 
 
 @contextmanager
@@ -236,6 +239,16 @@ class KerasGRU(nn.Module):
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)), None
 
 
+def rnn_output(rnn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`rnn(x)[0]`; GRU inference goes through the fused kernel where it applies (same
+    function: PyTorch's CPU GRU is a per-step loop of small ops, its LSTM already one oneDNN call)."""
+    if FAST_GRU and isinstance(rnn, nn.GRU):
+        y = kernels.gru_forward(rnn, x)
+        if y is not None:
+            return y
+    return rnn(x)[0]
+
+
 def make_rnn(kind: str, input_size: int, hidden_size: int, gru_impl: str) -> nn.Module:
     """An LSTM or GRU, uni- or bidirectional ("bi" prefix), batch-first, returning (out, state)."""
     bidirectional = kind.startswith("bi")
@@ -259,7 +272,7 @@ class RecurrentBlock(nn.Module):
         self.norm = nn.BatchNorm1d(units, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.drop(self.rnn(x)[0]))
+        y = self.project(self.drop(rnn_output(self.rnn, x)))
         if self.training:
             return self.norm(y.transpose(1, 2)).transpose(1, 2)
         # eval: BN is a per-channel affine map; apply it on the last axis without transposes
@@ -371,7 +384,7 @@ class PickerBranch(nn.Module):
         self.attention = AdditiveSelfAttention(units, attention_units, width=width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attention(self.drop(self.rnn(x)[0]))
+        return self.attention(self.drop(rnn_output(self.rnn, x)))
 
 
 class Decoder(nn.Module):

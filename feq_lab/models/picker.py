@@ -33,6 +33,7 @@ from feq_lab.models.layers import (
     SpatialDropout,
     TransformerBlock,
     fuse_parallel_rnns,
+    rnn_output,
     weights_key,
 )
 from feq_lab.models.spec import ModelSpec, layer_indices, spec_from_config, spec_from_dict
@@ -153,7 +154,7 @@ class PickerModel(nn.Module):
         fused = self._fused_picker_rnn() if FUSE_PICKER_RNNS else None
         if fused is None or self.pickers[0].attention.width is None:
             return torch.cat(self._picker_branches(h), dim=2)
-        return self._stacked_attention()(fused(h)[0])
+        return self._stacked_attention()(rnn_output(fused, h))
 
     def _stacked_attention(self) -> StackedLocalAttention:
         return self._eval_cache(
@@ -197,7 +198,7 @@ class PickerModel(nn.Module):
         fused = None if self.training or not FUSE_PICKER_RNNS else self._fused_picker_rnn()
         if fused is None:
             return [branch(h) for branch in self.pickers]
-        y = fused(h)[0]
+        y = rnn_output(fused, h)
         u = self.spec.units
         return [
             branch.attention(y[..., i * u : (i + 1) * u]) for i, branch in enumerate(self.pickers)

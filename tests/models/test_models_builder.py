@@ -241,6 +241,7 @@ def _plain_paths(enabled: bool) -> None:
 
     layers.FOLD_SEPARABLE = enabled
     layers.FAST_ATTENTION = enabled
+    layers.FAST_GRU = enabled
     picker.FUSE_PICKER_RNNS = enabled
     picker.STACK_DECODERS = enabled
 
@@ -248,8 +249,8 @@ def _plain_paths(enabled: bool) -> None:
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("preset", ["eqt", "leq", "feq1", "feq3"])
 def test_inference_fast_paths_compute_the_same_function(preset, batch):
-    """Folded separable convs, the sigmoid-form global attention, the fused P/S RNN and the
-    stacked polyphase decoders (batch 1: tap-by-tap matmuls; batch 2: grouped convs) == the
+    """Folded separable convs, the sigmoid-form global attention, the fused P/S RNN, the C GRU
+    kernel and the stacked polyphase decoders (batch 1: tap-by-tap matmuls; batch 2: grouped convs) == the
     plain modules."""
     torch.manual_seed(7)
     model = build_model(preset).eval()

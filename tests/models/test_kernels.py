@@ -1,0 +1,89 @@
+"""The fused C GRU kernel (feq_lab/models/kernels): same function as nn.GRU, safe fallbacks."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from feq_lab.models import build_model, kernels, layers
+
+
+@pytest.fixture
+def kernel_cache(tmp_path, monkeypatch):
+    """A private kernel cache; the loader's memo is reset before and after."""
+    monkeypatch.setenv("FEQ_LAB_KERNEL_CACHE", str(tmp_path / "kernels"))
+    kernels.library.cache_clear()
+    yield tmp_path / "kernels"
+    kernels.library.cache_clear()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
+def test_kernel_builds_where_a_compiler_exists(kernel_cache):
+    """Guards the comparisons below: with a compiler they must really run the kernel."""
+    assert kernels.library() is not None
+    built = list(kernel_cache.glob("feq_gru-*.so"))
+    assert len(built) == 1
+    assert not list(kernel_cache.glob(".*"))  # no temporary file left beside it
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize(("batch", "steps", "inputs", "hidden"), [(1, 56, 16, 32), (3, 47, 7, 5)])
+def test_gru_kernel_equals_torch_gru(bidirectional, batch, steps, inputs, hidden):
+    torch.manual_seed(3)
+    rnn = nn.GRU(inputs, hidden, batch_first=True, bidirectional=bidirectional).eval()
+    x = 3.0 * torch.randn(batch, steps, inputs)  # saturating gates too
+    with torch.no_grad():
+        expected = rnn(x)[0]
+        got = kernels.gru_forward(rnn, x)
+    if kernels.library() is None:
+        pytest.skip("kernel unavailable here (no compiler)")
+    assert got is not None and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_gru_kernel_leaves_gradients_and_training_to_torch():
+    rnn = nn.GRU(4, 3, batch_first=True).eval()
+    x = torch.randn(1, 5, 4, requires_grad=True)
+    assert kernels.gru_forward(rnn, x) is None  # autograd needs the torch graph
+    with torch.no_grad():
+        assert not kernels.gru_applies(rnn.train(), x)  # a training-mode module
+        assert not kernels.gru_applies(nn.LSTM(4, 3, batch_first=True).eval(), x)
+        assert not kernels.gru_applies(nn.GRU(4, 3).eval(), x)  # sequence-first layout
+
+
+def test_disabled_or_unbuildable_kernel_falls_back(kernel_cache, monkeypatch, caplog):
+    torch.manual_seed(4)
+    model = build_model("feq3").eval()
+    x = torch.randn(1, 3, 6000)
+    monkeypatch.setenv("CC", "/bin/false")  # a compiler that always fails
+    with caplog.at_level("WARNING"), torch.no_grad():
+        fallback = model(x)
+    assert kernels.library() is None
+    assert "failed" in caplog.text
+    assert not list(kernel_cache.glob("*"))  # nothing half-written in the cache
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("FEQ_LAB_NO_KERNELS", "1")
+    kernels.library.cache_clear()
+    assert kernels.library() is None
+    monkeypatch.delenv("FEQ_LAB_NO_KERNELS")
+    kernels.library.cache_clear()
+    with torch.no_grad():
+        fast = model(x)
+    for a, b in zip(fast, fallback):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_model_rnn_calls_use_the_kernel(monkeypatch):
+    """FEQ3's fused P/S GRU goes through `rnn_output` and so through the kernel."""
+    calls = []
+    real = kernels.gru_forward
+    monkeypatch.setattr(
+        kernels, "gru_forward", lambda rnn, x: calls.append(x.shape) or real(rnn, x)
+    )
+    with torch.no_grad():
+        build_model("feq3").eval()(torch.randn(1, 3, 6000))
+    assert calls == [(1, 56, 16)]
+    assert layers.FAST_GRU
