@@ -27,7 +27,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from feq_lab.models import kernels
 from feq_lab.models.layers import same_padding, untraced, upsample_nearest
+
+FUSED_SEPARABLE_DECODERS = True  # eval: separable stages as fused C calls where they build
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,22 @@ class _Stage:
     upsample: int
     crop: tuple[int, int]
     conv: _Conv
+    # eval, separable decoders: the stacked (depthwise (3·C_in, 1, k), pointwise (3·C_out, C_in, 1))
+    # weights, run as one fused C call (models/kernels) instead of the folded dense `conv`
+    separable: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = self.crop
+        if self.separable is not None:
+            y = kernels.separable_conv(
+                x, *self.separable, self.conv.bias, groups=3, upsample=self.upsample, crop=self.crop
+            )
+            if y is not None:
+                return y
+        x = upsample_nearest(x, self.upsample)
+        if left or right:
+            x = x[:, :, left : int(x.shape[2]) - right]
+        return F.relu(self.conv(x))
 
 
 @dataclass(frozen=True)
@@ -96,11 +115,7 @@ class StackedDecoders:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, 3·C, T), the detection, P and S decoder inputs stacked on channels."""
         for stage in self.stages:
-            x = upsample_nearest(x, stage.upsample)
-            left, right = stage.crop
-            if left or right:
-                x = x[:, :, left : int(x.shape[2]) - right]
-            x = F.relu(stage.conv(x))
+            x = stage(x)
         f = self.tail_upsample
         if self.tail_conv is not None:
             x = F.relu(self.tail_conv(x))
@@ -120,7 +135,7 @@ def _interleave(y: torch.Tensor, phases: int, groups: int) -> torch.Tensor:
 
 
 def _phase_offsets(kernel: int, phases: int) -> tuple[int, int, int]:
-    """"Same" left padding L of a `kernel` conv, and the range [d_min, d_max] of low-rate
+    """ "Same" left padding L of a `kernel` conv, and the range [d_min, d_max] of low-rate
     offsets ⌊(ρ + j − L) / phases⌋ its taps reach over all phases ρ."""
     left = same_padding(kernel)[0]
     return left, -((left + phases - 1) // phases), (phases - 1 + kernel - 1 - left) // phases
@@ -161,6 +176,13 @@ def _grouped(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(parts), dim=0).contiguous()
 
 
+def _separable_parts(convs: Sequence) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Stacked depthwise and pointwise weights of separable convs (None for dense ones)."""
+    if any(c.depthwise is None for c in convs) or not FUSED_SEPARABLE_DECODERS:
+        return None
+    return _grouped(c.depthwise.weight for c in convs), _grouped(c.conv.weight for c in convs)
+
+
 def build_stacked(decoders: Sequence, differentiable: bool = False) -> StackedDecoders:
     """Re-arrange three `Decoder`s' weights into a `StackedDecoders`: a cached constant for
     inference (no gradient, untraced), or rebuilt per training step with gradients flowing back
@@ -184,6 +206,7 @@ def build_stacked(decoders: Sequence, differentiable: bool = False) -> StackedDe
                         _grouped(c.conv.bias for c in convs),
                         same_padding(int(weights[0].shape[-1])),
                     ),
+                    _separable_parts(convs) if not differentiable else None,
                 )
             )
         heads = [d.head for d in decoders]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feq_lab.errors import ConfigError
+from feq_lab.models import kernels
 from feq_lab.models.fastdecode import StackedDecoders, build_stacked
 from feq_lab.models.fastpick import StackedLocalAttention, build_stacked_attention
 from feq_lab.models.layers import (
@@ -44,6 +45,8 @@ FUSE_PICKER_RNNS = True  # eval: run the P and S RNNs as one block-diagonal RNN 
 STACK_DECODERS = True  # eval: the three decoders as one stacked, polyphase pass (fastdecode.py)
 # training: the same stacked pass, its weights rebuilt from the decoders' parameters every step
 STACK_DECODERS_IN_TRAINING = True
+# eval: separable encoder stages as one fused C call (conv halves + ReLU + pool; models/kernels)
+FUSED_SEPARABLE_STAGES = True
 
 
 class Encoder(nn.Module):
@@ -67,7 +70,18 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for j, pool in zip(self.layer_of_stage, self.pools):
-            x = pool(F.relu(self.layers[j](x)))
+            conv = self.layers[j]
+            y = None
+            if FUSED_SEPARABLE_STAGES and conv.depthwise is not None and not self.training:
+                y = kernels.separable_conv(
+                    x,
+                    conv.depthwise.weight,
+                    conv.conv.weight,
+                    conv.conv.bias,
+                    pool=pool.pool,
+                    pool_left=pool.left,
+                )
+            x = pool(F.relu(conv(x))) if y is None else y
         return x
 
 

@@ -24,7 +24,7 @@ def kernel_cache(tmp_path, monkeypatch):
 def test_kernel_builds_where_a_compiler_exists(kernel_cache):
     """Guards the comparisons below: with a compiler they must really run the kernel."""
     assert kernels.library() is not None
-    built = list(kernel_cache.glob("feq_gru-*.so"))
+    built = list(kernel_cache.glob("feq_kernels-*.so"))
     assert len(built) == 1
     assert not list(kernel_cache.glob(".*"))  # no temporary file left beside it
 
@@ -87,3 +87,61 @@ def test_model_rnn_calls_use_the_kernel(monkeypatch):
         build_model("feq3").eval()(torch.randn(1, 3, 6000))
     assert calls == [(1, 56, 16)]
     assert layers.FAST_GRU
+
+
+def _reference_separable(x, dw, pw, bias, groups, upsample, crop, pool, pool_left):
+    """The same stage from torch ops: upsample, crop, "same" depthwise + pointwise, ReLU, pool."""
+    import torch.nn.functional as F
+
+    y = torch.repeat_interleave(x, upsample, dim=2)
+    y = y[:, :, crop[0] : y.shape[2] - crop[1]]
+    k = dw.shape[-1]
+    y = F.pad(y, ((k - 1) // 2, k - 1 - (k - 1) // 2))
+    y = F.conv1d(y, dw, None, groups=dw.shape[0])
+    y = F.relu(F.conv1d(y, pw, bias, groups=groups))
+    if pool > 1:
+        length = y.shape[2]
+        right = -(-length // pool) * pool - length - pool_left
+        y = F.max_pool1d(F.pad(y, (pool_left, max(right, 0)), value=-float("inf")), pool)
+    return y
+
+
+@pytest.mark.parametrize(
+    (
+        "batch",
+        "groups",
+        "channels",
+        "outputs",
+        "length",
+        "kernel",
+        "upsample",
+        "crop",
+        "pool",
+        "pool_left",
+    ),
+    [
+        (1, 1, 3, 8, 600, 11, 1, (0, 0), 3, 0),  # an FEQ encoder stage
+        (2, 1, 16, 32, 223, 7, 1, (0, 0), 2, 0),  # odd length: a partial last window
+        (1, 1, 8, 16, 100, 4, 1, (0, 0), 3, 1),  # even kernel, pool padding on the left
+        (2, 3, 16, 16, 67, 5, 3, (1, 0), 1, 0),  # a stacked decoder stage: upsample + crop
+        (1, 3, 32, 16, 112, 5, 2, (1, 1), 1, 0),
+    ],
+)
+def test_separable_kernel_equals_torch(
+    batch, groups, channels, outputs, length, kernel, upsample, crop, pool, pool_left
+):
+    if kernels.library() is None:
+        pytest.skip("kernel unavailable here (no compiler)")
+    torch.manual_seed(5)
+    x = torch.randn(batch, groups * channels, length)
+    dw = torch.randn(groups * channels, 1, kernel)
+    pw = torch.randn(groups * outputs, channels, 1)
+    bias = torch.randn(groups * outputs)
+    with torch.no_grad():
+        got = kernels.separable_conv(
+            x, dw, pw, bias, groups=groups, upsample=upsample, crop=crop, pool=pool,
+            pool_left=pool_left,
+        )  # fmt: skip
+        expected = _reference_separable(x, dw, pw, bias, groups, upsample, crop, pool, pool_left)
+    assert got is not None and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -237,13 +237,15 @@ def test_even_kernel_pads_on_the_right_like_tensorflow():
 
 
 def _plain_paths(enabled: bool) -> None:
-    from feq_lab.models import layers, picker
+    from feq_lab.models import fastdecode, layers, picker
 
     layers.FOLD_SEPARABLE = enabled
     layers.FAST_ATTENTION = enabled
     layers.FAST_GRU = enabled
     picker.FUSE_PICKER_RNNS = enabled
     picker.STACK_DECODERS = enabled
+    picker.FUSED_SEPARABLE_STAGES = enabled
+    fastdecode.FUSED_SEPARABLE_DECODERS = enabled
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -28,7 +28,7 @@ from feq_lab.paths import atomic_path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("gru.c")
+SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
 CFLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
 
 
@@ -42,20 +42,22 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (disabled, no compiler, or the build failed: logged once)."""
     if os.environ.get("FEQ_LAB_NO_KERNELS", "") not in ("", "0"):
         return None
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     tag = hashlib.sha256(
         source + " ".join((*CFLAGS, str(compiler), platform.machine())).encode()
     ).hexdigest()[:16]
-    target = cache_dir() / f"feq_gru-{tag}.so"
+    target = cache_dir() / f"feq_kernels-{tag}.so"
     try:
         if not target.exists():
             if compiler is None:
-                log.warning("no C compiler found: the GRU runs as torch's per-step loop (slower)")
+                log.warning(
+                    "no C compiler found: GRUs and separable convs run as torch ops (slower)"
+                )
                 return None
             with atomic_path(target, suffix=".so") as tmp:
                 subprocess.run(
-                    [compiler, *CFLAGS, "-o", str(tmp), str(SOURCE), "-lm"],
+                    [compiler, *CFLAGS, "-o", str(tmp), *map(str, SOURCES), "-lm"],
                     check=True,
                     capture_output=True,
                     text=True,
@@ -64,11 +66,23 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
-        log.warning("building %s failed, using torch's GRU instead: %s", SOURCE.name, detail)
+        log.warning("building the C kernels failed, using torch's modules instead: %s", detail)
         return None
     lib.feq_gru.restype = None
     lib.feq_gru.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6
+    lib.feq_separable.restype = ctypes.c_int
+    lib.feq_separable.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 13
     return lib
+
+
+def _inference_input(x: torch.Tensor, params: list[torch.Tensor]) -> bool:
+    """CPU float32 inference with nothing for autograd or the tracer (the ONNX export traces) to
+    record. Cheap checks only: this runs once per kernel call, several times per forward."""
+    if not (x.is_cpu and x.dtype == torch.float32) or torch._C._get_tracing_state() is not None:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return False
+    return all(p.is_cpu and p.dtype == torch.float32 for p in params)
 
 
 def gru_applies(rnn: nn.Module, x: torch.Tensor) -> bool:
@@ -82,15 +96,7 @@ def gru_applies(rnn: nn.Module, x: torch.Tensor) -> bool:
         and rnn.batch_first
         and rnn.proj_size == 0
         and x.dim() == 3
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and rnn.weight_hh_l0.dtype == torch.float32
-        and not torch.jit.is_tracing()
-        and not torch.onnx.is_in_onnx_export()
-        and not (
-            torch.is_grad_enabled()
-            and (x.requires_grad or any(p.requires_grad for p in rnn.parameters()))
-        )
+        and _inference_input(x, rnn._flat_weights)
     )
 
 
@@ -117,4 +123,48 @@ def gru_forward(rnn: nn.GRU, x: torch.Tensor) -> torch.Tensor | None:
             gi.data_ptr(), w_hh.data_ptr(), b_hh.data_ptr(), None, out.data_ptr(),
             batch, steps, hidden, directions * hidden, d * hidden, d,
         )  # fmt: skip
+    return out
+
+
+def separable_conv(
+    x: torch.Tensor,
+    depthwise: torch.Tensor,
+    pointwise: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    upsample: int = 1,
+    crop: tuple[int, int] = (0, 0),
+    relu: bool = True,
+    pool: int = 1,
+    pool_left: int = 0,
+) -> torch.Tensor | None:
+    """One fused call for [nearest upsample → crop → depthwise "same" conv (unbiased) →
+    pointwise conv + bias → ReLU → "same" max-pool (stride = size)] on (B, G·C, L_in):
+    depthwise (G·C, 1, k), pointwise (G·O, C, 1) grouped like `F.conv1d(groups=G)`; the pool
+    skips `pool_left` samples' worth of −inf padding at the start. None where the kernel does
+    not apply (training, autograd, tracing, not CPU float32) or is unavailable."""
+    params = [depthwise, pointwise] + ([] if bias is None else [bias])
+    if x.dim() != 3 or not _inference_input(x, params):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    batch, total_in, length_in = x.shape
+    kernel = int(depthwise.shape[-1])
+    channels, outputs = total_in // groups, int(pointwise.shape[0]) // groups
+    length = length_in * upsample - crop[0] - crop[1]
+    out = torch.empty(batch, groups * outputs, -(-length // pool))
+    if out.numel() == 0:
+        return out
+    x = x.contiguous()
+    dw, pw = depthwise.contiguous(), pointwise.contiguous()
+    b = None if bias is None else bias.contiguous()
+    status = lib.feq_separable(
+        x.data_ptr(), dw.data_ptr(), pw.data_ptr(), None if b is None else b.data_ptr(),
+        out.data_ptr(), batch, groups, channels, outputs, length_in, upsample, crop[0], length,
+        kernel, (kernel - 1) // 2, int(relu), pool, pool_left,
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError(f"separable conv kernel: no memory for a ({channels}, {length}) buffer")
     return out
