@@ -98,6 +98,12 @@ class _Stage:
         x = upsample_nearest(x, self.upsample)
         if left or right:
             x = x[:, :, left : int(x.shape[2]) - right]
+        if self.separable is not None and torch.onnx.is_in_onnx_export():
+            # onnxruntime runs a depthwise + grouped pointwise pair ~2× faster than the folded
+            # dense conv (PyTorch eager is the other way round, hence the fold there)
+            depthwise, pointwise = self.separable
+            x = F.conv1d(F.pad(x, self.conv.pad), depthwise, groups=int(depthwise.shape[0]))
+            return F.relu(F.conv1d(x, pointwise, self.conv.bias, groups=3))
         return F.relu(self.conv(x))
 
 
