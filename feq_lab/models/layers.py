@@ -305,7 +305,11 @@ class AdditiveSelfAttention(nn.Module):
         if self.width is None:
             if FAST_ATTENTION and not self.training and not torch.onnx.is_in_onnx_export():
                 return self._global_eval(x, q, k)
-            e = self.score(torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))).squeeze(-1)  # (B, T, T)
+            h = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))  # (B, T, T, U)
+            if self.training:
+                e = self.score(h).squeeze(-1)  # (B, T, T)
+            else:  # b_a shifts every score of a row alike: the softmax drops it (one op less)
+                e = torch.matmul(h, self.score.weight.t()).squeeze(-1)
             e = torch.exp(e - e.amax(dim=-1, keepdim=True))
             a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
             return a @ x
