@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from feq_lab.models import kernels
 from feq_lab.models.layers import same_padding, untraced, upsample_nearest
 
-FUSED_SEPARABLE_DECODERS = True  # eval: separable stages as fused C calls where they build
+# eval: separable stages keep their depthwise + pointwise weights (`_Stage.separable`): one fused
+# C call each in eager, a depthwise + pointwise Conv pair in the ONNX export; off: folded dense
+FUSED_SEPARABLE_DECODERS = True
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class _Stage:
     crop: tuple[int, int]
     conv: _Conv
     # eval, separable decoders: the stacked (depthwise (3·C_in, 1, k), pointwise (3·C_out, C_in, 1))
-    # weights, run as one fused C call (models/kernels) instead of the folded dense `conv`
+    # weights, run as one fused C call (models/kernels) or, in the ONNX export, as the conv pair,
+    # instead of the folded dense `conv`
     separable: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

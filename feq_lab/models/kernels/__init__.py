@@ -1,11 +1,14 @@
 """Small native kernels for CPU inference, compiled on first use, with a torch fallback.
 
 Why native code: PyTorch has no fused GRU on the CPU (its LSTM runs on oneDNN, its GRU as a
-per-step loop of small ops), and at batch 1 that loop is a quarter of FEQ3's eager time. The
-kernel is plain C99 built with the system C compiler into a per-user cache
+per-step loop of small ops), and its CPU depthwise conv1d is so slow at batch 1 that folding a
+separable conv into a dense one, several times the work, was faster; GRUs and separable convs
+are what FEQ3 uses to be small. `gru.c` runs the GRU recurrence,
+`sepconv.c` a whole separable conv stage (upsample, crop, depthwise, pointwise, ReLU, pool). Both
+are plain C99, built together with the system C compiler into a per-user cache
 (`$FEQ_LAB_KERNEL_CACHE`, default `~/.cache/feq_lab/kernels`), written to a temporary file and
 renamed, so concurrent first uses never load a half-written library. Without a compiler, or with
-`FEQ_LAB_NO_KERNELS=1`, every caller falls back to the torch modules (same function, slower).
+`FEQ_LAB_NO_KERNELS=1`, every caller falls back to the torch ops (same function, slower).
 """
 
 from __future__ import annotations
