@@ -22,8 +22,12 @@ def normalize(x: np.ndarray) -> np.ndarray:
         raise ValueError(f"normalize expects (..., 3, T) channel-first arrays, got shape {x.shape}")
     centred = x - x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
     std = centred.std(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
-    safe = np.where(std > 0, std, np.float32(1.0))
-    return np.where(std > 0, centred / safe, np.float32(0.0)).astype(np.float32, copy=False)
+    flat = ~(std > 0)  # zero (or NaN) std
+    if not flat.any():  # the usual case: one division, no masking passes
+        return centred / std
+    out = centred / np.where(flat, np.float32(1.0), std)
+    out[np.broadcast_to(flat, out.shape)] = 0.0
+    return out
 
 
 def pick_label(sample: float | None, n_samples: int = 6000) -> np.ndarray:

@@ -8,10 +8,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
 from feq_lab.errors import ConfigError
+from feq_lab.export.layout import lift_to_2d
 from feq_lab.paths import atomic_path
 
 INPUT_NAME = "waveform"
@@ -24,6 +26,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> P
 
     Uses the TorchScript-based exporter: it handles nn.LSTM/nn.GRU natively (fused ONNX LSTM/GRU
     ops, which onnxruntime runs fast) and is quicker than the dynamo exporter for these models.
+    The 1-D convs and pools are then written as 2-D ones (`layout.lift_to_2d`), the form that
+    onnxruntime's NCHWc kernels take.
     """
     if opset < MIN_OPSET:
         raise ConfigError("opset", f"must be >= {MIN_OPSET} (LayerNormalization), got {opset}")
@@ -45,6 +49,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> P
                 dynamo=False,
                 do_constant_folding=True,
             )
+            onnx.save(lift_to_2d(onnx.load(str(tmp))), str(tmp))
     finally:
         model.train(was_training)
     return Path(path)

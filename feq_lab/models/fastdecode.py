@@ -105,7 +105,10 @@ class _Stage:
             # onnxruntime runs a depthwise + grouped pointwise pair ~2× faster than the folded
             # dense conv (PyTorch eager is the other way round, hence the fold there)
             depthwise, pointwise = self.separable
-            x = F.conv1d(F.pad(x, self.conv.pad), depthwise, groups=int(depthwise.shape[0]))
+            pad_left, pad_right = self.conv.pad
+            if pad_left != pad_right:
+                x, pad_left = F.pad(x, (pad_left, pad_right)), 0
+            x = F.conv1d(x, depthwise, padding=pad_left, groups=int(depthwise.shape[0]))
             return F.relu(F.conv1d(x, pointwise, self.conv.bias, groups=3))
         return F.relu(self.conv(x))
 
@@ -128,8 +131,30 @@ class StackedDecoders:
         f = self.tail_upsample
         if self.tail_conv is not None:
             x = F.relu(self.tail_conv(x))
-        y = _interleave(self.head(x), f, 3)  # (B, 3, samples)
+        # ONNX: the head as a 1×1 conv over every tap plus k shifted adds (see _conv_by_shifts)
+        head = _conv_by_shifts(self.head, x) if torch.onnx.is_in_onnx_export() else self.head(x)
+        y = _interleave(head, f, 3)  # (B, 3, samples)
         return y[:, 0], y[:, 1], y[:, 2]
+
+
+def _conv_by_shifts(conv: _Conv, x: torch.Tensor) -> torch.Tensor:
+    """The grouped conv as one 1×1 conv giving every tap's product, then the k shifted products
+    summed: y[t] = b + Σ_j W_j x[t + j − left]. For the export of the head (few output channels):
+    onnxruntime's Conv runs such a conv as im2col + a GEMM of 3 or so rows per group, which costs
+    more than the 1×1 GEMM (no im2col) and k small adds."""
+    c_out, c_in, k = conv.weight.shape
+    left, right = conv.pad
+    per_group = c_out // 3
+    # (3·k·C_out/3, C_in/3, 1): output channel (group, tap, filter)
+    taps = conv.weight.reshape(3, per_group, c_in, k).permute(0, 3, 1, 2)
+    z = F.conv1d(x, taps.reshape(3 * k * per_group, c_in, 1), groups=3)
+    length = int(x.shape[-1])  # static in the export: only the batch is dynamic
+    z = F.pad(z.reshape(-1, 3, k, per_group, length), (left, right))
+    out = length + left + right - k + 1
+    y = conv.bias.reshape(1, 3, per_group, 1)
+    for j in range(k):
+        y = y + z[:, :, j, :, j : j + out]
+    return y.reshape(-1, c_out, out)
 
 
 def _interleave(y: torch.Tensor, phases: int, groups: int) -> torch.Tensor:

@@ -36,32 +36,53 @@ class StackedLocalAttention:
     eps: float
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return self._export_form(y)
         n, units = int(self.score.shape[0]), int(self.score.shape[1])
         batch, length, width = y.shape[0], int(y.shape[1]), self.width
         channels = int(y.shape[2]) // n
         lo = width // 2
         hi = width - 1 - lo
-        eager = not torch.onnx.is_in_onnx_export()
-        scale = 2.0 if eager else 1.0  # tanh(a) = 2·sigmoid(2a) − 1; constants cancel
-        if eager:
-            q = F.linear(y, self.query * scale, self.hidden_bias * scale)  # (B, T, n·U)
-            k = F.linear(y, self.key * scale)
-        else:
-            q = F.linear(y, self.query, self.hidden_bias)
-            k = F.linear(y, self.key)
+        # tanh(a) = 2·sigmoid(2a) − 1 (PyTorch's CPU sigmoid is faster); the constants cancel
+        q = F.linear(y, self.query * 2.0, self.hidden_bias * 2.0)  # (B, T, n·U)
+        k = F.linear(y, self.key * 2.0)
         k_pad, y_pad = F.pad(k, (0, 0, lo, hi)), F.pad(y, (0, 0, lo, hi))
         k_win = torch.stack([k_pad[:, j : j + length] for j in range(width)], dim=-1)
         y_win = torch.stack([y_pad[:, j : j + length] for j in range(width)], dim=-1)
-        a = q.unsqueeze(-1) + k_win  # (B, T, n·U, W)
-        h = torch.sigmoid(a) if eager else torch.tanh(a)
+        h = torch.sigmoid(q.unsqueeze(-1) + k_win)  # (B, T, n·U, W)
         h = h.reshape(batch, length, n, units, width).transpose(3, 4)  # (B, T, n, W, U)
-        e = torch.matmul(h, self.score * scale if eager else self.score).squeeze(-1)  # (B, T, n, W)
+        e = torch.matmul(h, self.score * 2.0).squeeze(-1)  # (B, T, n, W)
         e = e.masked_fill(outside_mask(length, width, str(y.device)).unsqueeze(1), -math.inf)
         e = torch.exp(e - e.amax(dim=-1, keepdim=True))
         att = e / (e.sum(dim=-1, keepdim=True) + self.eps)
         y_win = y_win.reshape(batch, length, n, channels, width)
         out = torch.matmul(y_win, att.unsqueeze(-1))  # (B, T, n, C, 1)
         return out.reshape(batch, length, n * channels)
+
+    def _export_form(self, y: torch.Tensor) -> torch.Tensor:
+        """The ONNX form, window axis leading: (B, W, T, n·U) tensors keep every broadcast
+        over long contiguous rows (onnxruntime's Add on a trailing axis of W = 3 costs ~10× more
+        per element), and the scores of all branches are one MatMul with the block-diagonal
+        (n·U, n) score matrix."""
+        n = int(self.score.shape[0])
+        length, width = int(y.shape[1]), self.width  # fixed by the model: graph constants
+        channels = int(y.shape[2]) // n
+        lo = width // 2
+        q = F.linear(y, self.query, self.hidden_bias)  # (B, T, n·U)
+        k = F.pad(F.linear(y, self.key), (0, 0, lo, width - 1 - lo))
+        y_pad = F.pad(y, (0, 0, lo, width - 1 - lo))
+        k_win = torch.stack([k[:, j : j + length] for j in range(width)], dim=1)  # (B, W, T, n·U)
+        h = torch.tanh(q.unsqueeze(1) + k_win)
+        score = _block_diagonal([self.score[i] for i in range(n)])  # (n·U, n)
+        e = torch.matmul(h, score)  # (B, W, T, n)
+        mask = outside_mask(length, width, str(y.device)).t().unsqueeze(-1)  # (W, T, 1)
+        e = e.masked_fill(mask, -math.inf)
+        e = torch.exp(e - e.amax(dim=1, keepdim=True))
+        att = (e / (e.sum(dim=1, keepdim=True) + self.eps)).unsqueeze(-1)  # (B, W, T, n, 1)
+        out = 0
+        for j in range(width):
+            out = out + att[:, j] * y_pad[:, j : j + length].reshape(-1, length, n, channels)
+        return out.reshape(-1, length, n * channels)
 
 
 def build_stacked_attention(attentions: Sequence[AdditiveSelfAttention]) -> StackedLocalAttention:

@@ -28,6 +28,7 @@ FOLD_MAX_LENGTH = 1000
 FOLD_MAX_CHANNELS = 4
 FAST_ATTENTION = True  # eval: global attention's tanh computed through sigmoid (same function)
 FAST_GRU = True  # inference: nn.GRU through the fused C kernel when it builds (models/kernels)
+NCHWC_BLOCK = 8  # onnxruntime's NCHWc channel block on AVX2 (16 with AVX-512): see export.layout
 
 
 @contextmanager
@@ -94,6 +95,10 @@ class SameConv1d(nn.Module):
             and not torch.onnx.is_in_onnx_export()  # onnxruntime is faster on the pair
         ):
             return F.conv1d(x, self._folded_weight(), self.conv.bias, padding=self.depthwise.padding)
+        if torch.onnx.is_in_onnx_export() and x.shape[1] < NCHWC_BLOCK:
+            # onnxruntime has no NCHWc kernel for a depthwise conv on < 8 channels (the 3-component
+            # input), but runs a dense conv on them straight from the plain layout
+            return F.conv1d(x, self.dense_weight(), self.conv.bias, padding=self.depthwise.padding)
         return self.conv(self.depthwise(x))
 
     def _folded_weight(self) -> torch.Tensor:
@@ -138,14 +143,16 @@ class SameMaxPool1d(nn.Module):
 def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Repeat each sample `factor` times along the last axis (Keras UpSampling1D).
 
-    Eager uses `repeat_interleave` (the fastest copy in torch); the ONNX export writes it as
-    stack + flatten (Concat/Reshape), which onnxruntime runs ~5× faster than the Tile that
-    `repeat_interleave` exports to. Both produce the same values."""
+    Eager uses `repeat_interleave` (the fastest copy in torch). The ONNX export writes a 2-D
+    nearest Resize on (B, C, 1, T) with an integer scale (index i reads i // factor, exactly):
+    once `export.layout` has made the convs around it 2-D, onnxruntime runs it as an NCHWc
+    Upsample inside the blocked layout, where `repeat_interleave`'s Tile, or a Concat, would
+    force a round trip through the plain layout. Same values either way."""
     if factor == 1:
         return x
-    if torch.onnx.is_in_onnx_export():  # static sizes: no Shape/Gather chain in the graph
-        channels, length = int(x.shape[1]), int(x.shape[2])
-        return torch.stack([x] * factor, dim=-1).reshape(-1, channels, length * factor)
+    if torch.onnx.is_in_onnx_export():
+        up = F.interpolate(x.unsqueeze(2), scale_factor=(1.0, float(factor)), mode="nearest")
+        return up.squeeze(2)
     return torch.repeat_interleave(x, factor, dim=2)
 
 
@@ -305,6 +312,8 @@ class AdditiveSelfAttention(nn.Module):
         if self.width is None:
             if FAST_ATTENTION and not self.training and not torch.onnx.is_in_onnx_export():
                 return self._global_eval(x, q, k)
+            if torch.onnx.is_in_onnx_export():
+                return self._global_export(x, q, k)
             h = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))  # (B, T, T, U)
             if self.training:
                 e = self.score(h).squeeze(-1)  # (B, T, T)
@@ -322,6 +331,19 @@ class AdditiveSelfAttention(nn.Module):
         elementwise op of the recurrent section."""
         h = torch.sigmoid_((2.0 * q).unsqueeze(2) + (2.0 * k).unsqueeze(1))  # (B, T, T, U)
         e = torch.matmul(h, 2.0 * self.score.weight.t()).squeeze(-1)  # (B, T, T)
+        e = torch.exp(e - e.amax(dim=-1, keepdim=True))
+        a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
+        return a @ x
+
+    def _global_export(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The ONNX form, units first: (B, U, T, 1) + (B, U, 1, T) broadcasts a scalar against
+        a contiguous row, which onnxruntime's Add runs much faster than the (B, T, 1, U) +
+        (B, 1, T, U) pairing of 32-wide rows; the scores are then one (1, U) × (U, T·T) MatMul.
+        b_a is left out (the softmax is shift-invariant)."""
+        length = int(x.shape[1])  # fixed by the model: a constant in the graph
+        qt, kt = q.transpose(1, 2), k.transpose(1, 2)  # (B, U, T)
+        h = torch.tanh(qt.unsqueeze(-1) + kt.unsqueeze(2))  # (B, U, T, T)
+        e = torch.matmul(self.score.weight, h.flatten(2)).reshape(-1, length, length)
         e = torch.exp(e - e.amax(dim=-1, keepdim=True))
         a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
         return a @ x

@@ -311,11 +311,14 @@ class StreamEngine:
                 code,
             )
             return
-        x = np.asarray(samples, dtype=np.float64).ravel()
-        bad = ~np.isfinite(x)
-        if bad.any():
-            good = x[~bad]
-            x = x.copy()
+        x = np.asarray(samples).ravel()
+        if x.dtype.kind not in "fiu":  # anything but numbers: converted (or a clear error)
+            x = x.astype(np.float64)
+        # (the buffer is float32: samples are cast once, when stored, not copied to float64 here)
+        bad = ~np.isfinite(x) if x.dtype.kind == "f" else None
+        if bad is not None and bad.any():
+            good = x[~bad].astype(np.float64)
+            x = x.astype(np.float64)
             x[bad] = good.mean() if good.size else 0.0
             log.warning(
                 "station %s: %d NaN/inf samples on %s at %s replaced by the block mean",
@@ -334,7 +337,7 @@ class StreamEngine:
                     code,
                     rate,
                 )
-            start, x = res(t0, x, st.origin)
+            start, x = res(t0, x.astype(np.float64, copy=False), st.origin)
         else:
             exact = (t0 - st.origin) * SAMPLING_RATE
             start = int(round(exact))
@@ -386,9 +389,11 @@ class StreamEngine:
                 code,
                 iso_utc(t0),
             )
-        new = ~have
-        st.raw.view(start, stop)[row][new] = x[new]
-        have[new] = True
+            new = ~have
+            st.raw.view(start, stop)[row][new] = x[new]
+        else:
+            st.raw.view(start, stop)[row] = x
+        have[:] = True
         st.hwm = max(st.hwm, stop)
         st.channel_hwm[row] = max(st.channel_hwm[row], stop)
 
@@ -530,13 +535,10 @@ class StreamEngine:
         for series in (st.prob, st.count) + ((st.spread,) if st.spread is not None else ()):
             series.ensure(stop)
         prob, count = st.prob.view(start, stop), st.count.view(start, stop)
-        new = np.stack(outputs[:3])
-        if self.cfg.combine == "max":
-            np.maximum(prob, new, out=prob)
-            count += 1.0
-        else:
-            prob += new
-            count += 1.0
+        combine = np.maximum if self.cfg.combine == "max" else np.add
+        for row in range(3):
+            combine(prob[row], outputs[row], out=prob[row])
+        count += 1.0
         if st.spread is not None and len(outputs) == 6:
             spread = st.spread.view(start, stop)
             np.maximum(spread, np.stack(outputs[3:]), out=spread)
