@@ -41,7 +41,7 @@ def _out_dir(cfg: Mapping[str, Any]) -> Path:
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """One monitor run (or `scenarios` seeded replays) from a resolved config mapping."""
     from feq_lab.streaming.display import LiveDisplay
-    from feq_lab.streaming.engine import EngineConfig, StreamEngine
+    from feq_lab.streaming.engine import DEFAULT_THRESHOLDS, EngineConfig, StreamEngine
     from feq_lab.streaming.monitor import run_monitor, score_scenario, summarise_scenarios
     from feq_lab.streaming.outputs import EventSink
     from feq_lab.streaming.predictors import load_model, make_predictor
@@ -49,12 +49,31 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     out_dir = _out_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    engine_cfg = EngineConfig.from_mapping(cfg.get("engine"))
+    engine_map = dict(cfg.get("engine") or {})
+    given = engine_map.get("thresholds") or {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(
+            "engine.thresholds", f"must be a mapping {{detection, p, s}}, got {given!r}"
+        )
+    open_keys = [k for k in DEFAULT_THRESHOLDS if given.get(k) is None]
+    # validate everything else before the (slower) model load
+    fixed = {k: v for k, v in given.items() if v is not None}
+    engine_map["thresholds"] = {**DEFAULT_THRESHOLDS, **fixed}
+    engine_cfg = EngineConfig.from_mapping(engine_map)
     source_cfg = dict(cfg.get("source") or {})
     n_scenarios = int(cfg.get("scenarios") or 0)
     if n_scenarios and source_cfg.get("kind") != "replay":
         raise ConfigError("scenarios", "needs source=replay")
-    model, onnx_path, label = load_model(cfg)
+    model, onnx_path, label, model_thresholds = load_model(cfg)
+    if open_keys and model_thresholds:
+        engine_map["thresholds"].update({k: model_thresholds[k] for k in open_keys})
+        engine_cfg = EngineConfig.from_mapping(engine_map)
+    origin = "the model's run" if model_thresholds else "the study's defaults"
+    log.info(
+        "thresholds detection %g, P %g, S %g (%s)",
+        *(engine_cfg.thresholds[k] for k in ("detection", "p", "s")),
+        f"{', '.join(open_keys)} from {origin}" if open_keys else "engine.thresholds",
+    )
     predict = make_predictor(
         model,
         onnx_path,
@@ -99,7 +118,13 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         )
         sink = EventSink(run_dir)
         stats = run_monitor(blocks, engine, sink, display, float(plot.get("refresh_s", 1.0)))
-        result = {"type": "summary", "model": label, "out_dir": str(run_dir), **stats.summary()}
+        result = {
+            "type": "summary",
+            "model": label,
+            "thresholds": dict(engine_cfg.thresholds),
+            "out_dir": str(run_dir),
+            **stats.summary(),
+        }
         if scenario is not None:
             score = score_scenario(sink.events, scenario)
             scores.append(score)
@@ -112,6 +137,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         summary = {
             "type": "scenarios_summary",
             "model": label,
+            "thresholds": dict(engine_cfg.thresholds),
             **summarise_scenarios(scores),
             "per_scenario": scores,
         }

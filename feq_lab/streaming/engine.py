@@ -102,6 +102,11 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
+# The study's headline thresholds (conf/config.yaml): detection 0.5, P and S 0.1 as in EQT's
+# tester and predictor and SeisBench's annotate; used when the model brings none of its own.
+DEFAULT_THRESHOLDS = {"detection": 0.5, "p": 0.1, "s": 0.1}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Engine settings (the `engine` block of conf/stream.yaml)."""
@@ -111,9 +116,7 @@ class EngineConfig:
     blinding: int = 0
     require_pick: bool = False
     batch_size: int = 16
-    thresholds: Mapping[str, float] = field(
-        default_factory=lambda: {"detection": 0.5, "p": 0.3, "s": 0.3}
-    )
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     association_margin_s: float = 0.5
     merge_gap_s: float = 1.0
     min_detection_s: float = 0.5

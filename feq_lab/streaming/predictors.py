@@ -71,11 +71,14 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
     return name, alias
 
 
-def load_model(cfg: Mapping[str, Any]) -> tuple[Any, Path | None, str]:
-    """(PickerModel, ONNX path or None, model label) from the stream config.
+def load_model(
+    cfg: Mapping[str, Any],
+) -> tuple[Any, Path | None, str, dict[str, float] | None]:
+    """(PickerModel, ONNX path or None, model label, thresholds or None) from the stream config.
 
     Precedence: `model=<preset>` (+ `checkpoint=PATH`, else seeded untrained weights, warned),
-    then `checkpoint=PATH` alone, then `model_uri` (default: the registered champion).
+    then `checkpoint=PATH` alone, then `model_uri` (default: the registered champion). Only a
+    registry model comes with thresholds: those its run's headline metrics were measured at.
     """
     preset = cfg.get("model")
     checkpoint = cfg.get("checkpoint")
@@ -84,7 +87,7 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[Any, Path | None, str]:
 
         if checkpoint:
             model = load_checkpoint(checkpoint)
-            return model, None, f"{model.spec.name}:{Path(checkpoint).name}"
+            return model, None, f"{model.spec.name}:{Path(checkpoint).name}", None
         import torch
 
         torch.manual_seed(int(cfg.get("seed", 0)))
@@ -93,19 +96,20 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[Any, Path | None, str]:
             "model: %s with UNTRAINED seeded weights (give checkpoint=PATH for trained ones)",
             model.spec.name,
         )
-        return model, None, f"{model.spec.name}:untrained"
+        return model, None, f"{model.spec.name}:untrained", None
     if checkpoint:
         from feq_lab.models import load_checkpoint
 
         model = load_checkpoint(checkpoint)
-        return model, None, f"{model.spec.name}:{Path(checkpoint).name}"
+        return model, None, f"{model.spec.name}:{Path(checkpoint).name}", None
     uri = cfg.get("model_uri") or "models:/feq-picker@champion"
     name, alias = parse_model_uri(uri)
-    from feq_lab.tracking.mlflow import load_champion
+    from feq_lab.tracking.mlflow import champion_thresholds, load_champion
 
     tracking = cfg.get("tracking") or {}
     model, onnx_path = load_champion(tracking.get("uri"), name=name, alias=alias)
-    return model, onnx_path, f"{model.spec.name}:{name}@{alias}"
+    thresholds, _ = champion_thresholds(tracking.get("uri"), name=name, alias=alias)
+    return model, onnx_path, f"{model.spec.name}:{name}@{alias}", thresholds
 
 
 def make_predictor(

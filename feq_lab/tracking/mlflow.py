@@ -399,6 +399,21 @@ def load_champion(uri: str, name: str = "feq-picker", alias: str = "champion",
     return load_checkpoint(checkpoint), onnx_path
 
 
+def champion_thresholds(uri: str, name: str = "feq-picker",
+                        alias: str = "champion") -> tuple[dict[str, float] | None, str | None]:
+    """(detection/p/s thresholds, run id) the registered model's headline metrics used: its
+    run's `thresholds/*` metrics, logged by every run. (None, run id) when the run has none."""
+    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    mv = with_retry(client.get_model_version_by_alias, name, alias)
+    if not mv.run_id:
+        return None, None
+    metrics = with_retry(client.get_run, mv.run_id).data.metrics
+    keys = {"detection": "thresholds/detection", "p": "thresholds/p", "s": "thresholds/s"}
+    if not all(k in metrics for k in keys.values()):
+        return None, mv.run_id
+    return {out: float(metrics[k]) for out, k in keys.items()}, mv.run_id
+
+
 def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str | None,
                      name: str | None, tags: Mapping[str, Any]) -> str:
     """A FINISHED child that stands for `original_run_id` in a resumed sweep (same metrics)."""
@@ -411,7 +426,7 @@ def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str 
 
 
 __all__ = [
-    "Tracker", "load_runs", "load_champion", "download_artifact", "register_champion", "download_model",
+    "Tracker", "load_runs", "load_champion", "champion_thresholds", "download_artifact", "register_champion", "download_model",
     "latest_parent_run_id", "with_retry", "PARENT_RUN_FILE", "PARENT_RUN_ENV",
     "MODEL_ARTIFACT_PATH", "TAG_CONFIG_HASH", "TAG_DATA_VERSION", "TAG_ERROR", "TAG_RESUMED_FROM",
 ]

@@ -103,6 +103,8 @@ def test_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
     tracker = Tracker(uri, "feq-lab")
     run_id = tracker.start_run("trained-feq3")
     tracker.log_pyfunc_model(checkpoint)
+    # what every run logs: the thresholds its headline metrics used (here as if tuned on val)
+    tracker.log_metrics({"thresholds/detection": 0.4, "thresholds/p": 0.2, "thresholds/s": 0.15})
     tracker.end_run(run_id)
     tracker.register(run_id, "feq-picker", "champion")
 
@@ -118,6 +120,8 @@ def test_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
         )
     )
     assert result["model"] == "feq3:feq-picker@champion"
+    # engine.thresholds=model (the default): the champion's own thresholds, not 0.5/0.1/0.1
+    assert result["thresholds"] == {"detection": 0.4, "p": 0.2, "s": 0.15}
     assert (out / "model.onnx").exists()  # the onnxruntime backend exported the champion
     truth = json.loads((out / "scenario.json").read_text())
     assert truth["p_time"] < truth["s_time"] and len(truth["noise_intervals"]) == 1
@@ -149,6 +153,8 @@ def test_seeded_scenarios_are_summarised(checkpoint, tiny_subset, tmp_path, caps
     assert (tmp_path / "many" / "scenario_001" / "scenario.json").exists()
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["type"] == "scenarios_summary"
+    # a local checkpoint brings no thresholds: the study's 0.5 / 0.1 / 0.1
+    assert printed["thresholds"] == {"detection": 0.5, "p": 0.1, "s": 0.1}
 
 
 def test_bad_config_is_a_clear_error(tmp_path):
@@ -177,3 +183,10 @@ def test_bad_config_is_a_clear_error(tmp_path):
     )
     with pytest.raises(ConfigError, match="scenarios"):
         run(cfg)
+    plain = ["source=files", "display=none", f"out_dir={tmp_path}", "tracking.uri=sqlite:///u.db"]
+    cfg = compose(plain)
+    cfg["engine"]["thresholds"] = 0.3  # not a mapping
+    with pytest.raises(ConfigError, match="engine.thresholds"):
+        run(cfg)
+    with pytest.raises(ConfigError, match="p"):
+        run(compose([*plain, "engine.thresholds.p=1.5"]))
