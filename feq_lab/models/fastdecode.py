@@ -99,7 +99,9 @@ class _Stage:
             if y is not None:
                 return y
         x = upsample_nearest(x, self.upsample)
-        if left or right:
+        if (left or right) and torch.onnx.is_in_onnx_export():
+            x = _crop_as_conv(x, left, right)
+        elif left or right:
             x = x[:, :, left : int(x.shape[2]) - right]
         if self.separable is not None and torch.onnx.is_in_onnx_export():
             # onnxruntime runs a depthwise + grouped pointwise pair ~2× faster than the folded
@@ -111,6 +113,17 @@ class _Stage:
             x = F.conv1d(x, depthwise, padding=pad_left, groups=int(depthwise.shape[0]))
             return F.relu(F.conv1d(x, pointwise, self.conv.bias, groups=3))
         return F.relu(self.conv(x))
+
+
+def _crop_as_conv(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """x[:, :, left : T − right] as an unpadded depthwise conv whose kernel (length
+    left + right + 1) is 1 at tap `left` and 0 elsewhere: the same samples. For the export:
+    between onnxruntime's NCHWc upsample and conv a Slice would need a round trip through the
+    plain layout (two reorders), a depthwise conv does not."""
+    channels = int(x.shape[1])
+    kernel = torch.zeros(channels, 1, left + right + 1, dtype=x.dtype)
+    kernel[:, :, left] = 1.0
+    return F.conv1d(x, kernel, groups=channels)
 
 
 @dataclass(frozen=True)
