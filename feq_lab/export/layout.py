@@ -14,7 +14,8 @@ The rewrite only inserts an axis of length 1 and is exact:
   BatchNormalization (per channel), an Add of two such tensors (both rank 3, so the broadcast
   is the same) and a Slice along the last axis (the decoders' crops);
 - a Squeeze(2) whose result is only unsqueezed back at axis 2 cancels out.
-Whatever no rule matches stays as exported.
+Whatever no rule matches stays as exported. Also, RNN initial states that are exported as
+zeros built from the batch's shape are dropped (ONNX's default is zeros).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def lift_to_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(nodes)
     while _move_one_through_squeeze(graph, consts) or _cancel_pairs(graph, consts):
         pass
+    _drop_zero_initial_states(graph)
     _drop_dead_nodes(graph)
     used = {name for node in graph.node for name in node.input}
     for init in [i for i in graph.initializer if i.name not in used]:
@@ -182,6 +184,29 @@ def _cancel_pairs(graph: onnx.GraphProto, consts: dict[str, np.ndarray]) -> bool
         graph.node.remove(node)
         changed = True
     return changed
+
+
+def _drop_zero_initial_states(graph: onnx.GraphProto) -> None:
+    """LSTM/GRU initial_h/initial_c built as zeros of the batch's shape (Shape → Gather →
+    Concat → ConstantOfShape, how PyTorch exports an RNN called without a state) are left out:
+    ONNX defines a missing initial state as zeros, and the shape chain goes with it."""
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type not in ("LSTM", "GRU"):
+            continue
+        for i in (5, 6):  # initial_h, initial_c
+            if i >= len(node.input) or not node.input[i]:
+                continue
+            source = producers.get(node.input[i])
+            if source is not None and source.op_type == "ConstantOfShape" and _is_zero_fill(source):
+                node.input[i] = ""
+        while node.input and not node.input[-1]:
+            node.input.pop()
+
+
+def _is_zero_fill(node: onnx.NodeProto) -> bool:
+    value = [a for a in node.attribute if a.name == "value"]
+    return not value or not numpy_helper.to_array(value[0].t).any()
 
 
 def _drop_dead_nodes(graph: onnx.GraphProto) -> None:

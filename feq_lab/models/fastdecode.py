@@ -164,9 +164,9 @@ def _conv_by_shifts(conv: _Conv, x: torch.Tensor) -> torch.Tensor:
     length = int(x.shape[-1])  # static in the export: only the batch is dynamic
     z = F.pad(z.reshape(-1, 3, k, per_group, length), (left, right))
     out = length + left + right - k + 1
-    y = conv.bias.reshape(1, 3, per_group, 1)
-    for j in range(k):
-        y = y + z[:, :, j, :, j : j + out]
+    y = conv.bias.reshape(1, 3, 1, per_group, 1)
+    for j in range(k):  # range slices (no Gather/Split): tap j, times j .. j + out
+        y = y + z[:, :, j : j + 1, :, j : j + out]
     return y.reshape(-1, c_out, out)
 
 

@@ -343,7 +343,9 @@ class AdditiveSelfAttention(nn.Module):
         length = int(x.shape[1])  # fixed by the model: a constant in the graph
         qt, kt = q.transpose(1, 2), k.transpose(1, 2)  # (B, U, T)
         h = torch.tanh(qt.unsqueeze(-1) + kt.unsqueeze(2))  # (B, U, T, T)
-        e = torch.matmul(self.score.weight, h.flatten(2)).reshape(-1, length, length)
+        units = int(h.shape[1])
+        e = torch.matmul(self.score.weight, h.reshape(-1, units, length * length))
+        e = e.reshape(-1, length, length)  # static shapes: no Shape/Slice/Concat in the graph
         e = torch.exp(e - e.amax(dim=-1, keepdim=True))
         a = e / (e.sum(dim=-1, keepdim=True) + self.eps)
         return a @ x
