@@ -336,13 +336,17 @@ class AdditiveSelfAttention(nn.Module):
         return a @ x
 
     def _global_export(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """The ONNX form, units first: (B, U, T, 1) + (B, U, 1, T) broadcasts a scalar against
-        a contiguous row, which onnxruntime's Add runs much faster than the (B, T, 1, U) +
-        (B, 1, T, U) pairing of 32-wide rows; the scores are then one (1, U) × (U, T·T) MatMul.
-        b_a is left out (the softmax is shift-invariant)."""
+        """The ONNX form, units first: the (B, U, T, T) tensor has long contiguous rows (the
+        (B, T, T, U) layout pairs 32-wide rows, which onnxruntime handles ~2× slower) and the
+        scores are then one (1, U) × (U, T·T) MatMul. b_a is left out (the softmax is
+        shift-invariant)."""
         length = int(x.shape[1])  # fixed by the model: a constant in the graph
         qt, kt = q.transpose(1, 2), k.transpose(1, 2)  # (B, U, T)
-        h = torch.tanh(qt.unsqueeze(-1) + kt.unsqueeze(2))  # (B, U, T, T)
+        # q_i + k_j as a K = 2 product [q_i, 1]·[1, k_j]: one batched MatMul writes the (U, T, T)
+        # sums faster than onnxruntime's broadcasting Add (exact: the products are by 1)
+        ones = torch.ones_like(qt)
+        pairs = torch.matmul(torch.stack([qt, ones], dim=-1), torch.stack([ones, kt], dim=2))
+        h = torch.tanh(pairs)  # (B, U, T, T)
         units = int(h.shape[1])
         e = torch.matmul(self.score.weight, h.reshape(-1, units, length * length))
         e = e.reshape(-1, length, length)  # static shapes: no Shape/Slice/Concat in the graph

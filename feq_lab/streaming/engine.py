@@ -586,6 +586,8 @@ class StreamEngine:
         start, end = st.group
         st.group, st.group_open = None, False
         if end - start < self.min_detection:
+            if not log.isEnabledFor(logging.INFO):  # (skip formatting the time)
+                return
             log.info(
                 "station %s: %.2f-s detection at %s shorter than min_detection_s; ignored",
                 st.name,
