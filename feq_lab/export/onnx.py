@@ -17,6 +17,10 @@ from feq_lab.export.layout import lift_to_2d
 from feq_lab.paths import atomic_path
 
 INPUT_NAME = "waveform"
+# Written into every export's metadata; bump when the exported graph's form changes, so that
+# files exported earlier (same outputs, slower graph) are recognised and exported again.
+EXPORT_FORMAT_KEY = "feq_lab.export_format"
+EXPORT_FORMAT = "2"  # 2: 2-D NCHWc layout (export.layout); 1 / absent: the 1-D graph
 OUTPUT_NAMES = ("detection", "p", "s")
 MIN_OPSET = 17
 
@@ -49,10 +53,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> P
                 dynamo=False,
                 do_constant_folding=True,
             )
-            onnx.save(lift_to_2d(onnx.load(str(tmp))), str(tmp))
+            graph = lift_to_2d(onnx.load(str(tmp)))
+            onnx.helper.set_model_props(graph, {EXPORT_FORMAT_KEY: EXPORT_FORMAT})
+            onnx.save(graph, str(tmp))
     finally:
         model.train(was_training)
     return Path(path)
+
+
+def is_current_export(path: str | os.PathLike) -> bool:
+    """Whether `path` was written by this version's exporter (its EXPORT_FORMAT metadata)."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return props.get(EXPORT_FORMAT_KEY) == EXPORT_FORMAT
 
 
 def onnx_session(path: str | os.PathLike, threads: int = 1):

@@ -124,9 +124,15 @@ def make_predictor(
     if backend == "torch":
         return torch_predictor(model, threads, int(mc_passes or 0))
     if backend == "onnxruntime":
-        if onnx_path is None or not Path(onnx_path).exists():
-            from feq_lab.export.onnx import export_onnx
+        from feq_lab.export.onnx import export_onnx, is_current_export
 
+        if onnx_path is not None and Path(onnx_path).exists() and not is_current_export(onnx_path):
+            log.info(
+                "%s comes from an older exporter (same outputs, slower graph); exporting again",
+                Path(onnx_path).name,
+            )
+            onnx_path = None
+        if onnx_path is None or not Path(onnx_path).exists():
             onnx_path = export_onnx(model, Path(work_dir) / "model.onnx")
             log.info("model exported to %s for onnxruntime", onnx_path)
         return onnx_predictor(onnx_path, threads)

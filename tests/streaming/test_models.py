@@ -62,6 +62,27 @@ def test_onnxruntime_matches_torch(feq3, record, tmp_path):
     np.testing.assert_allclose(p_onnx, p_torch, atol=2e-4)
 
 
+def test_an_onnx_file_from_an_older_exporter_is_exported_again(feq3, tmp_path):
+    import onnx
+
+    from feq_lab.export.onnx import EXPORT_FORMAT_KEY, export_onnx, is_current_export
+
+    old = export_onnx(feq3, tmp_path / "shipped" / "model.onnx")
+    assert is_current_export(old)
+    proto = onnx.load(str(old))
+    del proto.metadata_props[:]  # what a file written before the format marker looks like
+    onnx.save(proto, str(old))
+    assert not is_current_export(old)
+    make_predictor(feq3, old, "onnxruntime", 1, 0, tmp_path / "work")
+    fresh = tmp_path / "work" / "model.onnx"
+    assert fresh.exists() and is_current_export(fresh)
+    props = {p.key for p in onnx.load(str(fresh)).metadata_props}
+    assert EXPORT_FORMAT_KEY in props
+    # a current file is used as it is: nothing exported
+    make_predictor(feq3, fresh, "onnxruntime", 1, 0, tmp_path / "again")
+    assert not (tmp_path / "again" / "model.onnx").exists()
+
+
 def test_mc_mode_gives_a_spread(feq3):
     predict = make_predictor(feq3, None, "onnxruntime", 1, 3, None)  # MC falls back to torch
     x = np.random.default_rng(0).normal(size=(1, 3, 6000)).astype(np.float32)
