@@ -101,7 +101,7 @@ def test_repro_noop_and_policy_change_reruns_only_downstream(clone):
     # the registered champion loads with the project's loader and predicts on a window
     from feq_lab.tracking.mlflow import load_champion
 
-    model, _ = load_champion(f"sqlite:///{clone / 'mlflow.db'}")
+    model, _, _ = load_champion(f"sqlite:///{clone / 'mlflow.db'}")
     import torch
 
     with torch.no_grad():

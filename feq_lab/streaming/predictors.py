@@ -104,11 +104,10 @@ def load_model(
         return model, None, f"{model.spec.name}:{Path(checkpoint).name}", None
     uri = cfg.get("model_uri") or "models:/feq-picker@champion"
     name, alias = parse_model_uri(uri)
-    from feq_lab.tracking.mlflow import champion_thresholds, load_champion
+    from feq_lab.tracking.mlflow import load_champion
 
     tracking = cfg.get("tracking") or {}
-    model, onnx_path = load_champion(tracking.get("uri"), name=name, alias=alias)
-    thresholds, _ = champion_thresholds(tracking.get("uri"), name=name, alias=alias)
+    model, onnx_path, thresholds = load_champion(tracking.get("uri"), name=name, alias=alias)
     return model, onnx_path, f"{model.spec.name}:{name}@{alias}", thresholds
 
 

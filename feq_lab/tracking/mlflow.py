@@ -387,31 +387,32 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) 
         raise FileNotFoundError(f"run {run_id} has no artifact {path!r}") from exc
 
 
-def load_champion(uri: str, name: str = "feq-picker", alias: str = "champion",
-                  dst: str | os.PathLike | None = None) -> tuple[Any, Path | None]:
-    """(PickerModel in eval mode, ONNX path or None) of the registered `name@alias`."""
+def load_champion(
+    uri: str, name: str = "feq-picker", alias: str = "champion",
+    dst: str | os.PathLike | None = None,
+) -> tuple[Any, Path | None, dict[str, float] | None]:
+    """(PickerModel in eval mode, ONNX path or None, thresholds or None) of the registered
+    `name@alias`. Thresholds: the detection/p/s its run's headline metrics used (the run's
+    `thresholds/*` metrics, logged by every run), read from the same model version; None when
+    the version has no run or the run logged none."""
     from feq_lab.tracking.pyfunc import model_files
 
-    local, _ = download_model(uri, name, alias, dst)
+    local, mv = download_model(uri, name, alias, dst)
     checkpoint, onnx_path = model_files(local)
     from feq_lab.models import load_checkpoint
 
-    return load_checkpoint(checkpoint), onnx_path
+    return load_checkpoint(checkpoint), onnx_path, _run_thresholds(uri, mv.run_id)
 
 
-def champion_thresholds(uri: str, name: str = "feq-picker",
-                        alias: str = "champion") -> tuple[dict[str, float] | None, str | None]:
-    """(detection/p/s thresholds, run id) the registered model's headline metrics used: its
-    run's `thresholds/*` metrics, logged by every run. (None, run id) when the run has none."""
+def _run_thresholds(uri: str, run_id: str | None) -> dict[str, float] | None:
+    if not run_id:
+        return None
     client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
-    mv = with_retry(client.get_model_version_by_alias, name, alias)
-    if not mv.run_id:
-        return None, None
-    metrics = with_retry(client.get_run, mv.run_id).data.metrics
+    metrics = with_retry(client.get_run, run_id).data.metrics
     keys = {"detection": "thresholds/detection", "p": "thresholds/p", "s": "thresholds/s"}
     if not all(k in metrics for k in keys.values()):
-        return None, mv.run_id
-    return {out: float(metrics[k]) for out, k in keys.items()}, mv.run_id
+        return None
+    return {out: float(metrics[k]) for out, k in keys.items()}
 
 
 def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str | None,
@@ -426,7 +427,7 @@ def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str 
 
 
 __all__ = [
-    "Tracker", "load_runs", "load_champion", "champion_thresholds", "download_artifact", "register_champion", "download_model",
+    "Tracker", "load_runs", "load_champion", "download_artifact", "register_champion", "download_model",
     "latest_parent_run_id", "with_retry", "PARENT_RUN_FILE", "PARENT_RUN_ENV",
     "MODEL_ARTIFACT_PATH", "TAG_CONFIG_HASH", "TAG_DATA_VERSION", "TAG_ERROR", "TAG_RESUMED_FROM",
 ]

@@ -127,7 +127,7 @@ def test_register_and_load_champion(tracker, tmp_path):
     version = tracker.register(run, "feq-picker", "champion")
     assert version == "1"
 
-    loaded, onnx_path = load_champion(tracker.uri, dst=tmp_path / "champ")
+    loaded, onnx_path, _ = load_champion(tracker.uri, dst=tmp_path / "champ")
     assert onnx_path is None
     x = torch.randn(1, 3, 6000)
     with torch.no_grad():
