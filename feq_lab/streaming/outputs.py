@@ -20,16 +20,23 @@ import io
 import json
 import re
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, TextIO
+from typing import Any, TextIO
 
 from lxml import etree
 from obspy import UTCDateTime
-from obspy.core.event import Catalog, Comment, CreationInfo, Pick, ResourceIdentifier
+from obspy.core.event import (
+    Catalog,
+    Comment,
+    CreationInfo,
+    Pick,
+    ResourceIdentifier,
+    WaveformStreamID,
+)
 from obspy.core.event import Event as QEvent
-from obspy.core.event import WaveformStreamID
 from obspy.core.util.base import ENTRY_POINTS
 from obspy.io.seiscomp.core import SCHEMA_VERSION as SC3ML_VERSIONS
 
@@ -71,11 +78,11 @@ class OutputConfig:
     publish: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | None, key: str = "outputs") -> "OutputConfig":
+    def from_mapping(cls, cfg: Mapping[str, Any] | None, key: str = "outputs") -> OutputConfig:
         cfg = dict(cfg or {})
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key")
+            raise ConfigError(f"{key}.{min(unknown)}", "unknown key")
         files = cfg.get("files", cls.files)
         if isinstance(files, str) or not all(f in FILE_NAMES for f in files or ()):
             raise ConfigError(
@@ -119,7 +126,7 @@ def posix_time(value: Any) -> float | None:
     """POSIX seconds from a float or an ISO-8601 UTC string (the JSON objects' times)."""
     if value is None or isinstance(value, (int, float)):
         return value
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(str(value)).timestamp()  # 3.11 reads "Z"
 
 
 def record_picks(rec: Mapping[str, Any]) -> list[tuple[str, str, float | None]]:

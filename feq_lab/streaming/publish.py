@@ -22,8 +22,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import zmq
 
@@ -45,11 +46,11 @@ class PublishConfig:
     @classmethod
     def from_mapping(
         cls, cfg: Mapping[str, Any] | None, key: str = "outputs.publish"
-    ) -> "PublishConfig":
+    ) -> PublishConfig:
         cfg = dict(cfg or {})
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key")
+            raise ConfigError(f"{key}.{min(unknown)}", "unknown key")
         out = cls(**cfg)
         if not isinstance(out.enabled, bool):
             raise ConfigError(f"{key}.enabled", f"must be true or false, got {out.enabled!r}")
@@ -157,8 +158,8 @@ class Publisher:
         self._sock.close(self.cfg.linger_ms)
         self._ctx.term()
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
