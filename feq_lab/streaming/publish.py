@@ -42,6 +42,7 @@ class PublishConfig:
     port: int = 5566  # 0: an ephemeral port (see Publisher.endpoint)
     queue: int = 1000  # messages queued per subscriber before newer ones are dropped for it
     linger_ms: int = 500  # on close, how long queued messages may still be sent
+    wait_s: float = 0.0  # before the monitor starts, wait this long for a first subscriber
 
     @classmethod
     def from_mapping(
@@ -62,6 +63,12 @@ class PublishConfig:
             value = getattr(out, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ConfigError(f"{key}.{name}", f"must be an integer in [{low}, {high}]")
+        if (
+            isinstance(out.wait_s, bool)
+            or not isinstance(out.wait_s, (int, float))
+            or out.wait_s < 0
+        ):
+            raise ConfigError(f"{key}.wait_s", f"must be seconds >= 0, got {out.wait_s!r}")
         return out
 
 
