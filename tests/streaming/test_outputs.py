@@ -295,3 +295,50 @@ def test_the_plot_shows_provisional_picks_dotted(tmp_path):
     dashed = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_linestyle() == "--"]
     assert dotted and len(dashed) > len(dotted)
     assert (tmp_path / "monitor_XX.STA.00.png").stat().st_size > 10_000
+
+
+def test_the_monitor_publishes_what_it_prints(tmp_path, capsys):
+    """`python -m feq_lab.stream ... outputs.publish.enabled=true` (as a function): the monitor's
+    JSON lines reach a subscriber that connected before it started; SC3ML beside the others."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from feq_lab.models import build_model, save_checkpoint
+    from feq_lab.paths import CONF_DIR
+    from feq_lab.stream import run
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model("feq3"), tmp_path / "feq3.pt")
+    trace = obspy.Stream(
+        [
+            obspy.Trace(x, header={"network": "XX", "station": "STA", "channel": f"HH{c}",
+                                   "sampling_rate": 100.0, "starttime": obspy.UTCDateTime(T0)})
+            for x, c in zip(make_record(minutes=2.0), "ENZ")
+        ]
+    )  # fmt: skip
+    trace.write(str(tmp_path / "rec.mseed"), format="MSEED", encoding="FLOAT32")
+    with socket.socket() as s:  # a free port for the monitor to bind
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = [
+        "source=files", f"source.paths=[{tmp_path / 'rec.mseed'}]", "model=feq3",
+        f"checkpoint={ckpt}", "backend=torch", "display=none", "tracking.uri=sqlite:///u.db",
+        "engine.thresholds.detection=0.0", "engine.min_detection_s=0", f"out_dir={tmp_path}",
+        "outputs.publish.enabled=true", f"outputs.publish.port={port}",
+        f"outputs.publish.wait_s={WAIT_S}",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("stream", overrides=overrides), resolve=True)
+    ctx = zmq.Context()
+    sub = subscriber(ctx, f"tcp://127.0.0.1:{port}")  # connects once the monitor binds
+    capsys.readouterr()
+    result = run(cfg)
+    lines = capsys.readouterr().out.splitlines()
+    got = receive(sub)
+    sub.close()
+    ctx.term()
+    assert result["events"] == len(lines) > 0
+    assert [m[1].decode() for m in got] == lines
+    assert len(scml_picks(tmp_path / FILE_NAMES["sc3ml"])) >= 1
+    assert validate_scml(str(tmp_path / FILE_NAMES["sc3ml"]))
