@@ -317,10 +317,93 @@ def events_to_catalog(records: Sequence[Mapping[str, Any]]) -> Catalog:
     return catalog
 
 
+def sc3ml_catalog(records: Sequence[Mapping[str, Any]]) -> Catalog:
+    """The records' picks (detection in each pick's comment) in one holder event that the
+    SeisComP writer drops (see write_sc3ml)."""
+    holder = QEvent(resource_id=ResourceIdentifier("smi:local/feq-lab/picks"))
+    for rec in records:
+        holder.picks.extend(_picks(rec, with_detection=True))
+    return Catalog(events=[holder], description="feq-lab real-time monitor picks")
+
+
+def _render(fmt: str, records: Sequence[Mapping[str, Any]], version: str) -> Any:
+    """obspy's document for `records`, parsed (lxml): QuakeML, or SeisComP XML without events."""
+    buf = io.BytesIO()
+    if fmt == "quakeml":
+        events_to_catalog(records).write(buf, format="QUAKEML")
+    else:
+        sc3ml_catalog(records).write(buf, format=_SCML_FORMAT, version=version, event_removal=True)
+    return etree.fromstring(buf.getvalue())
+
+
+def _container(root: Any) -> Any:
+    """eventParameters (QuakeML) or EventParameters (SeisComP): where events / picks live."""
+    return (
+        root.find("{*}eventParameters")
+        if root.find("{*}eventParameters") is not None
+        else (root.find("{*}EventParameters"))
+    )
+
+
+_ID_PREFIXES = ("smi:local/feq-lab/event/", "smi:local/feq-lab/pick/")
+
+
+def _element_key(element: Any) -> str | None:
+    """The _event_key an event or pick element was written for (from its stable publicID)."""
+    pid = element.get("publicID") or ""
+    if pid.startswith(_ID_PREFIXES[0]):
+        return pid[len(_ID_PREFIXES[0]) :]
+    if pid.startswith(_ID_PREFIXES[1]):
+        return pid[len(_ID_PREFIXES[1]) :].rsplit("/", 1)[0]
+    return None
+
+
+class XmlPicksFile:
+    """One picks XML file (`fmt` quakeml or sc3ml) kept as obspy's parsed document whose
+    elements for each final event are made by obspy once, when the event becomes final (all
+    new ones of an emit in one call).
+
+    Why: obspy takes about 4 ms (QuakeML) and 12 ms (SeisComP XML, an XSLT) per event, measured
+    on this shared 2-core machine; rewriting every event with obspy after each one took 1.6 s
+    per emit at 100 events and grows with the run. Splicing the cached elements is one C-speed
+    serialisation of the file.
+    """
+
+    def __init__(self, fmt: str, version: str = "0.12"):
+        if fmt not in ("quakeml", "sc3ml"):
+            raise ValueError(f"not an XML picks format: {fmt!r}")
+        self.fmt, self.version = fmt, version
+        self.root = _render(fmt, [], version)
+        self.container = _container(self.root)
+        self.fixed = list(self.container)  # the catalog's description (QuakeML)
+        self._cache: dict[str, tuple[Mapping[str, Any], list[Any]]] = {}
+
+    def update(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Make the document hold exactly `records` (final events, in this order)."""
+        keys = [_event_key(r) for r in records]
+        stale = [(k, r) for k, r in zip(keys, records) if self._cache.get(k, (None,))[0] is not r]
+        if stale:
+            grouped: dict[str | None, list[Any]] = {}
+            for element in list(_container(_render(self.fmt, [r for _, r in stale], self.version))):
+                grouped.setdefault(_element_key(element), []).append(element)
+            for k, r in stale:
+                self._cache[k] = (r, grouped.get(k, []))
+        self._cache = {k: self._cache[k] for k in keys}
+        for element in list(self.container)[len(self.fixed) :]:
+            self.container.remove(element)
+        self.container.extend(e for k in keys for e in self._cache[k][1])
+
+    def write(self, path: str | Path) -> Path:
+        etree.indent(self.root, space="  ")
+        with atomic_path(path, suffix=".xml") as tmp:
+            etree.ElementTree(self.root).write(str(tmp), xml_declaration=True, encoding="UTF-8")
+        return Path(path)
+
+
 def write_quakeml(path: str | Path, records: Sequence[Mapping[str, Any]]) -> Path:
-    with atomic_path(path, suffix=".xml") as tmp:
-        events_to_catalog(records).write(str(tmp), format="QUAKEML")
-    return Path(path)
+    doc = XmlPicksFile("quakeml")
+    doc.update(records)
+    return doc.write(path)
 
 
 def write_sc3ml(
@@ -329,31 +412,12 @@ def write_sc3ml(
     """SeisComP XML as scautopick writes picks: the picks alone in EventParameters (the
     detection in each pick's comment). Why no <event>: in SeisComP an event groups origins
     (located hypocentres); a single-station detection has none, and an origin-less event would
-    be an empty event in the observatory's database. Validated against obspy's bundled schema
-    when written (obspy's reader returns an empty catalog for it: its SeisComP-to-QuakeML
-    conversion keeps only picks that an origin's arrivals reference)."""
-    catalog = Catalog(description="feq-lab real-time monitor picks")
-    holder = QEvent(resource_id=ResourceIdentifier("smi:local/feq-lab/picks"))
-    for rec in records:
-        holder.picks.extend(_picks(rec, with_detection=True))
-    catalog.append(holder)
-    with atomic_path(path, suffix=".xml") as tmp:
-        catalog.write(str(tmp), format=_SCML_FORMAT, version=version)
-        _drop_events(tmp)
-    return Path(path)
-
-
-def _drop_events(path: Path) -> None:
-    """Remove the <event> elements obspy wrote (see write_sc3ml), keeping the picks."""
-
-    tree = etree.parse(str(path))
-    root = tree.getroot()
-    for ev in list(root.iter("{*}event")):
-        ev.getparent().remove(ev)
-    tree.write(str(path), xml_declaration=True, encoding="UTF-8", pretty_print=True)
-
-
-_WRITERS = {"csv": write_picks_csv, "quakeml": write_quakeml}
+    be an empty event in the observatory's database (obspy's `event_removal`, "useful ... when
+    injecting SCML into seiscomp"). obspy's reader returns an empty catalog for such a file: its
+    SeisComP-to-QuakeML conversion keeps only picks that an origin's arrivals reference."""
+    doc = XmlPicksFile("sc3ml", version)
+    doc.update(records)
+    return doc.write(path)
 
 
 # ---------------------------------------------------------------------------- the sink
@@ -380,6 +444,7 @@ class EventSink:
         self.publisher = publisher
         self.lifecycle = Lifecycle()
         self.emitted = 0
+        self._xml: dict[str, XmlPicksFile] = {}
         if self.out_dir is not None:
             self._write_files()  # empty but valid files from the start
 
@@ -409,7 +474,10 @@ class EventSink:
     def _write_files(self) -> None:
         records = self.lifecycle.final_records()
         for fmt, path in self.paths().items():
-            if fmt == "sc3ml":
-                write_sc3ml(path, records, self.config.sc3ml_version)
-            else:
-                _WRITERS[fmt](path, records)
+            if fmt == "csv":
+                write_picks_csv(path, records)
+                continue
+            if fmt not in self._xml:
+                self._xml[fmt] = XmlPicksFile(fmt, self.config.sc3ml_version)
+            self._xml[fmt].update(records)
+            self._xml[fmt].write(path)

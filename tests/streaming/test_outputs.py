@@ -98,7 +98,9 @@ def test_sc3ml_validates_and_holds_the_picks(tmp_path):
     assert [p["id"] for p in scml_picks(tmp_path / "again.xml")] == [
         p["id"] for p in scml_picks(path)
     ]
-    quakeml_ids = {str(p.resource_id) for p in obspy.read_events(str(tmp_path / "picks.xml"))[0].picks}
+    quakeml_ids = {
+        str(p.resource_id) for p in obspy.read_events(str(tmp_path / "picks.xml"))[0].picks
+    }
     assert quakeml_ids == {p["id"] for p in scml_picks(path)}
 
 
@@ -130,6 +132,9 @@ def test_a_retracted_pick_never_reaches_the_files(tmp_path):
     assert len(picks) == 2 and all("/e1/" in p["id"] for p in picks)
     assert T0 + 150.7 not in [p["time"] for p in picks]
     assert [e["event_id"] for e in sink.events] == ["e1"]
+    # the files kept up to date piecewise equal one written from scratch
+    fresh = write_sc3ml(tmp_path / "fresh.xml", sink.lifecycle.final_records())
+    assert fresh.read_text() == (tmp_path / FILE_NAMES["sc3ml"]).read_text()
     assert list(sink.lifecycle.open) == ["e3"]
     # a retract of a final event removes it from the files too
     sink.emit([{"kind": "retract", "event_id": "e1"}])
@@ -189,7 +194,9 @@ def test_the_subscriber_example_prints_the_final_events(tmp_path):
             printed, _ = proc.communicate(timeout=WAIT_S + 10)
         finally:
             proc.kill()
-    finals = [x for x in out.getvalue().splitlines() if json.loads(x).get("kind", "final") == "final"]
+    finals = [
+        x for x in out.getvalue().splitlines() if json.loads(x).get("kind", "final") == "final"
+    ]
     assert proc.returncode == 0 and printed.splitlines() == finals and len(finals) == 2
 
 
