@@ -50,9 +50,9 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     # for all `scenarios` runs, closed (queued messages flushed for linger_ms) however we leave
     publisher = Publisher(publish_cfg) if publish_cfg.enabled else None
     try:
-        if publisher is not None and publish_cfg.wait_s > 0:
-            if not publisher.wait_for_subscriber(publish_cfg.wait_s):
-                log.warning("no subscriber after %g s; publishing anyway", publish_cfg.wait_s)
+        waiting = publisher is not None and publish_cfg.wait_s > 0
+        if waiting and not publisher.wait_for_subscriber(publish_cfg.wait_s):
+            log.warning("no subscriber after %g s; publishing anyway", publish_cfg.wait_s)
         return _run(cfg, output_cfg, publisher)
     finally:
         if publisher is not None:

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
@@ -165,7 +165,7 @@ class Publisher:
         self._sock.close(self.cfg.linger_ms)
         self._ctx.term()
 
-    def __enter__(self) -> Publisher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
