@@ -241,12 +241,12 @@ def test_an_absent_or_stalled_subscriber_does_not_block_emit(tmp_path):
     """No subscriber: every message is discarded at once. A subscriber that never reads: its
     queue fills (queue=10 + the TCP buffers), newer messages are dropped for it, and emit goes
     on. Bounded by a thread join, not a timing."""
-    payload = json.dumps({"kind": "final", "pad": "x" * 2000})
-    n = 20_000  # 40 MB: far more than the socket buffers between the two ends can hold
+    n = 5_000  # 40 MB: far more than the socket buffers between the two ends can hold
+    objects = [{"kind": "pick", "event_id": f"e{i}", "pad": "x" * 8000} for i in range(n)]
+    lines = io.StringIO()
 
     def flood(pub: Publisher) -> None:
-        for _ in range(n):
-            pub.send("final", payload)
+        EventSink(None, stream=lines, publisher=pub).emit(objects)
 
     ctx = zmq.Context()
     with Publisher(PublishConfig(enabled=True, port=0, queue=10)) as pub:
@@ -265,6 +265,7 @@ def test_an_absent_or_stalled_subscriber_does_not_block_emit(tmp_path):
         seqs = [int(m[2]) for m in receive(stalled)]
     stalled.close()
     ctx.term()
+    assert len(lines.getvalue().splitlines()) == 2 * n  # every JSON line written meanwhile
     assert 0 < len(seqs) < n  # it got some, the rest were dropped for it
     assert seqs == sorted(seqs) and seqs[-1] - seqs[0] + 1 > len(seqs)  # gaps show the drops
 
