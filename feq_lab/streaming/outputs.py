@@ -157,7 +157,7 @@ class Lifecycle:
         if kind in PROVISIONAL:
             if event_id in self.finals:  # a late provisional for a final event changes nothing
                 return False
-            self.open[event_id] = rec
+            self.open[event_id] = _merge_provisional(self.open.get(event_id), rec)
             return False
         if kind == "retract":
             self.open.pop(event_id, None)
@@ -178,6 +178,21 @@ class Lifecycle:
     def current(self) -> list[dict[str, Any]]:
         """Final and still-open events (the plot's view): provisional ones last."""
         return self.final_records() + list(self.open.values())
+
+
+_PICK_KEYS = ("phase", "time", "prob")
+
+
+def _merge_provisional(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """An open event's state after `new`: a single-pick object (`phase`/`time`/`prob`) sets
+    that phase's pick and keeps the other's (a P then an S pick of one event are both shown);
+    an event-shaped object overrides the fields it carries."""
+    if not (new.get("phase") and new.get("time")):
+        return {**(old or {}), **new}
+    ph = str(new["phase"]).lower()
+    merged = {k: v for k, v in {**(old or {}), **new}.items() if k not in _PICK_KEYS}
+    merged[f"{ph}_time"], merged[f"{ph}_prob"] = new["time"], new.get("prob")
+    return merged
 
 
 def current_events(objects: Iterable[Any]) -> list[dict[str, Any]]:

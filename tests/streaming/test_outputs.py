@@ -292,10 +292,16 @@ def test_the_plot_shows_provisional_picks_dotted(tmp_path):
     final = engine.history_view("XX.STA.00")["events"]
     assert {m[2][0] for m in pick_marks(final)} == {"--"}  # today's events: final, dashed
     objects = lifecycle()
+    objects.append({"kind": "pick", "event_id": "e3", "phase": "P", "time": iso_utc(T0 + 148.0)})
     marks = pick_marks(objects)
-    styles = {(round(t - T0, 2), ls) for t, _, (ls, _) in marks}
-    # e1 final (P moved to 100.1, S), e2 retracted: not drawn, e3 provisional: dotted
-    assert styles == {(100.1, "--"), (104.0, "--"), (150.0, ":")}
+    styles = {(round(t - T0, 2), c, ls) for t, c, (ls, _) in marks}
+    # e1 final (P moved to 100.1, S), e2 retracted: not drawn, e3's S then P provisional: dotted
+    assert styles == {
+        (100.1, "tab:blue", "--"),
+        (104.0, "tab:red", "--"),
+        (150.0, "tab:red", ":"),
+        (148.0, "tab:blue", ":"),
+    }
     display = LiveDisplay("png", tmp_path, n_blocks=4)
     display.update(engine, "XX.STA.00", events=[*final, *objects])
     fig = display.figures["XX.STA.00"]
