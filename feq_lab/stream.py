@@ -5,6 +5,7 @@
     python -m feq_lab.stream source=seedlink source.server=HOST:PORT 'source.streams=[NET.STA.CHA?]'
     python -m feq_lab.stream model=feq3 checkpoint=PATH      # a local checkpoint, no registry
     python -m feq_lab.stream scenarios=20 display=none       # 20 seeded replays, summarised
+    python -m feq_lab.stream outputs.publish.enabled=true   # also on tcp://127.0.0.1:5566
 
 Events are printed as JSON lines on stdout; logs go to stderr. Bad input exits with code 2 and
 a message naming the key or file.
@@ -40,6 +41,25 @@ def _out_dir(cfg: Mapping[str, Any]) -> Path:
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """One monitor run (or `scenarios` seeded replays) from a resolved config mapping."""
+    from feq_lab.streaming.outputs import OutputConfig
+    from feq_lab.streaming.publish import PublishConfig, Publisher
+
+    output_cfg = OutputConfig.from_mapping(cfg.get("outputs"))
+    publish_cfg = PublishConfig.from_mapping(output_cfg.publish)
+    # bound before the (slower) model load, so subscribers can connect meanwhile; one publisher
+    # for all `scenarios` runs, closed (queued messages flushed for linger_ms) however we leave
+    publisher = Publisher(publish_cfg) if publish_cfg.enabled else None
+    try:
+        waiting = publisher is not None and publish_cfg.wait_s > 0
+        if waiting and not publisher.wait_for_subscriber(publish_cfg.wait_s):
+            log.warning("no subscriber after %g s; publishing anyway", publish_cfg.wait_s)
+        return _run(cfg, output_cfg, publisher)
+    finally:
+        if publisher is not None:
+            publisher.close()
+
+
+def _run(cfg: Mapping[str, Any], output_cfg: Any, publisher: Any) -> dict[str, Any]:
     from feq_lab.streaming.display import LiveDisplay
     from feq_lab.streaming.engine import DEFAULT_THRESHOLDS, EngineConfig, StreamEngine
     from feq_lab.streaming.monitor import run_monitor, score_scenario, summarise_scenarios
@@ -116,7 +136,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 int(plot.get("dpi", 80)),
             )
         )
-        sink = EventSink(run_dir)
+        sink = EventSink(run_dir, config=output_cfg, publisher=publisher)
         stats = run_monitor(blocks, engine, sink, display, float(plot.get("refresh_s", 1.0)))
         result = {
             "type": "summary",

@@ -1,5 +1,6 @@
 """The live plot, like the study's figure: the last few 1-minute blocks as panels in different
-colours, detection/P/S probabilities underneath, dashed lines at P and S once picked.
+colours, detection/P/S probabilities underneath, dashed lines at P and S once picked (final),
+dotted ones while a pick is provisional (an event lifecycle's `pick`/`update`, see outputs.py).
 
 A desktop window when one is available; otherwise PNG files refreshed (atomically) in the
 output directory, one per station.
@@ -11,6 +12,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,13 @@ import numpy as np
 from feq_lab.errors import ConfigError
 from feq_lab.paths import atomic_path
 from feq_lab.streaming.engine import SAMPLING_RATE, StreamEngine, iso_utc
+from feq_lab.streaming.outputs import (
+    PROVISIONAL,
+    current_events,
+    posix_time,
+    record_kind,
+    record_picks,
+)
 
 log = logging.getLogger("feq_lab.streaming")
 
@@ -32,6 +41,9 @@ BLOCK_COLOURS = (
     "tab:pink",
 )
 P_COLOUR, S_COLOUR, DET_COLOUR = "tab:blue", "tab:red", "0.35"
+PHASE_COLOURS = {"P": P_COLOUR, "S": S_COLOUR}
+# (line style, width): final picks dashed as before, provisional ones dotted and thinner
+FINAL_STYLE, PROVISIONAL_STYLE = ("--", 1.2), (":", 1.0)
 
 
 def window_available() -> bool:
@@ -87,13 +99,18 @@ class LiveDisplay:
         fig.clear()
         return fig
 
-    def update(self, engine: StreamEngine, station: str) -> Path | None:
-        """Redraw `station`; returns the PNG path in png mode."""
+    def update(
+        self, engine: StreamEngine, station: str, events: Sequence[Any] | None = None
+    ) -> Path | None:
+        """Redraw `station`; returns the PNG path in png mode. `events`: the emitted objects
+        (lifecycle ones included) to mark, in emission order; default the engine's events."""
         if self.mode == "none" or station not in engine.stations:
             return None
         view = engine.history_view(station, self.n_blocks * self.block_s + self.block_s)
         if view["waveform"].shape[1] == 0:
             return None
+        if events is not None:
+            view = {**view, "events": list(events)}
         fig = self._figure(station)
         draw_blocks(fig, view, self.n_blocks, self.block_s, station)
         if self.mode == "window":
@@ -131,8 +148,7 @@ def draw_blocks(
         squeeze=False,
         gridspec_kw={"height_ratios": [2, 1], "hspace": 0.08, "wspace": 0.05},
     )
-    picks = [(ev.p_time, P_COLOUR) for ev in view["events"] if ev.p_time is not None]
-    picks += [(ev.s_time, S_COLOUR) for ev in view["events"] if ev.s_time is not None]
+    picks = pick_marks(view["events"])
     for col in range(n_blocks):
         top, bottom = axes[0, col], axes[1, col]
         if col >= len(blocks):
@@ -162,15 +178,29 @@ def draw_blocks(
         bottom.set_ylim(0, 1.05)
         for ax in (top, bottom):
             ax.set_xlim(0, block_s)
-            for when, c in picks:
+            for when, c, (ls, lw) in picks:
                 x = (when - origin) - k * block_s
                 if 0 <= x <= block_s:
-                    ax.axvline(x, color=c, ls="--", lw=1.2)
+                    ax.axvline(x, color=c, ls=ls, lw=lw)
         top.set_title(iso_utc(origin + k * block_s)[11:19], fontsize=9, color=colour)
         top.set_xticks([])
         bottom.set_xlabel("s", fontsize=8)
     axes[1, 0].set_ylabel("probability", fontsize=8)
     axes[1, 0].legend(loc="upper left", fontsize=7, frameon=False)
     fig.suptitle(
-        f"{station} — last {len(blocks)} block(s), dashed: P (blue) and S (red) picks", fontsize=10
+        f"{station} — last {len(blocks)} block(s), P (blue) and S (red) picks: "
+        "dashed final, dotted provisional",
+        fontsize=10,
     )
+
+
+def pick_marks(objects: Sequence[Any]) -> list[tuple[float, str, tuple[str, float]]]:
+    """(POSIX time, colour, (line style, width)) of every pick that stands now: a retracted
+    event has none, an update moves its provisional pick, a final one is drawn as final."""
+    marks = []
+    for rec in current_events(objects):
+        style = PROVISIONAL_STYLE if record_kind(rec) in PROVISIONAL else FINAL_STYLE
+        for phase, when, _ in record_picks(rec):
+            if phase in PHASE_COLOURS:
+                marks.append((posix_time(when), PHASE_COLOURS[phase], style))
+    return marks
