@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from feq_lab.errors import ConfigError
 from feq_lab.evaluation.decode import (
     DEFAULT_PROTOCOL,
     THRESHOLD_KEYS,
@@ -23,7 +24,6 @@ from feq_lab.evaluation.decode import (
     peak_features_multi,
     trigger_intervals,
 )
-from feq_lab.errors import ConfigError
 
 __all__ = [
     "THRESHOLD_KEYS",

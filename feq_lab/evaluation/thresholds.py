@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from feq_lab.errors import ConfigError
-from feq_lab.evaluation.metrics import METRIC_KEYS, check_scoring, detection_metrics, phase_metrics
 from feq_lab.evaluation.decode import DEFAULT_PROTOCOL, DecodeSettings, eqt_grid
+from feq_lab.evaluation.metrics import METRIC_KEYS, check_scoring, detection_metrics, phase_metrics
 from feq_lab.evaluation.picks import (
     THRESHOLD_KEYS,
     check_thresholds,
