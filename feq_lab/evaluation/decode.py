@@ -74,7 +74,8 @@ class TracePicks:
 @dataclass(frozen=True)
 class Detection:
     """One decoded trigger of a record: half-open [on, off) samples, its peak detection
-    probability and its P/S picks (sample indices of the record, or None)."""
+    probability (EQT's tester reports the mean; only the monitor's events carry this value) and
+    its P/S picks (sample indices of the record, or None)."""
 
     on: int
     off: int
