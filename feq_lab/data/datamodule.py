@@ -2,7 +2,9 @@
 
 Training follows EQT: every batch is half original traces and half augmented copies of the
 same traces (`HalfAugmentedBatchSampler` yields B/2 trace indices twice, the second time
-flagged for augmentation). Validation and test are never augmented; test keeps CSV order.
+flagged for augmentation); the original half gets EQT's own light treatment (a shift at half
+the probability, `augment.Augmentation.original`). Validation and test are never augmented;
+test keeps CSV order.
 Randomness is seeded per (seed, epoch, trace, copy), so results do not depend on the number of
 workers. Each worker opens its own HDF5 handle lazily (see `stead._FileHandles`).
 """
@@ -31,8 +33,8 @@ from feq_lab.errors import ConfigError, DataError
 class WaveformDataset(TorchDataset):
     """Samples of one split. Index: an int (unaugmented) or (position, augmented, epoch)."""
 
-    def __init__(self, data: SteadDataset, transform: aug.Compose | None = None, seed: int = 0,
-                 min_snr_db: float = 10.0):
+    def __init__(self, data: SteadDataset, transform: aug.Augmentation | None = None,
+                 seed: int = 0, min_snr_db: float = 10.0):
         self.data = data
         self.transform = transform
         self.seed = int(seed)
@@ -58,9 +60,10 @@ class WaveformDataset(TorchDataset):
             "coda_end": float(self.coda[position]), "is_earthquake": bool(self.is_eq[position]),
             "snr_ok": bool(self.snr_ok[position]), "extra_events": [],
         }
-        if augmented and self.transform is not None:
-            rng = np.random.default_rng([self.seed, int(epoch), position, 1])
-            sample = self.transform(sample, rng)
+        if self.transform is not None and not isinstance(index, (int, np.integer)):
+            # both halves of an EQT batch: the augmented copy, and the original (shifted too)
+            rng = np.random.default_rng([self.seed, int(epoch), position, int(augmented)])
+            sample = self.transform(sample, rng, augmented)
         return to_item(sample, self.trace_name[position])
 
 

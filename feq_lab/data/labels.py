@@ -8,7 +8,10 @@ import numpy as np
 
 PICK_SIGMA = 10.0  # samples
 PICK_HALF_WIDTH = 20  # Gaussian truncated at +-20 samples
-DETECTION_S_FACTOR = 0.4  # detection runs from P to S + 0.4 (S - P)
+# EQT's detection label runs from P to S + 0.4 (S - P) (Mousavi et al. 2020; EqT_utils.py
+# DataGenerator `coda_ratio=0.4`). The one place for this factor: augmentation, labels and the
+# monitor's scenario scoring all call `detection_end`.
+DETECTION_S_FACTOR = 0.4
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -46,13 +49,18 @@ def pick_label(sample: float | None, n_samples: int = 6000) -> np.ndarray:
     return y
 
 
+def detection_end(p_sample: float, s_sample: float) -> float:
+    """Where EQT's detection label ends: S + 0.4 (S - P) (sample or time units alike)."""
+    return s_sample + DETECTION_S_FACTOR * (s_sample - p_sample)
+
+
 def detection_label(p_sample: float | None, s_sample: float | None,
                     n_samples: int = 6000) -> np.ndarray:
     """1 from P to S + 0.4 (S - P) (EQT's definition, not coda_end_sample); zeros for noise."""
     y = np.zeros(n_samples, dtype=np.float32)
     if p_sample is None or s_sample is None or not (math.isfinite(p_sample) and math.isfinite(s_sample)):
         return y
-    end = s_sample + DETECTION_S_FACTOR * (s_sample - p_sample)
+    end = detection_end(p_sample, s_sample)
     lo = max(round(p_sample), 0)
     hi = min(round(end), n_samples - 1)
     if lo <= hi:

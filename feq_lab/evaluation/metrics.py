@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from feq_lab.errors import ConfigError, DataError
+from feq_lab.evaluation.decode import DEFAULT_PROTOCOL
 from feq_lab.evaluation.picks import TracePicks, check_thresholds, extract_picks
 from feq_lab.evaluation.truth import Truth
 
@@ -206,8 +207,10 @@ def evaluate(
     tolerance_s: float = 0.5,
     association_margin_s: float = 0.5,
     far_pick_counts_fp: bool = False,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> dict[str, float]:
-    """Extract picks at `thresholds` from stored probabilities and score them."""
+    """Extract picks at `thresholds` from stored probabilities (decoded under `protocol`,
+    `decode.PROTOCOLS`) and score them."""
     picks = extract_picks(
         probs.det,
         probs.p,
@@ -215,6 +218,7 @@ def evaluate(
         check_thresholds(thresholds),
         sampling_rate=sampling_rate,
         association_margin_s=association_margin_s,
+        protocol=protocol,
     )
     return score(
         picks, probs.truth, sampling_rate, tolerance_s, far_pick_counts_fp=far_pick_counts_fp

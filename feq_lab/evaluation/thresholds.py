@@ -1,6 +1,8 @@
 """Threshold grids evaluated from stored probabilities, without retraining.
 
-Why it is fast: a phase's peak inside the association region depends only on the detection
+Protocol ``eqt`` (the default): `decode.eqt_grid` finds each trace's peak candidates once and
+applies EQT's per-trigger rule for every combination (the detection flag depends on all three
+thresholds there). Protocol ``lab``: a phase's peak inside the association region depends only on the detection
 threshold, and the phase threshold merely decides whether that peak counts as a pick
 (`picks.PeakFeatures`). So the (N, T) work runs in one pass shared by all detection
 thresholds; every (P, S) threshold pair then costs O(N) comparisons, and detection/P/S metrics
@@ -16,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from feq_lab.errors import ConfigError
+from feq_lab.evaluation.decode import DEFAULT_PROTOCOL, DecodeSettings, eqt_grid
 from feq_lab.evaluation.metrics import METRIC_KEYS, check_scoring, detection_metrics, phase_metrics
 from feq_lab.evaluation.picks import (
     THRESHOLD_KEYS,
@@ -57,6 +60,7 @@ def threshold_grid(
     tolerance_s: float = 0.5,
     association_margin_s: float = 0.5,
     far_pick_counts_fp: bool = False,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> pd.DataFrame:
     """One row per (detection, p, s) combination: the three threshold columns + `METRIC_KEYS`.
 
@@ -64,10 +68,22 @@ def threshold_grid(
     """
     g = check_grid(grid)
     check_scoring(sampling_rate, tolerance_s)
+    settings = DecodeSettings(protocol, sampling_rate, association_margin_s)
     margin = margin_samples(association_margin_s, sampling_rate)
     truth = probs.truth
     tol = tolerance_s * sampling_rate
     rows = []
+    if settings.protocol == "eqt":
+        outcomes = eqt_grid(probs.det, probs.p, probs.s, g["detection"], g["p"], g["s"], settings)
+        for (det_th, p_th, s_th), out in outcomes:
+            row = {"detection_threshold": det_th, "p_threshold": p_th, "s_threshold": s_th}
+            row.update(detection_metrics(out.detected, truth.is_earthquake))
+            for phase, pick, true in (("p", out.p_pick, truth.p_sample),
+                                      ("s", out.s_pick, truth.s_sample)):
+                row.update(phase_metrics(phase, pick, true, truth.is_earthquake, tol,
+                                         sampling_rate, far_pick_counts_fp))
+            rows.append(row)
+        return pd.DataFrame(rows, columns=list(THRESHOLD_COLUMNS) + list(METRIC_KEYS))
     per_threshold = peak_features_multi(probs.det, probs.p, probs.s, g["detection"], margin)
     for det_th, feats in zip(g["detection"], per_threshold):
         det_m = detection_metrics(feats.detected, truth.is_earthquake)

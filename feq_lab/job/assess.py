@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from feq_lab.evaluation.decode import DEFAULT_PROTOCOL
 from feq_lab.evaluation.metrics import evaluate
 from feq_lab.evaluation.picks import TracePicks, extract_picks
 from feq_lab.evaluation.probabilities import (
@@ -55,12 +56,13 @@ class Assessment:
             self.artifacts.setdefault(folder, []).append(Path(path))
 
 
-def eval_settings(eval_cfg: Mapping[str, Any]) -> dict[str, float]:
+def eval_settings(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The scoring keyword arguments of `metrics.evaluate` / `threshold_grid` from `cfg.eval`."""
     return {
         "sampling_rate": float(eval_cfg.get("sampling_rate", 100)),
         "tolerance_s": float(eval_cfg.get("tolerance_s", 0.5)),
         "association_margin_s": float(eval_cfg.get("association_margin_s", 0.5)),
+        "protocol": str(eval_cfg.get("protocol", DEFAULT_PROTOCOL)),
     }
 
 
@@ -111,7 +113,8 @@ def evaluate_probabilities(
         result.add("", write_table(table, out_dir / THRESHOLD_GRID_FILE))
     picks = extract_picks(stored.det, stored.p, stored.s, thresholds,
                           sampling_rate=kw["sampling_rate"],
-                          association_margin_s=kw["association_margin_s"])
+                          association_margin_s=kw["association_margin_s"],
+                          protocol=kw["protocol"])
     for path in draw_figures(out_dir / PLOTS_DIR, stored, picks, scores, table, thresholds,
                              kw, int(eval_cfg.get("n_plot_traces", 4)), waveforms):
         result.add(PLOTS_DIR, path)

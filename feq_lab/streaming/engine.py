@@ -7,6 +7,11 @@ arrival order (within `max_delay_s`) and the batch sizes never change what is em
 event can be emitted twice. The stream's end runs one right-aligned window over the newest
 samples (the tail), so nothing is dropped.
 
+Events are decoded by the evaluation's own decoder (`feq_lab.evaluation.decode`, protocol
+`engine.protocol`, EQTransformer's tester rules by default): the engine keeps only its buffering,
+finality and de-duplication, so the events of a stream equal `decode.decode_record` on the
+stacked probabilities of the whole record (tested on a 10-minute record).
+
 Preprocessing is causal: per-window normalisation identical to training
 (`feq_lab.data.labels.normalize`), gap filling from past samples only, and a stateful causal
 anti-alias filter when a stream must be resampled to 100 Hz.
@@ -24,6 +29,15 @@ import numpy as np
 
 from feq_lab.data.labels import normalize
 from feq_lab.errors import ConfigError, DataError
+from feq_lab.evaluation.decode import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    DecodeSettings,
+    Detection,
+    check_thresholds,
+    decode_triggers,
+    find_triggers,
+)
 from feq_lab.streaming.buffers import SampleSeries
 
 log = logging.getLogger("feq_lab.streaming")
@@ -117,9 +131,10 @@ class EngineConfig:
     require_pick: bool = False
     batch_size: int = 16
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
-    association_margin_s: float = 0.5
-    merge_gap_s: float = 1.0
-    min_detection_s: float = 0.5
+    # The decoder's rules (feq_lab/evaluation/decode.py): eqt = EQTransformer's tester, as the
+    # study's tables; lab = the lab's earlier rules, each trigger on its own (S may precede P).
+    protocol: str = DEFAULT_PROTOCOL
+    association_margin_s: float = 0.5  # lab protocol only
     max_delay_s: float = 120.0
     history_s: float = 240.0
 
@@ -134,9 +149,11 @@ class EngineConfig:
                 f"{key}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(known)})"
             )
         if "thresholds" in cfg:
-            from feq_lab.evaluation.picks import check_thresholds
-
             cfg["thresholds"] = check_thresholds(cfg["thresholds"], f"{key}.thresholds")
+        if cfg.get("protocol", DEFAULT_PROTOCOL) not in PROTOCOLS:
+            raise ConfigError(
+                f"{key}.protocol", f"must be one of {PROTOCOLS}, got {cfg['protocol']!r}"
+            )
         out = cls(**cfg)
         if not 1 <= int(out.stride) <= WINDOW:
             raise ConfigError(
@@ -152,13 +169,7 @@ class EngineConfig:
             raise ConfigError(f"{key}.combine", f"must be 'max' or 'mean', got {out.combine!r}")
         if int(out.batch_size) < 1:
             raise ConfigError(f"{key}.batch_size", f"must be >= 1, got {out.batch_size}")
-        for name in (
-            "association_margin_s",
-            "merge_gap_s",
-            "min_detection_s",
-            "max_delay_s",
-            "history_s",
-        ):
+        for name in ("association_margin_s", "max_delay_s", "history_s"):
             if float(getattr(out, name)) < 0:
                 raise ConfigError(f"{key}.{name}", f"must be >= 0, got {getattr(out, name)}")
         return out
@@ -227,9 +238,7 @@ class _Station:
         self.committed = 0  # raw samples below this are final (received or filled)
         self.next_window = 0  # start of the next regular window
         self.final = 0  # probabilities below this are final
-        self.scan = 0  # event scanning has read final samples below this
-        self.group: list[int] | None = None  # [start, end) of the detection being assembled
-        self.group_open = False  # the detection ran on to the last scanned sample
+        self.scan = 0  # start of the undecided region (a running trigger, else the unscanned)
         self.seen = [False, False, False]  # component ever received
         self.resamplers: dict[int, _Resampler] = {}
         self.logged: set[str] = set()
@@ -262,11 +271,12 @@ class StreamEngine:
         self.model_name = model_name
         self.mc = mc
         self.stations: dict[str, _Station] = {}
-        th = dict(self.cfg.thresholds)
-        self.th_det, self.th_p, self.th_s = float(th["detection"]), float(th["p"]), float(th["s"])
-        self.margin = int(round(self.cfg.association_margin_s * SAMPLING_RATE))
-        self.merge_gap = int(round(self.cfg.merge_gap_s * SAMPLING_RATE))
-        self.min_detection = int(round(self.cfg.min_detection_s * SAMPLING_RATE))
+        self.thresholds = check_thresholds(self.cfg.thresholds, "engine.thresholds")
+        self.th_det = self.thresholds["detection"]
+        # the same decoder as offline evaluation (one place for the rules)
+        self.decoding = DecodeSettings(
+            self.cfg.protocol, SAMPLING_RATE, float(self.cfg.association_margin_s)
+        )
         self.max_delay = int(round(self.cfg.max_delay_s * SAMPLING_RATE))
         self.history = int(round(self.cfg.history_s * SAMPLING_RATE))
         self.windows_run = 0
@@ -555,62 +565,48 @@ class StreamEngine:
 
     # ------------------------------------------------------------------ events
     def _scan(self, st: _Station, flush: bool) -> None:
-        """Turn newly final samples into detections; emit those whose evidence is complete."""
-        if st.final > st.scan:
-            det = self.probabilities(st, st.scan, st.final)[0]
-            above = det >= self.th_det
-            edges = np.diff(np.concatenate(([0], above.astype(np.int8), [0])))
-            ons = np.flatnonzero(edges == 1) + st.scan
-            offs = np.flatnonzero(edges == -1) + st.scan
-            for on, off in zip(ons.tolist(), offs.tolist()):
-                if st.group is not None and (
-                    st.group_open and on == st.scan or on - st.group[1] <= self.merge_gap
-                ):
-                    st.group[1] = off
-                else:
-                    if st.group is not None:
-                        self._emit(st)
-                    st.group = [on, off]
-            if st.group is not None:
-                st.group_open = st.group[1] == st.final
-            st.scan = st.final
-        if st.group is not None and (
-            flush
-            or (
-                not st.group_open and st.final - st.group[1] >= max(self.merge_gap, self.margin) + 1
-            )
-        ):
-            self._emit(st)
+        """Decode the triggers whose evidence is final with the evaluation's own decoder.
 
-    def _emit(self, st: _Station) -> None:
-        start, end = st.group
-        st.group, st.group_open = None, False
-        if end - start < self.min_detection:
-            if not log.isEnabledFor(logging.INFO):  # (skip formatting the time)
-                return
-            log.info(
-                "station %s: %.2f-s detection at %s shorter than min_detection_s; ignored",
-                st.name,
-                (end - start) / SAMPLING_RATE,
-                iso_utc(st.origin + start / SAMPLING_RATE),
-            )
+        `st.scan` is the start of the undecided region: the start of a trigger still running
+        (or waiting for its look-ahead), else the first sample not yet scanned. Triggers are
+        found on the final samples from there; each one that has ended (plus the protocol's
+        look-ahead, or the stream's end) is decoded by `decode.decode_triggers` on the final
+        probabilities from `context` samples before the region, exactly as
+        `decode.decode_record` decodes the whole record offline.
+        """
+        if st.final <= st.scan:
             return
-        lo = max(start - self.margin, st.prob.base, 0)
-        hi = min(end + self.margin, st.final)
-        probs = self.probabilities(st, lo, hi)
-        det_prob = float(probs[0, start - lo : end - lo].max())
-        picks = {}
-        for row, phase, th in ((1, "p", self.th_p), (2, "s", self.th_s)):
-            i = int(probs[row].argmax())
-            value = float(probs[row, i])
-            picks[phase] = (lo + i, value) if value >= th else (None, None)
-        if self.cfg.require_pick and picks["p"][0] is None and picks["s"][0] is None:
+        lo = max(st.scan - self.decoding.context, st.prob.base, 0)
+        probs = self.probabilities(st, lo, st.final)
+        n = probs.shape[1]
+        start = st.scan - lo
+        runs = [
+            (on + start, off + start)
+            for on, off in find_triggers(probs[0, start:], self.th_det, self.decoding.protocol)
+        ]
+        ready = []
+        for on, off in runs:
+            if not flush and (off >= n or off + self.decoding.lookahead > n):
+                st.scan = lo + on  # this trigger (and any later one) waits for more samples
+                break
+            ready.append((on, off))
+        else:
+            st.scan = st.final
+        for det in decode_triggers(probs[0], probs[1], probs[2], ready, self.thresholds,
+                                   self.decoding):
+            self._emit(st, det.shifted(lo))
+
+    def _emit(self, st: _Station, det: Detection) -> None:
+        """One decoded detection -> an Event (engine flags, MC spread, require_pick)."""
+        if self.cfg.require_pick and det.p_sample is None and det.s_sample is None:
             log.info(
                 "station %s: detection at %s without a P or S pick; dropped (require_pick)",
                 st.name,
-                iso_utc(st.origin + start / SAMPLING_RATE),
+                iso_utc(st.origin + det.on / SAMPLING_RATE),
             )
             return
+        lo = max(det.on - self.decoding.context, st.prob.base, 0)
+        hi = min(det.off + self.decoding.lookahead, st.final)
         flags = []
         if st.filled.view(lo, hi).any():
             flags.append("gap_filled")
@@ -620,11 +616,11 @@ class StreamEngine:
             flags.append("resampled")
         spread = None
         if st.spread is not None:
-            sp = st.spread.view(lo, hi)
-            spread = {"det": float(sp[0, start - lo : end - lo].max())}
-            for row, phase in ((1, "p"), (2, "s")):
-                if picks[phase][0] is not None:
-                    spread[phase] = float(sp[row, picks[phase][0] - lo])
+            sp = st.spread.view(det.on, det.off)
+            spread = {"det": float(sp[0].max())}
+            for row, phase, at in ((1, "p", det.p_sample), (2, "s", det.s_sample)):
+                if at is not None:
+                    spread[phase] = float(st.spread.view(at, at + 1)[row, 0])
 
         def t(i: int | None) -> float | None:
             return None if i is None else st.origin + i / SAMPLING_RATE
@@ -632,13 +628,13 @@ class StreamEngine:
         st.events.append(
             Event(
                 station=st.name,
-                detection_start=t(start),
-                detection_end=t(end),
-                det_prob=det_prob,
-                p_time=t(picks["p"][0]),
-                p_prob=picks["p"][1],
-                s_time=t(picks["s"][0]),
-                s_prob=picks["s"][1],
+                detection_start=t(det.on),
+                detection_end=t(det.off),
+                det_prob=det.det_prob,
+                p_time=t(det.p_sample),
+                p_prob=det.p_prob,
+                s_time=t(det.s_sample),
+                s_prob=det.s_prob,
                 model=self.model_name,
                 flags=tuple(flags),
                 spread=spread,
@@ -649,11 +645,9 @@ class StreamEngine:
         keep = min(
             st.next_window,
             st.final - self.history,
-            st.final - self.margin,
+            st.scan - self.decoding.context,
             st.committed - max(_FILL_CONTEXT, WINDOW),
         )
-        if st.group is not None:
-            keep = min(keep, st.group[0] - self.margin)
         if keep <= 0:
             return
         for series in (st.raw, st.present, st.filled):

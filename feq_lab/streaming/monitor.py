@@ -9,6 +9,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from feq_lab.data.labels import detection_end
 from feq_lab.streaming.engine import Block, Event, StreamEngine
 from feq_lab.streaming.outputs import EventSink
 from feq_lab.streaming.sources import Scenario
@@ -94,7 +95,7 @@ def score_scenario(
     and those overlapping the noise minutes are counted separately.
     """
     lo = scenario.p_time - tolerance_s
-    hi = scenario.s_time + 0.4 * (scenario.s_time - scenario.p_time)
+    hi = detection_end(scenario.p_time, scenario.s_time)
     matched = [e for e in events if e.detection_end >= lo and e.detection_start <= hi]
     false = [e for e in events if e not in matched]
     in_noise = [

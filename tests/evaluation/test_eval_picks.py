@@ -1,11 +1,20 @@
-"""Pick extraction on hand-built probability traces."""
+"""Pick extraction on hand-built probability traces: the `lab` protocol's rules.
+
+(Since issue 14 the default protocol is `eqt`, tested in test_decode.py; these tests keep the
+lab's earlier rules reachable and exact, so they ask for `protocol="lab"`.)
+"""
+
+from functools import partial
 
 import numpy as np
 import pytest
 from helpers_eval import T, box, gauss, stack
 
 from feq_lab.errors import ConfigError, DataError
-from feq_lab.evaluation.picks import extract_picks, trigger_intervals
+from feq_lab.evaluation.picks import extract_picks as extract_any
+from feq_lab.evaluation.picks import trigger_intervals
+
+extract_picks = partial(extract_any, protocol="lab")
 
 TH = {"detection": 0.3, "p": 0.1, "s": 0.1}
 

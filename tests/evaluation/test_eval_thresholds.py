@@ -16,9 +16,10 @@ def probs():
     return random_set(n=60, seed=1)
 
 
+@pytest.mark.parametrize("protocol", ["eqt", "lab"])
 @pytest.mark.parametrize("far_fp", [False, True])
-def test_grid_rows_equal_direct_reevaluation(probs, far_fp):
-    table = threshold_grid(probs, GRID, far_pick_counts_fp=far_fp)
+def test_grid_rows_equal_direct_reevaluation(probs, far_fp, protocol):
+    table = threshold_grid(probs, GRID, far_pick_counts_fp=far_fp, protocol=protocol)
     assert len(table) == 3 * 3 * 2
     assert list(table.columns) == list(THRESHOLD_COLUMNS) + list(METRIC_KEYS)
     for row in table.to_dict(orient="records"):
@@ -27,12 +28,21 @@ def test_grid_rows_equal_direct_reevaluation(probs, far_fp):
             "p": row["p_threshold"],
             "s": row["s_threshold"],
         }
-        direct = evaluate(probs, th, far_pick_counts_fp=far_fp)
+        direct = evaluate(probs, th, far_pick_counts_fp=far_fp, protocol=protocol)
         got = np.array([row[k] for k in METRIC_KEYS])
         want = np.array([direct[k] for k in METRIC_KEYS])
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, equal_nan=True, err_msg=str(th))
     # the grid really varies: not every row has the same P F1
     assert table["p_f1"].nunique() > 1 and table["detection_f1"].nunique() > 1
+
+
+def test_protocols_differ_on_the_same_probabilities(probs):
+    eqt = threshold_grid(probs, GRID)  # the default protocol is EQT's tester
+    lab = threshold_grid(probs, GRID, protocol="lab")
+    assert not np.allclose(eqt["p_f1"], lab["p_f1"]) or not np.allclose(
+        eqt["detection_f1"], lab["detection_f1"])
+    with pytest.raises(ConfigError, match="eval.protocol"):
+        threshold_grid(probs, GRID, protocol="seisbench")
 
 
 def test_best_thresholds_pick_the_max_row(probs):

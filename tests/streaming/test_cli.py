@@ -73,7 +73,6 @@ def test_cli_files_with_a_local_checkpoint(checkpoint, tmp_path):
             "backend=torch",
             "display=png",
             "engine.thresholds.detection=0.0",
-            "engine.min_detection_s=0",
             f"out_dir={out}",
             f"hydra.run.dir={tmp_path / 'hydra'}",
         ],

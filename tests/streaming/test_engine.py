@@ -144,7 +144,7 @@ def test_stream_shorter_than_a_window_is_processed():
     rng = np.random.default_rng(2)
     rec = rng.normal(0, 1, (3, 4500)).astype(np.float32)  # 45 s
     rec[2, 3000:3060] += 60.0  # a 0.6-s spike at 30 s
-    engine = StreamEngine(spike_predict, "spike", {"min_detection_s": 0.0})
+    engine = StreamEngine(spike_predict, "spike")
     events = run_blocks(engine, blocks_of(rec, 10.0))
     assert len(events) == 1
     assert abs(events[0].p_time - (T0 + 30.0)) <= 0.02
@@ -223,7 +223,14 @@ def test_blinding_drops_window_edge_artefacts_but_keeps_the_event(reference, blo
     )
     assert len(interior(plain)) > len(interior(reference))  # the artefacts make false events
     assert interior(blind) == interior(reference)
-    assert len(blind) == len(interior(reference)) + 2  # the stream's first and last edge remain
+    # the stream's last edge remains; its first edge (a plateau from the record's first sample)
+    # has no P/S local maximum, so EQT's rules (the default protocol) make it no detection
+    assert len(blind) == len(interior(reference)) + 1
+    lab = run_blocks(
+        StreamEngine(edge_artefact_predict, "standin", {"blinding": 500, "protocol": "lab"}),
+        blocks_of(rec, block_s),
+    )
+    assert len(lab) == len(interior(reference)) + 2
 
 
 def detection_only_predict(x):
@@ -234,11 +241,14 @@ def detection_only_predict(x):
 
 def test_require_pick_drops_detections_without_p_or_s(reference, caplog):
     rec = make_record()
-    plain = run_blocks(StreamEngine(detection_only_predict, "standin"), blocks_of(rec, 60.0))
+    # EQT's rules (the default): a trigger without a P or S candidate is no detection at all
+    assert run_blocks(StreamEngine(detection_only_predict, "standin"), blocks_of(rec, 60.0)) == []
+    lab = {"protocol": "lab"}
+    plain = run_blocks(StreamEngine(detection_only_predict, "standin", lab), blocks_of(rec, 60.0))
     assert len(plain) == 1 and plain[0].p_time is None and plain[0].s_time is None
     with caplog.at_level("INFO", logger="feq_lab.streaming"):
         strict = run_blocks(
-            StreamEngine(detection_only_predict, "standin", {"require_pick": True}),
+            StreamEngine(detection_only_predict, "standin", {**lab, "require_pick": True}),
             blocks_of(rec, 60.0),
         )
     assert strict == [] and "without a P or S pick" in caplog.text
@@ -286,6 +296,8 @@ def test_memory_is_bounded_over_a_long_stream():
         ("max_delay_s", -1.0),
         ("blinding", -1),
         ("blinding", 1501),  # more than (6000 - 3000) / 2: some samples would be covered by none
+        ("protocol", "seisbench"),
+        ("merge_gap_s", 1.0),  # the engine's own rules are gone: it decodes like evaluation
         ("bogus", 1),
     ],
 )
@@ -297,3 +309,75 @@ def test_bad_engine_config_names_the_key(key, value):
 def test_bad_thresholds_name_the_key():
     with pytest.raises(ConfigError, match="engine.thresholds.p"):
         EngineConfig.from_mapping({"thresholds": {"detection": 0.5, "p": 2.0, "s": 0.3}})
+
+
+def ten_minute_record(seed: int = 3) -> np.ndarray:
+    """10 minutes of noise with five events of different S - P (and strengths)."""
+    rng = np.random.default_rng(seed)
+    n = 60_000
+    t = np.arange(n) / 100.0
+    x = rng.normal(0.0, 1.0, (3, n)) + np.array([[500.0], [-300.0], [120.0]])
+    for p_s, sp, amp in ((70.0, 4.0, 25.0), (200.0, 9.5, 12.0), (333.3, 2.2, 40.0),
+                         (470.0, 6.0, 8.0), (556.0, 3.0, 30.0)):
+        p, s = t - p_s, t - p_s - sp
+        x[2] += np.where(p >= 0, amp * np.exp(-np.clip(p, 0, None) / 3.0), 0.0) * rng.normal(
+            0, 1, n)
+        hs = np.where(s >= 0, 1.6 * amp * np.exp(-np.clip(s, 0, None) / 4.0), 0.0)
+        x[:2] += hs * rng.normal(0, 1, (2, n))
+    return x.astype(np.float32)
+
+
+def offline_probabilities(rec: np.ndarray, predict, stride: int = 3000) -> np.ndarray:
+    """Offline evaluation of a whole record: every 60-s window (start a multiple of `stride`),
+    normalised as in training, predicted, stacked by the maximum — no streaming code."""
+    from feq_lab.data.labels import normalize
+
+    n = rec.shape[1]
+    out = np.zeros((3, n), np.float32)
+    for a in range(0, n - 6000 + 1, stride):
+        det, p, s = predict(normalize(rec[None, :, a : a + 6000]))
+        for row, o in enumerate((det, p, s)):
+            np.maximum(out[row, a : a + 6000], np.asarray(o)[0], out=out[row, a : a + 6000])
+    return out
+
+
+def envelope_predict(x):
+    """A rougher deterministic picker: STA/LTA ratios as probabilities, so the traces have many
+    local maxima, several S peaks per trigger, P peaks before the trigger and short blips."""
+    from conftest import _trailing_mean
+
+    x = np.asarray(x, np.float64)
+    ez, eh = x[:, 2] ** 2, x[:, 0] ** 2 + x[:, 1] ** 2
+    rz = _trailing_mean(ez, 30) / (_trailing_mean(ez, 800) + 1e-3)
+    rh = _trailing_mean(eh, 30) / (_trailing_mean(eh, 800) + 1e-3)
+    det = np.clip((_trailing_mean(rz + rh, 100) - 2.0) / 6.0, 0, 1)
+    p = np.clip((rz - 2.5) / 10.0, 0, 1)
+    s = np.clip((rh - 2.5) / 10.0, 0, 1)
+    return det.astype(np.float32), p.astype(np.float32), s.astype(np.float32)
+
+
+@pytest.mark.parametrize("predict", [standin_predict, envelope_predict])
+@pytest.mark.parametrize("protocol", ["eqt", "lab"])
+def test_engine_and_offline_decoding_agree_on_a_10_minute_record(protocol, predict):
+    from feq_lab.evaluation.decode import DecodeSettings, decode_record
+
+    rec = ten_minute_record()
+    th = {"detection": 0.5, "p": 0.1, "s": 0.1}
+    prob = offline_probabilities(rec, predict)
+
+    def t(i):
+        return None if i is None else T0 + i / 100.0
+
+    offline = [
+        (t(d.on), t(d.off), t(d.p_sample), t(d.s_sample), d.det_prob, d.p_prob, d.s_prob)
+        for d in decode_record(prob[0], prob[1], prob[2], th, DecodeSettings(protocol))
+    ]
+    assert len(offline) >= 5  # the record's five events (the rough picker splits some)
+    for block_s in (0.37, 7.0, 60.0):
+        engine = StreamEngine(predict, "standin", {"thresholds": th, "protocol": protocol})
+        events = run_blocks(engine, blocks_of(rec, block_s))
+        streamed = [(e.detection_start, e.detection_end, e.p_time, e.s_time, e.det_prob,
+                     e.p_prob, e.s_prob) for e in events]
+        assert streamed == pytest.approx(offline, abs=1e-6), f"block {block_s} s"
+        if protocol == "eqt":  # S is never before P under EQT's rules
+            assert all(e.p_time < e.s_time for e in events if e.p_time and e.s_time)
