@@ -338,7 +338,7 @@ def test_the_monitor_publishes_what_it_prints(tmp_path, capsys):
     overrides = [
         "source=files", f"source.paths=[{tmp_path / 'rec.mseed'}]", "model=feq3",
         f"checkpoint={ckpt}", "backend=torch", "display=none", "tracking.uri=sqlite:///u.db",
-        "engine.thresholds.detection=0.0", "engine.min_detection_s=0", f"out_dir={tmp_path}",
+        "engine.thresholds.detection=0.0", f"out_dir={tmp_path}",
         "outputs.publish.enabled=true", f"outputs.publish.port={port}",
         f"outputs.publish.wait_s={WAIT_S}",
     ]  # fmt: skip
