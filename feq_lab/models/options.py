@@ -1,0 +1,82 @@
+"""How a `PickerModel` computes — never what: implementations chosen when the model is built.
+
+Why a dataclass passed to the constructor (as nanoGPT picks flash attention next to its fallback
+once, at construction): every choice here computes the same function with the same gradients
+(the parity harness, tests/models/test_parity.py, checks each one against the reference), so a
+choice is fixed for the model's life and no module-level switch exists to flip it behind a
+running model's back. Inference-only forms live in `compile.compile_for_inference`.
+
+The seams for fused training kernels are plain functions with the reference's signature:
+- GRU: `gru.gru_sequence` (`GruFn`); the fused one is
+  `feq_lab.models.kernels.autograd.gru_sequence`.
+- Separable conv stage: `layers.separable_stage` (`SeparableFn`); the fused one is
+  `feq_lab.models.kernels.autograd.separable_stage`.
+A backend "auto" takes the fused function when that module provides it, else the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from feq_lab.errors import ConfigError
+from feq_lab.models.gru import GruFn, gru_sequence
+from feq_lab.models.layers import SeparableFn, separable_stage
+
+try:  # the fused training kernels (C forward + backward with a torch fallback), when present
+    from feq_lab.models.kernels import autograd as fused_kernels
+except ImportError:  # pragma: no cover - depends on the installed kernels
+    fused_kernels = None
+
+BACKENDS = ("auto", "torch", "fused")
+DECODER_FORMS = ("stacked", "per_decoder")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """`gru_backend` / `separable_backend`: "torch" = the readable reference functions,
+    "fused" = the fused kernels (an error if absent), "auto" = fused when present, else torch.
+    `decoders`: "per_decoder" runs the three `Decoder` modules one after the other (the
+    reference); "stacked" runs them as one grouped pass with a polyphase last stage, its weights
+    re-arranged from the decoders' own parameters on every call (`fastdecode.py`: the same
+    linear maps, so the same outputs and gradients; fewer, larger ops)."""
+
+    gru_backend: str = "auto"
+    separable_backend: str = "auto"
+    decoders: str = "stacked"
+
+    @classmethod
+    def reference(cls) -> ModelOptions:
+        """The plain definition: reference GRU and separable stages, one decoder at a time."""
+        return cls(gru_backend="torch", separable_backend="torch", decoders="per_decoder")
+
+    def validate(self) -> ModelOptions:
+        for key, value, allowed in (
+            ("gru_backend", self.gru_backend, BACKENDS),
+            ("separable_backend", self.separable_backend, BACKENDS),
+            ("decoders", self.decoders, DECODER_FORMS),
+        ):
+            if value not in allowed:
+                raise ConfigError(
+                    f"options.{key}", f"unknown value {value!r}; expected one of {', '.join(allowed)}"
+                )
+        return self
+
+    def gru_fn(self) -> GruFn:
+        return _resolve(self.gru_backend, "gru_sequence", gru_sequence, "options.gru_backend")
+
+    def separable_fn(self) -> SeparableFn:
+        return _resolve(
+            self.separable_backend, "separable_stage", separable_stage, "options.separable_backend"
+        )
+
+    def uses_fused_separable(self) -> bool:
+        return self.separable_fn() is not separable_stage
+
+
+def _resolve(backend: str, name: str, reference, key: str):
+    fused = getattr(fused_kernels, name, None)
+    if backend == "torch" or (backend == "auto" and fused is None):
+        return reference
+    if fused is None:
+        raise ConfigError(key, f"fused kernels unavailable (no feq_lab.models.kernels.autograd.{name})")
+    return fused
