@@ -60,3 +60,28 @@ def gru_sequence(
         h = z * h + (1 - z) * n
         out[t] = h
     return torch.stack(out, dim=1)
+
+
+def aten_gru_sequence(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor | None,
+    bias_hh: torch.Tensor | None,
+    *,
+    reverse: bool,
+    flavour: str,
+) -> torch.Tensor:
+    """The same function through PyTorch's own GRU op (`torch.gru`, what `nn.GRU` runs: the
+    step loop in C++, ~1.7× faster than `gru_sequence` forward + backward at the pickers'
+    shapes) for the "torch" flavour; the Keras cell has no PyTorch op and takes the reference."""
+    if flavour != "torch" or bias_ih is None or bias_hh is None:
+        return gru_sequence(
+            x, weight_ih, weight_hh, bias_ih, bias_hh, reverse=reverse, flavour=flavour
+        )
+    h0 = x.new_zeros(1, x.shape[0], weight_hh.shape[1])
+    params = [weight_ih, weight_hh, bias_ih, bias_hh]
+    # (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+    xs = x.flip(1) if reverse else x
+    y = torch.gru(xs, h0, params, True, 1, 0.0, torch.is_grad_enabled(), False, True)[0]
+    return y.flip(1) if reverse else y

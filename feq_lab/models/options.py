@@ -11,7 +11,8 @@ The seams for fused training kernels are plain functions with the reference's si
   `feq_lab.models.kernels.autograd.gru_sequence`.
 - Separable conv stage: `layers.separable_stage` (`SeparableFn`); the fused one is
   `feq_lab.models.kernels.autograd.separable_stage`.
-A backend "auto" takes the fused function when that module provides it, else the reference.
+A backend "auto" takes the fused function when that module provides it, else the fastest
+pure-torch one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feq_lab.errors import ConfigError
-from feq_lab.models.gru import GruFn, gru_sequence
+from feq_lab.models.gru import GruFn, aten_gru_sequence, gru_sequence
 from feq_lab.models.layers import SeparableFn, separable_stage
 
 try:  # the fused training kernels (C forward + backward with a torch fallback), when present
@@ -27,14 +28,17 @@ try:  # the fused training kernels (C forward + backward with a torch fallback),
 except ImportError:  # pragma: no cover - depends on the installed kernels
     fused_kernels = None
 
-BACKENDS = ("auto", "torch", "fused")
+GRU_BACKENDS = ("auto", "reference", "aten", "fused")
+SEPARABLE_BACKENDS = ("auto", "reference", "fused")
 DECODER_FORMS = ("stacked", "per_decoder")
 
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """`gru_backend` / `separable_backend`: "torch" = the readable reference functions,
-    "fused" = the fused kernels (an error if absent), "auto" = fused when present, else torch.
+    """`gru_backend`: "reference" = `gru.gru_sequence` (readable, a Python loop over steps),
+    "aten" = `gru.aten_gru_sequence` (PyTorch's GRU op for the "torch" flavour, the reference
+    for "keras"), "fused" = the fused kernels (an error if absent), "auto" = fused when present,
+    else aten. `separable_backend`: "reference" = `layers.separable_stage`, "fused", "auto".
     `decoders`: "per_decoder" runs the three `Decoder` modules one after the other (the
     reference); "stacked" runs them as one grouped pass with a polyphase last stage, its weights
     re-arranged from the decoders' own parameters on every call (`fastdecode.py`: the same
@@ -47,12 +51,12 @@ class ModelOptions:
     @classmethod
     def reference(cls) -> ModelOptions:
         """The plain definition: reference GRU and separable stages, one decoder at a time."""
-        return cls(gru_backend="torch", separable_backend="torch", decoders="per_decoder")
+        return cls(gru_backend="reference", separable_backend="reference", decoders="per_decoder")
 
     def validate(self) -> ModelOptions:
         for key, value, allowed in (
-            ("gru_backend", self.gru_backend, BACKENDS),
-            ("separable_backend", self.separable_backend, BACKENDS),
+            ("gru_backend", self.gru_backend, GRU_BACKENDS),
+            ("separable_backend", self.separable_backend, SEPARABLE_BACKENDS),
             ("decoders", self.decoders, DECODER_FORMS),
         ):
             if value not in allowed:
@@ -62,9 +66,15 @@ class ModelOptions:
         return self
 
     def gru_fn(self) -> GruFn:
-        return _resolve(self.gru_backend, "gru_sequence", gru_sequence, "options.gru_backend")
+        if self.gru_backend == "reference":
+            return gru_sequence
+        if self.gru_backend == "aten":
+            return aten_gru_sequence
+        return _resolve(self.gru_backend, "gru_sequence", aten_gru_sequence, "options.gru_backend")
 
     def separable_fn(self) -> SeparableFn:
+        if self.separable_backend == "reference":
+            return separable_stage
         return _resolve(
             self.separable_backend, "separable_stage", separable_stage, "options.separable_backend"
         )
@@ -73,10 +83,11 @@ class ModelOptions:
         return self.separable_fn() is not separable_stage
 
 
-def _resolve(backend: str, name: str, reference, key: str):
+def _resolve(backend: str, name: str, fallback, key: str):
+    """`backend` "fused" or "auto": the fused kernels' function `name`, else (auto) `fallback`."""
     fused = getattr(fused_kernels, name, None)
-    if backend == "torch" or (backend == "auto" and fused is None):
-        return reference
+    if backend == "auto" and fused is None:
+        return fallback
     if fused is None:
         raise ConfigError(key, f"fused kernels unavailable (no feq_lab.models.kernels.autograd.{name})")
     return fused
