@@ -177,7 +177,9 @@ def plain_rnn(rnn: nn.Module) -> nn.Module:
     """The RNN as a stock `nn.GRU`/`nn.LSTM` (the C kernel and the ONNX exporter's native
     GRU op take those); a Keras-flavour GRU stays as it is (its own recurrence)."""
     if isinstance(rnn, GRU):
-        plain = nn.GRU(rnn.input_size, rnn.hidden_size, batch_first=True, bidirectional=rnn.bidirectional)
+        plain = nn.GRU(
+            rnn.input_size, rnn.hidden_size, batch_first=True, bidirectional=rnn.bidirectional
+        )
         plain.load_state_dict(rnn.state_dict())
         return plain.to(rnn.weight_ih_l0.device).eval().requires_grad_(False)
     return rnn

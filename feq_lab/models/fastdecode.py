@@ -94,7 +94,12 @@ class _Stage:
         if self.separable is not None:
             if self.form == "train":
                 return self.separable_fn(
-                    x, *self.separable, self.conv.bias, groups=3, upsample=self.upsample, crop=self.crop
+                    x,
+                    *self.separable,
+                    self.conv.bias,
+                    groups=3,
+                    upsample=self.upsample,
+                    crop=self.crop,
                 )
             y = kernels.separable_conv(
                 x, *self.separable, self.conv.bias, groups=3, upsample=self.upsample, crop=self.crop

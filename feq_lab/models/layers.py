@@ -130,7 +130,9 @@ class SameConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.depthwise is None:
             return same_conv1d(x, self.conv.weight, self.conv.bias)
-        return separable_stage(x, self.depthwise.weight, self.conv.weight, self.conv.bias, relu=False)
+        return separable_stage(
+            x, self.depthwise.weight, self.conv.weight, self.conv.bias, relu=False
+        )
 
     def dense_weight(self) -> torch.Tensor:
         """The (C_out, C_in, k) weight of this conv; a separable one folded into one dense conv,
@@ -273,7 +275,9 @@ def _directions(bidirectional: bool) -> list[tuple[str, bool]]:
     return [("_l0", False), ("_l0_reverse", True)][: 2 if bidirectional else 1]
 
 
-def make_rnn(kind: str, input_size: int, hidden_size: int, gru_impl: str, gru_fn: GruFn) -> nn.Module:
+def make_rnn(
+    kind: str, input_size: int, hidden_size: int, gru_impl: str, gru_fn: GruFn
+) -> nn.Module:
     """An LSTM or GRU, uni- or bidirectional ("bi" prefix), batch-first, returning (out, state).
     LSTMs are `nn.LSTM` (one oneDNN call on the CPU); GRUs run `gru_fn` in either flavour."""
     bidirectional = kind.startswith("bi")
@@ -356,8 +360,10 @@ def softmax_eps(e: torch.Tensor, eps: float) -> torch.Tensor:
 def outside_mask(length: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(T, W) mask of local-attention neighbours outside the sequence (neighbour j of step t is
     step t − width//2 + j)."""
-    idx = torch.arange(length, device=device).unsqueeze(1) - width // 2 + torch.arange(
-        width, device=device
+    idx = (
+        torch.arange(length, device=device).unsqueeze(1)
+        - width // 2
+        + torch.arange(width, device=device)
     )
     return (idx < 0) | (idx >= length)
 

@@ -61,7 +61,8 @@ class ModelOptions:
         ):
             if value not in allowed:
                 raise ConfigError(
-                    f"options.{key}", f"unknown value {value!r}; expected one of {', '.join(allowed)}"
+                    f"options.{key}",
+                    f"unknown value {value!r}; expected one of {', '.join(allowed)}",
                 )
         return self
 
@@ -89,5 +90,7 @@ def _resolve(backend: str, name: str, fallback, key: str):
     if backend == "auto" and fused is None:
         return fallback
     if fused is None:
-        raise ConfigError(key, f"fused kernels unavailable (no feq_lab.models.kernels.autograd.{name})")
+        raise ConfigError(
+            key, f"fused kernels unavailable (no feq_lab.models.kernels.autograd.{name})"
+        )
     return fused

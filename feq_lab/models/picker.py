@@ -121,9 +121,14 @@ class PickerModel(nn.Module):
         width_local = spec.local_attention_width or None
         self.pickers = nn.ModuleList(
             PickerBranch(
-                spec.picker_rnn, u, spec.attention_units, width_local, spec.dropout,
-                spec.gru_impl, gru_fn,
-            )  # fmt: skip
+                spec.picker_rnn,
+                u,
+                spec.attention_units,
+                width_local,
+                spec.dropout,
+                spec.gru_impl,
+                gru_fn,
+            )
             for _ in ("p", "s")
         )
         decoder_layers = layer_indices(len(spec.decoder_filters), spec.decoder_shared)
@@ -181,7 +186,6 @@ class PickerModel(nn.Module):
             "rnn_transformer": [self.rnn_blocks, self.transformers, self.pickers, *early],
             "decoder": late,
         }
-
 
 
 def check_input(spec: ModelSpec, x: torch.Tensor) -> None:

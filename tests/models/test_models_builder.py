@@ -292,7 +292,7 @@ def test_model_built_under_inference_mode_runs():
     with torch.inference_mode():
         model = build_model("feq3").eval()
         det, p, s = model(_waveforms(1))
-        det2, p2, s2 = compile_for_inference(model)(_waveforms(1))
+        det2, p2, _ = compile_for_inference(model)(_waveforms(1))
     assert det.shape == p.shape == s.shape == det2.shape == (1, 6000)
     torch.testing.assert_close(p, p2, atol=1e-6, rtol=1e-5)
 

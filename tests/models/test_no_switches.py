@@ -65,8 +65,11 @@ def test_module_level_numbers_are_never_reassigned():
                         if isinstance(t, ast.Attribute) and t.attr in names
                     ]
                 elif isinstance(node, ast.Global) and MODELS in path.parents:
-                    offenders += [f"{path.relative_to(REPO)}:{node.lineno} global {n}"
-                                  for n in node.names if n in names]
+                    offenders += [
+                        f"{path.relative_to(REPO)}:{node.lineno} global {n}"
+                        for n in node.names
+                        if n in names
+                    ]
                 elif (  # monkeypatch.setattr(module, "NAME", ...)
                     isinstance(node, ast.Call)
                     and isinstance(node.func, ast.Attribute)
@@ -75,5 +78,7 @@ def test_module_level_numbers_are_never_reassigned():
                     and isinstance(node.args[1], ast.Constant)
                     and node.args[1].value in names
                 ):
-                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} setattr {node.args[1].value}")
+                    offenders.append(
+                        f"{path.relative_to(REPO)}:{node.lineno} setattr {node.args[1].value}"
+                    )
     assert not offenders, "module constants of feq_lab/models reassigned: " + ", ".join(offenders)

@@ -118,7 +118,9 @@ def test_training_path_outputs_and_gradients(case, references):
     model.load_state_dict(reference.state_dict())
     x = _waveforms(2, seed=1)
     rng = np.random.default_rng(1)
-    weights = [torch.from_numpy(rng.standard_normal((2, 6000)).astype(np.float32)) for _ in range(3)]
+    weights = [
+        torch.from_numpy(rng.standard_normal((2, 6000)).astype(np.float32)) for _ in range(3)
+    ]
 
     def run(m, dtype=torch.float32):
         m = copy.deepcopy(m).to(dtype).train()  # BN statistics of the shared reference stay
@@ -187,8 +189,12 @@ def test_gru_backends_equal_the_reference(backend, flavour, reverse):
     gradients of input and weights equal `gru.gru_sequence`'s, saturating gates included."""
     torch.manual_seed(5)
     units, inputs = 16, 12
-    tensors = [3.0 * torch.randn(3, 40, inputs), 0.5 * torch.randn(3 * units, inputs),
-               0.5 * torch.randn(3 * units, units), 0.5 * torch.randn(3 * units)]
+    tensors = [
+        3.0 * torch.randn(3, 40, inputs),
+        0.5 * torch.randn(3 * units, inputs),
+        0.5 * torch.randn(3 * units, units),
+        0.5 * torch.randn(3 * units),
+    ]
     tensors.append(None if flavour == "keras" else 0.5 * torch.randn(3 * units))
     target = torch.randn(3, 40, units)
 
