@@ -207,6 +207,8 @@ class GRU(nn.GRU):
         self.gru_fn = gru_fn
 
     def forward(self, x: torch.Tensor, hx: None = None) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        if hx is not None:
+            raise ValueError("the model's GRUs start from a zero state; hx is not supported")
         outs = [
             self.gru_fn(
                 x,
