@@ -17,6 +17,7 @@ pure-torch one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from feq_lab.errors import ConfigError
@@ -39,13 +40,14 @@ class ModelOptions:
     "aten" = `gru.aten_gru_sequence` (PyTorch's GRU op for the "torch" flavour, the reference
     for "keras"), "fused" = the fused kernels (an error if absent), "auto" = fused when present,
     else aten. `separable_backend`: "reference" = `layers.separable_stage`, "fused", "auto".
+    Either may also be a function with the seam's signature (`GruFn` / `SeparableFn`).
     `decoders`: "per_decoder" runs the three `Decoder` modules one after the other (the
     reference); "stacked" runs them as one grouped pass with a polyphase last stage, its weights
     re-arranged from the decoders' own parameters on every call (`fastdecode.py`: the same
     linear maps, so the same outputs and gradients; fewer, larger ops)."""
 
-    gru_backend: str = "auto"
-    separable_backend: str = "auto"
+    gru_backend: str | GruFn = "auto"
+    separable_backend: str | SeparableFn = "auto"
     decoders: str = "stacked"
 
     @classmethod
@@ -59,7 +61,7 @@ class ModelOptions:
             ("separable_backend", self.separable_backend, SEPARABLE_BACKENDS),
             ("decoders", self.decoders, DECODER_FORMS),
         ):
-            if value not in allowed:
+            if not callable(value) and value not in allowed:
                 raise ConfigError(
                     f"options.{key}",
                     f"unknown value {value!r}; expected one of {', '.join(allowed)}",
@@ -67,6 +69,8 @@ class ModelOptions:
         return self
 
     def gru_fn(self) -> GruFn:
+        if callable(self.gru_backend):
+            return self.gru_backend
         if self.gru_backend == "reference":
             return gru_sequence
         if self.gru_backend == "aten":
@@ -74,6 +78,8 @@ class ModelOptions:
         return _resolve(self.gru_backend, "gru_sequence", aten_gru_sequence, "options.gru_backend")
 
     def separable_fn(self) -> SeparableFn:
+        if callable(self.separable_backend):
+            return self.separable_backend
         if self.separable_backend == "reference":
             return separable_stage
         return _resolve(
@@ -84,7 +90,7 @@ class ModelOptions:
         return self.separable_fn() is not separable_stage
 
 
-def _resolve(backend: str, name: str, fallback, key: str):
+def _resolve(backend: str, name: str, fallback: Callable, key: str) -> Callable:
     """`backend` "fused" or "auto": the fused kernels' function `name`, else (auto) `fallback`."""
     fused = getattr(fused_kernels, name, None)
     if backend == "auto" and fused is None:

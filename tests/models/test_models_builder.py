@@ -360,3 +360,58 @@ def test_checkpoints_written_by_the_previous_model_code_load(name):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     got = torch.stack(compile_for_inference(model).forward_logits(x))[:, 0, ::20].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_every_gru_runs_the_function_the_options_chose():
+    """The GRU seam: each GRU direction of the model (BiGRU blocks and both pickers, either
+    flavour) calls the one function passed in `ModelOptions`, with its flavour."""
+    from feq_lab.models.gru import gru_sequence
+
+    for gru_impl in ("torch", "keras"):
+        calls: list[tuple[str, bool]] = []
+
+        def spy(*args, calls=calls, **kwargs):
+            calls.append((kwargs["flavour"], kwargs["reverse"]))
+            return gru_sequence(*args, **kwargs)
+
+        model = build_model("feq1", options=ModelOptions(gru_backend=spy), gru_impl=gru_impl)
+        model.forward_logits(_waveforms(1))
+        # 2 BiGRU blocks (forward + reverse each), then the P and S GRUs
+        expected = [(gru_impl, False), (gru_impl, True)] * 2 + [(gru_impl, False)] * 2
+        assert calls == expected
+
+
+@pytest.mark.parametrize("decoders, expected", [("per_decoder", 5 + 3 * 5), ("stacked", 5 + 4)])
+def test_every_separable_stage_runs_the_function_the_options_chose(decoders, expected):
+    """The separable-stage seam: encoder stages (with their pool) and decoder stages (with
+    upsampling and crop; stacked: groups = 3, the polyphase last stage folded) call it."""
+    from feq_lab.models.layers import separable_stage
+
+    calls = []
+
+    def spy(x, *weights, **kwargs):
+        calls.append(kwargs.get("groups", 1))
+        return separable_stage(x, *weights, **kwargs)
+
+    model = build_model("feq3", options=ModelOptions(separable_backend=spy, decoders=decoders))
+    reference = build_model("feq3", options=ModelOptions.reference())
+    reference.load_state_dict(model.state_dict())
+    x = _waveforms(1)
+    with torch.no_grad():
+        got, want = model.eval().forward_logits(x), reference.eval().forward_logits(x)
+    assert len(calls) == expected
+    assert calls.count(3) == (4 if decoders == "stacked" else 0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_backend_is_an_error_only_when_the_kernels_are_absent():
+    from feq_lab.models.options import fused_kernels
+
+    if getattr(fused_kernels, "gru_sequence", None) is None:
+        with pytest.raises(ConfigError) as info:
+            build_model("feq3", options=ModelOptions(gru_backend="fused"))
+        assert info.value.key == "options.gru_backend"
+    else:
+        model = build_model("feq3", options=ModelOptions(gru_backend="fused"))
+        assert model.pickers[0].rnn.gru_fn is fused_kernels.gru_sequence
