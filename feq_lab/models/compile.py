@@ -169,7 +169,7 @@ class FrozenEncoder(nn.Module):
                 y = F.relu(same_conv1d(x, getattr(self, f"dense{j}"), conv.conv.bias))
             elif form in ("pair", "plain"):
                 y = F.relu(conv(x))
-            x = y if form == "kernel" else same_max_pool1d(y, pool, pool_left)
+            x = y if form == "kernel" else same_max_pool1d(y, pool)
         return x
 
 

@@ -51,13 +51,11 @@ def same_conv1d(
     return F.conv1d(x, weight, bias, padding=left, groups=groups)
 
 
-def same_max_pool1d(x: torch.Tensor, pool: int, left: int) -> torch.Tensor:
-    """Max-pool with stride = size and TF "same" padding, `left` samples of −inf on the left
-    (the rest of the padding, up to a whole last window, on the right)."""
+def same_max_pool1d(x: torch.Tensor, pool: int) -> torch.Tensor:
+    """Max-pool with stride = size and TF "same" padding (`pool_padding`; pads count as −inf)."""
     if pool == 1:
         return x
-    length = int(x.shape[-1])
-    right = max(math.ceil(length / pool) * pool - length - left, 0)
+    left, right = pool_padding(int(x.shape[-1]), pool)
     if left == 0 and right == 0:
         return F.max_pool1d(x, pool)
     if left == 0:  # a partial window at the end: ceil_mode ignores the missing samples
@@ -92,18 +90,17 @@ def separable_stage(
     crop: tuple[int, int] = (0, 0),
     relu: bool = True,
     pool: int = 1,
-    pool_left: int = 0,
 ) -> torch.Tensor:
     """One separable conv stage, the reference (`SeparableFn`): nearest upsample → crop →
     depthwise "same" conv (unbiased) → pointwise conv + bias → ReLU → "same" max-pool (stride =
-    size, `pool_left` samples of −inf padding first). x (B, G·C, L); depthwise (G·C, 1, k);
+    size; TF padding from the length, `pool_padding`). x (B, G·C, L); depthwise (G·C, 1, k);
     pointwise (G·O, C, 1) grouped as `F.conv1d(groups=G)` (G = 3: the stacked decoders)."""
     y = crop_edges(upsample_nearest(x, upsample), *crop)
     y = same_conv1d(y, depthwise, None, groups=int(depthwise.shape[0]))
     y = F.conv1d(y, pointwise, bias, groups=groups)
     if relu:
         y = F.relu(y)
-    return same_max_pool1d(y, pool, pool_left)
+    return same_max_pool1d(y, pool)
 
 
 class SameConv1d(nn.Module):
@@ -152,7 +149,7 @@ class SameMaxPool1d(nn.Module):
         self.out_length = math.ceil(length / pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return same_max_pool1d(x, self.pool, self.left)
+        return same_max_pool1d(x, self.pool)
 
 
 class SpatialDropout(nn.Dropout1d):

@@ -73,7 +73,7 @@ class Encoder(nn.Module):
             if conv.separable:
                 x = self.separable_fn(
                     x, conv.depthwise.weight, conv.conv.weight, conv.conv.bias,
-                    pool=pool.pool, pool_left=pool.left,
+                    pool=pool.pool,
                 )  # fmt: skip
             else:
                 x = pool(F.relu(conv(x)))
