@@ -26,6 +26,7 @@ from feq_lab.models.gru import GruFn, gru_sequence
 BN_EPS = 1e-3  # Keras BatchNormalization default
 
 SeparableFn = Callable[..., torch.Tensor]
+ScoresFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def same_padding(kernel: int) -> tuple[int, int]:
@@ -314,8 +315,16 @@ class AdditiveSelfAttention(nn.Module):
     (Σ exp + eps) as keras-self-attention does.
     """
 
-    def __init__(self, channels: int, units: int = 32, width: int | None = None, eps: float = 1e-7):
+    def __init__(
+        self,
+        channels: int,
+        units: int = 32,
+        width: int | None = None,
+        eps: float = 1e-7,
+        scores_fn: ScoresFn | None = None,
+    ):
         super().__init__()
+        self.scores_fn = scores_fn or additive_scores  # global attention's scores (a seam)
         self.query = nn.Linear(channels, units, bias=False)  # W_t
         self.key = nn.Linear(channels, units, bias=False)  # W_x
         self.hidden_bias = nn.Parameter(torch.zeros(units))  # b_h
@@ -329,8 +338,8 @@ class AdditiveSelfAttention(nn.Module):
         q = self.query(x) + self.hidden_bias  # (B, T, U)
         k = self.key(x)
         if self.width is None:
-            h = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))  # (B, T, T, U)
-            return softmax_eps(self.score(h).squeeze(-1), self.eps) @ x
+            e = self.scores_fn(q, k, self.score.weight.reshape(-1)) + self.score.bias  # (B, T, T)
+            return softmax_eps(e, self.eps) @ x
         return self._local(x, q, k)
 
     def _local(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -348,6 +357,13 @@ class AdditiveSelfAttention(nn.Module):
         e = self.score(h.transpose(2, 3)).squeeze(-1)  # (B, T, W)
         e = e.masked_fill(outside_mask(length, width, x.device), -math.inf)
         return torch.matmul(x_win, softmax_eps(e, self.eps).unsqueeze(-1)).squeeze(-1)
+
+
+def additive_scores(q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The reference (`ScoresFn`): e[b, t, s] = Σ_u weight[u]·tanh(q[b, t, u] + k[b, s, u]),
+    q (B, T, U), k (B, S, U), weight (U,) — the global attention's scores before b_a, through
+    the (B, T, S, U) tensor."""
+    return torch.matmul(torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)), weight)
 
 
 def softmax_eps(e: torch.Tensor, eps: float) -> torch.Tensor:
@@ -371,10 +387,16 @@ class TransformerBlock(nn.Module):
     """EQT's global transformer on (B, T, C): x + attention → LayerNorm → + feed-forward → LayerNorm."""
 
     def __init__(
-        self, channels: int, attention_units: int, ff_units: int, dropout: float, ln_eps: float
+        self,
+        channels: int,
+        attention_units: int,
+        ff_units: int,
+        dropout: float,
+        ln_eps: float,
+        scores_fn: ScoresFn | None = None,
     ):
         super().__init__()
-        self.attention = AdditiveSelfAttention(channels, attention_units)
+        self.attention = AdditiveSelfAttention(channels, attention_units, scores_fn=scores_fn)
         self.norm1 = nn.LayerNorm(channels, eps=ln_eps)
         self.ff_in = nn.Linear(channels, ff_units)
         self.ff_out = nn.Linear(ff_units, channels)

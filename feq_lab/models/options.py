@@ -11,6 +11,8 @@ The seams for fused training kernels are plain functions with the reference's si
   `feq_lab.models.kernels.autograd.gru_sequence`.
 - Separable conv stage: `layers.separable_stage` (`SeparableFn`); the fused one is
   `feq_lab.models.kernels.autograd.separable_stage`.
+- Global attention scores: `layers.additive_scores` (`ScoresFn`); the fused one is
+  `feq_lab.models.kernels.autograd.additive_scores`.
 A backend "auto" takes the fused function when that module provides it, else the fastest
 pure-torch one.
 """
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 from feq_lab.errors import ConfigError
 from feq_lab.models.gru import GruFn, aten_gru_sequence, gru_sequence
-from feq_lab.models.layers import SeparableFn, separable_stage
+from feq_lab.models.layers import ScoresFn, SeparableFn, additive_scores, separable_stage
 
 try:  # the fused training kernels (C forward + backward with a torch fallback), when present
     from feq_lab.models.kernels import autograd as fused_kernels
@@ -30,7 +32,7 @@ except ImportError:  # pragma: no cover - depends on the installed kernels
     fused_kernels = None
 
 GRU_BACKENDS = ("auto", "reference", "aten", "fused")
-SEPARABLE_BACKENDS = ("auto", "reference", "fused")
+SEPARABLE_BACKENDS = ("auto", "reference", "fused")  # also the attention scores' backends
 DECODER_FORMS = ("stacked", "per_decoder")
 
 
@@ -40,7 +42,9 @@ class ModelOptions:
     "aten" = `gru.aten_gru_sequence` (PyTorch's GRU op for the "torch" flavour, the reference
     for "keras"), "fused" = the fused kernels (an error if absent), "auto" = fused when present,
     else aten. `separable_backend`: "reference" = `layers.separable_stage`, "fused", "auto".
-    Either may also be a function with the seam's signature (`GruFn` / `SeparableFn`).
+    `attention_backend` (the global attention's scores): "reference" = `layers.additive_scores`,
+    "fused", "auto". Each may also be a function with the seam's signature (`GruFn`,
+    `SeparableFn`, `ScoresFn`).
     `decoders`: "per_decoder" runs the three `Decoder` modules one after the other (the
     reference); "stacked" runs them as one grouped pass with a polyphase last stage, its weights
     re-arranged from the decoders' own parameters on every call (`fastdecode.py`: the same
@@ -48,17 +52,24 @@ class ModelOptions:
 
     gru_backend: str | GruFn = "auto"
     separable_backend: str | SeparableFn = "auto"
+    attention_backend: str | ScoresFn = "auto"
     decoders: str = "stacked"
 
     @classmethod
     def reference(cls) -> ModelOptions:
         """The plain definition: reference GRU and separable stages, one decoder at a time."""
-        return cls(gru_backend="reference", separable_backend="reference", decoders="per_decoder")
+        return cls(
+            gru_backend="reference",
+            separable_backend="reference",
+            attention_backend="reference",
+            decoders="per_decoder",
+        )
 
     def validate(self) -> ModelOptions:
         for key, value, allowed in (
             ("gru_backend", self.gru_backend, GRU_BACKENDS),
             ("separable_backend", self.separable_backend, SEPARABLE_BACKENDS),
+            ("attention_backend", self.attention_backend, SEPARABLE_BACKENDS),
             ("decoders", self.decoders, DECODER_FORMS),
         ):
             if not callable(value) and value not in allowed:
@@ -84,6 +95,15 @@ class ModelOptions:
             return separable_stage
         return _resolve(
             self.separable_backend, "separable_stage", separable_stage, "options.separable_backend"
+        )
+
+    def scores_fn(self) -> ScoresFn:
+        if callable(self.attention_backend):
+            return self.attention_backend
+        if self.attention_backend == "reference":
+            return additive_scores
+        return _resolve(
+            self.attention_backend, "additive_scores", additive_scores, "options.attention_backend"
         )
 
     def uses_fused_separable(self) -> bool:

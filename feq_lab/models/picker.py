@@ -94,6 +94,7 @@ class PickerModel(nn.Module):
         self.spec = spec
         self.options = options
         gru_fn, separable_fn = options.gru_fn(), options.separable_fn()
+        scores_fn = options.scores_fn()
         # the stacked decoders' training form runs separable stages fused, or folded when the
         # reference stage is all there is (fewer, larger ops than depthwise + pointwise)
         self._stacked_separable_fn = separable_fn if options.uses_fused_separable() else None
@@ -114,7 +115,12 @@ class PickerModel(nn.Module):
         )
         self.transformers = nn.ModuleList(
             TransformerBlock(
-                u, spec.attention_units, spec.feedforward_units, spec.dropout, spec.layer_norm_eps
+                u,
+                spec.attention_units,
+                spec.feedforward_units,
+                spec.dropout,
+                spec.layer_norm_eps,
+                scores_fn,
             )
             for _ in range(spec.transformer_blocks)
         )

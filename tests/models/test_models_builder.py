@@ -415,3 +415,16 @@ def test_fused_backend_is_an_error_only_when_the_kernels_are_absent():
     else:
         model = build_model("feq3", options=ModelOptions(gru_backend="fused"))
         assert model.pickers[0].rnn.gru_fn is fused_kernels.gru_sequence
+
+
+def test_global_attentions_score_through_the_function_the_options_chose():
+    from feq_lab.models.layers import additive_scores
+
+    calls = []
+
+    def spy(q, k, w):
+        calls.append(q.shape)
+        return additive_scores(q, k, w)
+
+    build_model("feq3", options=ModelOptions(attention_backend=spy)).forward_logits(_waveforms(1))
+    assert calls == [(1, 56, 32)] * 2  # the two transformer blocks; local attentions are banded

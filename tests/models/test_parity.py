@@ -27,6 +27,7 @@ import torch
 from feq_lab.export.onnx import export_onnx, onnx_session, run_onnx
 from feq_lab.models import ModelOptions, build_model, compile_for_inference
 from feq_lab.models.gru import aten_gru_sequence, gru_sequence
+from feq_lab.models.layers import additive_scores, separable_stage
 from feq_lab.models.options import fused_kernels
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -214,3 +215,51 @@ def test_gru_backends_equal_the_reference(backend, flavour, reverse):
     assert _rel(y, y_ref) <= RTOL
     for a, b in zip(g, g_ref):
         assert _rel(a, b) <= RTOL
+
+
+SEPARABLE_BACKENDS = {}
+SCORES_BACKENDS = {}
+if getattr(fused_kernels, "separable_stage", None) is not None:
+    SEPARABLE_BACKENDS["fused"] = fused_kernels.separable_stage
+if getattr(fused_kernels, "additive_scores", None) is not None:
+    SCORES_BACKENDS["fused"] = fused_kernels.additive_scores
+
+
+def _grads_equal(fn, reference, tensors, **kwargs) -> None:
+    def run(f):
+        leaves = [t.clone().requires_grad_(True) for t in tensors]
+        y = f(*leaves, **kwargs)
+        (y * torch.linspace(-1.0, 1.0, y.numel()).reshape(y.shape)).sum().backward()
+        return [y.detach()] + [t.grad for t in leaves]
+
+    for a, b in zip(run(fn), run(reference)):
+        assert _rel(a, b) <= RTOL
+
+
+@pytest.mark.parametrize("backend", sorted(SEPARABLE_BACKENDS) or ["none"])
+def test_separable_backends_equal_the_reference(backend):
+    """Each separable-stage implementation the options can choose (`layers.SeparableFn`), on an
+    encoder stage (pool) and a stacked decoder stage (groups 3, upsample, crop)."""
+    if backend == "none":
+        pytest.skip("no fused separable stage in this checkout")
+    torch.manual_seed(6)
+    fn = SEPARABLE_BACKENDS[backend]
+    tensors = [torch.randn(2, 8, 600), torch.randn(8, 1, 7), torch.randn(16, 8, 1), torch.randn(16)]
+    _grads_equal(fn, separable_stage, tensors, pool=3)
+    tensors = [
+        torch.randn(2, 48, 56),
+        torch.randn(48, 1, 5),
+        torch.randn(24, 16, 1),
+        torch.randn(24),
+    ]
+    _grads_equal(fn, separable_stage, tensors, groups=3, upsample=3, crop=(1, 1))
+
+
+@pytest.mark.parametrize("backend", sorted(SCORES_BACKENDS) or ["none"])
+def test_attention_score_backends_equal_the_reference(backend):
+    """Each global-attention score implementation the options can choose (`layers.ScoresFn`)."""
+    if backend == "none":
+        pytest.skip("no fused attention scores in this checkout")
+    torch.manual_seed(7)
+    tensors = [torch.randn(2, 56, 32), torch.randn(2, 56, 32), torch.randn(32)]
+    _grads_equal(SCORES_BACKENDS[backend], additive_scores, tensors)
