@@ -1,5 +1,6 @@
 """Latency of the five presets (batch 1, 1 thread; torch eager and onnxruntime) against SeisBench's
-EQTransformer(lstm_blocks=2) eager as the peer, all in one process.
+EQTransformer(lstm_blocks=2) eager as the peer, all in one process. "eager" for our presets is
+the model compiled for inference (`compile_for_inference(model, target="eager")`).
 
     python bench/models.py [--passes 12] [--block 5] [--sections]
 
@@ -28,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from feq_lab.export.onnx import export_onnx, onnx_session, run_onnx
-from feq_lab.models import PRESETS, build_model
+from feq_lab.models import PRESETS, build_model, compile_for_inference
 from feq_lab.profiling.latency import device_name, time_calls
 
 PEER = "seisbench EQTransformer(lstm_blocks=2) eager"
@@ -48,7 +49,8 @@ def candidates(tmp: Path, x: torch.Tensor) -> dict[str, Callable[[], Any]]:
         torch.manual_seed(0)
         model = build_model(name).eval()
         session = onnx_session(export_onnx(model, tmp / f"{name}.onnx"), threads=1)
-        out[f"{name} eager"] = lambda m=model: _eager(m, x)
+        frozen = compile_for_inference(model, target="eager")
+        out[f"{name} eager"] = lambda m=frozen: _eager(m, x)
         out[f"{name} onnxruntime"] = lambda s=session: run_onnx(s, arr)
     return out
 

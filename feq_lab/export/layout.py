@@ -7,7 +7,7 @@ as one tiny GEMM per channel. As (B, C, 1, T) tensors the same ops take the NCHW
 a run of them (conv → ReLU → pool → conv, BN, residual adds, nearest upsampling) stays in the
 blocked layout without a reorder between ops. FEQ3 on 1 thread: ~0.85× the time per window
 from this rewrite alone, ~0.6× with the export forms written for it (upsampling as a 2-D
-Resize, crops as convs; see models/fastdecode.py and models/layers.py).
+Resize, crops as convs; see models/compile.py and models/fastdecode.py).
 
 The rewrite only inserts an axis of length 1 and is exact:
 - each Conv / MaxPool on a 3-D input becomes Unsqueeze(2) → the 2-D op (kernel, strides,

@@ -14,6 +14,7 @@ from torch import nn
 
 from feq_lab.errors import ConfigError
 from feq_lab.export.layout import lift_to_2d
+from feq_lab.models.compile import compile_for_inference
 from feq_lab.paths import atomic_path
 
 INPUT_NAME = "waveform"
@@ -26,7 +27,9 @@ MIN_OPSET = 17
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> Path:
-    """Export `model` (in eval mode, on CPU) to `path`; the batch axis is dynamic.
+    """Export `model` (a PickerModel; its eval-mode function) to `path`; the batch axis is
+    dynamic. What is traced is `compile_for_inference(model, target="onnx")`, the forms written
+    for onnxruntime; the model itself is left as it was.
 
     Uses the TorchScript-based exporter: it handles nn.LSTM/nn.GRU natively (fused ONNX LSTM/GRU
     ops, which onnxruntime runs fast) and is quicker than the dynamo exporter for these models.
@@ -36,28 +39,24 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> P
     if opset < MIN_OPSET:
         raise ConfigError("opset", f"must be >= {MIN_OPSET} (LayerNormalization), got {opset}")
     spec = model.spec  # type: ignore[attr-defined]
-    was_training = model.training
-    model.eval()
+    frozen = compile_for_inference(model, target="onnx")  # type: ignore[arg-type]
     example = torch.zeros(2, spec.in_channels, spec.in_samples)
-    try:
-        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
-                opset_version=opset,
-                dynamo=False,
-                do_constant_folding=True,
-            )
-            graph = lift_to_2d(onnx.load(str(tmp)))
-            onnx.helper.set_model_props(graph, {EXPORT_FORMAT_KEY: EXPORT_FORMAT})
-            onnx.save(graph, str(tmp))
-    finally:
-        model.train(was_training)
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            frozen,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+        graph = lift_to_2d(onnx.load(str(tmp)))
+        onnx.helper.set_model_props(graph, {EXPORT_FORMAT_KEY: EXPORT_FORMAT})
+        onnx.save(graph, str(tmp))
     return Path(path)
 
 

@@ -23,6 +23,7 @@ from feq_lab.evaluation.probabilities import (
     save_probabilities,
 )
 from feq_lab.evaluation.thresholds import threshold_grid
+from feq_lab.models.compile import compile_for_inference
 from feq_lab.paths import atomic_path
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,12 @@ def eval_settings(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 @torch.no_grad()
 def predict_test(model: torch.nn.Module, loader: Any, device: torch.device | str = "cpu") -> Probabilities:
-    """Probabilities of every test trace, in the loader's (CSV) order."""
-    model = model.to(device).eval()
+    """Probabilities of every test trace, in the loader's (CSV) order (the model compiled
+    for eager inference once: the same function, faster)."""
+    frozen = compile_for_inference(model.to(device).eval(), target="eager")
     collector = ProbabilityCollector()
     for batch in loader:
-        det, p, s = model(batch["x"].to(device))
+        det, p, s = frozen(batch["x"].to(device))
         collector.add(batch, det, p, s)
     return collector.result()
 

@@ -1,5 +1,7 @@
 """One builder for EQT, LEQ and FEQ1–3 (REFERENCE §5): presets in conf/model/*.yaml."""
 
+from feq_lab.models.compile import InferenceModel, InferenceOptions, compile_for_inference
+from feq_lab.models.options import ModelOptions
 from feq_lab.models.params import count_parameters, parameter_report
 from feq_lab.models.picker import (
     PickerModel,
@@ -15,10 +17,14 @@ PRESETS = ("eqt", "leq", "feq1", "feq2", "feq3")
 
 __all__ = [
     "PRESETS",
+    "InferenceModel",
+    "InferenceOptions",
+    "ModelOptions",
     "ModelSpec",
     "PickerModel",
     "available_presets",
     "build_model",
+    "compile_for_inference",
     "count_parameters",
     "load_checkpoint",
     "load_preset",

@@ -13,14 +13,18 @@ im2col of long, thin convolutions at 6000 samples. Two exact rewrites remove mos
   Only a stage without cropping qualifies (a crop shifts the zero padding off the phase grid).
 
 Both are the same linear maps as the `Decoder` modules (their weights re-arranged, never learned
-separately); outputs and gradients agree to float rounding (tests compare them). In eval the
-re-arranged weights are built once and cached until a weight changes; in training they are
-rebuilt every step, differentiably, so the gradients reach the `Decoder` parameters.
+separately); outputs and gradients agree to float rounding (tests/models/test_parity.py).
+`build_stacked` makes one for a `form`, fixed when it is built:
+- "train": rebuilt on every training call, differentiably, so gradients reach the `Decoder`
+  parameters (`ModelOptions(decoders="stacked")`);
+- "eager": frozen constants for inference in PyTorch (`compile.compile_for_inference`):
+  separable stages as one fused C call each where the kernels build (else the folded dense
+  conv), a batch of one as tap-by-tap matmuls;
+- "onnx": frozen constants in the forms onnxruntime runs fastest (see `export.layout`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,29 +32,24 @@ import torch
 import torch.nn.functional as F
 
 from feq_lab.models import kernels
-from feq_lab.models.layers import same_padding, untraced, upsample_nearest
+from feq_lab.models.layers import SeparableFn, crop_edges, same_padding, upsample_nearest
 
-# eval: separable stages keep their depthwise + pointwise weights (`_Stage.separable`): one fused
-# C call each in eager, a depthwise + pointwise Conv pair in the ONNX export; off: folded dense
-FUSED_SEPARABLE_DECODERS = True
+FORMS = ("train", "eager", "onnx")
 
 
 @dataclass(frozen=True)
 class _Conv:
-    """A grouped (groups = 3) conv with explicit "same"-style (left, right) zero padding."""
+    """A grouped (groups = 3) conv with explicit "same"-style (left, right) zero padding.
+    `taps` (eager form only): the weight as (k, 3, C_out / 3, C_in), one matrix per tap."""
 
     weight: torch.Tensor  # (3·C_out, C_in, k)
     bias: torch.Tensor  # (3·C_out,)
     pad: tuple[int, int]
+    taps: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         left, right = self.pad
-        if (
-            x.shape[0] == 1
-            and x.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and not torch.onnx.is_in_onnx_export()
-        ):
+        if self.taps is not None and x.shape[0] == 1 and x.device.type == "cpu":
             return self._by_taps(F.pad(x, (left, right)))
         if left != right:
             x = F.pad(x, (left, right))
@@ -63,47 +62,58 @@ class _Conv:
         for these thin convolutions."""
         c_out, c_in, k = self.weight.shape
         length = int(x.shape[-1]) - k + 1
-        taps = self.taps()
         groups = x.reshape(3, c_in, -1)
         y = self.bias.reshape(3, c_out // 3, 1).expand(3, c_out // 3, length).contiguous()
         for j in range(k):
-            y.baddbmm_(taps[j], groups[:, :, j : j + length])
+            y.baddbmm_(self.taps[j], groups[:, :, j : j + length])
         return y.reshape(1, c_out, length)
 
-    def taps(self) -> torch.Tensor:
-        """The weight as (k, 3, C_out / 3, C_in): one contiguous matrix per tap and group."""
-        cached = self.__dict__.get("_taps")
-        if cached is None:
-            c_out, c_in, k = self.weight.shape
-            cached = self.weight.reshape(3, c_out // 3, c_in, k).permute(3, 0, 1, 2).contiguous()
-            object.__setattr__(self, "_taps", cached)
-        return cached
+
+def _with_taps(conv: _Conv) -> _Conv:
+    c_out, c_in, k = conv.weight.shape
+    taps = conv.weight.reshape(3, c_out // 3, c_in, k).permute(3, 0, 1, 2).contiguous()
+    return _Conv(conv.weight, conv.bias, conv.pad, taps)
 
 
 @dataclass(frozen=True)
 class _Stage:
+    """Upsample → crop → conv → ReLU for the three decoders at once. `separable`: the stacked
+    (depthwise (3·C_in, 1, k), pointwise (3·C_out, C_in, 1)) weights where the stage runs them
+    as such (a fused call in "train"/"eager", the conv pair in "onnx"); else the folded `conv`."""
+
     upsample: int
     crop: tuple[int, int]
     conv: _Conv
-    # eval, separable decoders: the stacked (depthwise (3·C_in, 1, k), pointwise (3·C_out, C_in, 1))
-    # weights, run as one fused C call (models/kernels) or, in the ONNX export, as the conv pair,
-    # instead of the folded dense `conv`
+    form: str
     separable: tuple[torch.Tensor, torch.Tensor] | None = None
+    separable_fn: SeparableFn | None = None  # "train" with a fused separable stage
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        left, right = self.crop
+        if self.form == "onnx":
+            return self._export_form(x)
         if self.separable is not None:
+            if self.form == "train":
+                return self.separable_fn(
+                    x,
+                    *self.separable,
+                    self.conv.bias,
+                    groups=3,
+                    upsample=self.upsample,
+                    crop=self.crop,
+                )
             y = kernels.separable_conv(
                 x, *self.separable, self.conv.bias, groups=3, upsample=self.upsample, crop=self.crop
             )
             if y is not None:
                 return y
-        x = upsample_nearest(x, self.upsample)
-        if (left or right) and torch.onnx.is_in_onnx_export():
+        return F.relu(self.conv(crop_edges(upsample_nearest(x, self.upsample), *self.crop)))
+
+    def _export_form(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = self.crop
+        x = upsample_for_export(x, self.upsample)
+        if left or right:
             x = _crop_as_conv(x, left, right)
-        elif left or right:
-            x = x[:, :, left : int(x.shape[2]) - right]
-        if self.separable is not None and torch.onnx.is_in_onnx_export():
+        if self.separable is not None:
             # onnxruntime runs a depthwise + grouped pointwise pair ~2× faster than the folded
             # dense conv (PyTorch eager is the other way round, hence the fold there)
             depthwise, pointwise = self.separable
@@ -113,6 +123,18 @@ class _Stage:
             x = F.conv1d(x, depthwise, padding=pad_left, groups=int(depthwise.shape[0]))
             return F.relu(F.conv1d(x, pointwise, self.conv.bias, groups=3))
         return F.relu(self.conv(x))
+
+
+def upsample_for_export(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """`layers.upsample_nearest` as the ONNX export writes it: a 2-D nearest Resize on
+    (B, C, 1, T) with an integer scale (index i reads i // factor, exactly). Once
+    `export.layout` has made the convs around it 2-D, onnxruntime runs it as an NCHWc Upsample
+    inside the blocked layout, where `repeat_interleave`'s Tile, or a Concat, would force a
+    round trip through the plain layout. Same values."""
+    if factor == 1:
+        return x
+    up = F.interpolate(x.unsqueeze(2), scale_factor=(1.0, float(factor)), mode="nearest")
+    return up.squeeze(2)
 
 
 def _crop_as_conv(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
@@ -136,6 +158,7 @@ class StackedDecoders:
     tail_upsample: int  # upsampling of the polyphase stage (1: no polyphase tail)
     tail_conv: _Conv | None  # the polyphase stage (output channels ordered decoder, phase, filter)
     head: _Conv  # on the phases when there is a tail (output channels ordered decoder, phase)
+    form: str
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, 3·C, T), the detection, P and S decoder inputs stacked on channels."""
@@ -145,7 +168,7 @@ class StackedDecoders:
         if self.tail_conv is not None:
             x = F.relu(self.tail_conv(x))
         # ONNX: the head as a 1×1 conv over every tap plus k shifted adds (see _conv_by_shifts)
-        head = _conv_by_shifts(self.head, x) if torch.onnx.is_in_onnx_export() else self.head(x)
+        head = _conv_by_shifts(self.head, x) if self.form == "onnx" else self.head(x)
         y = _interleave(head, f, 3)  # (B, 3, samples)
         return y[:, 0], y[:, 1], y[:, 2]
 
@@ -219,65 +242,77 @@ def polyphase_head(weight: torch.Tensor, phases: int) -> tuple[torch.Tensor, tup
     return out.reshape(big_f, big_f * c_in, -1), (-d_min, d_max)
 
 
-def _grouped(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+def _grouped(parts) -> torch.Tensor:
     return torch.cat(list(parts), dim=0).contiguous()
 
 
-def _separable_parts(convs: Sequence) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Stacked depthwise and pointwise weights of separable convs (None for dense ones)."""
-    if any(c.depthwise is None for c in convs) or not FUSED_SEPARABLE_DECODERS:
-        return None
-    return _grouped(c.depthwise.weight for c in convs), _grouped(c.conv.weight for c in convs)
+def build_stacked(
+    decoders: Sequence, form: str, separable_fn: SeparableFn | None = None, kernels_ok: bool = False
+) -> StackedDecoders:
+    """Re-arrange three `Decoder`s' weights into a `StackedDecoders` of the given `form`.
 
-
-def build_stacked(decoders: Sequence, differentiable: bool = False) -> StackedDecoders:
-    """Re-arrange three `Decoder`s' weights into a `StackedDecoders`: a cached constant for
-    inference (no gradient, untraced), or rebuilt per training step with gradients flowing back
-    to the decoders' own parameters (`differentiable`)."""
+    "train" is differentiable (call it inside the forward pass); "eager"/"onnx" must be built
+    from detached weights (under `torch.no_grad`). `separable_fn` ("train"): a fused separable
+    stage to run separable stages with; None folds them into dense grouped convs. `kernels_ok`
+    ("eager"): the C kernels built, so separable stages keep their two halves for them."""
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
     first = decoders[0]
     n = len(first.layer_of_stage)
     last_crop = first.crops[-1]
     polyphase = n > 0 and first.upsample[-1] > 1 and not any(last_crop)
     plain_stages = n - 1 if polyphase else n
-    with contextlib.nullcontext() if differentiable else untraced():
-        stages = []
-        for i in range(plain_stages):
-            convs = [d.layers[d.layer_of_stage[i]] for d in decoders]
-            weights = [c.dense_weight() for c in convs]
-            stages.append(
-                _Stage(
-                    first.upsample[i],
-                    tuple(first.crops[i]),
-                    _Conv(
-                        _grouped(weights),
-                        _grouped(c.conv.bias for c in convs),
-                        same_padding(int(weights[0].shape[-1])),
-                    ),
-                    _separable_parts(convs) if not differentiable else None,
-                )
+    keep_separable = {"train": separable_fn is not None, "eager": kernels_ok, "onnx": True}[form]
+    stages = []
+    for i in range(plain_stages):
+        convs = [d.layers[d.layer_of_stage[i]] for d in decoders]
+        weights = [c.dense_weight() for c in convs]
+        separable = None
+        if keep_separable and all(c.separable for c in convs):
+            separable = (
+                _grouped(c.depthwise.weight for c in convs),
+                _grouped(c.conv.weight for c in convs),
             )
-        heads = [d.head for d in decoders]
-        f, tail = 1, None
-        if polyphase:
-            f = first.upsample[-1]
-            convs = [d.layers[d.layer_of_stage[-1]] for d in decoders]
-            parts = [polyphase_weight(c.dense_weight(), f) for c in convs]
-            tail = _Conv(
-                _grouped(w for w, _ in parts),
-                _grouped(c.conv.bias.repeat(f) for c in convs),
-                parts[0][1],
+        conv = _Conv(
+            _grouped(weights),
+            _grouped(c.conv.bias for c in convs),
+            same_padding(int(weights[0].shape[-1])),
+        )
+        stages.append(
+            _Stage(
+                first.upsample[i],
+                tuple(first.crops[i]),
+                _with_taps(conv) if form == "eager" else conv,
+                form,
+                separable,
+                separable_fn if form == "train" else None,
             )
-        if tail is not None:
-            head_parts = [polyphase_head(h.conv.weight, f) for h in heads]
-            head = _Conv(
-                _grouped(w for w, _ in head_parts),
-                _grouped(h.conv.bias.repeat(f) for h in heads),
-                head_parts[0][1],
-            )
-        else:
-            head = _Conv(
-                _grouped(h.conv.weight for h in heads),
-                _grouped(h.conv.bias for h in heads),
-                same_padding(int(heads[0].conv.weight.shape[-1])),
-            )
-    return StackedDecoders(tuple(stages), f, tail, head)
+        )
+    heads = [d.head for d in decoders]
+    f, tail = 1, None
+    if polyphase:
+        f = first.upsample[-1]
+        convs = [d.layers[d.layer_of_stage[-1]] for d in decoders]
+        parts = [polyphase_weight(c.dense_weight(), f) for c in convs]
+        tail = _Conv(
+            _grouped(w for w, _ in parts),
+            _grouped(c.conv.bias.repeat(f) for c in convs),
+            parts[0][1],
+        )
+    if tail is not None:
+        head_parts = [polyphase_head(h.conv.weight, f) for h in heads]
+        head = _Conv(
+            _grouped(w for w, _ in head_parts),
+            _grouped(h.conv.bias.repeat(f) for h in heads),
+            head_parts[0][1],
+        )
+    else:
+        head = _Conv(
+            _grouped(h.conv.weight for h in heads),
+            _grouped(h.conv.bias for h in heads),
+            same_padding(int(heads[0].conv.weight.shape[-1])),
+        )
+    if form == "eager":
+        tail = None if tail is None else _with_taps(tail)
+        head = _with_taps(head)
+    return StackedDecoders(tuple(stages), f, tail, head, form)

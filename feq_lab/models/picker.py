@@ -1,6 +1,11 @@
-"""The one builder: `ModelSpec` → `PickerModel` (detection, P and S probability traces).
+"""The one model: `ModelSpec` → `PickerModel` (detection, P and S probability traces).
 
 EQT, LEQ and FEQ1–3 are presets of this single class; the grid knobs only change the spec.
+`PickerModel.forward_logits` below is the whole computation, top to bottom, in the form
+training runs; the layers' math is in `layers.py` (and `gru.py`), each written once.
+Implementations of the same math are chosen at construction (`options.ModelOptions`); the fast
+inference forms are built once from trained weights by `compile.compile_for_inference`.
+
 Layout: encoder and residual stack work channel-first (B, C, T); the recurrent/attention middle
 works batch-first (B, T, C), so the RNNs, 1×1 convs (linear layers) and attention need no
 transposes; decoders go back to channel-first.
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,10 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feq_lab.errors import ConfigError
-from feq_lab.models import kernels
-from feq_lab.models.fastdecode import StackedDecoders, build_stacked
-from feq_lab.models.fastpick import StackedLocalAttention, build_stacked_attention
+from feq_lab.errors import ConfigError, DataError
+from feq_lab.models.fastdecode import build_stacked
 from feq_lab.models.layers import (
     BottleneckBlock,
     Decoder,
@@ -31,28 +34,23 @@ from feq_lab.models.layers import (
     ResidualBlock,
     SameConv1d,
     SameMaxPool1d,
+    SeparableFn,
     SpatialDropout,
     TransformerBlock,
-    fuse_parallel_rnns,
-    rnn_output,
-    weights_key,
+    separable_stage,
 )
+from feq_lab.models.options import ModelOptions
 from feq_lab.models.spec import ModelSpec, layer_indices, spec_from_config, spec_from_dict
 from feq_lab.paths import atomic_path
 
 CHECKPOINT_FORMAT = "feq-lab-checkpoint/1"
-FUSE_PICKER_RNNS = True  # eval: run the P and S RNNs as one block-diagonal RNN (same function)
-STACK_DECODERS = True  # eval: the three decoders as one stacked, polyphase pass (fastdecode.py)
-# training: the same stacked pass, its weights rebuilt from the decoders' parameters every step
-STACK_DECODERS_IN_TRAINING = True
-# eval: separable encoder stages as one fused C call (conv halves + ReLU + pool; models/kernels)
-FUSED_SEPARABLE_STAGES = True
 
 
 class Encoder(nn.Module):
-    """[Conv (+ReLU) → MaxPool] stages with TF "same" padding; stages may share a conv."""
+    """[Conv + ReLU → MaxPool] stages with TF "same" padding; stages may share a conv.
+    Separable stages run whole through `separable_fn` (conv halves + ReLU + pool)."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, separable_fn: SeparableFn = separable_stage):
         super().__init__()
         self.layer_of_stage = layer_indices(len(spec.encoder_filters), spec.encoder_shared)
         self.layers = nn.ModuleList()
@@ -67,21 +65,18 @@ class Encoder(nn.Module):
             pool = SameMaxPool1d(p, length)
             self.pools.append(pool)
             channels, length = f, pool.out_length
+        self.separable_fn = separable_fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for j, pool in zip(self.layer_of_stage, self.pools):
             conv = self.layers[j]
-            y = None
-            if FUSED_SEPARABLE_STAGES and conv.depthwise is not None and not self.training:
-                y = kernels.separable_conv(
-                    x,
-                    conv.depthwise.weight,
-                    conv.conv.weight,
-                    conv.conv.bias,
+            if conv.separable:
+                x = self.separable_fn(
+                    x, conv.depthwise.weight, conv.conv.weight, conv.conv.bias,
                     pool=pool.pool,
-                    pool_left=pool.left,
-                )
-            x = pool(F.relu(conv(x))) if y is None else y
+                )  # fmt: skip
+            else:
+                x = pool(F.relu(conv(x)))
         return x
 
 
@@ -89,13 +84,21 @@ class PickerModel(nn.Module):
     """(B, 3, 6000) waveforms → detection, P, S traces (B, 6000) each.
 
     `forward` returns probabilities, `forward_logits` the pre-sigmoid values (for a BCE-with-logits
-    loss). Spatial dropout is off in eval; `mc_predict` switches it on explicitly.
+    loss). Spatial dropout is off in eval; `mc_predict` switches it on explicitly. `options`
+    choose implementations (never the function); they are not part of checkpoints.
     """
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, options: ModelOptions | None = None):
         super().__init__()
+        options = (options or ModelOptions()).validate()
         self.spec = spec
-        self.encoder = Encoder(spec)
+        self.options = options
+        gru_fn, separable_fn = options.gru_fn(), options.separable_fn()
+        scores_fn = options.scores_fn()
+        # the stacked decoders' training form runs separable stages fused, or folded when the
+        # reference stage is all there is (fewer, larger ops than depthwise + pointwise)
+        self._stacked_separable_fn = separable_fn if options.uses_fused_separable() else None
+        self.encoder = Encoder(spec, separable_fn)
         width = spec.encoder_filters[-1]
         if spec.block == "residual":
             blocks = [ResidualBlock(width, k, spec.dropout) for k in spec.residual_kernels]
@@ -107,19 +110,30 @@ class PickerModel(nn.Module):
         self.bottleneck = nn.Sequential(*blocks)
         u = spec.units
         self.rnn_blocks = nn.ModuleList(
-            RecurrentBlock(spec.rnn, width if i == 0 else u, u, spec.dropout, spec.gru_impl)
+            RecurrentBlock(spec.rnn, width if i == 0 else u, u, spec.dropout, spec.gru_impl, gru_fn)
             for i in range(spec.rnn_blocks)
         )
         self.transformers = nn.ModuleList(
             TransformerBlock(
-                u, spec.attention_units, spec.feedforward_units, spec.dropout, spec.layer_norm_eps
+                u,
+                spec.attention_units,
+                spec.feedforward_units,
+                spec.dropout,
+                spec.layer_norm_eps,
+                scores_fn,
             )
             for _ in range(spec.transformer_blocks)
         )
         width_local = spec.local_attention_width or None
         self.pickers = nn.ModuleList(
             PickerBranch(
-                spec.picker_rnn, u, spec.attention_units, width_local, spec.dropout, spec.gru_impl
+                spec.picker_rnn,
+                u,
+                spec.attention_units,
+                width_local,
+                spec.dropout,
+                spec.gru_impl,
+                gru_fn,
             )
             for _ in ("p", "s")
         )
@@ -134,95 +148,25 @@ class PickerModel(nn.Module):
                 decoder_layers,
                 spec.decoder_conv == "separable",
                 spec.head_kernel,
+                separable_fn,
             )
             for _ in ("detection", "p", "s")
         )
 
     def forward_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pre-sigmoid detection, P and S traces, each (B, in_samples)."""
-        expected = (self.spec.in_channels, self.spec.in_samples)
-        if x.dim() != 3 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"{self.spec.name}: input must be (batch, {expected[0]}, {expected[1]}), got {tuple(x.shape)}"
-            )
+        check_input(self.spec, x)
         h = self.bottleneck(self.encoder(x)).transpose(1, 2)  # (B, T, C) from here on
         for block in self.rnn_blocks:
             h = block(h)
         for block in self.transformers:
             h = block(h)
-        if not self.training and STACK_DECODERS:
-            features = torch.cat([h, self._picker_features(h)], dim=2)  # (B, T, 3·C)
-            return self._stacked_decoders()(features.transpose(1, 2))
-        p_branch, s_branch = self._picker_branches(h)
-        if self.training and STACK_DECODERS_IN_TRAINING:
-            stacked = build_stacked(list(self.decoders), differentiable=True)
-            return stacked(torch.cat([h, p_branch, s_branch], dim=2).transpose(1, 2))
-        det = self.decoders[0](h.transpose(1, 2))
-        p = self.decoders[1](p_branch.transpose(1, 2))
-        s = self.decoders[2](s_branch.transpose(1, 2))
-        return det, p, s
-
-    def _picker_features(self, h: torch.Tensor) -> torch.Tensor:
-        """Eval: the P and S branch outputs side by side (B, T, 2·C); with the fused RNN both
-        local attentions run as one stacked pass (fastpick.py)."""
-        fused = self._fused_picker_rnn() if FUSE_PICKER_RNNS else None
-        if fused is None or self.pickers[0].attention.width is None:
-            return torch.cat(self._picker_branches(h), dim=2)
-        return self._stacked_attention()(rnn_output(fused, h))
-
-    def _stacked_attention(self) -> StackedLocalAttention:
-        return self._eval_cache(
-            "attention", lambda: build_stacked_attention([b.attention for b in self.pickers])
-        )
-
-    def _eval_cache(self, part: str, build: Callable[[], Any]) -> Any:
-        """`build()` for one part of the model, kept until one of that part's weights changes
-        (training, loading); a plain attribute, never a submodule or a state-dict entry."""
-        key = weights_key(self._params_of(part))
-        caches = self.__dict__.setdefault("_eval_caches", {})
-        cache = caches.get(part)
-        if cache is None or cache[0] != key:
-            cache = caches[part] = (key, build())
-        return cache[1]
-
-    def _params_of(self, part: str) -> list[torch.Tensor]:
-        """Parameters behind an eval-time cache, listed once: walking the module tree on every
-        call cost ~0.2 ms per forward. The lists are dropped when parameters may be replaced
-        (`_apply`: .to(), .float(), ...); in-place updates are caught by `weights_key`."""
-        lists = self.__dict__.setdefault("_param_lists", {})
-        if part not in lists:
-            modules = {
-                "decoders": [self.decoders],
-                "attention": [b.attention for b in self.pickers],
-                "picker_rnns": [b.rnn for b in self.pickers],
-            }[part]
-            lists[part] = [p for m in modules for p in m.parameters()]
-        return lists[part]
-
-    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
-        self.__dict__.pop("_param_lists", None)
-        return super()._apply(fn, *args, **kwargs)
-
-    def _stacked_decoders(self) -> StackedDecoders:
-        """The decoders' eval-time stacked form."""
-        return self._eval_cache("decoders", lambda: build_stacked(list(self.decoders)))
-
-    def _picker_branches(self, h: torch.Tensor) -> list[torch.Tensor]:
-        """P and S branches; in eval their RNNs run as one fused RNN (same function, one kernel)."""
-        fused = None if self.training or not FUSE_PICKER_RNNS else self._fused_picker_rnn()
-        if fused is None:
-            return [branch(h) for branch in self.pickers]
-        y = rnn_output(fused, h)
-        u = self.spec.units
-        return [
-            branch.attention(y[..., i * u : (i + 1) * u]) for i, branch in enumerate(self.pickers)
-        ]
-
-    def _fused_picker_rnn(self) -> nn.Module | None:
-        """The fused P/S RNN (None where the RNNs cannot be fused)."""
-        return self._eval_cache(
-            "picker_rnns", lambda: fuse_parallel_rnns([branch.rnn for branch in self.pickers])
-        )
+        p, s = (branch(h) for branch in self.pickers)
+        if self.options.decoders == "stacked":  # the same three decoders as one grouped pass
+            stacked = build_stacked(list(self.decoders), "train", self._stacked_separable_fn)
+            return stacked(torch.cat([h, p, s], dim=2).transpose(1, 2))
+        det_dec, p_dec, s_dec = self.decoders
+        return det_dec(h.transpose(1, 2)), p_dec(p.transpose(1, 2)), s_dec(s.transpose(1, 2))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         det, p, s = self.forward_logits(x)
@@ -250,12 +194,25 @@ class PickerModel(nn.Module):
         }
 
 
-def build_model(preset: str | ModelSpec | Mapping[str, Any], **overrides: Any) -> PickerModel:
+def check_input(spec: ModelSpec, x: torch.Tensor) -> None:
+    """One clear error for a wrongly shaped batch (before any layer fails obscurely)."""
+    expected = (spec.in_channels, spec.in_samples)
+    if x.dim() != 3 or tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"{spec.name}: input must be (batch, {expected[0]}, {expected[1]}), got {tuple(x.shape)}"
+        )
+
+
+def build_model(
+    preset: str | ModelSpec | Mapping[str, Any],
+    options: ModelOptions | None = None,
+    **overrides: Any,
+) -> PickerModel:
     """Build a family member from a preset name, a preset mapping (`cfg.model`) or a spec.
 
     Overrides (`rnn`, `picker_rnn`, `cnn_blocks`, `rnn_blocks`, `gru_impl`, `dropout`, or any
     other spec field) equal to None keep the preset's value. Bad values raise ConfigError
-    naming the key, before any module is built.
+    naming the key, before any module is built. `options`: implementations (`ModelOptions`).
     """
     if isinstance(preset, ModelSpec):
         spec = spec_from_config(preset.to_dict(), **overrides)
@@ -265,7 +222,7 @@ def build_model(preset: str | ModelSpec | Mapping[str, Any], **overrides: Any) -
         raise ConfigError(
             "model", f"expected a preset name, mapping or ModelSpec, got {type(preset).__name__}"
         )
-    return PickerModel(spec)
+    return PickerModel(spec, options)
 
 
 @contextmanager
@@ -311,11 +268,12 @@ def save_checkpoint(model: PickerModel, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    options: ModelOptions | None = None,
 ) -> PickerModel:
-    """Rebuild the model from its stored spec and load the weights (eval mode)."""
-    from feq_lab.errors import DataError
-
+    """Rebuild the model from its stored spec and load the weights (eval mode). Checkpoints
+    hold no implementation choices: `options` are this process's."""
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
@@ -324,6 +282,6 @@ def load_checkpoint(
         raise DataError(
             f"not a feq-lab checkpoint (expected format {CHECKPOINT_FORMAT})", path=str(path)
         )
-    model = PickerModel(spec_from_dict(payload["spec"]))
+    model = PickerModel(spec_from_dict(payload["spec"]), options)
     model.load_state_dict(payload["state_dict"])
     return model.eval()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from feq_lab.errors import ConfigError
+from feq_lab.models.compile import compile_for_inference
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -92,7 +93,8 @@ def measure_latency(
     onnx_path: str | os.PathLike | None = None,
     seed: int = 0,
 ) -> LatencyResult:
-    """Latency of one forward pass of `batch` windows.
+    """Latency of one forward pass of `batch` windows (torch: of the model compiled for eager
+    inference, `compile_for_inference`, as streaming and evaluation run it).
 
     `mc_passes` > 0 times Monte-Carlo inference (torch only); `onnx_path` reuses an existing
     export for onnxruntime (otherwise the model is exported to a temp file first).
@@ -150,10 +152,11 @@ def _time_torch(
         def call() -> Any:
             return mc_predict(model, x, mc_passes)  # type: ignore[arg-type]
     else:
+        frozen = compile_for_inference(model, target="eager")  # type: ignore[arg-type]
 
         def call() -> Any:
             with torch.inference_mode():
-                return model(x)
+                return frozen(x)
 
     return time_calls(call, warmup, repeats)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
+from feq_lab.models.compile import compile_for_inference
 from feq_lab.models.picker import PickerModel
 
 SECTIONS = ("encoder", "bottleneck", "rnn blocks", "transformers", "picker rnn",
@@ -21,8 +22,10 @@ SECTIONS = ("encoder", "bottleneck", "rnn blocks", "transformers", "picker rnn",
 
 
 def section_calls(model: PickerModel, x: torch.Tensor) -> dict[str, Callable[[], object]]:
-    """One zero-argument call per section, bound to that section's real input (eval path)."""
-    model.eval()
+    """One zero-argument call per section of the model compiled for eager inference (what
+    streaming and evaluation run), bound to that section's real input."""
+    model.eval()  # as before: the caller's model is left in eval mode
+    model = compile_for_inference(model, target="eager")  # type: ignore[assignment]
     with torch.inference_mode():
         enc = model.encoder(x)
         h = model.bottleneck(enc).transpose(1, 2)
@@ -32,10 +35,8 @@ def section_calls(model: PickerModel, x: torch.Tensor) -> dict[str, Callable[[],
         after_tr = after_rnn
         for block in model.transformers:
             after_tr = block(after_tr)
-        # the stacked path of `forward` (fused P/S RNN, local attentions); else no split
-        fused = model._fused_picker_rnn() if model.pickers[0].attention.width else None
-        picker_out = fused(after_tr)[0] if fused is not None else None
-        features = torch.cat([after_tr, model._picker_features(after_tr)], dim=2).transpose(1, 2)
+        picker_out = model.pickers.rnn(after_tr)
+        features = torch.cat([after_tr, model.pickers.attention(picker_out)], dim=2).transpose(1, 2)
 
     def run(blocks, y):
         for block in blocks:
@@ -48,10 +49,9 @@ def section_calls(model: PickerModel, x: torch.Tensor) -> dict[str, Callable[[],
         "rnn blocks": lambda: run(model.rnn_blocks, h),
         "transformers": lambda: run(model.transformers, after_rnn),
     }
-    if fused is not None:
-        calls["picker rnn"] = lambda: fused(after_tr)
-        calls["picker attention"] = lambda: model._stacked_attention()(picker_out)
-    calls["decoders"] = lambda: model._stacked_decoders()(features)
+    calls["picker rnn"] = lambda: model.pickers.rnn(after_tr)
+    calls["picker attention"] = lambda: model.pickers.attention(picker_out)
+    calls["decoders"] = lambda: model.decoders(features)
     calls["whole model"] = lambda: model(x)
     return calls
 

@@ -42,8 +42,11 @@ def torch_predictor(model: Any, threads: int = 1, mc_passes: int = 0) -> Predict
     """PyTorch inference (eval mode); `mc_passes` > 0 adds the Monte-Carlo spread (6 outputs)."""
     import torch
 
+    from feq_lab.models.compile import compile_for_inference
+
     torch.set_num_threads(int(threads))
     model.eval()
+    frozen = None if mc_passes else compile_for_inference(model, target="eager")  # built once
 
     def predict(x: np.ndarray):
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -52,8 +55,7 @@ def torch_predictor(model: Any, threads: int = 1, mc_passes: int = 0) -> Predict
 
             mean, std = mc_predict(model, xt, int(mc_passes))
             return [t.numpy() for t in (*mean, *std)]
-        with torch.no_grad():  # not inference_mode: its tensors would poison a later ONNX export
-            return [t.numpy() for t in model(xt)]
+        return [t.numpy() for t in frozen(xt)]
 
     return predict
 

@@ -25,9 +25,10 @@ class PickerPyfunc(mlflow.pyfunc.PythonModel):
     Output: dict of (B, 6000) float32 arrays `detection`, `p`, `s` (probabilities)."""
 
     def load_context(self, context: Any) -> None:
-        from feq_lab.models import load_checkpoint
+        from feq_lab.models import compile_for_inference, load_checkpoint
 
-        self.model = load_checkpoint(context.artifacts[CHECKPOINT_KEY]).eval()
+        model = load_checkpoint(context.artifacts[CHECKPOINT_KEY])
+        self.model = compile_for_inference(model, target="eager")  # frozen: built once
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
         import torch
@@ -41,8 +42,7 @@ class PickerPyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"expected (3, T), (B, 3, T) or (B, T, 3) waveforms, got shape {x.shape}")
         if x.shape[1] != 3:
             x = np.transpose(x, (0, 2, 1))
-        with torch.no_grad():
-            det, p, s = self.model(torch.from_numpy(normalize(x)))
+        det, p, s = self.model(torch.from_numpy(normalize(x)))
         return {"detection": det.numpy(), "p": p.numpy(), "s": s.numpy()}
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from feq_lab.models import build_model, kernels, layers
+from feq_lab.models import build_model, compile_for_inference, kernels
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_disabled_or_unbuildable_kernel_falls_back(kernel_cache, monkeypatch, ca
     x = torch.randn(1, 3, 6000)
     monkeypatch.setenv("CC", "/bin/false")  # a compiler that always fails
     with caplog.at_level("WARNING"), torch.no_grad():
-        fallback = model(x)
+        fallback = compile_for_inference(model)(x)
     assert kernels.library() is None
     assert "failed" in caplog.text
     assert not list(kernel_cache.glob("*"))  # nothing half-written in the cache
@@ -71,22 +71,21 @@ def test_disabled_or_unbuildable_kernel_falls_back(kernel_cache, monkeypatch, ca
     monkeypatch.delenv("FEQ_LAB_NO_KERNELS")
     kernels.library.cache_clear()
     with torch.no_grad():
-        fast = model(x)
+        fast = compile_for_inference(model)(x)
     for a, b in zip(fast, fallback):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_model_rnn_calls_use_the_kernel(monkeypatch):
-    """FEQ3's fused P/S GRU goes through `rnn_output` and so through the kernel."""
+    """FEQ3 compiled for eager inference runs its fused P/S GRU through the kernel."""
     calls = []
     real = kernels.gru_forward
     monkeypatch.setattr(
         kernels, "gru_forward", lambda rnn, x: calls.append(x.shape) or real(rnn, x)
     )
     with torch.no_grad():
-        build_model("feq3").eval()(torch.randn(1, 3, 6000))
+        compile_for_inference(build_model("feq3"))(torch.randn(1, 3, 6000))
     assert calls == [(1, 56, 16)]
-    assert layers.FAST_GRU
 
 
 def _reference_separable(x, dw, pw, bias, groups, upsample, crop, pool, pool_left):

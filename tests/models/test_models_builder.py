@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,11 @@ from omegaconf import OmegaConf
 from feq_lab.errors import ConfigError, DataError
 from feq_lab.models import (
     PRESETS,
+    InferenceOptions,
+    ModelOptions,
     ModelSpec,
     build_model,
+    compile_for_inference,
     load_checkpoint,
     mc_predict,
     save_checkpoint,
@@ -22,6 +26,7 @@ from feq_lab.models import (
 from feq_lab.models.layers import KerasGRU, SameConv1d, SameMaxPool1d
 from feq_lab.paths import CONF_DIR
 
+DATA = Path(__file__).parent / "data"
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -236,57 +241,48 @@ def test_even_kernel_pads_on_the_right_like_tensorflow():
     assert out.tolist() == [[[21.0, 32.0, 3.0]]]  # last window sees the zero pad on the right
 
 
-def _plain_paths(enabled: bool) -> None:
-    from feq_lab.models import fastdecode, layers, picker
-
-    layers.FOLD_SEPARABLE = enabled
-    layers.FAST_ATTENTION = enabled
-    layers.FAST_GRU = enabled
-    picker.FUSE_PICKER_RNNS = enabled
-    picker.STACK_DECODERS = enabled
-    picker.FUSED_SEPARABLE_STAGES = enabled
-    fastdecode.FUSED_SEPARABLE_DECODERS = enabled
-
-
-@pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("preset", ["eqt", "leq", "feq1", "feq3"])
-def test_inference_fast_paths_compute_the_same_function(preset, batch):
-    """Folded separable convs, the sigmoid-form global attention, the fused P/S RNN, the C GRU
-    kernel and the stacked polyphase decoders (batch 1: tap-by-tap matmuls; batch 2: grouped convs) == the
-    plain modules."""
-    torch.manual_seed(7)
-    model = build_model(preset).eval()
-    for module in model.modules():  # non-trivial BN statistics and attention biases
+def _with_bn_statistics(model):
+    for module in model.modules():  # non-trivial BN statistics
         if isinstance(module, torch.nn.BatchNorm1d):
             module.running_mean.normal_(0.0, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("kernels_on", [True, False])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("preset", ["eqt", "leq", "feq1", "feq3"])
+def test_compiled_inference_computes_the_same_function(preset, batch, kernels_on):
+    """compile_for_inference (folded separable convs and BN, the sigmoid-form global attention,
+    the fused P/S RNN, the C kernels or their torch fallback, the stacked polyphase decoders;
+    batch 1: tap-by-tap matmuls, batch 2: grouped convs) == the reference model in eval."""
+    torch.manual_seed(7)
+    model = _with_bn_statistics(build_model(preset, options=ModelOptions.reference()).eval())
     x = _waveforms(batch)
-    try:
-        _plain_paths(False)
-        with torch.no_grad():
-            plain = model.forward_logits(x)
-        _plain_paths(True)
-        with torch.no_grad():
-            fast = model.forward_logits(x)
-    finally:
-        _plain_paths(True)
+    with torch.no_grad():
+        plain = model.forward_logits(x)
+    frozen = compile_for_inference(model, options=InferenceOptions(kernels=kernels_on))
+    fast = frozen.forward_logits(x)
     for a, b in zip(plain, fast):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not frozen.training and not frozen.train().training  # frozen: always eval semantics
 
 
-def test_inference_caches_follow_weight_changes():
+def test_compiled_model_is_a_snapshot_of_the_weights():
+    """No cache to invalidate: the compiled object keeps the weights it was built from; a model
+    trained further is compiled again."""
     torch.manual_seed(8)
     model = build_model("feq3").eval()
     x = _waveforms(1)
+    frozen = compile_for_inference(model)
+    before = frozen(x)
     with torch.no_grad():
-        before = model(x)
         for param in model.parameters():  # what an optimiser step or load_state_dict does
             param.mul_(1.1)
-        after = model(x)
-    fresh = build_model("feq3").eval()
-    fresh.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        expected = fresh(x)
+        expected = model(x)
+    for a, b in zip(before, frozen(x)):
+        assert torch.equal(a, b)
+    after = compile_for_inference(model)(x)
     assert not torch.allclose(before[1], after[1])
     for a, b in zip(after, expected):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
@@ -296,55 +292,139 @@ def test_model_built_under_inference_mode_runs():
     with torch.inference_mode():
         model = build_model("feq3").eval()
         det, p, s = model(_waveforms(1))
-    assert det.shape == p.shape == s.shape == (1, 6000)
+        det2, p2, _ = compile_for_inference(model)(_waveforms(1))
+    assert det.shape == p.shape == s.shape == det2.shape == (1, 6000)
+    torch.testing.assert_close(p, p2, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("preset", ["eqt", "feq3"])
 def test_training_with_stacked_decoders_gives_the_same_outputs_and_gradients(preset):
-    """Training rebuilds the stacked, polyphase decoder weights from the decoders' own
-    parameters every step: outputs and every parameter's gradient equal the plain modules'."""
-    from feq_lab.models import picker
-
+    """ModelOptions(decoders="stacked") rebuilds the stacked, polyphase decoder weights from the
+    decoders' own parameters every step: outputs and every parameter's gradient equal the
+    per-decoder reference's."""
     torch.manual_seed(11)
-    model = build_model(preset, dropout=0.0).train()
+    plain = build_model(preset, options=ModelOptions(decoders="per_decoder"), dropout=0.0).train()
+    stacked = build_model(preset, options=ModelOptions(decoders="stacked"), dropout=0.0).train()
+    stacked.load_state_dict(plain.state_dict())
     x = _waveforms(3)
 
-    def run(stacked: bool):
-        picker.STACK_DECODERS_IN_TRAINING = stacked
-        model.zero_grad()
+    def run(model):
         out = model.forward_logits(x)
         (out[0].sin().mean() + out[1].cos().mean() + (out[2] ** 2).mean()).backward()
         return [o.detach() for o in out], [p.grad.clone() for p in model.parameters()]
 
-    try:
-        plain_out, plain_grads = run(False)
-        fast_out, fast_grads = run(True)
-    finally:
-        picker.STACK_DECODERS_IN_TRAINING = True
+    plain_out, plain_grads = run(plain)
+    fast_out, fast_grads = run(stacked)
     for a, b in zip(plain_out, fast_out):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     scale = max(float(g.abs().max()) for g in plain_grads)
-    for (name, _), a, b in zip(model.named_parameters(), plain_grads, fast_grads):
+    for (name, _), a, b in zip(plain.named_parameters(), plain_grads, fast_grads):
         # sums over 18,000 samples in another order: float32 rounding of ~1e-4 relative
         torch.testing.assert_close(a, b, atol=1e-4 * scale, rtol=1e-3, msg=name)
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_caches_built_under_inference_mode_allow_input_gradients_later(batch):
-    """Eval caches (folded convs, fused RNN, stacked attention/decoders, masks) first built
-    under torch.inference_mode are ordinary tensors: a later eval forward with autograd on
-    (a saliency map, d output / d input) works and matches a model that never saw inference mode."""
+def test_eval_model_gives_input_gradients_after_inference_mode():
+    """The reference model has no eval caches: a forward under torch.inference_mode, then one
+    with autograd on (a saliency map, d output / d input) works."""
     torch.manual_seed(12)
     model = build_model("feq3").eval()
-    fresh = build_model("feq3").eval()
-    fresh.load_state_dict(model.state_dict())
-    x = _waveforms(batch)
+    x = _waveforms(1)
     with torch.inference_mode():
         model(x)
-    grads = []
-    for m in (model, fresh):
-        xi = x.clone().requires_grad_(True)
-        m(xi)[1].sum().backward()
-        grads.append(xi.grad)
-    torch.testing.assert_close(grads[0], grads[1])
-    assert grads[0].abs().sum() > 0
+    xi = x.clone().requires_grad_(True)
+    model(xi)[1].sum().backward()
+    assert xi.grad.abs().sum() > 0
+
+
+def test_options_are_validated_and_not_in_checkpoints(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        build_model("feq3", options=ModelOptions(gru_backend="cuda"))
+    assert info.value.key == "options.gru_backend"
+    model = build_model("feq3", options=ModelOptions.reference())
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    assert set(payload) == {"format", "spec", "state_dict"}
+    assert load_checkpoint(path).options == ModelOptions()
+
+
+@pytest.mark.parametrize("name", ["feq3", "feq2_keras"])
+def test_checkpoints_written_by_the_previous_model_code_load(name):
+    """Files written by main's `save_checkpoint` before the models were restructured (commit
+    a516d26; parameter names nn.GRU's / KerasGRU's): they load unchanged and give the outputs
+    that code gave (eval logits, every 20th sample, stored beside them)."""
+    model = load_checkpoint(DATA / f"main_{name}.pt")
+    expected = np.load(DATA / f"main_{name}_logits.npy")
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((1, 3, 6000)).astype(np.float32))
+    with torch.no_grad():
+        got = torch.stack(model.forward_logits(x))[:, 0, ::20].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    got = torch.stack(compile_for_inference(model).forward_logits(x))[:, 0, ::20].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_every_gru_runs_the_function_the_options_chose():
+    """The GRU seam: each GRU direction of the model (BiGRU blocks and both pickers, either
+    flavour) calls the one function passed in `ModelOptions`, with its flavour."""
+    from feq_lab.models.gru import gru_sequence
+
+    for gru_impl in ("torch", "keras"):
+        calls: list[tuple[str, bool]] = []
+
+        def spy(*args, calls=calls, **kwargs):
+            calls.append((kwargs["flavour"], kwargs["reverse"]))
+            return gru_sequence(*args, **kwargs)
+
+        model = build_model("feq1", options=ModelOptions(gru_backend=spy), gru_impl=gru_impl)
+        model.forward_logits(_waveforms(1))
+        # 2 BiGRU blocks (forward + reverse each), then the P and S GRUs
+        expected = [(gru_impl, False), (gru_impl, True)] * 2 + [(gru_impl, False)] * 2
+        assert calls == expected
+
+
+@pytest.mark.parametrize("decoders, expected", [("per_decoder", 5 + 3 * 5), ("stacked", 5 + 4)])
+def test_every_separable_stage_runs_the_function_the_options_chose(decoders, expected):
+    """The separable-stage seam: encoder stages (with their pool) and decoder stages (with
+    upsampling and crop; stacked: groups = 3, the polyphase last stage folded) call it."""
+    from feq_lab.models.layers import separable_stage
+
+    calls = []
+
+    def spy(x, *weights, **kwargs):
+        calls.append(kwargs.get("groups", 1))
+        return separable_stage(x, *weights, **kwargs)
+
+    model = build_model("feq3", options=ModelOptions(separable_backend=spy, decoders=decoders))
+    reference = build_model("feq3", options=ModelOptions.reference())
+    reference.load_state_dict(model.state_dict())
+    x = _waveforms(1)
+    with torch.no_grad():
+        got, want = model.eval().forward_logits(x), reference.eval().forward_logits(x)
+    assert len(calls) == expected
+    assert calls.count(3) == (4 if decoders == "stacked" else 0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_backend_is_an_error_only_when_the_kernels_are_absent():
+    from feq_lab.models.options import fused_kernels
+
+    if getattr(fused_kernels, "gru_sequence", None) is None:
+        with pytest.raises(ConfigError) as info:
+            build_model("feq3", options=ModelOptions(gru_backend="fused"))
+        assert info.value.key == "options.gru_backend"
+    else:
+        model = build_model("feq3", options=ModelOptions(gru_backend="fused"))
+        assert model.pickers[0].rnn.gru_fn is fused_kernels.gru_sequence
+
+
+def test_global_attentions_score_through_the_function_the_options_chose():
+    from feq_lab.models.layers import additive_scores
+
+    calls = []
+
+    def spy(q, k, w):
+        calls.append(q.shape)
+        return additive_scores(q, k, w)
+
+    build_model("feq3", options=ModelOptions(attention_backend=spy)).forward_logits(_waveforms(1))
+    assert calls == [(1, 56, 32)] * 2  # the two transformer blocks; local attentions are banded

@@ -1,0 +1,265 @@
+"""One parity harness: every way the lab runs a model computes the reference's function.
+
+Reference: `PickerModel` built with `ModelOptions.reference()` (readable GRU loop, reference
+separable stages, one decoder at a time). Compared with it, for every preset and a sample of
+the grid (`rnn`, `picker_rnn`, `cnn_blocks`, `rnn_blocks`, GRU flavour `gru_impl`):
+- "train": the model as training builds it (`ModelOptions()`: the GRU / separable backends
+  "auto" picks, stacked decoders): outputs AND every parameter's gradient;
+- "eager": `compile_for_inference(model, "eager")` against the reference in eval mode;
+- "onnx": the exported file run by onnxruntime, against the reference in eval mode.
+The decoder heads are scaled so that logits reach |10| (at random initialisation they are
+≈0.03 and an absolute tolerance says nothing); the criterion is the relative error
+max|a − b| / max|b| ≤ 1e-4, per output and per parameter gradient.
+
+CI budget: batch 1 (2 for the training path, where BatchNorm needs a batch), dropout 0 (the
+training path is deterministic), ONNX only for the cases marked so (an export costs seconds).
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from feq_lab.export.onnx import export_onnx, onnx_session, run_onnx
+from feq_lab.models import ModelOptions, build_model, compile_for_inference
+from feq_lab.models.gru import aten_gru_sequence, gru_sequence
+from feq_lab.models.layers import additive_scores, separable_stage
+from feq_lab.models.options import fused_kernels
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+RTOL = 1e-4
+VANISHING = 1e-6  # a gradient this small next to the largest one is float32 rounding alone
+LOGIT_SCALE = 10.0
+
+# (preset, knob overrides, export to ONNX too): every preset with its own knobs, then a sample
+# of the grid that flips each knob at least once and each GRU flavour in every position
+CASES = [
+    ("eqt", {}, True),
+    ("leq", {}, True),
+    ("feq1", {}, True),
+    ("feq2", {}, True),
+    ("feq3", {}, True),
+    ("feq3", {"gru_impl": "keras"}, False),  # its export unrolls the loop: ~20 s
+    ("eqt", {"rnn": "gru", "picker_rnn": "gru", "rnn_blocks": 1, "cnn_blocks": 2}, False),
+    ("leq", {"rnn": "bigru", "gru_impl": "keras", "cnn_blocks": 2}, False),
+    ("feq1", {"gru_impl": "keras", "picker_rnn": "lstm", "rnn_blocks": 1}, False),
+    ("feq2", {"rnn": "lstm", "picker_rnn": "lstm", "cnn_blocks": 3}, False),
+    ("feq3", {"rnn": "gru", "rnn_blocks": 2}, False),
+    ("feq3", {"rnn": "bigru", "gru_impl": "keras", "cnn_blocks": 1}, False),
+]
+
+
+def _case_id(case) -> str:
+    preset, overrides, _ = case
+    return "-".join([preset, *(f"{k}={v}" for k, v in overrides.items())])
+
+
+def _waveforms(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(
+        np.random.default_rng(seed).standard_normal((batch, 3, 6000)).astype(np.float32)
+    )
+
+
+def _reference(preset: str, overrides: dict) -> torch.nn.Module:
+    """The reference model with BN statistics and head scales that make the check sharp."""
+    torch.manual_seed(zlib.crc32(repr((preset, sorted(overrides.items()))).encode()))
+    model = build_model(preset, options=ModelOptions.reference(), dropout=0.0, **overrides)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.normal_(0.0, 0.3)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    with torch.no_grad():
+        logits = model.forward_logits(_waveforms(1))
+        for decoder, logit in zip(model.decoders, logits):  # logits are affine in the head
+            centre = float(logit.mean())
+            factor = LOGIT_SCALE / float((logit - centre).abs().max())
+            decoder.head.conv.weight.mul_(factor)
+            decoder.head.conv.bias.sub_(centre).mul_(factor)  # (logit − centre)·factor
+    return model
+
+
+def _rel(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _assert_outputs(got, expected) -> None:
+    for name, a, b in zip(("detection", "p", "s"), got, expected):
+        assert float(torch.as_tensor(b).abs().max()) > 1.0, "the check needs O(10) logits"
+        assert _rel(a, b) <= RTOL, f"{name}: relative error {_rel(a, b):.2e}"
+
+
+@pytest.fixture(scope="module")
+def references():
+    return {}
+
+
+def _cached_reference(references, case):
+    key = _case_id(case)
+    if key not in references:
+        references[key] = _reference(case[0], case[1])
+    return references[key]
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_training_path_outputs_and_gradients(case, references):
+    """Outputs in train mode; gradients with BatchNorm on its running statistics. Why: at batch
+    2, training-mode BatchNorm (batch statistics over near-dead channels) amplifies a 1e-7
+    change of the encoder's output ~400× by the transformer's input, so two float32
+    implementations that merely round differently would disagree on some gradients by 1e-2;
+    the implementations under test (GRU, separable stages, stacked decoders) do not depend on
+    the mode. Gradients are compared with the reference run in float64 (the truth to ~1e-12);
+    where float32 itself cannot reach 1e-4 (sums that cancel), a gradient must be no further
+    from the truth than twice the float32 reference's own error."""
+    reference = _cached_reference(references, case)
+    model = build_model(reference.spec)  # what training builds: ModelOptions()
+    model.load_state_dict(reference.state_dict())
+    x = _waveforms(2, seed=1)
+    rng = np.random.default_rng(1)
+    weights = [
+        torch.from_numpy(rng.standard_normal((2, 6000)).astype(np.float32)) for _ in range(3)
+    ]
+
+    with torch.no_grad():  # train-mode outputs (copies: the reference's BN statistics stay)
+        ref_out = copy.deepcopy(reference).train().forward_logits(x)
+        out = copy.deepcopy(model).train().forward_logits(x)
+    _assert_outputs(out, ref_out)
+
+    def grads(m, dtype=torch.float32):
+        m = copy.deepcopy(m).to(dtype).eval()
+        out = m.forward_logits(x.to(dtype))
+        # a loss whose gradient is dense and sign-varying on every output sample
+        sum((w.to(dtype) * torch.tanh(o / 4.0)).mean() for w, o in zip(weights, out)).backward()
+        return {n: p.grad.double() for n, p in m.named_parameters()}
+
+    ref_grads, got, true_grads = grads(reference), grads(model), grads(reference, torch.float64)
+    largest = max(float(g.abs().max()) for g in true_grads.values())
+    for name, truth in true_grads.items():
+        if float(truth.abs().max()) < VANISHING * largest:
+            # a gradient that vanishes identically (the attention score bias b_a, which shifts
+            # every score alike): float32 leaves rounding noise alone
+            assert float(got[name].abs().max()) < VANISHING * largest, name
+            continue
+        err, ref_err = _rel(got[name], truth), _rel(ref_grads[name], truth)
+        assert err <= max(RTOL, 2.0 * ref_err), (
+            f"d/d {name}: relative error {err:.2e} (float32 reference: {ref_err:.2e})"
+        )
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_compiled_eager_inference(case, batch, references):
+    reference = _cached_reference(references, case)
+    x = _waveforms(batch, seed=2)
+    with torch.no_grad():
+        expected = reference.forward_logits(x)
+    _assert_outputs(compile_for_inference(reference, target="eager").forward_logits(x), expected)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[2]], ids=_case_id)
+def test_onnx_export(case, references, tmp_path):
+    """The file `export_onnx` writes holds probabilities in float32, which cannot resolve a
+    logit beyond |logit| ≈ 7 (1 − p below 1e-3 is a few float32 steps from 1): logits are
+    compared where the reference probability is within [1e-3, 1 − 1e-3], relative to the
+    largest reference logit; all samples as probabilities too (absolute 1e-5)."""
+    reference = _cached_reference(references, case)
+    x = _waveforms(2, seed=3)
+    with torch.no_grad():
+        expected = [t.double() for t in reference.forward_logits(x)]
+    session = onnx_session(export_onnx(reference, tmp_path / "model.onnx"))
+    for name, got, logit in zip(("detection", "p", "s"), run_onnx(session, x.numpy()), expected):
+        prob = torch.from_numpy(got).double()
+        resolvable = (torch.sigmoid(logit) - 0.5).abs() <= 0.5 - 1e-3
+        err = (torch.logit(prob) - logit)[resolvable].abs().max() / logit.abs().max()
+        assert float(logit.abs().max()) > 1.0 and resolvable.float().mean() > 0.3, name
+        assert float(err) <= RTOL, f"{name}: relative error {float(err):.2e}"
+        assert float((prob - torch.sigmoid(logit)).abs().max()) <= 1e-5, name
+
+
+GRU_BACKENDS = {"aten": aten_gru_sequence}
+if getattr(fused_kernels, "gru_sequence", None) is not None:
+    GRU_BACKENDS["fused"] = fused_kernels.gru_sequence
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("flavour", ["torch", "keras"])
+@pytest.mark.parametrize("backend", sorted(GRU_BACKENDS))
+def test_gru_backends_equal_the_reference(backend, flavour, reverse):
+    """Each GRU implementation the options can choose (the seam `gru.GruFn`): outputs and the
+    gradients of input and weights equal `gru.gru_sequence`'s, saturating gates included."""
+    torch.manual_seed(5)
+    units, inputs = 16, 12
+    tensors = [
+        3.0 * torch.randn(3, 40, inputs),
+        0.5 * torch.randn(3 * units, inputs),
+        0.5 * torch.randn(3 * units, units),
+        0.5 * torch.randn(3 * units),
+    ]
+    tensors.append(None if flavour == "keras" else 0.5 * torch.randn(3 * units))
+    target = torch.randn(3, 40, units)
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_(True) if t is not None else None for t in tensors]
+        y = fn(*leaves, reverse=reverse, flavour=flavour)
+        (y * target).sum().backward()
+        return y.detach(), [t.grad for t in leaves if t is not None]
+
+    y_ref, g_ref = run(gru_sequence)
+    y, g = run(GRU_BACKENDS[backend])
+    assert _rel(y, y_ref) <= RTOL
+    for a, b in zip(g, g_ref):
+        assert _rel(a, b) <= RTOL
+
+
+SEPARABLE_BACKENDS = {}
+SCORES_BACKENDS = {}
+if getattr(fused_kernels, "separable_stage", None) is not None:
+    SEPARABLE_BACKENDS["fused"] = fused_kernels.separable_stage
+if getattr(fused_kernels, "additive_scores", None) is not None:
+    SCORES_BACKENDS["fused"] = fused_kernels.additive_scores
+
+
+def _grads_equal(fn, reference, tensors, **kwargs) -> None:
+    def run(f):
+        leaves = [t.clone().requires_grad_(True) for t in tensors]
+        y = f(*leaves, **kwargs)
+        (y * torch.linspace(-1.0, 1.0, y.numel()).reshape(y.shape)).sum().backward()
+        return [y.detach()] + [t.grad for t in leaves]
+
+    for a, b in zip(run(fn), run(reference)):
+        assert _rel(a, b) <= RTOL
+
+
+@pytest.mark.parametrize("backend", sorted(SEPARABLE_BACKENDS) or ["none"])
+def test_separable_backends_equal_the_reference(backend):
+    """Each separable-stage implementation the options can choose (`layers.SeparableFn`), on an
+    encoder stage (pool) and a stacked decoder stage (groups 3, upsample, crop)."""
+    if backend == "none":
+        pytest.skip("no fused separable stage in this checkout")
+    torch.manual_seed(6)
+    fn = SEPARABLE_BACKENDS[backend]
+    tensors = [torch.randn(2, 8, 600), torch.randn(8, 1, 7), torch.randn(16, 8, 1), torch.randn(16)]
+    _grads_equal(fn, separable_stage, tensors, pool=3)
+    tensors = [
+        torch.randn(2, 48, 56),
+        torch.randn(48, 1, 5),
+        torch.randn(24, 16, 1),
+        torch.randn(24),
+    ]
+    _grads_equal(fn, separable_stage, tensors, groups=3, upsample=3, crop=(1, 1))
+
+
+@pytest.mark.parametrize("backend", sorted(SCORES_BACKENDS) or ["none"])
+def test_attention_score_backends_equal_the_reference(backend):
+    """Each global-attention score implementation the options can choose (`layers.ScoresFn`)."""
+    if backend == "none":
+        pytest.skip("no fused attention scores in this checkout")
+    torch.manual_seed(7)
+    tensors = [torch.randn(2, 56, 32), torch.randn(2, 56, 32), torch.randn(32)]
+    _grads_equal(SCORES_BACKENDS[backend], additive_scores, tensors)
