@@ -128,10 +128,11 @@ def prepare_data(cfg: DictConfig) -> tuple[Path, str]:
 
 
 def default_name(plan: JobPlan) -> str:
-    if plan.spec is None:
-        return plan.name
-    s = plan.spec
-    return f"{plan.name} rnn={s.rnn} picker_rnn={s.picker_rnn} cnn_blocks={s.cnn_blocks} rnn_blocks={s.rnn_blocks}"
+    """A run's name in the MLflow table: the variant (preset + what differs from it), plus any
+    threshold fixed by the config (a threshold grid's points differ only there)."""
+    fixed = {k: v for k, v in (plan.thresholds or {}).items() if v is not None}
+    suffix = (" @ " + " ".join(f"{k}={v:g}" for k, v in fixed.items())) if fixed else ""
+    return variant_name(plan) + suffix
 
 
 def objectives(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -296,8 +297,10 @@ def run_job(
         TAG_DATA_VERSION,
         TAG_EVALUATED_RUN,
         Tracker,
+        quiet_logs,
     )
 
+    quiet_logs()
     if _rank() > 0:  # a DDP worker started by Lightning: join the training, log nothing
         plan = plan_job(cfg)
         if plan.kind == "learned":
@@ -355,7 +358,7 @@ def run_job(
 def variant_name(plan: JobPlan) -> str:
     """The variant as a reader names it: the preset, plus the knobs that differ from it."""
     if plan.spec is None:
-        return plan.name
+        return "STA/LTA" if plan.kind == "stalta" else plan.name
     from feq_lab.models import build_model
 
     preset = build_model(plan.name).spec.to_dict()

@@ -92,13 +92,63 @@ def variant_label(run: RunRecord) -> str:
     return " ".join([model.upper() if model in PRESET_ORDER else model] + extra)
 
 
+def _identity(run: RunRecord) -> tuple:
+    """What makes two runs the same result: training identity, data, and the thresholds used."""
+    chash = run.tags.get("feq.config_hash")
+    if not chash:
+        return ("run", run.run_id)
+    th = tuple(round(run.metrics.get(f"thresholds/{o}", float("nan")), 9) for o in OUTPUTS)
+    return (chash, param(run, "data_version"), th)
+
+
+def unique_runs(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """One run per identical result: runs of the same effective configuration (e.g. the FEQ3
+    preset and the grid point `rnn=bilstm cnn_blocks=2`, which builds the same model), on the same
+    data, scored at the same thresholds, are one row; FINISHED before others, then the run whose
+    logged name is the preset's own (no knob override asked), then the oldest listed."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault(_identity(r), []).append(r)
+    keep = set()
+    for members in groups.values():
+        def rank(r: RunRecord) -> tuple:
+            return (r.status != "FINISHED", "=" in (r.name or "").split(" @ ")[0],
+                    members.index(r))
+        keep.add(min(members, key=rank).run_id)
+    return [r for r in runs if r.run_id in keep]
+
+
+def _distinguish(run: RunRecord, others: Sequence[RunRecord]) -> str:
+    """What tells `run` apart from same-label runs: thresholds, else the seed (never a hash)."""
+    parts = []
+    for o, short in (("detection", "det"), ("p", "P"), ("s", "S")):
+        values = {x.metrics.get(f"thresholds/{o}") for x in others}
+        if len(values) > 1 and f"thresholds/{o}" in run.metrics:
+            parts.append(f"{short}={run.metrics[f'thresholds/{o}']:g}")
+    if parts:
+        return "@ " + " ".join(parts)
+    seeds = {param(x, "seed") for x in others}
+    if len(seeds) > 1 and param(run, "seed") is not None:
+        return f"seed={param(run, 'seed')}"
+    return ""
+
+
 def unique_labels(runs: Sequence[RunRecord]) -> dict[str, str]:
-    """run_id -> label; duplicates (a config run twice) get the short run id appended."""
+    """run_id -> label; runs sharing a label are told apart by their thresholds or seed, else
+    numbered in order (#2, #3): a reader never has to decode a hash."""
     labels = {r.run_id: variant_label(r) for r in runs}
-    counts: dict[str, int] = {}
-    for v in labels.values():
-        counts[v] = counts.get(v, 0) + 1
-    return {rid: (f"{v} ({rid[:6]})" if counts[v] > 1 else v) for rid, v in labels.items()}
+    by_label: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        by_label.setdefault(labels[r.run_id], []).append(r)
+    out = {}
+    for label, members in by_label.items():
+        for i, r in enumerate(members):
+            if len(members) == 1:
+                out[r.run_id] = label
+                continue
+            extra = _distinguish(r, members)
+            out[r.run_id] = f"{label} {extra}" if extra else f"{label} #{i + 1}"
+    return out
 
 
 def order_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:

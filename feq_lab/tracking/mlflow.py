@@ -95,6 +95,27 @@ def _float(value: Any) -> float:
         return math.nan
 
 
+def quiet_logs() -> None:
+    """Keep a run's log about the run: no per-download progress bars from MLflow, no Lightning
+    promotional tips, and a third-party deprecation notice at most once (Python's default).
+
+    Called by the entry points once, at start; filters only, nothing that changes a result.
+    """
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoTips())
+    warnings.filterwarnings("once", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
 class Tracker:
     """One MLflow experiment on one store; holds the current run id (`run_id`).
 

@@ -9,6 +9,7 @@ The model is saved "from code" (`pyfunc_entry.py`), so nothing is pickled.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,14 @@ def save_pyfunc_model(path: str | os.PathLike, checkpoint: str | os.PathLike,
     artifacts = {CHECKPOINT_KEY: str(checkpoint)}
     if onnx_path is not None and Path(onnx_path).is_file():
         artifacts[ONNX_KEY] = str(onnx_path)
-    mlflow.pyfunc.save_model(
-        path=str(path),
-        python_model=str(ENTRY),
-        artifacts=artifacts,
-        pip_requirements=["feq-lab", "torch", "numpy", "mlflow"],
-    )
+    with warnings.catch_warnings():  # the model takes a plain array; no typed signature to infer
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            python_model=str(ENTRY),
+            artifacts=artifacts,
+            pip_requirements=["feq-lab", "torch", "numpy", "mlflow"],
+        )
     return Path(path)
 
 
