@@ -322,7 +322,7 @@ def run_job(
                 "feq.variant": variant_name(plan)}
         name = job_name or default_name(plan)
         if parent_run_id is None and cfg.get("study"):
-            parent_run_id = tracker.study_parent(str(cfg.study))
+            parent_run_id = tracker.study_parent(str(cfg.study), f"training · {cfg.study} study")
         result = None
         found = (tracker.find_finished(chash, version, tags[TAG_CODE_VERSION])
                  if cfg.get("resume") and plan.kind == "learned" else None)
