@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,6 @@ def needs_outcomes(sel: Mapping[str, Any]) -> bool:
 def load_outcomes_of(uri: str, runs: Sequence[RunRecord], split: str = "val") -> dict[str, Any]:
     """run id -> per-trace outcomes of `split` (`<split>_outcomes.npz` artifacts); runs without
     the file are left out (the policy names them)."""
-    import tempfile
-
     from feq_lab.evaluation.significance import load_outcomes
     from feq_lab.tracking.mlflow import download_artifact
 
@@ -127,6 +126,9 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     sel = OmegaConf.to_container(cfg.select, resolve=True)
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
     parent_ids = parent_ids_from(sel)
+    from feq_lab.tracking.mlflow import quiet_logs
+
+    quiet_logs()
     runs = unique_runs(gather_runs(uri, experiment, parent_ids))
     policy.refuse_test_keys(sel)  # before any download: a bad policy fails at once
     outcomes = (load_outcomes_of(uri, [r for r in runs if r.status == "FINISHED"])

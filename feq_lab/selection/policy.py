@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feq_lab.errors import ConfigError, SelectionError
+from feq_lab.evaluation.significance import paired_bootstrap, paired_missed
 from feq_lab.selection.tables import param, variant_label
 from feq_lab.tracking.records import RunRecord
 
@@ -445,8 +446,6 @@ def apply_noise_guard(ranked: Sequence[RunRecord], guard: NoiseGuard,
     """(re-ranked runs, reasons, notes per run): the leader keeps first place only when it beats
     every rival it would displace outside the noise; otherwise the tied set is ordered by
     `guard.prefer` (then the original rank)."""
-    from feq_lab.evaluation.significance import paired_bootstrap, paired_missed
-
     missing = [variant_label(r) for r in ranked if r.run_id not in outcomes]
     if missing:
         raise SelectionError("the noise guard needs the per-trace validation outcomes "

@@ -135,7 +135,7 @@ def test_select_and_report_on_two_sweeps(store, tmp_path):
     assert "`md5abc`" in md and "synthetic" in md
     assert "| **Total** | 373,495 | 39,776 | 36,096 | 30,512 | 32,080 |" in md  # Table 1
     assert "FEQ3 rnn=gru cnn_blocks=4" in md and "| FEQ3 cnn_blocks=4 |" in md  # Table 2
-    assert "| FEQ3 **(champion)** | 31 | 595 | 1,132 |" in md                            # Table 5
+    assert "| FEQ3 **(champion)** | 31 | 595 | 1,132 |" in md  # Table 5 (no intervals logged here)
     assert "| STA/LTA (obspy) | 400 | 900 | 2,500 |" in md                                         # baseline
     assert md.count("![") == 7
     metrics = json.loads((rep / "champion_metrics.json").read_text())
