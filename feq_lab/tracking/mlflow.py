@@ -109,6 +109,7 @@ def quiet_logs() -> None:
         logging.getLogger(name).addFilter(_NoTips())
     warnings.filterwarnings("once", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 
 class _NoTips(logging.Filter):
@@ -424,8 +425,10 @@ def download_model(uri: str, name: str = "feq-picker", alias: str = "champion",
                           f"no model version {name}@{alias} in {uri} ({exc})") from exc
     target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="feq-champion-"))
     target.mkdir(parents=True, exist_ok=True)
-    if mv.run_id:
-        local = with_retry(client.download_artifacts, mv.run_id, MODEL_ARTIFACT_PATH, str(target))
+    if mv.run_id:  # an evaluation-only run's version holds the model of the training it scored
+        run = with_retry(client.get_run, mv.run_id)
+        owner = run.data.tags.get(TAG_EVALUATED_RUN) or mv.run_id
+        local = with_retry(client.download_artifacts, owner, MODEL_ARTIFACT_PATH, str(target))
     else:
         import mlflow.artifacts
 
