@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from feq_lab.errors import DataError, SelectionError
-from feq_lab.evaluation.significance import paired_bootstrap, paired_missed
+from feq_lab.evaluation.significance import mean_sd, paired_bootstrap, paired_missed
 from feq_lab.selection import figures, tables
 from feq_lab.selection.policy import Objective, pareto_front
 from feq_lab.selection.tables import OUTPUTS, param
@@ -208,6 +208,39 @@ def significance_section(champ: RunRecord, others: Sequence[RunRecord],
     return md
 
 
+REPLICATE_KEYS = tuple(f"{split}/{o}_f1" for split in ("val", "test") for o in OUTPUTS)
+
+
+def replicates_section(learned: Sequence[RunRecord]) -> list[str]:
+    """Variants trained with several seeds (e.g. `python -m feq_lab -m seed=0,1,2`): mean ± sd of
+    each F1 over the replicates — how much of a difference between variants the seed alone
+    makes."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in learned:
+        groups.setdefault(tables.variant_label(r), []).append(r)
+    multi = {k: v for k, v in groups.items()
+             if len({tables.param(r, "seed") for r in v}) > 1}
+    if not multi:
+        return []
+    md = ["", "## Seed replicates", "",
+          "Variants trained with more than one seed: mean ± sd (sample) over the replicates, "
+          "validation and test F1. A difference between variants smaller than these spreads "
+          "is not a property of the variant.", ""]
+    rows = []
+    for label, runs in sorted(multi.items()):
+        values = {k: [r.metrics[k] for r in runs if _finite(r.metrics.get(k))]
+                  for k in REPLICATE_KEYS}
+        stats = mean_sd({k: v for k, v in values.items() if v})
+        seeds = sorted({tables.param(r, "seed") or "?" for r in runs})
+        rows.append([label, ", ".join(seeds)] + [
+            f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" if k in stats and
+            _finite(stats[k][0]) else tables.MISSING for k in REPLICATE_KEYS])
+    md.append(tables.markdown_table(
+        ["Variant", "Seeds"] + [f"{k.split('/')[0]} {tables.OUTPUT_NAMES[k.split('/')[1][:-3]]} F1"
+                                for k in REPLICATE_KEYS], rows))
+    return md
+
+
 def render_markdown(inp: ReportInputs, finished: Sequence[RunRecord], labels: dict[str, str],
                     champ: RunRecord, figs: Mapping[str, str], front_ids: set[str],
                     curve: pd.DataFrame | None) -> str:
@@ -254,6 +287,7 @@ def render_markdown(inp: ReportInputs, finished: Sequence[RunRecord], labels: di
            "", tables.run_rows(learned, labels, tables.VAL_COLUMNS, star)]
     md += significance_section(champ, [r for r in learned if r.run_id != champ.run_id]
                                + baselines, labels, inp.outcomes or {})
+    md += replicates_section(learned)
     for title, line, group in (
             ("Table 1 — parameters per section, the five presets",
              "Where each preset spends its weights (Keras count, as the study tabulates).",

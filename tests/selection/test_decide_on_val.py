@@ -107,3 +107,14 @@ def test_identical_effective_configs_are_one_row_under_the_preset_name():
     assert [r.run_id for r in kept] == ["r1", "r3"]
     labels = unique_labels(kept)
     assert labels == {"r1": "FEQ3 @ det=0.3", "r3": "FEQ3 @ det=0.5"}
+
+
+def test_seed_replicates_are_reported_as_mean_and_sd():
+    from feq_lab.selection.report import replicates_section
+
+    runs = [RunRecord(f"r{i}", "FEQ3", "FINISHED", {"model": "feq3", "seed": str(s)},
+                      {"val/s_f1": v, "test/s_f1": 0.8}, {}, "")
+            for i, (s, v) in enumerate([(0, 0.90), (1, 0.92), (2, 0.94)])]
+    text = "\n".join(replicates_section(runs))
+    assert "| FEQ3 | 0, 1, 2 |" in text and "0.920 ± 0.020" in text and "0.800 ± 0.000" in text
+    assert replicates_section(runs[:1]) == []  # one seed: nothing to say
