@@ -97,6 +97,7 @@ def clone(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # four trainings + five repros: ~11 min on a shared 2-core machine
 def test_repro_caches_per_variant_and_evaluation_never_retrains(clone):
     out = dvc(clone, "repro")
     assert ran_stages(out) == {"prepare"} | TRAIN | DOWNSTREAM, out[-3000:]
