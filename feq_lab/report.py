@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from feq_lab.errors import ConfigError, DataError, FeqLabError, SelectionError
 from feq_lab.paths import CONF_DIR
 from feq_lab.select import fail, gather_runs, load_outcomes_of
-from feq_lab.selection.tables import unique_runs
 from feq_lab.selection.report import ReportInputs, build_report
+from feq_lab.selection.tables import unique_runs
 from feq_lab.tracking.records import RunRecord
 
 log = logging.getLogger("feq_lab.report")

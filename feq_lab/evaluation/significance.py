@@ -209,10 +209,9 @@ def compare(a: Outcomes, b: Outcomes, n_boot: int = DEFAULT_N_BOOT, level: float
 def save_outcomes(path: str | Path, outcomes: Outcomes) -> Path:
     """A small npz beside the probabilities (what paired tests read back)."""
     path = Path(path)
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, table=outcomes.table, is_earthquake=outcomes.is_earthquake,
-                                trace_name=np.asarray(outcomes.trace_names, dtype=str))
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, table=outcomes.table, is_earthquake=outcomes.is_earthquake,
+                            trace_name=np.asarray(outcomes.trace_names, dtype=str))
     return path
 
 

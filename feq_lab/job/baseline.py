@@ -12,8 +12,8 @@ import numpy as np
 
 from feq_lab.evaluation.baseline import stalta_picks
 from feq_lab.evaluation.metrics import score
-from feq_lab.evaluation.truth import Truth
 from feq_lab.evaluation.significance import interval_metrics, outcomes_from_picks, save_outcomes
+from feq_lab.evaluation.truth import Truth
 from feq_lab.job.assess import (
     OUTCOMES_FILE,
     PLOTS_DIR,

@@ -334,9 +334,7 @@ def run_job(
             training = tracker.get_record(found)
             tags.update({k: v for k, v in training.tags.items() if k.startswith("feq.latency.")})
             tags[TAG_EVALUATED_RUN] = found
-            run_id = tracker.start_run(name, run_params(effective, version), tags, parent_run_id)
-        else:
-            run_id = tracker.start_run(name, run_params(effective, version), tags, parent_run_id)
+        run_id = tracker.start_run(name, run_params(effective, version), tags, parent_run_id)
         log.info("MLflow run %s: %s", run_id, name)
         tracker.log_artifact(atomic_write_text(run_dir / CONFIG_ARTIFACT, config_yaml(cfg, effective)),
                              run_id=run_id)

@@ -469,8 +469,8 @@ def apply_noise_guard(ranked: Sequence[RunRecord], guard: NoiseGuard,
                                    + "; ".join(wins)]
         else:
             tied.append(rival)
-            notes[rival.run_id] = [f"not separable from {variant_label(leader)} on validation "
-                                   f"(paired tests, level {guard.level:g})"]
+            notes[rival.run_id] = [(f"not separable from {variant_label(leader)} on "
+                                    f"validation (paired tests, level {guard.level:g})")]
     prefer_key = lexicographic_key(list(guard.prefer))
     position = {r.run_id: i for i, r in enumerate(ranked)}
     reordered = sorted(tied, key=lambda r: prefer_key(r)[:-2] + (position[r.run_id],))

@@ -167,8 +167,8 @@ def significance_section(champ: RunRecord, others: Sequence[RunRecord],
     each F1 difference and McNemar's exact test on missed earthquakes, then one sentence."""
     md = ["", "## Is the champion's lead real? Paired tests on the same test traces", ""]
     if champ.run_id not in outcomes:
-        return md + ["_The champion's run has no per-trace test outcomes (test_outcomes.npz): "
-                     "no paired test possible._"]
+        return md + [("_The champion's run has no per-trace test outcomes (test_outcomes.npz): "
+                      "no paired test possible._")]
     rows, significant, noise = [], [], []
     for r in others:
         if r.run_id not in outcomes:
@@ -223,9 +223,9 @@ def replicates_section(learned: Sequence[RunRecord]) -> list[str]:
     if not multi:
         return []
     md = ["", "## Seed replicates", "",
-          "Variants trained with more than one seed: mean ± sd (sample) over the replicates, "
-          "validation and test F1. A difference between variants smaller than these spreads "
-          "is not a property of the variant.", ""]
+          ("Variants trained with more than one seed: mean ± sd (sample) over the replicates, "
+           "validation and test F1. A difference between variants smaller than these spreads "
+           "is not a property of the variant."), ""]
     rows = []
     for label, runs in sorted(multi.items()):
         values = {k: [r.metrics[k] for r in runs if _finite(r.metrics.get(k))]
@@ -299,10 +299,10 @@ def render_markdown(inp: ReportInputs, finished: Sequence[RunRecord], labels: di
         md.append(tables.params_table(group, labels) if group else "_No runs in this group._")
     md += ["", ("Counted in the study's (Keras 2.3.1) convention; the last row is PyTorch's "
                 "`numel`."), "", "## Model size and latency", "",
-           "What each model costs: size on disk and the median time to process one 60-s window "
-           "(batch 1, 1 thread) on onnxruntime — what the monitor runs and what selection "
-           "reads — beside eager PyTorch. The runs' tags `feq.latency.*` say on which CPU, "
-           "with how many threads and whether the fused kernels were built.", ""]
+           ("What each model costs: size on disk and the median time to process one 60-s "
+            "window (batch 1, 1 thread) on onnxruntime — what the monitor runs and what "
+            "selection reads — beside eager PyTorch. The runs' tags `feq.latency.*` say on "
+            "which CPU, with how many threads and whether the fused kernels were built."), ""]
     md.append(tables.run_rows(learned + [b for b in baselines
                                          if "latency/window_ms_p50" in b.metrics],
                               labels, tables.SIZE_COLUMNS, star))

@@ -111,10 +111,9 @@ def unique_runs(runs: Sequence[RunRecord]) -> list[RunRecord]:
         groups.setdefault(_identity(r), []).append(r)
     keep = set()
     for members in groups.values():
-        def rank(r: RunRecord) -> tuple:
-            return (r.status != "FINISHED", "=" in (r.name or "").split(" @ ")[0],
-                    members.index(r))
-        keep.add(min(members, key=rank).run_id)
+        ranked = sorted(enumerate(members), key=lambda im: (
+            im[1].status != "FINISHED", "=" in (im[1].name or "").split(" @ ")[0], im[0]))
+        keep.add(ranked[0][1].run_id)
     return [r for r in runs if r.run_id in keep]
 
 
