@@ -27,15 +27,18 @@ import hydra
 from omegaconf import DictConfig
 
 from feq_lab.errors import ConfigError, DataError, FeqLabError
+from feq_lab.evaluation.probabilities import load_probabilities
+from feq_lab.job.assess import Assessment, evaluate_splits
+from feq_lab.job.config import flatten, run_params, to_plain
+from feq_lab.job.run import STAGE_RUN_FILE, log_assessment, training_metrics
 from feq_lab.paths import CONF_DIR, atomic_write_text
+from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN, TAG_STUDY, Tracker, quiet_logs
 
 log = logging.getLogger("feq_lab.evaluate")
 
 
 def stage_dirs(runs_dir: Path) -> list[Path]:
     """The training stages' output folders (those holding a run JSON), sorted by name."""
-    from feq_lab.job.run import STAGE_RUN_FILE
-
     if not runs_dir.is_dir():
         raise ConfigError("evaluate.runs_dir", f"{runs_dir} is not a folder (run the training "
                           "stages first: `dvc repro`)")
@@ -47,8 +50,6 @@ def stage_dirs(runs_dir: Path) -> list[Path]:
 
 def evaluation_params(info: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
     """The training run's params with the evaluation settings replaced by the ones used now."""
-    from feq_lab.job.config import flatten, run_params, to_plain
-
     params = dict(info.get("params") or {})
     now = {"thresholds": to_plain(cfg.thresholds), "eval": to_plain(cfg.eval)}
     fresh = run_params(now, params.get("data_version"))
@@ -60,10 +61,6 @@ def evaluation_params(info: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
 
 def evaluate_variant(stage_dir: Path, cfg: DictConfig, work: Path) -> tuple[dict, Any]:
     """(run JSON of the training, Assessment of this evaluation) for one stage folder."""
-    from feq_lab.evaluation.probabilities import load_probabilities
-    from feq_lab.job.assess import Assessment, evaluate_splits
-    from feq_lab.job.run import STAGE_RUN_FILE, training_metrics
-
     info = json.loads((stage_dir / STAGE_RUN_FILE).read_text())
     if info.get("tags", {}).get("feq.kind") == "stalta":  # no thresholds: scored when it ran
         result = Assessment(metrics=dict(info.get("metrics") or {}))
@@ -82,9 +79,6 @@ def evaluate_variant(stage_dir: Path, cfg: DictConfig, work: Path) -> tuple[dict
 
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate every stage folder, log one child run each, write the evaluation JSON."""
-    from feq_lab.job.run import log_assessment
-    from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN, TAG_STUDY, Tracker, quiet_logs
-
     quiet_logs()
     ev = cfg.get("evaluate") or {}
     runs_dir, out = Path(str(ev.get("runs_dir", "runs"))), Path(str(ev.get("out",
