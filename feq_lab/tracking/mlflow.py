@@ -109,7 +109,6 @@ def quiet_logs() -> None:
         logging.getLogger(name).addFilter(_NoTips())
     warnings.filterwarnings("once", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 
 
 class _NoTips(logging.Filter):

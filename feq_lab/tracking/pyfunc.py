@@ -21,30 +21,35 @@ ONNX_KEY = "onnx"
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 
 
-class PickerPyfunc(mlflow.pyfunc.PythonModel):
-    """Input: raw waveforms (3, 6000), (B, 3, 6000) or channel-last (B, 6000, 3) E,N,Z counts.
-    Output: dict of (B, 6000) float32 arrays `detection`, `p`, `s` (probabilities)."""
+# MLflow warns at class definition that `predict` has no type hints; it has none on purpose
+# (MLflow would read them as a schema). MLflow raises it under its own "once" filter, so a
+# filter cannot silence it: the warnings of this class definition are recorded and dropped.
+with warnings.catch_warnings(record=True):
 
-    def load_context(self, context: Any) -> None:
-        from feq_lab.models import load_checkpoint
+    class PickerPyfunc(mlflow.pyfunc.PythonModel):
+        """Input: raw waveforms (3, 6000), (B, 3, 6000) or channel-last (B, 6000, 3) E,N,Z counts.
+        Output: dict of (B, 6000) float32 arrays `detection`, `p`, `s` (probabilities)."""
 
-        self.model = load_checkpoint(context.artifacts[CHECKPOINT_KEY]).eval()
+        def load_context(self, context: Any) -> None:
+            from feq_lab.models import load_checkpoint
 
-    def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
-        import torch
+            self.model = load_checkpoint(context.artifacts[CHECKPOINT_KEY]).eval()
 
-        from feq_lab.data.labels import normalize
+        def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
+            import torch
 
-        x = np.asarray(model_input, dtype=np.float32)
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim != 3 or 3 not in x.shape[1:]:
-            raise ValueError(f"expected (3, T), (B, 3, T) or (B, T, 3) waveforms, got shape {x.shape}")
-        if x.shape[1] != 3:
-            x = np.transpose(x, (0, 2, 1))
-        with torch.no_grad():
-            det, p, s = self.model(torch.from_numpy(normalize(x)))
-        return {"detection": det.numpy(), "p": p.numpy(), "s": s.numpy()}
+            from feq_lab.data.labels import normalize
+
+            x = np.asarray(model_input, dtype=np.float32)
+            if x.ndim == 2:
+                x = x[None]
+            if x.ndim != 3 or 3 not in x.shape[1:]:
+                raise ValueError(f"expected (3, T), (B, 3, T) or (B, T, 3) waveforms, got shape {x.shape}")
+            if x.shape[1] != 3:
+                x = np.transpose(x, (0, 2, 1))
+            with torch.no_grad():
+                det, p, s = self.model(torch.from_numpy(normalize(x)))
+            return {"detection": det.numpy(), "p": p.numpy(), "s": s.numpy()}
 
 
 def save_pyfunc_model(path: str | os.PathLike, checkpoint: str | os.PathLike,
@@ -53,14 +58,12 @@ def save_pyfunc_model(path: str | os.PathLike, checkpoint: str | os.PathLike,
     artifacts = {CHECKPOINT_KEY: str(checkpoint)}
     if onnx_path is not None and Path(onnx_path).is_file():
         artifacts[ONNX_KEY] = str(onnx_path)
-    with warnings.catch_warnings():  # the model takes a plain array; no typed signature to infer
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-        mlflow.pyfunc.save_model(
-            path=str(path),
-            python_model=str(ENTRY),
-            artifacts=artifacts,
-            pip_requirements=["feq-lab", "torch", "numpy", "mlflow"],
-        )
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=str(ENTRY),
+        artifacts=artifacts,
+        pip_requirements=["feq-lab", "torch", "numpy", "mlflow"],
+    )
     return Path(path)
 
 
