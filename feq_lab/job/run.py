@@ -359,8 +359,11 @@ def variant_name(plan: JobPlan) -> str:
         return "STA/LTA" if plan.kind == "stalta" else plan.name
     from feq_lab.models import build_model
 
-    preset = build_model(plan.name).spec.to_dict()
     own = plan.spec.to_dict()
+    try:
+        preset = build_model(plan.name).spec.to_dict()
+    except (ConfigError, OSError):  # a model config that is no preset file: name its knobs
+        preset = {}
     extra = [f"{k}={own[k]}" for k in KNOBS if own.get(k) != preset.get(k)]
     return " ".join([plan.name.upper()] + extra)
 
