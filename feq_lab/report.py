@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from feq_lab.errors import ConfigError, DataError, FeqLabError, SelectionError
 from feq_lab.paths import CONF_DIR
-from feq_lab.select import fail, gather_runs
+from feq_lab.select import fail, gather_runs, load_outcomes_of
 from feq_lab.selection.report import ReportInputs, build_report
+from feq_lab.selection.tables import unique_runs
 from feq_lab.tracking.records import RunRecord
 
 log = logging.getLogger("feq_lab.report")
@@ -90,7 +91,10 @@ def run_report(cfg: DictConfig) -> list[Path]:
     rep = OmegaConf.to_container(cfg.report, resolve=True)
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
     selection = read_selection(Path(cfg.select.output))
-    runs = gather_runs(uri, experiment, selection["parent_run_ids"] or [None])
+    from feq_lab.tracking.mlflow import quiet_logs
+
+    quiet_logs()
+    runs = unique_runs(gather_runs(uri, experiment, selection["parent_run_ids"] or [None]))
     champ = next((r for r in runs if r.run_id == selection["champion"]["run_id"]), None)
     if champ is None:
         raise SelectionError(f"the selected champion run {selection['champion']['run_id']} is "
@@ -98,8 +102,9 @@ def run_report(cfg: DictConfig) -> list[Path]:
     grid = champion_threshold_grid(uri, champ)
     source = (f"Source: MLflow `{uri}`, experiment `{experiment}`, parent run(s) "
               + ", ".join(f"`{p}`" for p in selection["parent_run_ids"]) + ".")
-    written = build_report(ReportInputs(runs, selection, grid, source, str(rep["f1_key"])),
-                           rep["dir"])
+    outcomes = load_outcomes_of(uri, [r for r in runs if r.status == "FINISHED"], "test")
+    written = build_report(ReportInputs(runs, selection, grid, source, str(rep["f1_key"]),
+                                        outcomes), rep["dir"])
     log.info("wrote %d report files under %s", len(written), rep["dir"])
     if rep.get("log_to_parent", True):
         from feq_lab.tracking.mlflow import Tracker

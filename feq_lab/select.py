@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from feq_lab.errors import ConfigError, FeqLabError, SelectionError
 from feq_lab.paths import CONF_DIR, atomic_write_text
 from feq_lab.selection import policy
-from feq_lab.selection.tables import param
+from feq_lab.selection.tables import param, unique_runs
 from feq_lab.tracking.records import RunRecord
 
 log = logging.getLogger("feq_lab.select")
@@ -82,9 +83,38 @@ def sweep_parents(runs: Sequence[RunRecord], parent_ids: Sequence[str | None]) -
     return list(dict.fromkeys(ids))
 
 
-def decide(runs: Sequence[RunRecord], sel: Mapping[str, Any]) -> dict[str, Any]:
+def needs_outcomes(sel: Mapping[str, Any]) -> bool:
+    guard = sel.get("noise_guard") or {}
+    return str(sel.get("policy", "constraints")) == "constraints" and bool(
+        guard and guard.get("enabled", True))
+
+
+def load_outcomes_of(uri: str, runs: Sequence[RunRecord], split: str = "val") -> dict[str, Any]:
+    """run id -> per-trace outcomes of `split` (`<split>_outcomes.npz` artifacts); runs without
+    the file are left out (the policy names them)."""
+    from feq_lab.evaluation.significance import load_outcomes
+    from feq_lab.tracking.mlflow import download_artifact
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="feq-outcomes-") as tmp:
+        for r in runs:
+            try:
+                path = download_artifact(uri, r.run_id, f"{split}_outcomes.npz",
+                                         Path(tmp) / r.run_id)
+            except (FileNotFoundError, OSError, FeqLabError) as err:
+                log.warning("run %s has no %s outcomes (%s)", r.run_id, split, err)
+                continue
+            except Exception as err:  # noqa: BLE001 - the store's error type varies
+                log.warning("run %s: %s outcomes unreadable (%s)", r.run_id, split, err)
+                continue
+            out[r.run_id] = load_outcomes(path)
+    return out
+
+
+def decide(runs: Sequence[RunRecord], sel: Mapping[str, Any],
+           outcomes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The selection.json payload: the policy's decision plus the sweep's provenance."""
-    decision = policy.select(runs, sel)
+    decision = policy.select(runs, sel, outcomes)
     out = decision.to_dict()
     out["data_versions"] = sorted({param(r, "data_version") or "unknown"
                                    for r in runs if r.status == "FINISHED"})
@@ -96,8 +126,15 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     sel = OmegaConf.to_container(cfg.select, resolve=True)
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
     parent_ids = parent_ids_from(sel)
-    runs = gather_runs(uri, experiment, parent_ids)
-    payload = decide(runs, sel)
+    from feq_lab.tracking.mlflow import quiet_logs
+
+    quiet_logs()
+    runs = unique_runs(gather_runs(uri, experiment, parent_ids))
+    policy.refuse_test_keys(sel)  # before any download: a bad policy fails at once
+    outcomes = (load_outcomes_of(uri, [r for r in runs if r.status == "FINISHED"])
+                if needs_outcomes(sel) else None)
+    payload = decide(runs, sel, outcomes)
+    payload["basis"] = ("validation split (val/*); test/* is reported, never used to decide")
     payload["tracking"] = {"uri": uri, "experiment": experiment}
     payload["parent_run_ids"] = sweep_parents(runs, parent_ids)
     champ = payload["champion"]

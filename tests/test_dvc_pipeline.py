@@ -1,13 +1,17 @@
 """`dvc repro` end to end on a fresh copy of the project: the real dvc.yaml, tiny params.
 
 A temp dir gets the project's code and configs, `git init` + `dvc init`, and the pipeline's
-`vars` shrunk (20 traces, one epoch of one batch, FEQ3 + the STA/LTA baseline). Proves: repro runs
-prepare -> sweep -> select -> report and registers a loadable champion; a second repro does
-nothing; changing only the selection policy reruns only select and report.
+`vars` shrunk (20 traces, one epoch of one batch; FEQ2, FEQ3 and the STA/LTA baseline). Proves:
+repro runs prepare -> train@<variant> -> evaluate -> select -> report and registers a loadable
+champion; a second repro does nothing; a threshold change reruns evaluate/select/report and no
+training stage; a policy change reruns select and report only; editing conf/model/feq2.yaml
+retrains FEQ2 alone. Plus, without DVC: the default variant list has no two variants with the
+same effective config and covers the whole grid.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -23,14 +27,20 @@ import yaml
 from feq_lab.paths import PROJECT_ROOT
 
 COPY = ["feq_lab", "conf", "hydra_plugins", "dvc.yaml", ".dvcignore"]
-TINY_VARS = {
-    "overrides": {
+TINY_VARS = [
+    {"overrides": {
         "data": "data.n_earthquakes=16 data.n_noise=4 data.batch_size=4",
-        "sweep": "trainer.max_epochs=1 train.limit_train_batches=1 measure.latency_warmup=1 "
-                 "measure.latency_repeats=2",
-    },
-    "sweep": {"presets": "model=feq3,stalta", "grid": ""},
-}
+        "train": "trainer.max_epochs=1 train.limit_train_batches=1 measure.latency_warmup=1 "
+                 "measure.latency_repeats=2 eval.bootstrap.n=50"},
+     "threads": 1, "study": "default"},
+    {"variants": {
+        "feq2": {"args": "model=feq2", "model": "feq2", "code": "feq_lab/models"},
+        "feq3": {"args": "model=feq3", "model": "feq3", "code": "feq_lab/models"},
+        "stalta": {"args": "model=stalta", "model": "stalta",
+                   "code": "feq_lab/evaluation/baseline.py"}}},
+]
+TRAIN = {"train@feq2", "train@feq3", "train@stalta"}
+DOWNSTREAM = {"evaluate", "select", "report"}
 
 
 def _env() -> dict[str, str]:
@@ -59,6 +69,12 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def edit_yaml(path: Path, fn) -> None:
+    cfg = yaml.safe_load(path.read_text())
+    fn(cfg)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
     """A fresh 'clone': tracked code and configs only, no data, store or lock file."""
@@ -70,8 +86,7 @@ def clone(tmp_path_factory) -> Path:
         elif src.exists():
             shutil.copy2(src, repo / name)
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
-    spec["vars"] = [{"overrides": TINY_VARS["overrides"]},
-                    {"sweep": TINY_VARS["sweep"]}]
+    spec["vars"] = TINY_VARS
     (repo / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     _run(repo, "git", "init", "-q")
     dvcignore = (repo / ".dvcignore").read_text()
@@ -82,26 +97,40 @@ def clone(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_repro_noop_and_policy_change_reruns_only_downstream(clone):
+@pytest.mark.timeout(1800)  # four trainings + five repros: ~11 min on a shared 2-core machine
+def test_repro_caches_per_variant_and_evaluation_never_retrains(clone):
     out = dvc(clone, "repro")
-    assert ran_stages(out) == {"prepare", "sweep", "select", "report"}, out[-3000:]
+    assert ran_stages(out) == {"prepare"} | TRAIN | DOWNSTREAM, out[-3000:]
+    for variant in ("feq2", "feq3"):
+        files = {p.name for p in (clone / "runs" / variant).iterdir()}
+        assert {"model.pt", "model.onnx", "val_probabilities.npz", "test_probabilities.npz",
+                "run.json"} <= files, files
     reports = clone / "reports"
-    for name in ("sweep.json", "selection.json", "report.md", "champion_metrics.json",
+    for name in ("evaluation.json", "selection.json", "report.md", "champion_metrics.json",
                  "threshold_curve.csv", "figures/pareto.png", "figures/thresholds.png"):
         assert (reports / name).exists(), name
+    evaluation = json.loads((reports / "evaluation.json").read_text())
     selection = json.loads((reports / "selection.json").read_text())
-    assert selection["champion"]["params"]["model"] == "feq3"  # stalta is a baseline
-    assert selection["parent_run_ids"] == json.loads(
-        (reports / "sweep.json").read_text())["parent_run_ids"]
+    assert selection["parent_run_ids"] == evaluation["parent_run_ids"]
+    assert selection["champion"]["params"]["model"] in ("feq2", "feq3")  # stalta: a baseline
+    decided_on = [o["key"] for o in selection["settings"]["objectives"]]
+    assert decided_on and all(k.startswith("val/") for k in decided_on)
     md = (reports / "report.md").read_text()
     assert "STA/LTA" in md and "**(champion)**" in md
     metrics = json.loads(dvc(clone, "metrics", "show", "--json"))
     assert "detection_f1" in json.dumps(metrics)
 
-    # the registered champion loads with the project's loader and predicts on a window
-    from feq_lab.tracking.mlflow import load_champion
+    # each evaluation run says which training run it scored; the champion loads and predicts
+    from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN, load_champion, load_runs
 
-    model, _, _ = load_champion(f"sqlite:///{clone / 'mlflow.db'}")
+    uri = f"sqlite:///{clone / 'mlflow.db'}"
+    runs = load_runs(uri, "feq-lab", parent_run_id=evaluation["parent_run_ids"][0])
+    trained = {json.loads((clone / "runs" / v / "run.json").read_text())["run_id"]
+               for v in ("feq2", "feq3", "stalta")}
+    assert {r.tags[TAG_EVALUATED_RUN] for r in runs} == trained
+    assert {r.name for r in runs} == {"FEQ2", "FEQ3", "STA/LTA"}
+    model, _, thresholds = load_champion(uri)
+    assert thresholds is not None
     import torch
 
     with torch.no_grad():
@@ -110,16 +139,56 @@ def test_repro_noop_and_policy_change_reruns_only_downstream(clone):
     assert det.shape == (1, 6000) and float(det.min()) >= 0 and float(det.max()) <= 1
 
     # nothing changed: nothing runs
-    again = dvc(clone, "repro")
-    assert ran_stages(again) == set(), again
+    assert ran_stages(dvc(clone, "repro")) == set()
 
-    # only the policy changes: select and report rerun, never prepare or training
-    policy = clone / "conf" / "select" / "constraints.yaml"
-    cfg = yaml.safe_load(policy.read_text())
-    cfg["tie_breakers"] = [{"key": "size/model_mb", "goal": "min"}]
-    policy.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # a threshold changes: training stages stay up to date, evaluation reruns
+    edit_yaml(clone / "conf" / "config.yaml",
+              lambda c: c["thresholds"].update(detection=0.3))
     status = dvc(clone, "status")
-    assert "select:" in status and "prepare:" not in status and "sweep:" not in status, status
+    assert "evaluate:" in status and "train@" not in status and "prepare:" not in status, status
     third = dvc(clone, "repro")
-    assert ran_stages(third) == {"select", "report"}, third
+    assert ran_stages(third) == DOWNSTREAM, third[-3000:]
+    runs = load_runs(uri, "feq-lab", parent_run_id=json.loads(
+        (reports / "evaluation.json").read_text())["parent_run_ids"][0])
+    assert {r.metrics["thresholds/detection"] for r in runs if "thresholds/detection"
+            in r.metrics} == {0.3}
+
+    # only the policy changes: select and report rerun, never training
+    edit_yaml(clone / "conf" / "select" / "constraints.yaml",
+              lambda c: c.update(tie_breakers=[{"key": "size/model_mb", "goal": "min"}]))
+    assert ran_stages(dvc(clone, "repro")) == {"select", "report"}
     assert "size/model_mb" in (reports / "selection.json").read_text()
+
+    # a training-relevant value of FEQ2's preset: FEQ2 alone retrains
+    edit_yaml(clone / "conf" / "model" / "feq2.yaml", lambda c: c.update(dropout=0.2))
+    fifth = dvc(clone, "repro")
+    assert ran_stages(fifth) == {"train@feq2"} | DOWNSTREAM, fifth[-3000:]
+
+
+def effective_hashes(arg_lists: list[str]) -> dict[str, str]:
+    from hydra import compose, initialize_config_dir
+
+    from feq_lab.job.config import config_hash, effective_config
+    from feq_lab.job.run import plan_job
+    from feq_lab.paths import CONF_DIR
+
+    out = {}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for args in arg_lists:
+            cfg = compose("config", overrides=args.split())
+            out[args] = config_hash(effective_config(cfg, plan_job(cfg).spec))
+    return out
+
+
+def test_default_variants_are_distinct_effective_configs_covering_the_grid():
+    spec = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    variants = next(v["variants"] for v in spec["vars"] if "variants" in v)
+    listed = effective_hashes([v["args"] for v in variants.values()])
+    assert len(set(listed.values())) == len(listed), listed  # trained once each
+    grid = [f"model=feq3 rnn={r} cnn_blocks={c}"
+            for r, c in itertools.product(("gru", "bilstm"), (2, 4))]
+    presets = [f"model={m}" for m in ("eqt", "leq", "feq1", "feq2", "feq3", "stalta")]
+    wanted = effective_hashes(presets + grid)
+    assert set(wanted.values()) == set(listed.values())
+    # the duplicate the grid would add is the FEQ3 preset itself
+    assert wanted["model=feq3 rnn=bilstm cnn_blocks=2"] == wanted["model=feq3"]

@@ -28,6 +28,10 @@ def test_hash_follows_what_is_built_not_how_it_was_asked():
     assert effective_hash("rnn=bilstm", "cnn_blocks=2") == base  # FEQ3's own values
     assert effective_hash("resume=true", "tracking.uri=sqlite:////elsewhere.db",
                           "train.progress_bar=false") == base  # volatile keys
+    # thresholds and evaluation settings are evaluation, not training: same training identity
+    assert effective_hash("thresholds.detection=0.2", "thresholds.p=0.3",
+                          "eval.tune_thresholds_on=null", "thresholds.s=0.1",
+                          "eval.tolerance_s=0.3", "measure.latency_repeats=3") == base
     assert effective_hash("rnn=gru") != base
     assert effective_hash("seed=1") != base
     assert effective_hash("data.n_noise=7") != base
@@ -40,7 +44,7 @@ def test_params_are_flat_with_effective_knobs_and_preset_name():
     assert params["rnn"] == "bigru" and params["picker_rnn"] == "gru"  # from the preset
     assert params["cnn_blocks"] == "3" and params["model.cnn_blocks"] == "3"
     assert params["rnn_blocks"] == "2"
-    assert params["thresholds.detection"] == "0.5" and params["train.loss_weights.s"] == "0.55"
+    assert params["thresholds.detection"] == "null"  # tuned on validation by default
     assert params["data_version"] == "abc.dir"
     assert all(isinstance(v, str) for v in params.values())
 
@@ -59,6 +63,7 @@ def test_stalta_is_planned_without_a_network_and_ignores_the_knobs():
     ("thresholds.p=1.5", "thresholds.p"),
     ("train.loss_weights.p=-1", "train.loss_weights.p"),
     ("eval.threshold_grid.s=[]", "eval.threshold_grid.s"),
+    ("eval.tune_thresholds_on=null", "thresholds.detection"),  # null thresholds need tuning
 ])
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:

@@ -1,7 +1,8 @@
 """`python -m feq_lab` end to end, as a user runs it: real subprocesses, a real MLflow SQLite
 store in tmp_path (and one real `mlflow server`), a tiny synthetic subset, one short epoch.
 
-One module-scoped sweep is shared: a 2-job grid; its resume; a sweep with a crashing job whose
+One module-scoped sweep is shared: a 2-job grid; its rerun and a threshold grid (re-evaluation,
+nothing trained); the FEQ3 preset = a grid point; a sweep with a crashing job whose
 good job repeats one of the first sweep's configs (same seed -> identical metrics).
 """
 
@@ -24,7 +25,7 @@ from feq_lab.tracking.mlflow import (
     PARENT_RUN_FILE,
     TAG_CONFIG_HASH,
     TAG_ERROR,
-    TAG_RESUMED_FROM,
+    TAG_EVALUATED_RUN,
     Tracker,
     load_runs,
 )
@@ -115,20 +116,61 @@ def test_sweep_logs_parent_with_finished_children(lab):
                 "plots/residuals.png", "plots/threshold_curves.png"} <= plots
 
 
-def test_resume_skips_finished_configs(lab):
-    cwd, uri = lab["cwd"], lab["uri"]
-    first = {r.params["rnn"]: r.run_id for r in load_runs(uri, EXPERIMENT)}
-    proc = feq_lab(["-m", "rnn=gru,bilstm", "resume=true", f"hydra.sweep.dir={cwd / 'sweep2'}",
-                    *lab["common"]], cwd)
-    assert "skipped" in proc.stdout + proc.stderr
-    assert "Trainer.fit" not in proc.stdout + proc.stderr  # nothing was trained
-    parent2 = parent_id(cwd / "sweep2")
-    resumed = load_runs(uri, EXPERIMENT, parent_run_id=parent2)
-    assert {r.params["rnn"]: r.run_id for r in resumed} == first  # records are the originals
+def training_runs(uri: str) -> list:
+    """Every run of the experiment that trained (not a parent, not an evaluation-only run)."""
     tracker = Tracker(uri, EXPERIMENT)
-    pointers = tracker.client.search_runs([tracker.experiment_id],
-                                          f"tags.mlflow.parentRunId = '{parent2}'")
-    assert sorted(p.data.tags[TAG_RESUMED_FROM] for p in pointers) == sorted(first.values())
+    return [r for r in tracker.client.search_runs([tracker.experiment_id], "")
+            if r.data.tags.get("feq.role") != "parent" and TAG_EVALUATED_RUN not in r.data.tags]
+
+
+def test_rerun_of_a_trained_grid_trains_nothing_and_re_evaluates(lab):
+    cwd, uri = lab["cwd"], lab["uri"]
+    first = {r.params["rnn"]: r.run_id for r in load_runs(uri, EXPERIMENT,
+                                                          parent_run_id=parent_id(cwd / "sweep1"))}
+    trained_before = len(training_runs(uri))
+    proc = feq_lab(["-m", "rnn=gru,bilstm", f"hydra.sweep.dir={cwd / 'sweep2'}",
+                    *lab["common"]], cwd)
+    assert (proc.stdout + proc.stderr).count("nothing trained") == 2
+    assert len(training_runs(uri)) == trained_before
+    again = load_runs(uri, EXPERIMENT, parent_run_id=parent_id(cwd / "sweep2"))
+    assert {r.params["rnn"]: r.tags[TAG_EVALUATED_RUN] for r in again} == first
+    for r in again:  # the same numbers: same stored probabilities, same evaluation settings
+        (orig,) = [o for o in load_runs(uri, EXPERIMENT, parent_run_id=parent_id(cwd / "sweep1"))
+                   if o.run_id == r.tags[TAG_EVALUATED_RUN]]
+        for key in ("val/s_f1", "test/p_f1", "test/detection_fn", "latency/onnx_window_ms_p50"):
+            assert r.metrics[key] == orig.metrics[key], key
+
+
+def test_threshold_grid_after_one_training_trains_nothing_one_evaluation_each(lab):
+    cwd, uri = lab["cwd"], lab["uri"]
+    (gru,) = [r for r in load_runs(uri, EXPERIMENT, parent_run_id=parent_id(cwd / "sweep1"))
+              if r.params["rnn"] == "gru"]
+    trained_before = len(training_runs(uri))
+    feq_lab(["-m", "rnn=gru", "thresholds.detection=0.2,0.3,0.5",
+             f"hydra.sweep.dir={cwd / 'sweep5'}", *lab["common"]], cwd)
+    assert len(training_runs(uri)) == trained_before  # nothing trained
+    runs = load_runs(uri, EXPERIMENT, parent_run_id=parent_id(cwd / "sweep5"))
+    assert sorted(r.metrics["thresholds/detection"] for r in runs) == [0.2, 0.3, 0.5]
+    assert {r.tags[TAG_EVALUATED_RUN] for r in runs} == {gru.run_id}
+    assert all(r.status == "FINISHED" and "val/detection_f1_ci_low" in r.metrics for r in runs)
+    assert {r.name for r in runs} == {f"FEQ3 rnn=gru @ detection={t}" for t in (0.2, 0.3, 0.5)}
+    tracker = Tracker(uri, EXPERIMENT)
+    assert tracker.client.get_run(parent_id(cwd / "sweep5")).info.run_name.startswith("grid ")
+
+
+def test_duplicate_effective_config_is_trained_once(lab):
+    """`model=feq3` is the grid point rnn=bilstm (cnn_blocks=2) already trained in sweep 1."""
+    cwd, uri = lab["cwd"], lab["uri"]
+    (bilstm,) = [r for r in load_runs(uri, EXPERIMENT, parent_run_id=parent_id(cwd / "sweep1"))
+                 if r.params["rnn"] == "bilstm"]
+    trained_before = len(training_runs(uri))
+    feq_lab(["model=feq3", f"hydra.run.dir={cwd / 'single'}", *lab["common"]], cwd)
+    assert len(training_runs(uri)) == trained_before
+    tracker = Tracker(uri, EXPERIMENT)
+    (latest,) = tracker.client.search_runs([tracker.experiment_id], "", max_results=1,
+                                           order_by=["attributes.start_time DESC"])
+    assert latest.data.tags[TAG_EVALUATED_RUN] == bilstm.run_id
+    assert latest.info.run_name == "FEQ3"  # the preset's name, not a hash
 
 
 def test_crashing_job_is_failed_and_sweep_goes_on_same_seed_same_metrics(lab):
@@ -151,26 +193,29 @@ def test_crashing_job_is_failed_and_sweep_goes_on_same_seed_same_metrics(lab):
 
 
 def test_thresholds_tuned_on_the_validation_split(lab):
-    """eval.tune_thresholds_on=val: thresholds come from the validation grid, the test headline
-    metrics are the test grid's row at exactly those thresholds, and both grids are stored."""
+    """Thresholds come from the validation grid (the default: thresholds.*=null), the test
+    headline metrics are the test grid's row at exactly those thresholds, both grids are stored,
+    and val/* carries the test/* keys with intervals."""
     import pandas as pd
 
     cwd, uri = lab["cwd"], lab["uri"]
-    feq_lab(["-m", "eval.tune_thresholds_on=val", f"hydra.sweep.dir={cwd / 'sweep4'}",
-             *lab["common"]], cwd)
-    (run,) = load_runs(uri, EXPERIMENT, parent_run_id=parent_id(cwd / "sweep4"))
-    assert run.status == "FINISHED"
+    (run,) = [r for r in load_runs(uri, EXPERIMENT, parent_run_id=parent_id(cwd / "sweep1"))
+              if r.params["rnn"] == "gru"]
     tuned = {o: run.metrics[f"thresholds/{o}"] for o in ("detection", "p", "s")}
     assert tuned["detection"] in (0.3, 0.5) and tuned["p"] in (0.1, 0.3) and tuned["s"] == 0.1
-    assert {"val_tuned/detection_f1", "val_tuned/p_f1", "val_tuned/s_f1"} <= set(run.metrics)
     client = Tracker(uri, EXPERIMENT).client
     val = pd.read_csv(client.download_artifacts(run.run_id, "val_threshold_grid.csv", str(cwd)))
-    assert val["detection_f1"].max() == run.metrics["val_tuned/detection_f1"]
+    assert val["detection_f1"].max() == run.metrics["val/detection_f1"]
     test = pd.read_csv(client.download_artifacts(run.run_id, "threshold_grid.csv", str(cwd)))
     row = test[(test.detection_threshold == tuned["detection"]) & (test.p_threshold == tuned["p"])
                & (test.s_threshold == tuned["s"])].iloc[0]
     for key in ("detection_f1", "p_f1", "s_f1"):
         assert abs(row[key] - run.metrics[f"test/{key}"]) < 1e-9, key
+        for split in ("val", "test"):
+            low, high = (run.metrics[f"{split}/{key}_ci_{e}"] for e in ("low", "high"))
+            assert 0.0 <= low <= run.metrics[f"{split}/{key}"] + 1e-9 <= high + 2e-9
+    assert {"test_eqt/s_f1", "val_eqt/detection_fn"} <= set(run.metrics)
+    assert {"feq.latency.kernels", "feq.latency.threads", "feq.latency.device"} <= set(run.tags)
 
 
 def _free_port() -> int:

@@ -13,14 +13,21 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from feq_lab.errors import ConfigError
 from feq_lab.evaluation.decode import DEFAULT_PROTOCOL
-from feq_lab.evaluation.metrics import evaluate
-from feq_lab.evaluation.picks import TracePicks, extract_picks
+from feq_lab.evaluation.metrics import evaluate, score
+from feq_lab.evaluation.picks import THRESHOLD_KEYS, TracePicks, extract_picks
 from feq_lab.evaluation.probabilities import (
     Probabilities,
     ProbabilityCollector,
     as_stored,
     save_probabilities,
+)
+from feq_lab.evaluation.significance import (
+    Outcomes,
+    interval_metrics,
+    outcomes_from_picks,
+    save_outcomes,
 )
 from feq_lab.evaluation.thresholds import threshold_grid
 from feq_lab.models.compile import compile_for_inference
@@ -29,19 +36,29 @@ from feq_lab.paths import atomic_path
 log = logging.getLogger(__name__)
 
 PROBABILITIES_FILE = "test_probabilities.npz"
+VAL_PROBABILITIES_FILE = "val_probabilities.npz"
+OUTCOMES_FILE = "{split}_outcomes.npz"
 THRESHOLD_GRID_FILE = "threshold_grid.csv"
+VAL_THRESHOLD_GRID_FILE = "val_threshold_grid.csv"
+FIXED_STATS = ("_f1", "_precision", "_recall", "_fn")
 PLOTS_DIR = "plots"
 SECTIONS = ("encoder", "bottleneck", "rnn_transformer", "decoder", "total")
 # The keys every learned run logs (the issue's list); failed jobs return them as NaN.
+SPLIT_KEYS = (
+    "detection_f1", "p_f1", "s_f1",
+    "detection_precision", "detection_recall",
+    "p_precision", "p_recall", "s_precision", "s_recall",
+    "detection_fn", "p_fn", "s_fn",
+    "p_residual_mae_s", "s_residual_mae_s",
+)
+# The keys every learned run logs; failed jobs return them as NaN. `val/*` decides (thresholds,
+# selection, searches), `test/*` is reported. `latency/onnx_window_ms_p50` is what the monitor
+# runs (onnxruntime); `latency/window_ms_p50` is the eager PyTorch figure.
 HEADLINE_KEYS = (
-    "test/detection_f1", "test/p_f1", "test/s_f1",
-    "test/detection_precision", "test/detection_recall",
-    "test/p_precision", "test/p_recall", "test/s_precision", "test/s_recall",
-    "test/detection_fn", "test/p_fn", "test/s_fn",
-    "test/p_residual_mae_s", "test/s_residual_mae_s",
+    *(f"val/{k}" for k in SPLIT_KEYS), *(f"test/{k}" for k in SPLIT_KEYS),
     "params/total_paper", "params/total_torch",
     *(f"params/{s}_paper" for s in SECTIONS if s != "total"),
-    "size/model_mb", "latency/window_ms_p50",
+    "size/model_mb", "latency/window_ms_p50", "latency/onnx_window_ms_p50",
 )
 
 
@@ -89,36 +106,104 @@ def write_table(table: Any, path: Path) -> Path:
     return path
 
 
-def evaluate_probabilities(
-    probs: Probabilities,
-    thresholds: Mapping[str, float],
+def resolve_thresholds(thresholds: Mapping[str, Any], eval_cfg: Mapping[str, Any],
+                       val: Probabilities | None) -> tuple[dict[str, float], Any]:
+    """The thresholds the headline metrics use, and the validation grid they were chosen on.
+
+    A `thresholds.<output>` set to a number is used as given (a Hydra grid over
+    `thresholds.detection=0.2,0.3,0.5` fixes one knob per job); a null one is tuned on the
+    validation split (`eval.tune_thresholds_on=val`), with the fixed ones held at their values.
+    Never on test: test is reported, never used to decide.
+    """
+    from feq_lab.evaluation.thresholds import check_grid, tune_thresholds
+
+    fixed = {k: float(v) for k, v in thresholds.items() if v is not None}
+    open_keys = [k for k in THRESHOLD_KEYS if k not in fixed]
+    if not open_keys:
+        return fixed, None
+    if eval_cfg.get("tune_thresholds_on") != "val" or val is None:
+        raise ConfigError(f"thresholds.{open_keys[0]}", "null (tune it) needs "
+                          "eval.tune_thresholds_on=val and a validation split; or set a value")
+    grid = check_grid(eval_cfg["threshold_grid"])
+    grid.update({k: [v] for k, v in fixed.items()})
+    table = threshold_grid(val, grid, **eval_settings(eval_cfg))
+    tuned = tune_thresholds(table)
+    log.info("thresholds tuned on the validation split (%d traces): detection %.2f, P %.2f, "
+             "S %.2f", len(val), tuned["detection"], tuned["p"], tuned["s"])
+    return tuned, table
+
+
+def score_split(probs: Probabilities, thresholds: Mapping[str, float], eval_cfg: Mapping[str, Any],
+                prefix: str) -> tuple[dict[str, float], list[TracePicks], Outcomes]:
+    """`<prefix><metric>` at `thresholds` plus 95 % bootstrap intervals of the F1s and FNs."""
+    kw = eval_settings(eval_cfg)
+    picks = extract_picks(probs.det, probs.p, probs.s, thresholds,
+                          sampling_rate=kw["sampling_rate"],
+                          association_margin_s=kw["association_margin_s"],
+                          protocol=kw["protocol"])
+    scores = score(picks, probs.truth, kw["sampling_rate"], kw["tolerance_s"])
+    outcomes = outcomes_from_picks(picks, probs.truth, kw["sampling_rate"], kw["tolerance_s"],
+                                   probs.trace_names)
+    boot = dict(eval_cfg.get("bootstrap") or {})
+    metrics = prefixed(scores, prefix)
+    metrics.update(interval_metrics(outcomes, prefix, int(boot.get("n", 1000)),
+                                    float(boot.get("level", 0.95)), int(boot.get("seed", 0))))
+    return metrics, picks, outcomes
+
+
+def fixed_threshold_metrics(probs: Probabilities, eval_cfg: Mapping[str, Any],
+                            prefix: str) -> dict[str, float]:
+    """Scores at EQT's tester thresholds (`eval.fixed_thresholds`, 0.2 / 0.1 / 0.1), beside the
+    tuned ones, so a reader can compare with the published protocol."""
+    fixed = eval_cfg.get("fixed_thresholds")
+    if not fixed:
+        return {}
+    scores = evaluate(probs, {k: float(v) for k, v in fixed.items()}, **eval_settings(eval_cfg))
+    return prefixed({k: v for k, v in scores.items() if k.endswith(FIXED_STATS)}, prefix)
+
+
+def evaluate_splits(
+    val: Probabilities | None,
+    test: Probabilities,
+    thresholds: Mapping[str, Any],
     eval_cfg: Mapping[str, Any],
     out_dir: Path,
     waveforms: Any | None = None,
 ) -> Assessment:
-    """Store `probs`, score them at `thresholds` and over `eval.threshold_grid`, draw figures.
+    """Store both splits' probabilities, choose thresholds on val, score val and test alike.
 
-    Scores are computed from exactly what is stored (float16), so the headline metrics equal
-    the threshold-grid row at the same thresholds, now and after a reload.
+    Logged: `val/*` and `test/*` with the same keys (+ `_ci_low`/`_ci_high`), `thresholds/*`,
+    `val_eqt/*` and `test_eqt/*` at EQT's fixed thresholds. Scores are computed from exactly what
+    is stored (float16), so a re-evaluation from the stored files gives the same numbers.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    kw = eval_settings(eval_cfg)
     result = Assessment()
-    result.add("", save_probabilities(out_dir / PROBABILITIES_FILE, probs))
-    stored = as_stored(probs)
-    scores = evaluate(stored, thresholds, **kw)
-    result.metrics.update(prefixed(scores))
-    grid = eval_cfg.get("threshold_grid")
+    splits = {"test": as_stored(test)}
+    result.add("", save_probabilities(out_dir / PROBABILITIES_FILE, test))
+    if val is not None:
+        splits["val"] = as_stored(val)
+        result.add("", save_probabilities(out_dir / VAL_PROBABILITIES_FILE, val))
+    chosen, val_table = resolve_thresholds(thresholds, eval_cfg, splits.get("val"))
+    result.metrics.update({f"thresholds/{k}": float(v) for k, v in chosen.items()})
+    if val_table is not None:
+        result.add("", write_table(val_table, out_dir / VAL_THRESHOLD_GRID_FILE))
+    scored = {}
+    for name, probs in splits.items():
+        metrics, picks, outcomes = score_split(probs, chosen, eval_cfg, f"{name}/")
+        result.metrics.update(metrics)
+        result.metrics.update(fixed_threshold_metrics(probs, eval_cfg, f"{name}_eqt/"))
+        result.add("", save_outcomes(out_dir / OUTCOMES_FILE.format(split=name), outcomes))
+        scored[name] = (metrics, picks)
+    kw = eval_settings(eval_cfg)
     table = None
+    grid = eval_cfg.get("threshold_grid")
     if grid:
-        table = threshold_grid(stored, grid, **kw)
+        table = threshold_grid(splits["test"], grid, **kw)
         result.add("", write_table(table, out_dir / THRESHOLD_GRID_FILE))
-    picks = extract_picks(stored.det, stored.p, stored.s, thresholds,
-                          sampling_rate=kw["sampling_rate"],
-                          association_margin_s=kw["association_margin_s"],
-                          protocol=kw["protocol"])
-    for path in draw_figures(out_dir / PLOTS_DIR, stored, picks, scores, table, thresholds,
-                             kw, int(eval_cfg.get("n_plot_traces", 4)), waveforms):
+    test_metrics, test_picks = scored["test"]
+    scores = {k.removeprefix("test/"): v for k, v in test_metrics.items()}
+    for path in draw_figures(out_dir / PLOTS_DIR, splits["test"], test_picks, scores, table,
+                             chosen, kw, int(eval_cfg.get("n_plot_traces", 4)), waveforms):
         result.add(PLOTS_DIR, path)
     return result
 
@@ -170,8 +255,10 @@ def draw_figures(
     return written
 
 
-def measure(model: torch.nn.Module, measure_cfg: Mapping[str, Any] | None) -> dict[str, float]:
-    """Parameters per section (both conventions), size and batch-1/1-thread latency."""
+def measure(model: torch.nn.Module, measure_cfg: Mapping[str, Any] | None,
+            onnx_path: Path | None = None) -> dict[str, float]:
+    """Parameters per section (both conventions), size and batch-1/1-thread latency, eager
+    PyTorch and onnxruntime (the monitor's backend: what selection reads)."""
     from feq_lab.models.params import count_parameters
     from feq_lab.profiling.latency import measure_latency
     from feq_lab.profiling.size import model_size_mb
@@ -184,12 +271,31 @@ def measure(model: torch.nn.Module, measure_cfg: Mapping[str, Any] | None) -> di
         for section, value in counts.items():
             out[f"params/{section}_{convention}"] = float(value)
     out["size/model_mb"] = float(model_size_mb(model))
-    if cfg.get("latency", True):
-        result = measure_latency(model, backend="torch", batch=1, threads=1,
-                                 warmup=int(cfg.get("latency_warmup", 5)),
-                                 repeats=int(cfg.get("latency_repeats", 20)))
-        out["latency/window_ms_p50"] = float(result.p50_ms)
-        out["latency/window_ms_p90"] = float(result.p90_ms)
-    else:
-        out["latency/window_ms_p50"] = math.nan
+    out["latency/window_ms_p50"] = out["latency/onnx_window_ms_p50"] = math.nan
+    if not cfg.get("latency", True):
+        return out
+    threads = int(cfg.get("latency_threads", 1))
+    timing = {"batch": 1, "threads": threads, "warmup": int(cfg.get("latency_warmup", 5)),
+              "repeats": int(cfg.get("latency_repeats", 20))}
+    eager = measure_latency(model, backend="torch", **timing)
+    out["latency/window_ms_p50"] = float(eager.p50_ms)
+    out["latency/window_ms_p90"] = float(eager.p90_ms)
+    try:
+        onnx = measure_latency(model, backend="onnxruntime", onnx_path=onnx_path, **timing)
+        out["latency/onnx_window_ms_p50"] = float(onnx.p50_ms)
+        out["latency/onnx_window_ms_p90"] = float(onnx.p90_ms)
+    except Exception as exc:  # noqa: BLE001 - no onnxruntime / failed export: NaN, said once
+        log.warning("onnxruntime latency not measured: %s: %s", type(exc).__name__, exc)
     return out
+
+
+def latency_context(measure_cfg: Mapping[str, Any] | None) -> dict[str, str]:
+    """Tags saying what a latency figure depends on: fused C kernels built or not, the thread
+    count, the CPU model (a figure from another machine or build is another figure)."""
+    from feq_lab.models import kernels
+    from feq_lab.profiling.latency import device_name
+
+    built = kernels.library() is not None
+    return {"feq.latency.kernels": "built" if built else "torch ops (not built)",
+            "feq.latency.threads": str(int(dict(measure_cfg or {}).get("latency_threads", 1))),
+            "feq.latency.device": device_name()}

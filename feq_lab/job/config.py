@@ -2,9 +2,11 @@
 (the identity `resume=true` matches on) and the flat params MLflow shows.
 
 Why "effective": `rnn=null` on FEQ3 and `rnn=bilstm` on FEQ3 train the same model, so they must
-hash alike and show the same `rnn` param. Volatile keys (where results are logged, whether to
-resume, the progress bar, the sweeper's trial bookkeeping) never change a result and are left out
-of the hash.
+hash alike and show the same `rnn` param. The hash is the *training* identity: keys that never
+change the trained weights are left out — where results are logged, whether to resume, the
+progress bar, the sweeper's trial bookkeeping, latency measurement settings, and the whole
+evaluation (`thresholds`, `eval.*`): thresholds are evaluation, not training, so a threshold grid
+finds the trained model of the same identity and only re-evaluates it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,7 +23,9 @@ from feq_lab.errors import ConfigError
 
 KNOBS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks")
 VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "train.progress_bar",
-                 "measure")
+                 "measure", "thresholds", "eval", "stage_out", "study")
+# The code a trained model depends on: a change here makes earlier trainings stale for reuse.
+TRAINING_CODE = ("data", "models", "training")
 BASELINE_KINDS = ("stalta",)
 
 
@@ -91,6 +96,22 @@ def config_hash(effective: Mapping[str, Any]) -> str:
         _drop(tree, key)
     text = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """sha256 (first 12 hex) of the package sources that shape a trained model (`TRAINING_CODE`).
+
+    Why: reusing a FINISHED training by config hash alone would silently keep a model trained by
+    older code; DVC tracks code as a dependency, the MLflow lookup needs this tag to do the same.
+    """
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for folder in TRAINING_CODE:
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix in (".py", ".c", ".h", ".csv") and path.is_file():
+                digest.update(path.relative_to(root).as_posix().encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -18,6 +18,7 @@ from feq_lab.errors import ConfigError
 from feq_lab.job.assess import HEADLINE_KEYS, Assessment
 from feq_lab.job.config import (
     KNOBS,
+    code_version,
     config_hash,
     config_yaml,
     effective_config,
@@ -43,7 +44,7 @@ class JobPlan:
     kind: str                    # "learned" | "stalta"
     model: Any = None            # PickerModel for learned runs
     spec: Any = None
-    thresholds: dict[str, float] | None = None
+    thresholds: dict[str, float | None] | None = None   # None = tuned on validation
 
 
 def _rank() -> int:
@@ -71,7 +72,6 @@ def plan_job(cfg: DictConfig) -> JobPlan:
 
     Runs before any data is prepared or any run is opened, so a typo fails in milliseconds.
     """
-    from feq_lab.evaluation.picks import check_thresholds
     from feq_lab.evaluation.thresholds import check_grid
     from feq_lab.training.module import check_loss_weights
 
@@ -94,13 +94,29 @@ def plan_job(cfg: DictConfig) -> JobPlan:
 
         stalta_config(model_cfg)
         return JobPlan(name=name, kind=kind)
-    thresholds = check_thresholds(to_plain(cfg.get("thresholds") or {}))
+    thresholds = check_open_thresholds(to_plain(cfg.get("thresholds") or {}), tune_on)
     check_loss_weights(to_plain(cfg.train.get("loss_weights") or {}))
     from feq_lab.models import build_model
 
     overrides = {knob: cfg.get(knob) for knob in KNOBS}
     model = build_model(model_cfg, **overrides)
     return JobPlan(name=name, kind=kind, model=model, spec=model.spec, thresholds=thresholds)
+
+
+def check_open_thresholds(thresholds: Mapping[str, Any], tune_on: Any) -> dict[str, float | None]:
+    """Numbers in [0, 1] are fixed; null ones are tuned on validation (needs tune_thresholds_on)."""
+    from feq_lab.evaluation.picks import THRESHOLD_KEYS, check_thresholds
+
+    for key in THRESHOLD_KEYS:
+        if key not in thresholds:
+            raise ConfigError(f"thresholds.{key}", "missing (need detection, p and s; null = tune)")
+    open_keys = [k for k in THRESHOLD_KEYS if thresholds[k] is None]
+    if open_keys and tune_on != "val":
+        raise ConfigError(f"thresholds.{open_keys[0]}", "null (tuned on validation) needs "
+                          "eval.tune_thresholds_on=val; or give a number")
+    probe = {k: (0.5 if thresholds[k] is None else thresholds[k]) for k in THRESHOLD_KEYS}
+    checked = check_thresholds(probe)
+    return {k: None if thresholds[k] is None else checked[k] for k in THRESHOLD_KEYS}
 
 
 def prepare_data(cfg: DictConfig) -> tuple[Path, str]:
@@ -112,10 +128,11 @@ def prepare_data(cfg: DictConfig) -> tuple[Path, str]:
 
 
 def default_name(plan: JobPlan) -> str:
-    if plan.spec is None:
-        return plan.name
-    s = plan.spec
-    return f"{plan.name} rnn={s.rnn} picker_rnn={s.picker_rnn} cnn_blocks={s.cnn_blocks} rnn_blocks={s.rnn_blocks}"
+    """A run's name in the MLflow table: the variant (preset + what differs from it), plus any
+    threshold fixed by the config (a threshold grid's points differ only there)."""
+    fixed = {k: v for k, v in (plan.thresholds or {}).items() if v is not None}
+    suffix = (" @ " + " ".join(f"{k}={v:g}" for k, v in fixed.items())) if fixed else ""
+    return variant_name(plan) + suffix
 
 
 def objectives(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -159,9 +176,10 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
 
 def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
                      tracker: Any, run_id: str) -> Assessment:
-    """Lightning training on the subset, then test-set evaluation and measurements."""
+    """Lightning training on the subset, then validation- and test-set evaluation (probabilities
+    of both stored) and measurements."""
     from feq_lab.data.stead import open_dataset
-    from feq_lab.job.assess import evaluate_probabilities, measure, predict_test
+    from feq_lab.job.assess import evaluate_splits, latency_context, measure, predict_test
     from feq_lab.models import save_checkpoint
     from feq_lab.tracking.callbacks import EpochMetricsCallback
 
@@ -170,29 +188,20 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     model = module.model
     dm.setup("test")
     dataset = open_dataset(data_dir)
-    eval_cfg = cfg.get("eval") or {}
-    thresholds, tuning = dict(plan.thresholds or {}), None
-    if eval_cfg.get("tune_thresholds_on") == "val":
-        thresholds, tuning = tune_on_validation(model, dm, eval_cfg, trainer.strategy.root_device,
-                                                run_dir / "evaluation")
-    result = evaluate_probabilities(
-        predict_test(model, dm.test_dataloader(), trainer.strategy.root_device),
-        thresholds, eval_cfg, run_dir / "evaluation",
+    device = trainer.strategy.root_device
+    result = evaluate_splits(
+        predict_test(model, dm.val_dataloader(), device),
+        predict_test(model, dm.test_dataloader(), device),
+        plan.thresholds or {}, cfg.get("eval") or {}, run_dir / "evaluation",
         waveforms=dataset.get_waveform)
-    # the thresholds the headline test metrics used (tuned or from the config)
-    result.metrics.update({f"thresholds/{k}": float(v) for k, v in thresholds.items()})
-    if tuning is not None:
-        result.metrics.update(tuning.metrics)
-        for folder, paths in tuning.artifacts.items():
-            for path in paths:
-                result.add(folder, path)
     model = model.cpu().eval()
     weights = run_dir / WEIGHTS_DIR
     ckpt_path = save_checkpoint(model, weights / "model.pt")
     result.add(WEIGHTS_DIR, ckpt_path)
     onnx_path = export_onnx_safely(model, weights / "model.onnx", tracker, run_id)
     result.add(WEIGHTS_DIR, onnx_path)
-    result.metrics.update(measure(model, cfg.get("measure")))
+    result.metrics.update(measure(model, cfg.get("measure"), onnx_path))
+    tracker.set_tags(latency_context(cfg.get("measure")), run_id)
     result.metrics["train/epochs"] = float(trainer.current_epoch)
     if checkpoint.best_model_score is not None:
         result.metrics["val/best_loss"] = float(checkpoint.best_model_score)
@@ -200,27 +209,38 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     return result
 
 
-def tune_on_validation(model: Any, dm: Any, eval_cfg: Any, device: Any,
-                       out_dir: Path) -> tuple[dict[str, float], Assessment]:
-    """Thresholds chosen on the validation split's threshold grid (never on the test split):
-    returns them, plus the validation metrics at them and the validation grid file."""
-    from feq_lab.evaluation.probabilities import as_stored
-    from feq_lab.evaluation.thresholds import threshold_grid, tune_thresholds
-    from feq_lab.job.assess import eval_settings, predict_test, write_table
+# What a re-evaluation copies from the training it evaluates: everything the weights alone fix.
+TRAINING_METRIC_PREFIXES = ("params/", "size/", "latency/", "train/")
+TRAINING_METRIC_KEYS = ("val/loss", "val/best_loss")
 
-    val = as_stored(predict_test(model, dm.val_dataloader(), device))
-    table = threshold_grid(val, eval_cfg["threshold_grid"], **eval_settings(eval_cfg))
-    tuned = tune_thresholds(table)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = Assessment()
-    result.add("", write_table(table, out_dir / "val_threshold_grid.csv"))
-    row = table[(table["detection_threshold"] == tuned["detection"])
-                & (table["p_threshold"] == tuned["p"]) & (table["s_threshold"] == tuned["s"])]
-    for key in ("detection_f1", "p_f1", "s_f1", "detection_fn"):
-        result.metrics[f"val_tuned/{key}"] = float(row.iloc[0][key])
-    log.info("thresholds tuned on the validation split (%d traces): detection %.2f, P %.2f, "
-             "S %.2f", len(val.det), tuned["detection"], tuned["p"], tuned["s"])
-    return tuned, result
+
+def training_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items()
+            if k.startswith(TRAINING_METRIC_PREFIXES) or k in TRAINING_METRIC_KEYS}
+
+
+def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Path) -> Assessment | None:
+    """Evaluate a FINISHED training run's stored val/test probabilities at this config's
+    evaluation settings (seconds, no training). None when the run stored no validation
+    probabilities (trained before they were stored): the caller trains instead."""
+    from feq_lab.evaluation.probabilities import load_probabilities
+    from feq_lab.job.assess import PROBABILITIES_FILE, VAL_PROBABILITIES_FILE, evaluate_splits
+    from feq_lab.tracking.mlflow import download_artifact
+
+    source = out_dir / "source"
+    try:
+        files = {name: download_artifact(tracker.uri, training_run_id, name, source)
+                 for name in (VAL_PROBABILITIES_FILE, PROBABILITIES_FILE)}
+    except (FileNotFoundError, OSError) as exc:
+        log.warning("run %s cannot be re-evaluated (%s): training again", training_run_id, exc)
+        return None
+    result = evaluate_splits(load_probabilities(files[VAL_PROBABILITIES_FILE]),
+                             load_probabilities(files[PROBABILITIES_FILE]),
+                             to_plain(cfg.get("thresholds") or {}), cfg.get("eval") or {},
+                             out_dir / "evaluation")
+    training = tracker.get_record(training_run_id)
+    result.metrics.update(training_metrics(training.metrics))
+    return result
 
 
 def export_onnx_safely(model: Any, path: Path, tracker: Any, run_id: str) -> Path | None:
@@ -264,14 +284,23 @@ def run_job(
     job_name: str | None = None,
     reraise: bool = False,
 ) -> dict[str, float]:
-    """The whole job; returns the flat metrics (NaN objectives when it failed)."""
+    """The whole job; returns the flat metrics (NaN objectives when it failed).
+
+    With `resume=true` (the default) a learned job whose training identity (config hash without
+    evaluation settings, data version, training code version) already has a FINISHED training run
+    trains nothing: it re-evaluates that run's stored probabilities in a child run tagged
+    `feq.evaluated_run` (so a threshold grid costs seconds per point).
+    """
     from feq_lab.tracking.mlflow import (
+        TAG_CODE_VERSION,
         TAG_CONFIG_HASH,
         TAG_DATA_VERSION,
+        TAG_EVALUATED_RUN,
         Tracker,
-        copy_run_pointer,
+        quiet_logs,
     )
 
+    quiet_logs()
     if _rank() > 0:  # a DDP worker started by Lightning: join the training, log nothing
         plan = plan_job(cfg)
         if plan.kind == "learned":
@@ -289,22 +318,32 @@ def run_job(
         effective = effective_config(cfg, plan.spec)
         chash = config_hash(effective)
         tags = {TAG_CONFIG_HASH: chash, TAG_DATA_VERSION: version, "feq.model": plan.name,
-                "feq.kind": plan.kind}
+                "feq.kind": plan.kind, TAG_CODE_VERSION: code_version(),
+                "feq.variant": variant_name(plan)}
         name = job_name or default_name(plan)
-        if cfg.get("resume"):
-            found = tracker.find_finished(chash, version)
-            if found:
-                log.info("resume: %s already FINISHED as run %s (config %s, data %s); skipped",
-                         name, found, chash, version)
-                copy_run_pointer(tracker, found, parent_run_id, name, tags)
-                return objectives(tracker.get_record(found).metrics)
+        if parent_run_id is None and cfg.get("study"):
+            parent_run_id = tracker.study_parent(str(cfg.study), f"training · {cfg.study} study")
+        result = None
+        found = (tracker.find_finished(chash, version, tags[TAG_CODE_VERSION])
+                 if cfg.get("resume") and plan.kind == "learned" else None)
+        if found:
+            result = reevaluate(tracker, found, cfg, run_dir)
+        if result is not None:
+            log.info("%s: training identity %s (data %s) already trained as run %s; "
+                     "re-evaluated only, nothing trained", name, chash, version, found)
+            training = tracker.get_record(found)
+            tags.update({k: v for k, v in training.tags.items() if k.startswith("feq.latency.")})
+            tags[TAG_EVALUATED_RUN] = found
         run_id = tracker.start_run(name, run_params(effective, version), tags, parent_run_id)
         log.info("MLflow run %s: %s", run_id, name)
         tracker.log_artifact(atomic_write_text(run_dir / CONFIG_ARTIFACT, config_yaml(cfg, effective)),
                              run_id=run_id)
-        result = assess(plan, cfg, data_dir, run_dir, tracker, run_id)
+        if result is None:
+            result = assess(plan, cfg, data_dir, run_dir, tracker, run_id)
         log_assessment(tracker, result, run_id)
         tracker.end_run(run_id, "FINISHED")
+        if cfg.get("stage_out"):
+            write_stage_outputs(Path(str(cfg.stage_out)), tracker.get_record(run_id), result)
         log.info("run %s FINISHED: %s", run_id, _summary(result.metrics))
         return objectives(result.metrics)
     except Exception as exc:
@@ -312,6 +351,50 @@ def run_job(
         if reraise:
             raise
         return objectives({})
+
+
+def variant_name(plan: JobPlan) -> str:
+    """The variant as a reader names it: the preset, plus the knobs that differ from it."""
+    if plan.spec is None:
+        return "STA/LTA" if plan.kind == "stalta" else plan.name
+    from feq_lab.models import build_model
+
+    own = plan.spec.to_dict()
+    try:
+        preset = build_model(plan.name).spec.to_dict()
+    except (ConfigError, OSError):  # a model config that is no preset file: name its knobs
+        preset = {}
+    extra = [f"{k}={own[k]}" for k in KNOBS if own.get(k) != preset.get(k)]
+    return " ".join([plan.name.upper()] + extra)
+
+
+STAGE_FILES = ("model.pt", "model.onnx", "val_probabilities.npz", "test_probabilities.npz",
+               "val_outcomes.npz", "test_outcomes.npz")
+STAGE_RUN_FILE = "run.json"
+
+
+def write_stage_outputs(out: Path, record: Any, result: Assessment) -> None:
+    """What a DVC training stage tracks: the weights, the stored val/test probabilities and a
+    JSON of the run (its MLflow id, params, tags and the threshold-independent metrics).
+
+    Threshold-dependent metrics stay out: they belong to the evaluation stage, so changing a
+    threshold never makes a training stage's outputs stale. The classical baseline has no
+    thresholds: its metrics and per-trace outcomes are kept whole.
+    """
+    import json
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    by_name = {p.name: p for paths in result.artifacts.values() for p in paths}
+    baseline = record.tags.get("feq.kind") == "stalta"
+    for name in STAGE_FILES:
+        if name in by_name and (baseline or "outcomes" not in name):
+            shutil.copy2(by_name[name], out / name)
+    payload = {"run_id": record.run_id, "name": record.name,
+               "params": record.params, "tags": {k: v for k, v in record.tags.items()
+                                                 if k.startswith("feq.")},
+               "metrics": dict(record.metrics) if baseline else training_metrics(record.metrics)}
+    atomic_write_text(out / STAGE_RUN_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _record_failure(tracker: Any, cfg: DictConfig, plan: JobPlan | None, run_id: str | None,

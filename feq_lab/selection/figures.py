@@ -50,15 +50,21 @@ def bar_chart(runs: Sequence[RunRecord], labels: dict[str, str], key: str, ylabe
 
 def grouped_bars(runs: Sequence[RunRecord], labels: dict[str, str], stat: str, ylabel: str,
                  title: str, path: Path, champion_id: str | None = None) -> None:
-    """Detection / P / S side by side per run (Figure 15 for F1; the same for FN)."""
+    """Detection / P / S side by side per run (Figure 15 for F1; the same for FN), with the
+    95 % bootstrap interval as an error bar where the run logged one."""
     fig = Figure(figsize=(max(6.0, 1.0 * len(runs) + 2), 3.8))
     ax = fig.add_subplot()
     width = 0.8 / len(OUTPUTS)
     x = np.arange(len(runs))
     for i, o in enumerate(OUTPUTS):
         vals = [r.metrics.get(f"test/{o}_{stat}", math.nan) for r in runs]
-        ax.bar(x + (i - 1) * width, [v if _finite(v) else 0.0 for v in vals], width,
-               label=OUTPUT_NAMES[o])
+        heights = [v if _finite(v) else 0.0 for v in vals]
+        err = [[max(0.0, h - r.metrics.get(f"test/{o}_{stat}_ci_low", h)),
+                max(0.0, r.metrics.get(f"test/{o}_{stat}_ci_high", h) - h)]
+               for h, r in zip(heights, runs)]
+        ax.bar(x + (i - 1) * width, heights, width, label=OUTPUT_NAMES[o],
+               yerr=np.array(err).T if runs else None, capsize=2,
+               error_kw={"elinewidth": 0.7})
     ax.set_xticks(x, [labels[r.run_id] + (" *" if r.run_id == champion_id else "")
                       for r in runs], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -69,32 +75,54 @@ def grouped_bars(runs: Sequence[RunRecord], labels: dict[str, str], stat: str, y
     _save(fig, path)
 
 
+LATENCY_KEY = "latency/onnx_window_ms_p50"   # what the monitor runs (onnxruntime)
+
+
 def pareto_scatter(runs: Sequence[RunRecord], labels: dict[str, str], f1_key: str,
-                   front_ids: set[str], path: Path, champion_id: str | None = None) -> None:
-    """F1 vs latency, marker area proportional to model size; front joined, champion in red."""
+                   front_ids: set[str], path: Path, champion_id: str | None = None,
+                   latency_key: str = LATENCY_KEY) -> None:
+    """F1 (with its 95 % bootstrap interval as an error bar) vs latency, marker area
+    proportional to model size; front joined, champion in red.
+
+    Why numbers and a legend instead of text labels: the light variants' latencies lie within a
+    few percent of each other, so text beside the markers overlaps into an unreadable cluster;
+    a number in each marker and a legend beside the axes never collide.
+    """
     have = [r for r in runs if _finite(r.metrics.get(f1_key))
-            and _finite(r.metrics.get("latency/window_ms_p50"))]
-    fig = Figure(figsize=(6.4, 4.4))
+            and _finite(r.metrics.get(latency_key))]
+    fig = Figure(figsize=(9.0, 4.6))
     ax = fig.add_subplot()
     sizes = [r.metrics.get("size/model_mb", math.nan) for r in have]
     finite_sizes = [s for s in sizes if _finite(s)] or [1.0]
     scale = 600.0 / max(finite_sizes)
-    for r, s in zip(have, sizes):
-        x, y = r.metrics["latency/window_ms_p50"], r.metrics[f1_key]
+    handles = []
+    for i, (r, s) in enumerate(zip(have, sizes), start=1):
+        x, y = r.metrics[latency_key], r.metrics[f1_key]
+        low = r.metrics.get(f"{f1_key}_ci_low")
+        high = r.metrics.get(f"{f1_key}_ci_high")
         color = CHAMPION_COLOR if r.run_id == champion_id else (
             COLOR if r.run_id in front_ids else BASELINE_COLOR)
-        ax.scatter([x], [y], s=max(12.0, (s if _finite(s) else 0.0) * scale), color=color,
-                   alpha=0.6, edgecolors="black", linewidths=0.5)
-        ax.annotate(labels[r.run_id], (x, y), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
+        if _finite(low) and _finite(high):
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - low)], [max(0.0, high - y)]], fmt="none",
+                        ecolor=color, elinewidth=0.9, capsize=3, alpha=0.8)
+        ax.scatter([x], [y], s=max(40.0, (s if _finite(s) else 0.0) * scale), color=color,
+                   alpha=0.55, edgecolors="black", linewidths=0.5)
+        ax.annotate(str(i), (x, y), fontsize=7, ha="center", va="center", fontweight="bold")
+        handles.append(ax.scatter([], [], s=30, color=color, edgecolors="black", linewidths=0.5,
+                                  label=f"{i}  {labels[r.run_id]}"
+                                  + ("  (champion)" if r.run_id == champion_id else "")))
     front = sorted((r for r in have if r.run_id in front_ids),
-                   key=lambda r: r.metrics["latency/window_ms_p50"])
+                   key=lambda r: r.metrics[latency_key])
     if len(front) > 1:
-        ax.plot([r.metrics["latency/window_ms_p50"] for r in front],
+        ax.plot([r.metrics[latency_key] for r in front],
                 [r.metrics[f1_key] for r in front], "--", color=COLOR, linewidth=0.8)
-    ax.set_xlabel("latency p50 per 60-s window (ms, batch 1, 1 thread)")
-    ax.set_ylabel(f1_key)
-    ax.set_title("Pareto view: F1 vs latency (marker area = model size)", fontsize=10)
+    ax.set_xlabel("latency p50 per 60-s window (ms, onnxruntime, batch 1, 1 thread)")
+    ax.set_ylabel(f"{f1_key} (bars: 95 % bootstrap interval)")
+    ax.set_title("Pareto view: F1 vs latency (marker area = model size; red = champion)",
+                 fontsize=10)
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  frameon=False, handletextpad=0.3)
     _save(fig, path)
 
 

@@ -3,11 +3,17 @@
 Why pure: the decision must be reproducible and testable on hand-made records; only the entry
 point (`feq_lab.select`) reads MLflow, and only through `feq_lab.tracking`.
 
+Decide on validation, report on test: every key a policy reads (objectives, constraints, tie
+breakers) must not be a `test/*` key — the test split is reported for every run and used for
+nothing, so a policy naming one is refused with a ConfigError.
+
 Every policy first keeps the FINISHED runs that are candidates (classical baselines such as
 `model=stalta` are excluded: they are a reference row, not a deployable picker), checks that
 every key it needs is present, applies the optional constraints, then ranks what is left:
 - `constraints`: lexicographic objectives (the study's reasoning: small and fast enough, then
-  fewest detection false negatives, ties broken by S F1);
+  fewest detection false negatives, ties broken by S F1); with `noise_guard`, the leader must
+  beat the others outside the noise (paired tests on the validation traces,
+  `evaluation/significance.py`), else the smallest/fastest of those it does not beat wins;
 - `pareto`: the non-dominated set on the objectives, the knee = the front point closest to the
   ideal point after scaling each objective to [0, 1] over the front;
 - `weighted`: a weighted sum of min-max scaled objectives (1 = best candidate).
@@ -22,11 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feq_lab.errors import ConfigError, SelectionError
+from feq_lab.evaluation.significance import paired_bootstrap, paired_missed
 from feq_lab.selection.tables import param, variant_label
 from feq_lab.tracking.records import RunRecord
 
 POLICIES = ("constraints", "pareto", "weighted")
 GOALS = ("min", "max")
+REPORT_ONLY_PREFIXES = ("test/", "test_")   # reported, never decides
 
 
 @dataclass(frozen=True)
@@ -292,19 +300,82 @@ def explain_order(ranked: Sequence[RunRecord], objectives: Sequence[Objective]) 
 # --------------------------------------------------------------------------- the policies
 
 
-def select(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> Decision:
-    """Apply the policy described by a `select` config mapping (see conf/select/*.yaml)."""
+def refuse_test_keys(cfg: Mapping[str, Any]) -> None:
+    """ConfigError naming the first policy entry that reads a `test/*` key."""
+    for section in ("constraints", "objectives", "tie_breakers"):
+        items = cfg.get(section) or []
+        if isinstance(items, Mapping):
+            items = [{"key": k} for k in items]
+        for i, item in enumerate(items):
+            key = str(item.get("key", "")) if isinstance(item, Mapping) else ""
+            if key.startswith(REPORT_ONLY_PREFIXES):
+                raise ConfigError(
+                    f"select.{section}[{i}].key",
+                    f"{key!r} is a test-split metric: test is reported, never used to decide. "
+                    f"Use the validation key {'val/' + key.split('/', 1)[1]!r}")
+    guard = cfg.get("noise_guard") or {}
+    for i, item in enumerate(guard.get("prefer") or []):
+        key = str(item.get("key", "")) if isinstance(item, Mapping) else ""
+        if key.startswith(REPORT_ONLY_PREFIXES):
+            raise ConfigError(f"select.noise_guard.prefer[{i}].key",
+                              f"{key!r} is a test-split metric: never used to decide")
+
+
+@dataclass(frozen=True)
+class NoiseGuard:
+    """`constraints` policy option: the leader wins only if it beats a rival outside the noise.
+
+    A rival is *tied* with the leader when no paired test on the validation traces (F1 of each
+    output by paired bootstrap, missed earthquakes by McNemar) says the leader is better at
+    `level`; among the leader and its tied rivals, `prefer` (smaller, faster) decides.
+    """
+
+    outputs: tuple[str, ...] = ("detection", "p", "s")
+    level: float = 0.95
+    n_boot: int = 1000
+    prefer: tuple[Objective, ...] = ()
+
+
+def parse_noise_guard(cfg: Any) -> NoiseGuard | None:
+    if not cfg or not cfg.get("enabled", True):
+        return None
+    outputs = tuple(str(o) for o in cfg.get("outputs", ("detection", "p", "s")))
+    bad = [o for o in outputs if o not in ("detection", "p", "s")]
+    if bad:
+        raise ConfigError("select.noise_guard.outputs", f"unknown outputs {bad}")
+    level = float(cfg.get("level", 0.95))
+    if not 0.5 <= level < 1:
+        raise ConfigError("select.noise_guard.level", f"must lie in [0.5, 1), got {level}")
+    prefer = tuple(parse_objectives(cfg.get("prefer"), "select.noise_guard.prefer"))
+    if not prefer:
+        raise ConfigError("select.noise_guard.prefer", "name what decides a tie (e.g. latency)")
+    return NoiseGuard(outputs, level, int(cfg.get("n_boot", 1000)), prefer)
+
+
+def select(runs: Sequence[RunRecord], cfg: Mapping[str, Any],
+           outcomes: Mapping[str, Any] | None = None) -> Decision:
+    """Apply the policy described by a `select` config mapping (see conf/select/*.yaml).
+
+    `outcomes` (run id -> validation `significance.Outcomes`) feeds the `noise_guard`.
+    """
     policy = str(cfg.get("policy", "constraints"))
     if policy not in POLICIES:
         raise ConfigError("select.policy", f"must be one of {POLICIES}, got {policy!r}")
+    refuse_test_keys(cfg)
     exclude = cfg.get("exclude")
     constraints = parse_constraints(cfg.get("constraints"))
     objectives = parse_objectives(cfg.get("objectives"), "select.objectives")
     tie_breakers = parse_objectives(cfg.get("tie_breakers"), "select.tie_breakers")
     if not objectives:
         raise ConfigError("select.objectives", "at least one objective is needed")
-    fn = {"constraints": select_constraints, "pareto": select_pareto,
-          "weighted": select_weighted}[policy]
+    guard = parse_noise_guard(cfg.get("noise_guard"))
+    if policy != "constraints" and guard is not None:
+        raise ConfigError("select.noise_guard", "only the constraints policy has a noise guard")
+    if policy == "constraints":
+        return select_constraints(runs, objectives=objectives, constraints=constraints,
+                                  tie_breakers=tie_breakers, exclude=exclude, guard=guard,
+                                  outcomes=outcomes)
+    fn = {"pareto": select_pareto, "weighted": select_weighted}[policy]
     return fn(runs, objectives=objectives, constraints=constraints,
               tie_breakers=tie_breakers, exclude=exclude)
 
@@ -339,20 +410,82 @@ def _results(candidates, baselines, rejected, ranked, status_of, score_of=None, 
     return out
 
 
-def select_constraints(runs, *, objectives, constraints=(), tie_breakers=(), exclude=None):
-    """Keep runs within every bound, then rank lexicographically by the objectives."""
+def select_constraints(runs, *, objectives, constraints=(), tie_breakers=(), exclude=None,
+                       guard: NoiseGuard | None = None, outcomes=None):
+    """Keep runs within every bound, then rank lexicographically by the objectives; with a
+    noise guard, the leader must beat its rivals outside the noise (see `NoiseGuard`)."""
     order = list(objectives) + list(tie_breakers)
     candidates, baselines, feasible, rejected, reasons, keys = _prepare(
         runs, objectives, constraints, tie_breakers, exclude, "constraints")
+    if guard is not None:
+        keys = list(dict.fromkeys(keys + [o.key for o in guard.prefer]))
+        require_metrics(candidates, [o.key for o in guard.prefer])
     ranked = sorted(feasible, key=lexicographic_key(order))
-    champ = ranked[0]
     reasons.append(f"feasible: {', '.join(variant_label(r) for r in ranked)}; ranked by "
                    + ", then ".join(str(o) for o in order))
     reasons.append(explain_order(ranked, order))
+    notes: dict[str, list[str]] = {}
+    if guard is not None and len(ranked) > 1:
+        ranked, why, notes = apply_noise_guard(ranked, guard, outcomes or {})
+        reasons += why
+    champ = ranked[0]
     results = _results(candidates, baselines, rejected, ranked,
-                       lambda r: "chosen" if r is champ else "feasible")
-    return Decision("constraints", champ, results, reasons, keys,
-                    _settings(objectives, constraints, tie_breakers))
+                       lambda r: "chosen" if r is champ else "feasible",
+                       notes_of=lambda r: notes.get(r.run_id, []))
+    settings = _settings(objectives, constraints, tie_breakers)
+    if guard is not None:
+        settings["noise_guard"] = {"outputs": list(guard.outputs), "level": guard.level,
+                                   "prefer": [{"key": o.key, "goal": o.goal}
+                                              for o in guard.prefer]}
+    return Decision("constraints", champ, results, reasons, keys, settings)
+
+
+def apply_noise_guard(ranked: Sequence[RunRecord], guard: NoiseGuard,
+                      outcomes: Mapping[str, Any]) -> tuple[list[RunRecord], list[str],
+                                                            dict[str, list[str]]]:
+    """(re-ranked runs, reasons, notes per run): the leader keeps first place only when it beats
+    every rival it would displace outside the noise; otherwise the tied set is ordered by
+    `guard.prefer` (then the original rank)."""
+    missing = [variant_label(r) for r in ranked if r.run_id not in outcomes]
+    if missing:
+        raise SelectionError("the noise guard needs the per-trace validation outcomes "
+                             f"(val_outcomes.npz) of every feasible run; missing for "
+                             f"{', '.join(missing)}")
+    leader = ranked[0]
+    tied, notes = [leader], {}
+    for rival in ranked[1:]:
+        wins = []
+        for out in guard.outputs:
+            f1 = paired_bootstrap(outcomes[leader.run_id], outcomes[rival.run_id], out,
+                                  guard.n_boot, guard.level)
+            miss = paired_missed(outcomes[leader.run_id], outcomes[rival.run_id], out,
+                                 guard.level)
+            if f1.significant and f1.difference > 0:
+                wins.append(f"{out} F1 +{f1.difference:.3f} (p={f1.p_value:.3g})")
+            if miss.significant and miss.difference < 0:
+                wins.append(f"{out} missed {miss.difference:+.0f} (McNemar p={miss.p_value:.3g})")
+        if wins:
+            notes[rival.run_id] = [f"{variant_label(leader)} beats it outside the noise: "
+                                   + "; ".join(wins)]
+        else:
+            tied.append(rival)
+            notes[rival.run_id] = [(f"not separable from {variant_label(leader)} on "
+                                    f"validation (paired tests, level {guard.level:g})")]
+    prefer_key = lexicographic_key(list(guard.prefer))
+    position = {r.run_id: i for i, r in enumerate(ranked)}
+    reordered = sorted(tied, key=lambda r: prefer_key(r)[:-2] + (position[r.run_id],))
+    rest = [r for r in ranked if r not in tied]
+    why = []
+    if len(tied) == 1:
+        why.append(f"noise guard: {variant_label(leader)} beats every other feasible run outside "
+                   f"the noise on validation (paired bootstrap / McNemar, level {guard.level:g})")
+    else:
+        why.append(f"noise guard: {variant_label(leader)} is not separable on validation from "
+                   f"{', '.join(variant_label(r) for r in tied[1:])} (paired bootstrap / McNemar, "
+                   f"level {guard.level:g}); among these the choice goes by "
+                   + ", then ".join(str(o) for o in guard.prefer)
+                   + f": {variant_label(reordered[0])}")
+    return reordered + rest, why, notes
 
 
 def dominates(a: RunRecord, b: RunRecord, objectives: Sequence[Objective]) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from feq_lab.errors import DataError, SelectionError
+from feq_lab.evaluation.significance import mean_sd, paired_bootstrap, paired_missed
 from feq_lab.selection import figures, tables
 from feq_lab.selection.policy import Objective, pareto_front
 from feq_lab.selection.tables import OUTPUTS, param
@@ -33,9 +34,14 @@ THRESHOLD_CURVE = "threshold_curve.csv"
 FIGURES_DIR = "figures"
 CURVE_COLUMNS = ["output", "threshold", "precision", "recall", "f1"]
 CHAMPION_KEYS = tuple(
-    [f"test/{o}_{s}" for o in OUTPUTS for s in ("f1", "precision", "recall", "fn")]
+    [f"{split}/{o}_{s}" for split in ("val", "test") for o in OUTPUTS
+     for s in ("f1", "precision", "recall", "fn")]
+    + [f"test/{o}_f1_ci_{e}" for o in OUTPUTS for e in ("low", "high")]
+    + [f"test_eqt/{o}_f1" for o in OUTPUTS]
     + ["test/p_residual_mae_s", "test/s_residual_mae_s", "params/total_paper",
-       "params/total_torch", "size/model_mb", "latency/window_ms_p50"])
+       "params/total_torch", "size/model_mb", "latency/window_ms_p50",
+       "latency/onnx_window_ms_p50"]
+    + [f"thresholds/{o}" for o in OUTPUTS])
 
 
 @dataclass
@@ -47,6 +53,7 @@ class ReportInputs:
     threshold_grid: pd.DataFrame | None = None
     source: str = ""
     f1_key: str = "test/s_f1"
+    outcomes: Mapping[str, Any] | None = None   # run id -> test `significance.Outcomes`
 
 
 # --------------------------------------------------------------------------- threshold curve
@@ -154,10 +161,91 @@ def _data_kinds(runs: Sequence[RunRecord]) -> list[str]:
     return sorted({param(r, "data.kind") or "unknown" for r in runs})
 
 
+def significance_section(champ: RunRecord, others: Sequence[RunRecord],
+                         labels: Mapping[str, str], outcomes: Mapping[str, Any]) -> list[str]:
+    """The champion against every other candidate on the same test traces: paired bootstrap of
+    each F1 difference and McNemar's exact test on missed earthquakes, then one sentence."""
+    md = ["", "## Is the champion's lead real? Paired tests on the same test traces", ""]
+    if champ.run_id not in outcomes:
+        return md + [("_The champion's run has no per-trace test outcomes (test_outcomes.npz): "
+                      "no paired test possible._")]
+    rows, significant, noise = [], [], []
+    for r in others:
+        if r.run_id not in outcomes:
+            continue
+        a, b = outcomes[champ.run_id], outcomes[r.run_id]
+        cells, wins = [labels[r.run_id]], []
+        for o in OUTPUTS:
+            t = paired_bootstrap(a, b, o)
+            cells.append(f"{t.difference:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] "
+                         f"p={t.p_value:.2g}" + (" *" if t.significant else ""))
+            if t.significant:
+                wins.append(f"{tables.OUTPUT_NAMES[o]} F1 {'higher' if t.difference > 0 else 'lower'}")
+        m = paired_missed(a, b, "detection")
+        cells.append(f"{int(m.detail['only_a_missed'])} vs {int(m.detail['only_b_missed'])} "
+                     f"p={m.p_value:.2g}" + (" *" if m.significant else ""))
+        if m.significant:
+            wins.append("misses " + ("more" if m.difference > 0 else "fewer") + " earthquakes")
+        rows.append(cells)
+        (significant if wins else noise).append(
+            f"{labels[r.run_id]} ({', '.join(wins)})" if wins else labels[r.run_id])
+    if not rows:
+        return md + ["_No other candidate has per-trace test outcomes._"]
+    md.append(f"Each cell: F1({labels[champ.run_id]}) − F1(other), its 95 % paired-bootstrap "
+              "interval (traces resampled together) and p-value; last column: earthquakes only "
+              "the champion missed vs only the other missed, McNemar's exact test. * = "
+              "significant at 5 %.")
+    md += ["", tables.markdown_table(
+        ["Against", "Δ detection F1", "Δ P F1", "Δ S F1", "Missed detections (McNemar)"], rows)]
+    md.append("")
+    md.append("**In words:** " + (
+        f"against {'; '.join(significant)} the champion's difference is significant; "
+        if significant else "no difference to the champion is significant; ")
+        + (f"against {', '.join(noise)} the differences are within the noise of "
+           f"{len(outcomes[champ.run_id])} test traces (the ranking between them is not "
+           "established by this data)." if noise else "every compared difference is beyond "
+           "the noise."))
+    return md
+
+
+REPLICATE_KEYS = tuple(f"{split}/{o}_f1" for split in ("val", "test") for o in OUTPUTS)
+
+
+def replicates_section(learned: Sequence[RunRecord]) -> list[str]:
+    """Variants trained with several seeds (e.g. `python -m feq_lab -m seed=0,1,2`): mean ± sd of
+    each F1 over the replicates — how much of a difference between variants the seed alone
+    makes."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in learned:
+        groups.setdefault(tables.variant_label(r), []).append(r)
+    multi = {k: v for k, v in groups.items()
+             if len({tables.param(r, "seed") for r in v}) > 1}
+    if not multi:
+        return []
+    md = ["", "## Seed replicates", "",
+          ("Variants trained with more than one seed: mean ± sd (sample) over the replicates, "
+           "validation and test F1. A difference between variants smaller than these spreads "
+           "is not a property of the variant."), ""]
+    rows = []
+    for label, runs in sorted(multi.items()):
+        values = {k: [r.metrics[k] for r in runs if _finite(r.metrics.get(k))]
+                  for k in REPLICATE_KEYS}
+        stats = mean_sd({k: v for k, v in values.items() if v})
+        seeds = sorted({tables.param(r, "seed") or "?" for r in runs})
+        rows.append([label, ", ".join(seeds)] + [
+            f"{stats[k][0]:.3f} ± {stats[k][1]:.3f}" if k in stats and
+            _finite(stats[k][0]) else tables.MISSING for k in REPLICATE_KEYS])
+    md.append(tables.markdown_table(
+        ["Variant", "Seeds"] + [f"{k.split('/')[0]} {tables.OUTPUT_NAMES[k.split('/')[1][:-3]]} F1"
+                                for k in REPLICATE_KEYS], rows))
+    return md
+
+
 def render_markdown(inp: ReportInputs, finished: Sequence[RunRecord], labels: dict[str, str],
                     champ: RunRecord, figs: Mapping[str, str], front_ids: set[str],
                     curve: pd.DataFrame | None) -> str:
-    """The report's text: decision, Tables 1–6, size/latency, Pareto, threshold trade-off."""
+    """The report's text: decision (on validation), tables with a line each on what they show,
+    paired tests, size/latency, Pareto, threshold trade-off."""
     sel = inp.selection
     presets = [r for r in finished if tables.is_preset(r)]
     variants = [r for r in finished if not tables.is_preset(r) and not tables.is_baseline(r)]
@@ -169,60 +257,109 @@ def render_markdown(inp: ReportInputs, finished: Sequence[RunRecord], labels: di
     md.append(f"Data version (DVC md5 of the subset): `{'`, `'.join(versions)}`"
               + ("  **— runs disagree on the data version: the comparison is not like for like.**"
                  if len(versions) > 1 else ""))
-    md.append(f"Data kind: {', '.join(kinds)}"
+    md.append("")
+    md.append(f"Data kind: **{', '.join(kinds)}**"
               + (" — every number below is measured on **synthetic** data and says nothing "
                  "about performance on real seismograms." if "synthetic" in kinds else ""))
+    md.append("")
+    md.append("How to read it: every decision (thresholds, champion) is made on the "
+              "**validation** split (`val/*`); the **test** split (`test/*`) is only reported "
+              "here and used for nothing. Intervals in brackets are 95 % bootstrap intervals "
+              "over traces.")
+    md.append("")
     md.append(f"Runs: {len(finished)} FINISHED ({len(presets)} presets, {len(variants)} grid "
-              f"variants, {len(baselines)} classical baseline(s)). {inp.source}".rstrip())
+              f"variants, {len(baselines)} classical baseline(s)); a configuration that builds "
+              "the same model as a preset is reported once, under the preset's name. "
+              f"{inp.source}".rstrip())
     md.append("Every number is read from MLflow; nothing is typed in.")
     skipped = [r for r in inp.runs if r.status != "FINISHED"]
     if skipped:
         md.append("Not FINISHED, left out: " + ", ".join(
-            f"{tables.variant_label(r)} ({r.run_id[:8]}, {r.status})" for r in skipped) + ".")
-    md += ["", "## Decision", "",
+            f"{tables.variant_label(r)} ({r.status})" for r in skipped) + ".")
+    md += ["", "## Decision (on validation)", "",
            f"Champion: **{labels[champ.run_id]}** (run `{champ.run_id}`), policy "
            f"`{sel.get('policy', '?')}`, "
            + (f"registered as `{sel['registered']}` (version {sel.get('model_version')})."
               if sel.get("registered") else "not registered (`select.register=false`)."),
            ""]
     md += [f"- {r}" for r in sel.get("reasons", [])]
-    for title, group in (("Table 1 — parameters per section, the five presets", presets),
-                         ("Table 2 — parameters per section, grid variants", variants)):
-        md += ["", f"## {title}", ""]
+    md += ["", "What the decision read — the validation split at each run's tuned thresholds:",
+           "", tables.run_rows(learned, labels, tables.VAL_COLUMNS, star)]
+    md += significance_section(champ, [r for r in learned if r.run_id != champ.run_id]
+                               + baselines, labels, inp.outcomes or {})
+    md += replicates_section(learned)
+    for title, line, group in (
+            ("Table 1 — parameters per section, the five presets",
+             "Where each preset spends its weights (Keras count, as the study tabulates).",
+             presets),
+            ("Table 2 — parameters per section, grid variants",
+             "The same for the grid variants, named by what they change in their preset.",
+             variants)):
+        md += ["", f"## {title}", "", line, ""]
         md.append(tables.params_table(group, labels) if group else "_No runs in this group._")
     md += ["", ("Counted in the study's (Keras 2.3.1) convention; the last row is PyTorch's "
-                "`numel`."), "", "## Model size and latency", ""]
+                "`numel`."), "", "## Model size and latency", "",
+           ("What each model costs: size on disk and the median time to process one 60-s "
+            "window (batch 1, 1 thread) on onnxruntime — what the monitor runs and what "
+            "selection reads — beside eager PyTorch. The runs' tags `feq.latency.*` say on "
+            "which CPU, with how many threads and whether the fused kernels were built."), ""]
     md.append(tables.run_rows(learned + [b for b in baselines
                                          if "latency/window_ms_p50" in b.metrics],
                               labels, tables.SIZE_COLUMNS, star))
     md += ["", f"![parameters]({figs['params']})", f"![size]({figs['size']})",
            f"![latency]({figs['latency']})"]
-    for n, (title, cols, group) in enumerate((
-            ("F1 per output, presets", tables.F1_COLUMNS, presets),
-            ("F1 per output, grid variants", tables.F1_COLUMNS, variants),
-            ("false negatives, presets", tables.FN_COLUMNS, presets),
-            ("false negatives, grid variants", tables.FN_COLUMNS, variants))):
-        md += ["", f"## Table {n + 3} — {title} (with the classical baseline)", ""]
+    lines = {
+        "f1": ("Test-split F1 per output at the thresholds each run chose on validation, with "
+               "95 % intervals, beside the same model at EQT's fixed tester thresholds "
+               "(detection 0.2, P 0.1, S 0.1)."),
+        "fn": ("Missed earthquakes (detection) and missed picks (P, S) on the test split, "
+               "tuned thresholds with 95 % intervals, then at EQT's tester thresholds."),
+    }
+    for n, (title, kind, cols, group) in enumerate((
+            ("F1 per output, presets", "f1", tables.F1_COLUMNS, presets),
+            ("F1 per output, grid variants", "f1", tables.F1_COLUMNS, variants),
+            ("false negatives, presets", "fn", tables.FN_COLUMNS, presets),
+            ("false negatives, grid variants", "fn", tables.FN_COLUMNS, variants))):
+        md += ["", f"## Table {n + 3} — {title} (with the classical baseline)", "",
+               lines[kind], ""]
         md.append(tables.run_rows(group + baselines, labels, cols, star)
                   if group else "_No runs in this group._")
         if n == 1:
+            md += ["", "Precision and recall behind these F1s (test, tuned thresholds):", "",
+                   tables.run_rows(learned + baselines, labels, tables.PR_COLUMNS, star)]
             md += ["", f"![F1 per output]({figs['f1']})"]
         if n == 3:
             md += ["", f"![false negatives]({figs['fn']})"]
     md += ["", "## Pareto view", "",
-           f"{inp.f1_key} against latency, marker area proportional to model size. "
-           f"Non-dominated on ({inp.f1_key} max, latency min, size min): "
+           f"{inp.f1_key} (test, reported) against onnxruntime latency, error bars = 95 % "
+           f"bootstrap interval, marker area proportional to model size; numbers refer to the "
+           f"legend. Non-dominated on ({inp.f1_key} max, latency min, size min): "
            + (", ".join(labels[i] for i in sorted(front_ids, key=lambda i: labels[i])) or "none")
-           + ".", "", f"![pareto]({figs['pareto']})", "",
+           + ". This view illustrates; it is not what decided.", "",
+           f"![pareto]({figs['pareto']})", "",
            "## Threshold trade-off of the champion", ""]
     if curve is None:
         md.append("_The champion's run has no threshold grid artifact._")
     else:
-        best = curve.loc[curve.groupby("output")["f1"].idxmax()]
+        used = headline_thresholds(champ)
+        md.append("The champion's test-split precision, recall and F1 as each output's threshold "
+                  "moves (the others held at the chosen values). The thresholds were chosen on "
+                  "validation; the test curve shows what that choice costs or gains, it did not "
+                  "choose them.")
+        md.append("")
+        rows = []
+        for o in OUTPUTS:
+            part = curve[curve["output"] == o]
+            if part.empty or o not in used:
+                continue
+            at = part.iloc[(part["threshold"] - used[o]).abs().argmin()]
+            best = part.loc[part["f1"].idxmax()]
+            rows.append([tables.OUTPUT_NAMES[o], f"{used[o]:g}", f"{at.precision:.3f}",
+                         f"{at.recall:.3f}", f"{at.f1:.3f}",
+                         f"{best.threshold:g} ({best.f1:.3f})"])
         md.append(tables.markdown_table(
-            ["Output", "Best threshold", "Precision", "Recall", "F1"],
-            [[tables.OUTPUT_NAMES[r.output], f"{r.threshold:g}", f"{r.precision:.3f}",
-              f"{r.recall:.3f}", f"{r.f1:.3f}"] for r in best.itertuples()]))
+            ["Output", "Threshold (chosen on val)", "Precision", "Recall", "F1",
+             "Test-best threshold (F1), for reference only"], rows))
         md += ["", f"![threshold trade-off]({figs['thresholds']})",
                "", f"Full curve: `{THRESHOLD_CURVE}` (`dvc plots show`)."]
     return "\n".join(md) + "\n"
@@ -243,7 +380,7 @@ def build_report(inp: ReportInputs, out_dir: str | os.PathLike) -> list[Path]:
                              f"{len(finished)} FINISHED runs read from MLflow")
     labels = tables.unique_labels(finished)
     learned = [r for r in finished if not tables.is_baseline(r)]
-    objs = [Objective(inp.f1_key, "max"), Objective("latency/window_ms_p50", "min"),
+    objs = [Objective(inp.f1_key, "max"), Objective(figures.LATENCY_KEY, "min"),
             Objective("size/model_mb", "min")]
     complete = [r for r in learned if all(_finite(r.metrics.get(o.key)) for o in objs)]
     front_ids = {r.run_id for r in pareto_front(complete, objs)}
@@ -261,8 +398,8 @@ def build_report(inp: ReportInputs, out_dir: str | os.PathLike) -> list[Path]:
                           "Parameters per model", staging / figs["params"], champ.run_id)
         figures.bar_chart(learned, labels, "size/model_mb", "MB", "Model size",
                           staging / figs["size"], champ.run_id)
-        figures.bar_chart(finished, labels, "latency/window_ms_p50", "ms per 60-s window",
-                          "Inference latency (p50, batch 1, 1 thread)",
+        figures.bar_chart(finished, labels, figures.LATENCY_KEY, "ms per 60-s window",
+                          "Inference latency, onnxruntime (p50, batch 1, 1 thread)",
                           staging / figs["latency"], champ.run_id)
         figures.grouped_bars(finished, labels, "f1", "F1", "F1 per output (* = champion)",
                              staging / figs["f1"], champ.run_id)

@@ -1,6 +1,8 @@
 """`python -m feq_lab.selection.sweep`: run the default grid(s) and record their parent runs.
 
-The `sweep` stage of `dvc.yaml`. Each `--grid` is one Hydra multirun of the main job
+A pipeline stage of earlier `dvc.yaml`s (the default pipeline now has one training stage per
+variant and an `evaluate` stage; see dvc.yaml), kept for pipelines that run whole grids as one
+stage, e.g. pipelines/. Each `--grid` is one Hydra multirun of the main job
 (`python -m feq_lab -m <grid> <common>`), which opens one MLflow parent run. The stage's only
 output is a small JSON naming those parent runs, written atomically: the MLflow store itself is
 not a DVC output, and `select` reads the runs back through these ids. Why a separate file: DVC

@@ -92,13 +92,62 @@ def variant_label(run: RunRecord) -> str:
     return " ".join([model.upper() if model in PRESET_ORDER else model] + extra)
 
 
+def _identity(run: RunRecord) -> tuple:
+    """What makes two runs the same result: training identity, data, and the thresholds used."""
+    chash = run.tags.get("feq.config_hash")
+    if not chash:
+        return ("run", run.run_id)
+    th = tuple(round(run.metrics.get(f"thresholds/{o}", float("nan")), 9) for o in OUTPUTS)
+    return (chash, param(run, "data_version"), th)
+
+
+def unique_runs(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """One run per identical result: runs of the same effective configuration (e.g. the FEQ3
+    preset and the grid point `rnn=bilstm cnn_blocks=2`, which builds the same model), on the same
+    data, scored at the same thresholds, are one row; FINISHED before others, then the run whose
+    logged name is the preset's own (no knob override asked), then the oldest listed."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault(_identity(r), []).append(r)
+    keep = set()
+    for members in groups.values():
+        ranked = sorted(enumerate(members), key=lambda im: (
+            im[1].status != "FINISHED", "=" in (im[1].name or "").split(" @ ")[0], im[0]))
+        keep.add(ranked[0][1].run_id)
+    return [r for r in runs if r.run_id in keep]
+
+
+def _distinguish(run: RunRecord, others: Sequence[RunRecord]) -> str:
+    """What tells `run` apart from same-label runs: thresholds, else the seed (never a hash)."""
+    parts = []
+    for o, short in (("detection", "det"), ("p", "P"), ("s", "S")):
+        values = {x.metrics.get(f"thresholds/{o}") for x in others}
+        if len(values) > 1 and f"thresholds/{o}" in run.metrics:
+            parts.append(f"{short}={run.metrics[f'thresholds/{o}']:g}")
+    if parts:
+        return "@ " + " ".join(parts)
+    seeds = {param(x, "seed") for x in others}
+    if len(seeds) > 1 and param(run, "seed") is not None:
+        return f"seed={param(run, 'seed')}"
+    return ""
+
+
 def unique_labels(runs: Sequence[RunRecord]) -> dict[str, str]:
-    """run_id -> label; duplicates (a config run twice) get the short run id appended."""
+    """run_id -> label; runs sharing a label are told apart by their thresholds or seed, else
+    numbered in order (#2, #3): a reader never has to decode a hash."""
     labels = {r.run_id: variant_label(r) for r in runs}
-    counts: dict[str, int] = {}
-    for v in labels.values():
-        counts[v] = counts.get(v, 0) + 1
-    return {rid: (f"{v} ({rid[:6]})" if counts[v] > 1 else v) for rid, v in labels.items()}
+    by_label: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        by_label.setdefault(labels[r.run_id], []).append(r)
+    out = {}
+    for label, members in by_label.items():
+        for i, r in enumerate(members):
+            if len(members) == 1:
+                out[r.run_id] = label
+                continue
+            extra = _distinguish(r, members)
+            out[r.run_id] = f"{label} {extra}" if extra else f"{label} #{i + 1}"
+    return out
 
 
 def order_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:
@@ -147,6 +196,20 @@ def params_table(runs: Sequence[RunRecord], labels: dict[str, str]) -> str:
     return markdown_table(header, rows)
 
 
+def fmt_cell(run: RunRecord, key: str, kind: str) -> str:
+    """A metric, with its 95 % bootstrap interval when the run logged one ("0.981 [0.97–0.99]");
+    kind `thr` prints the run's three thresholds (`key` is ignored)."""
+    if kind == "thr":
+        values = [run.metrics.get(f"thresholds/{o}") for o in OUTPUTS]
+        return " / ".join(MISSING if v is None else f"{v:g}" for v in values)
+    text = fmt(run.metrics.get(key), kind)
+    low, high = run.metrics.get(f"{key}_ci_low"), run.metrics.get(f"{key}_ci_high")
+    if text != MISSING and low is not None and high is not None and math.isfinite(low) \
+            and math.isfinite(high):
+        text += f" [{fmt(low, kind)}–{fmt(high, kind)}]"
+    return text
+
+
 def run_rows(runs: Sequence[RunRecord], labels: dict[str, str],
              columns: Sequence[tuple[str, str, str]],
              mark: Callable[[RunRecord], str] | None = None) -> str:
@@ -155,17 +218,29 @@ def run_rows(runs: Sequence[RunRecord], labels: dict[str, str],
     rows = []
     for r in runs:
         name = labels[r.run_id] + (mark(r) if mark else "")
-        rows.append([name] + [fmt(r.metrics.get(key), kind) for _, key, kind in columns])
+        rows.append([name] + [fmt_cell(r, key, kind) for _, key, kind in columns])
     return markdown_table(header, rows)
 
 
 SIZE_COLUMNS = [("Params (paper)", "params/total_paper", "int"),
                 ("Params (torch)", "params/total_torch", "int"),
                 ("Size (MB)", "size/model_mb", "mb"),
-                ("Latency p50 (ms / 60-s window)", "latency/window_ms_p50", "ms")]
-F1_COLUMNS = ([(f"{OUTPUT_NAMES[o]} F1", f"test/{o}_f1", "f1") for o in OUTPUTS]
-              + [(f"{OUTPUT_NAMES[o]} {s}", f"test/{o}_{s}", "f1")
-                 for o in OUTPUTS for s in ("precision", "recall")]
+                ("Latency p50, onnxruntime (ms / 60-s window)", "latency/onnx_window_ms_p50", "ms"),
+                ("Latency p50, eager PyTorch (ms)", "latency/window_ms_p50", "ms")]
+# Test split at the thresholds chosen on validation (with 95 % bootstrap intervals), then at
+# EQT's fixed tester thresholds 0.2 / 0.1 / 0.1 (`test_eqt/*`).
+F1_COLUMNS = ([(f"{OUTPUT_NAMES[o]} F1 [95 % CI]", f"test/{o}_f1", "f1") for o in OUTPUTS]
+              + [("Thresholds det / P / S (tuned on val)", "", "thr")]
+              + [(f"{OUTPUT_NAMES[o]} F1 @ EQT 0.2/0.1/0.1", f"test_eqt/{o}_f1", "f1")
+                 for o in OUTPUTS]
               + [("P MAE (s)", "test/p_residual_mae_s", "f1"),
                  ("S MAE (s)", "test/s_residual_mae_s", "f1")])
-FN_COLUMNS = [(f"{OUTPUT_NAMES[o]} FN", f"test/{o}_fn", "int") for o in OUTPUTS]
+PR_COLUMNS = [(f"{OUTPUT_NAMES[o]} {s}", f"test/{o}_{s}", "f1")
+              for o in OUTPUTS for s in ("precision", "recall")]
+FN_COLUMNS = ([(f"{OUTPUT_NAMES[o]} FN [95 % CI]", f"test/{o}_fn", "int") for o in OUTPUTS]
+              + [(f"{OUTPUT_NAMES[o]} FN @ EQT 0.2/0.1/0.1", f"test_eqt/{o}_fn", "int")
+                 for o in OUTPUTS])
+# What the decision read: the validation split (same keys, same thresholds).
+VAL_COLUMNS = ([(f"val {OUTPUT_NAMES[o]} F1 [95 % CI]", f"val/{o}_f1", "f1") for o in OUTPUTS]
+               + [(f"val {OUTPUT_NAMES[o]} FN [95 % CI]", f"val/{o}_fn", "int")
+                  for o in ("detection",)])

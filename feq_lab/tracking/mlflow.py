@@ -35,6 +35,14 @@ TAG_DATA_VERSION = "feq.data_version"
 TAG_ERROR = "feq.error"
 TAG_ERROR_TYPE = "feq.error_type"
 TAG_RESUMED_FROM = "feq.resumed_from"      # a resumed job's pointer to the FINISHED run it reuses
+TAG_EVALUATED_RUN = "feq.evaluated_run"    # an evaluation-only run: the training run it evaluated
+TAG_CODE_VERSION = "feq.code_version"      # hash of the training code (job.config.code_version)
+TAG_STUDY = "feq.study"                    # the study parent a DVC stage's run nests under
+# MLflow 3's UI opens an experiment by its kind; without the tag it guesses, and may open this
+# one on the GenAI "Overview" page instead of the runs table (values from MLflow's own UI code:
+# genai_development | custom_model_development).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 MODEL_ARTIFACT_PATH = "model"              # the pyfunc model inside each run (registered by selection)
@@ -87,6 +95,27 @@ def _float(value: Any) -> float:
         return math.nan
 
 
+def quiet_logs() -> None:
+    """Keep a run's log about the run: no per-download progress bars from MLflow, no Lightning
+    promotional tips, and a third-party deprecation notice at most once (Python's default).
+
+    Called by the entry points once, at start; filters only, nothing that changes a result.
+    """
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoTips())
+    warnings.filterwarnings("once", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
 class Tracker:
     """One MLflow experiment on one store; holds the current run id (`run_id`).
 
@@ -110,11 +139,15 @@ class Tracker:
     def _ensure_experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
+            if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND,
+                                               EXPERIMENT_KIND)
             return exp.experiment_id
         db = _sqlite_path(self.uri)
         location = (db.parent / "mlruns" / self.experiment).resolve().as_uri() if db else None
         try:
-            return self.client.create_experiment(self.experiment, artifact_location=location)
+            return self.client.create_experiment(self.experiment, artifact_location=location,
+                                                 tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
         except MlflowException as exc:  # created by a parallel job meanwhile
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
@@ -242,16 +275,46 @@ class Tracker:
             self.log_artifacts(model_dir, MODEL_ARTIFACT_PATH, run_id)
 
     # -- queries ---------------------------------------------------------------------------
-    def find_finished(self, config_hash: str, data_version: str) -> str | None:
-        """Id of the newest FINISHED run of this config on this data version (None if none)."""
+    def find_finished(self, config_hash: str, data_version: str,
+                      code_version: str | None = None) -> str | None:
+        """Id of the newest FINISHED *training* run of this config on this data version (and this
+        training code, when given); None if none. Pointers and evaluation-only runs lead back to
+        the training they stand for."""
         filt = (f"tags.`{TAG_CONFIG_HASH}` = '{config_hash}' and "
                 f"tags.`{TAG_DATA_VERSION}` = '{data_version}' and attributes.status = 'FINISHED'")
+        if code_version:
+            filt += f" and tags.`{TAG_CODE_VERSION}` = '{code_version}'"
         runs = with_retry(self.client.search_runs, [self.experiment_id], filt,
-                          max_results=20, order_by=["attributes.start_time DESC"])
-        for run in runs:  # a resumed pointer is not itself a result; follow to the original
-            if TAG_RESUMED_FROM not in run.data.tags:
+                          max_results=50, order_by=["attributes.start_time DESC"])
+        for run in runs:
+            if TAG_RESUMED_FROM not in run.data.tags and TAG_EVALUATED_RUN not in run.data.tags:
                 return run.info.run_id
-        return runs[0].data.tags[TAG_RESUMED_FROM] if runs else None
+        for run in runs:
+            target = run.data.tags.get(TAG_RESUMED_FROM) or run.data.tags.get(TAG_EVALUATED_RUN)
+            if target:
+                return target
+        return None
+
+    def study_parent(self, study: str, name: str | None = None) -> str:
+        """The parent run of a named study (created once; a DVC stage's run nests under it).
+
+        Two stages starting together may both create one: the oldest wins and the other is
+        deleted, so every stage nests under the same parent.
+        """
+        filt = f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'parent'"
+
+        def oldest() -> list[Any]:
+            return with_retry(self.client.search_runs, [self.experiment_id], filt,
+                              max_results=10, order_by=["attributes.start_time ASC"])
+        found = oldest()
+        if found:
+            return found[0].info.run_id
+        mine = self._create_run(name or f"study {study}", {TAG_ROLE: "parent", TAG_STUDY: study})
+        found = oldest()
+        winner = found[0].info.run_id if found else mine
+        if winner != mine:
+            with_retry(self.client.delete_run, mine)
+        return winner
 
     def get_record(self, run_id: str) -> RunRecord:
         return _record(with_retry(self.client.get_run, run_id))
@@ -262,7 +325,12 @@ class Tracker:
 
 
 def _register(client: MlflowClient, run_id: str, name: str, alias: str | None) -> str:
+    """An evaluation-only run registers the model of the training it evaluated; the version
+    points at the evaluation run, whose `thresholds/*` the monitor then uses."""
     run = with_retry(client.get_run, run_id)
+    trained = run.data.tags.get(TAG_EVALUATED_RUN)
+    if trained:
+        run = with_retry(client.get_run, trained)
     try:
         with_retry(client.create_registered_model, name)
     except MlflowException as exc:
@@ -356,8 +424,10 @@ def download_model(uri: str, name: str = "feq-picker", alias: str = "champion",
                           f"no model version {name}@{alias} in {uri} ({exc})") from exc
     target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="feq-champion-"))
     target.mkdir(parents=True, exist_ok=True)
-    if mv.run_id:
-        local = with_retry(client.download_artifacts, mv.run_id, MODEL_ARTIFACT_PATH, str(target))
+    if mv.run_id:  # an evaluation-only run's version holds the model of the training it scored
+        run = with_retry(client.get_run, mv.run_id)
+        owner = run.data.tags.get(TAG_EVALUATED_RUN) or mv.run_id
+        local = with_retry(client.download_artifacts, owner, MODEL_ARTIFACT_PATH, str(target))
     else:
         import mlflow.artifacts
 
@@ -430,4 +500,5 @@ __all__ = [
     "Tracker", "load_runs", "load_champion", "download_artifact", "register_champion", "download_model",
     "latest_parent_run_id", "with_retry", "PARENT_RUN_FILE", "PARENT_RUN_ENV",
     "MODEL_ARTIFACT_PATH", "TAG_CONFIG_HASH", "TAG_DATA_VERSION", "TAG_ERROR", "TAG_RESUMED_FROM",
+    "TAG_EVALUATED_RUN", "TAG_CODE_VERSION", "TAG_STUDY",
 ]

@@ -55,7 +55,8 @@ class MLflowSweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = _sweep_overrides(config)
-        name = f"sweep {sweep_dir.name}" + (f" [{overrides}]" if overrides else "")
+        # named by the grid (what a reader looks for in the runs table); the dir is a tag
+        name = f"grid {overrides}" if overrides else f"sweep {sweep_dir.name}"
         from feq_lab.tracking.mlflow import Tracker
 
         self.tracker = Tracker(uri, experiment)

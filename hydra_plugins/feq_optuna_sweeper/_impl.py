@@ -62,6 +62,9 @@ def parse_objectives(objectives: Any) -> list[Objective]:
         direction = str(item.get("direction", "")).lower()
         if direction not in ("maximize", "minimize"):
             raise ConfigError(f"{key}.direction", f"must be maximize or minimize, got {direction!r}")
+        if str(item["metric"]).startswith(("test/", "test_")):
+            raise ConfigError(f"{key}.metric", f"{item['metric']!r} is a test-split metric: a "
+                              "search decides on validation (val/*); test is only reported")
         parsed.append(Objective(str(item["metric"]), direction))
     return parsed
 

@@ -77,6 +77,10 @@ def _to_distribution(key: str, override: Override, where: str) -> BaseDistributi
     raise ConfigError(where, f"unsupported sweep {override.input_line!r}")
 
 
+# Keys a search must not sample: changing them never changes the trained model.
+EVALUATION_KEYS = ("thresholds.", "eval.")
+
+
 def build_search_space(
     params: Mapping[str, Any] | None, arguments: Iterable[str] = ()
 ) -> SearchSpace:
@@ -96,6 +100,11 @@ def build_search_space(
         except Exception as err:  # hydra's OverrideParseException and friends
             raise ConfigError(where, f"cannot parse {line!r}: {err}") from err
         if override.is_sweep_override():
+            if key.startswith(EVALUATION_KEYS):
+                raise ConfigError(where, f"{key} is an evaluation setting, not part of the "
+                                  "training identity: searching it would retrain for every "
+                                  "value. Thresholds are tuned on validation (thresholds.*=null) "
+                                  "or gridded from stored probabilities (-m thresholds.detection=...)")
             space.distributions[key] = _to_distribution(key, override, where)
         else:
             space.fixed.append(line)

@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 class ObjectiveConf:
     """One objective: a key of the task function's returned dict and its direction."""
 
-    metric: str = "test/s_f1"
+    metric: str = "val/s_f1"  # decide on validation; test/* is refused
     direction: str = "maximize"  # maximize | minimize
 
 

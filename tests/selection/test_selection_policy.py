@@ -31,8 +31,8 @@ CONSTRAINTS_CFG = {
     "policy": "constraints",
     "constraints": [{"key": "size/model_mb", "max": 1.0},
                     {"key": "latency/window_ms_p50", "max_rel": 1.5}],
-    "objectives": [{"key": "test/detection_fn", "goal": "min"},
-                   {"key": "test/s_f1", "goal": "max"}],
+    "objectives": [{"key": "val/detection_fn", "goal": "min"},
+                   {"key": "val/s_f1", "goal": "max"}],
 }
 
 
@@ -45,11 +45,11 @@ def study_runs(with_baseline=True):
     runs = []
     for name, (mb, lat, dfn, pfn, sfn, df1, pf1, sf1, n) in STUDY.items():
         runs.append(rec(name, **{
-            "size/model_mb": mb, "latency/window_ms_p50": lat, "test/detection_fn": dfn,
-            "test/p_fn": pfn, "test/s_fn": sfn, "test/detection_f1": df1, "test/p_f1": pf1,
-            "test/s_f1": sf1, "params/total_paper": n}))
+            "size/model_mb": mb, "latency/window_ms_p50": lat, "val/detection_fn": dfn,
+            "val/p_fn": pfn, "val/s_fn": sfn, "val/detection_f1": df1, "val/p_f1": pf1,
+            "val/s_f1": sf1, "params/total_paper": n}))
     if with_baseline:  # the classical baseline: fewest FN of all, but never a candidate
-        runs.append(rec("stalta", **{"test/detection_fn": 0, "test/s_f1": 0.5}))
+        runs.append(rec("stalta", **{"val/detection_fn": 0, "val/s_f1": 0.5}))
     return runs
 
 
@@ -65,22 +65,22 @@ def test_constraints_reproduce_the_study_choice():
     assert any("size/model_mb=4.5" in n for n in eqt.notes)
     assert any("latency/window_ms_p50=40" in n for n in eqt.notes)
     text = "\n".join(d.reasons)
-    assert "FEQ3 beats the runner-up LEQ" in text and "test/detection_fn 31 vs 130" in text
+    assert "FEQ3 beats the runner-up LEQ" in text and "val/detection_fn 31 vs 130" in text
     out = d.to_dict()
-    assert out["champion"]["metrics"]["test/detection_fn"] == 31
+    assert out["champion"]["metrics"]["val/detection_fn"] == 31
 
 
 def test_constraints_tie_broken_by_s_f1_then_label():
-    runs = [rec("a", **{"test/detection_fn": 3, "test/s_f1": 0.90}),
-            rec("b", **{"test/detection_fn": 3, "test/s_f1": 0.95}),
-            rec("c", **{"test/detection_fn": 5, "test/s_f1": 0.99})]
+    runs = [rec("a", **{"val/detection_fn": 3, "val/s_f1": 0.90}),
+            rec("b", **{"val/detection_fn": 3, "val/s_f1": 0.95}),
+            rec("c", **{"val/detection_fn": 5, "val/s_f1": 0.99})]
     cfg = {"policy": "constraints", "objectives": CONSTRAINTS_CFG["objectives"]}
     d = select(runs, cfg)
     assert d.champion.name == "b"
-    assert "tied on test/detection_fn=3" in d.reasons[-1]
+    assert "tied on val/detection_fn=3" in d.reasons[-1]
     # a perfect tie on every objective: the label decides, deterministically, whatever the order
-    twins = [rec("y", **{"test/detection_fn": 3, "test/s_f1": 0.9}),
-             rec("x", **{"test/detection_fn": 3, "test/s_f1": 0.9})]
+    twins = [rec("y", **{"val/detection_fn": 3, "val/s_f1": 0.9}),
+             rec("x", **{"val/detection_fn": 3, "val/s_f1": 0.9})]
     assert select(twins, cfg).champion.name == "x"
     assert select(twins[::-1], cfg).champion.name == "x"
     assert "tie on every objective" in select(twins, cfg).reasons[-1]
@@ -100,14 +100,14 @@ def test_infeasible_constraint_names_every_run():
 def test_missing_and_nan_metric_named():
     runs = study_runs(with_baseline=False)
     runs[1] = rec("leq", run_id="run-leq-1", **{k: v for k, v in runs[1].metrics.items()
-                                                if k != "test/s_f1"})
+                                                if k != "val/s_f1"})
     runs[2] = rec("feq1", run_id="run-feq1-1", **dict(runs[2].metrics,
-                                                       **{"test/detection_fn": math.nan}))
+                                                       **{"val/detection_fn": math.nan}))
     with pytest.raises(SelectionError) as err:
         select(runs, CONSTRAINTS_CFG)
     msg = str(err.value)
-    assert "run LEQ (run-leq-1) lacks test/s_f1" in msg
-    assert "run FEQ1 (run-feq1-1) lacks test/detection_fn" in msg
+    assert "run LEQ (run-leq-1) lacks val/s_f1" in msg
+    assert "run FEQ1 (run-feq1-1) lacks val/detection_fn" in msg
     assert "EQT" not in msg
 
 
@@ -123,24 +123,24 @@ def test_no_finished_runs_or_only_baselines():
 
 def test_failed_runs_are_ignored_not_fatal():
     runs = study_runs()
-    runs.append(rec("feq9", status="FAILED", **{"test/detection_fn": 0, "test/s_f1": 1.0,
+    runs.append(rec("feq9", status="FAILED", **{"val/detection_fn": 0, "val/s_f1": 1.0,
                                                 "size/model_mb": 0.1,
                                                 "latency/window_ms_p50": 1.0}))
     assert select(runs, CONSTRAINTS_CFG).champion.name == "feq3"
 
 
 PARETO_RUNS = [
-    rec("A", **{"test/s_f1": 0.90, "latency/window_ms_p50": 10.0}),
-    rec("B", **{"test/s_f1": 0.95, "latency/window_ms_p50": 20.0}),
-    rec("C", **{"test/s_f1": 0.99, "latency/window_ms_p50": 40.0}),
-    rec("D", **{"test/s_f1": 0.90, "latency/window_ms_p50": 30.0}),  # dominated by A and B
+    rec("A", **{"val/s_f1": 0.90, "latency/window_ms_p50": 10.0}),
+    rec("B", **{"val/s_f1": 0.95, "latency/window_ms_p50": 20.0}),
+    rec("C", **{"val/s_f1": 0.99, "latency/window_ms_p50": 40.0}),
+    rec("D", **{"val/s_f1": 0.90, "latency/window_ms_p50": 30.0}),  # dominated by A and B
 ]
-PARETO_OBJ = [{"key": "test/s_f1", "goal": "max"},
+PARETO_OBJ = [{"key": "val/s_f1", "goal": "max"},
               {"key": "latency/window_ms_p50", "goal": "min"}]
 
 
 def test_pareto_front_and_knee():
-    objs = [Objective("test/s_f1", "max"), Objective("latency/window_ms_p50", "min")]
+    objs = [Objective("val/s_f1", "max"), Objective("latency/window_ms_p50", "min")]
     assert [r.name for r in pareto_front(PARETO_RUNS, objs)] == ["A", "B", "C"]
     assert dominates(PARETO_RUNS[0], PARETO_RUNS[3], objs)
     assert not dominates(PARETO_RUNS[3], PARETO_RUNS[3], objs)
@@ -154,8 +154,8 @@ def test_pareto_front_and_knee():
 
 
 def test_pareto_tie_broken_by_tie_breaker():
-    runs = [rec("A", **{"test/s_f1": 0.9, "latency/window_ms_p50": 10.0, "size/model_mb": 2.0}),
-            rec("C", **{"test/s_f1": 1.0, "latency/window_ms_p50": 20.0, "size/model_mb": 1.0})]
+    runs = [rec("A", **{"val/s_f1": 0.9, "latency/window_ms_p50": 10.0, "size/model_mb": 2.0}),
+            rec("C", **{"val/s_f1": 1.0, "latency/window_ms_p50": 20.0, "size/model_mb": 1.0})]
     cfg = {"policy": "pareto", "objectives": PARETO_OBJ}
     assert select(runs, cfg).champion.name == "A"  # equal distance 1.0: the label decides
     cfg["tie_breakers"] = [{"key": "size/model_mb", "goal": "min"}]
@@ -176,7 +176,7 @@ def test_weighted_known_scores_and_weights_change_answer():
 def test_relative_constraint_bounds():
     c = Constraint("latency/window_ms_p50", max_rel=1.5)
     assert c.bounds([10.0, 20.0]) == (-math.inf, 15.0)
-    c = Constraint("test/s_f1", min_rel=0.9, max=1.0)
+    c = Constraint("val/s_f1", min_rel=0.9, max=1.0)
     assert c.bounds([0.5, 1.0]) == (0.9, 1.0)
 
 

@@ -30,14 +30,15 @@ def test_hparams_search_configs_give_the_sweeper_a_search_space(name, n_objectiv
     assert sweeper._target_.endswith("feq_optuna_sweeper.FeqOptunaSweeper")
     assert "optuna" in cfg and cfg.optuna is None  # filled per trial by the sweeper
     objectives = parse_objectives(sweeper.objectives)
-    assert len(objectives) == n_objectives and objectives[0].metric == "test/s_f1"
+    assert len(objectives) == n_objectives and objectives[0].metric == "val/s_f1"
     if n_objectives == 2:
-        assert (objectives[1].metric, objectives[1].direction) == ("latency/window_ms_p50", "minimize")
+        assert (objectives[1].metric, objectives[1].direction) == ("latency/onnx_window_ms_p50", "minimize")
     space = build_search_space(sweeper.params).distributions
     assert space["rnn"] == CategoricalDistribution(["lstm", "gru", "bilstm", "bigru"])
     assert space["cnn_blocks"] == IntDistribution(1, 4)
     assert isinstance(space["train.lr"], FloatDistribution) and space["train.lr"].log
-    assert {"thresholds.detection", "thresholds.p", "thresholds.s", "rnn_blocks"} <= set(space)
+    assert "rnn_blocks" in space
+    assert not [k for k in space if k.startswith("thresholds")]  # evaluation, not training
 
 
 def test_sampled_values_round_trip_through_hydras_override_parser():
@@ -51,7 +52,11 @@ def test_a_bad_search_space_names_the_key():
     with pytest.raises(ConfigError, match=r"hydra\.sweeper\.params\.train\.lr"):
         build_search_space({"train.lr": "tag(log, interval(0, 1e-2))"})
     with pytest.raises(ConfigError, match=r"objectives\[0\]\.direction"):
-        parse_objectives([{"metric": "test/s_f1", "direction": "up"}])
+        parse_objectives([{"metric": "val/s_f1", "direction": "up"}])
+    with pytest.raises(ConfigError, match=r"objectives\[0\]\.metric"):
+        parse_objectives([{"metric": "test/s_f1", "direction": "maximize"}])
+    with pytest.raises(ConfigError, match="evaluation setting"):
+        build_search_space({"thresholds.detection": "interval(0.1, 0.6)"})
 
 
 def test_a_stored_study_with_other_directions_is_refused(tmp_path):

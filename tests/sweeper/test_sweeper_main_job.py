@@ -33,7 +33,7 @@ def test_joblib_two_job_optuna_search_logs_both_runs_and_the_pareto_front(tmp_pa
     sweep_dir = tmp_path / "multirun" / "optuna" / "feq-f1-latency"
     children = _children_of_parent(tmp_path, sweep_dir)
     assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
-    assert all("test/s_f1" in r.data.metrics for r in children)
+    assert all("test/s_f1" in r.data.metrics and "val/s_f1" in r.data.metrics for r in children)
     assert (sweep_dir / "pareto_front.csv").is_file() and (sweep_dir / "pareto_front.png").is_file()
     parent = next(r for r in mlflow_runs(tmp_path / "mlflow.db")
                   if r.info.run_id == (sweep_dir / "mlflow_parent_run_id").read_text().strip())

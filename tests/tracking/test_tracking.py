@@ -150,3 +150,26 @@ def test_reopen_parent_of_a_resumed_sweep_kills_orphaned_children(tracker, tmp_p
     assert tracker.get_record(orphan).status == "KILLED"
     assert tracker.reopen_parent(orphan) is False  # not a parent: caller opens a new one
     assert tracker.reopen_parent("0" * 32) is False  # unknown id
+
+
+def test_experiment_opens_as_model_training_and_finds_trainings_not_evaluations(tracker):
+    """MLflow 3's UI opens an experiment by its kind tag (custom_model_development = the runs
+    table, not the GenAI overview); `find_finished` returns the training a re-evaluation scored,
+    and only for the same training code."""
+    from feq_lab.tracking.mlflow import (
+        EXPERIMENT_KIND,
+        TAG_CODE_VERSION,
+        TAG_EVALUATED_RUN,
+        TAG_EXPERIMENT_KIND,
+    )
+
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    assert exp.tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND == "custom_model_development"
+    identity = {TAG_CONFIG_HASH: "h", TAG_DATA_VERSION: "v", TAG_CODE_VERSION: "c1"}
+    with tracker.child_run(tags=identity, name="FEQ3") as trained:
+        pass
+    with tracker.child_run(tags={**identity, TAG_EVALUATED_RUN: trained}, name="FEQ3 @ det=0.2"):
+        pass
+    assert tracker.find_finished("h", "v", "c1") == trained
+    assert tracker.find_finished("h", "v", "c2") is None  # other training code: train again
+    assert tracker.study_parent("s") == tracker.study_parent("s")  # one parent per study

@@ -1,0 +1,121 @@
+"""`python -m feq_lab.evaluate`: the DVC `evaluate` stage — every trained variant re-scored from
+its stored probabilities at the current evaluation settings, without training.
+
+Why a stage of its own: thresholds and `eval.*` are evaluation, not training. The training
+stages (`train@<variant>`) track only what the weights fix (weights, stored val/test
+probabilities, a run JSON); this stage depends on them plus `thresholds` and `conf/eval`, so
+changing a threshold reruns this stage, `select` and `report`, and retrains nothing.
+
+Each variant gets an MLflow child run named by the variant, tagged `feq.evaluated_run` with the
+training run it scored, under one parent per evaluation (named by the study's grid). The
+stage's output `reports/evaluation.json` lists that parent (what `select` reads, as it reads a
+sweep's) and, per variant, the training and evaluation run ids.
+
+    python -m feq_lab.evaluate ++evaluate.runs_dir=runs ++evaluate.out=reports/evaluation.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from feq_lab.errors import ConfigError, DataError, FeqLabError
+from feq_lab.evaluation.probabilities import load_probabilities
+from feq_lab.job.assess import Assessment, evaluate_splits
+from feq_lab.job.config import flatten, run_params, to_plain
+from feq_lab.job.run import STAGE_RUN_FILE, log_assessment, training_metrics
+from feq_lab.paths import CONF_DIR, atomic_write_text
+from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN, TAG_STUDY, Tracker, quiet_logs
+
+log = logging.getLogger("feq_lab.evaluate")
+
+
+def stage_dirs(runs_dir: Path) -> list[Path]:
+    """The training stages' output folders (those holding a run JSON), sorted by name."""
+    if not runs_dir.is_dir():
+        raise ConfigError("evaluate.runs_dir", f"{runs_dir} is not a folder (run the training "
+                          "stages first: `dvc repro`)")
+    dirs = sorted(d for d in runs_dir.iterdir() if (d / STAGE_RUN_FILE).is_file())
+    if not dirs:
+        raise DataError("no trained variant (no */run.json)", path=str(runs_dir))
+    return dirs
+
+
+def evaluation_params(info: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
+    """The training run's params with the evaluation settings replaced by the ones used now."""
+    params = dict(info.get("params") or {})
+    now = {"thresholds": to_plain(cfg.thresholds), "eval": to_plain(cfg.eval)}
+    fresh = run_params(now, params.get("data_version"))
+    fresh.pop("model", None)
+    params = {k: v for k, v in params.items() if not k.startswith(("thresholds.", "eval."))}
+    params.update({k: v for k, v in fresh.items() if k in flatten(now) or k == "data_version"})
+    return params
+
+
+def evaluate_variant(stage_dir: Path, cfg: DictConfig, work: Path) -> tuple[dict, Any]:
+    """(run JSON of the training, Assessment of this evaluation) for one stage folder."""
+    info = json.loads((stage_dir / STAGE_RUN_FILE).read_text())
+    if info.get("tags", {}).get("feq.kind") == "stalta":  # no thresholds: scored when it ran
+        result = Assessment(metrics=dict(info.get("metrics") or {}))
+        for name in ("val_outcomes.npz", "test_outcomes.npz"):
+            result.add("", stage_dir / name if (stage_dir / name).exists() else None)
+        return info, result
+    val, test = stage_dir / "val_probabilities.npz", stage_dir / "test_probabilities.npz"
+    for path in (val, test):
+        if not path.is_file():
+            raise DataError("a trained variant without stored probabilities", path=str(path))
+    result = evaluate_splits(load_probabilities(val), load_probabilities(test),
+                             dict(cfg.thresholds), cfg.eval, work / stage_dir.name)
+    result.metrics.update(training_metrics(info.get("metrics") or {}))
+    return info, result
+
+
+def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate every stage folder, log one child run each, write the evaluation JSON."""
+    quiet_logs()
+    ev = cfg.get("evaluate") or {}
+    runs_dir, out = Path(str(ev.get("runs_dir", "runs"))), Path(str(ev.get("out",
+                                                                           "reports/evaluation.json")))
+    dirs = stage_dirs(runs_dir)
+    tracker = Tracker(str(cfg.tracking.uri), str(cfg.tracking.experiment))
+    study = str(cfg.get("study") or "default")
+    title = str(ev.get("title") or f"{len(dirs)} variants")
+    parent = tracker.parent_run(f"evaluation · {study} study · {title}"[:250],
+                                tags={TAG_STUDY + ".evaluation": study})
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="feq-evaluate-") as tmp:
+        for d in dirs:
+            info, result = evaluate_variant(d, cfg, Path(tmp))
+            tags = {**(info.get("tags") or {}), TAG_EVALUATED_RUN: info["run_id"]}
+            name = tags.get("feq.variant") or info.get("name") or d.name
+            run_id = tracker.start_run(name, evaluation_params(info, cfg), tags, parent)
+            log_assessment(tracker, result, run_id)
+            tracker.end_run(run_id, "FINISHED")
+            rows.append({"variant": d.name, "name": name, "training_run_id": info["run_id"],
+                         "run_id": run_id})
+            log.info("%s: evaluated training run %s as run %s", name, info["run_id"], run_id)
+    tracker.end_run(parent, "FINISHED")
+    payload = {"parent_run_ids": [parent], "runs": rows}
+    atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+    log.info("wrote %s (%d variants, parent run %s)", out, len(rows), parent)
+    return payload
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_evaluate(cfg)
+    except FeqLabError as err:
+        print(f"feq_lab.evaluate: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
