@@ -1,0 +1,233 @@
+"""Differentiable fused kernels for TRAINING: C forward and backward, with a torch fallback.
+
+Why: a training step of the small presets is dominated by many small ops, not by FLOPs. PyTorch
+has no fused CPU GRU (its GRU is ~10 ATen ops per time step, and as many autograd nodes back),
+and the separable conv stages are a chain of depthwise conv (slow on PyTorch's CPU), pointwise
+conv, ReLU and pooling, each a full pass over the signal forward and backward. Each function here
+is one `torch.autograd.Function` whose forward and backward are C loops (built with the other
+kernels, `feq_lab.models.kernels.library`), with large matrix products (input projections,
+weight gradients) left to torch's GEMMs. The batch is split over `torch.get_num_threads()`
+threads (ctypes releases the GIL during a call).
+
+Each public function computes the same function as its `*_reference` twin written in plain torch
+ops; the twin runs instead (transparently) when the kernels are unavailable (no compiler,
+`FEQ_LAB_NO_KERNELS=1`), when `native=False` is passed, or for inputs the kernels do not cover
+(not CPU float32). Gradients equal autograd's through the reference up to float rounding (tests).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from feq_lab.models import kernels
+
+FLAVOURS = ("torch", "keras")
+# below this many multiply-adds per call a second thread costs more than it saves
+_PARALLEL_MIN_WORK = 200_000
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL | None:
+    """The kernel library with this module's entry points declared (None where unavailable)."""
+    lib = kernels.library()
+    if lib is None:
+        return None
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    lib.feq_gru_train_fwd.restype = None
+    lib.feq_gru_train_fwd.argtypes = [ptr] * 6 + [i32] * 7
+    lib.feq_gru_train_bwd.restype = None
+    lib.feq_gru_train_bwd.argtypes = [ptr] * 7 + [i32] * 7
+    # lib.feq_sep_fwd.restype = ctypes.c_int
+    # lib.feq_sep_fwd.argtypes = [ptr] * 7 + [i32] * 15
+    # lib.feq_sep_bwd.restype = ctypes.c_int
+    # lib.feq_sep_bwd.argtypes = [ptr] * 11 + [i32] * 15
+    return lib
+
+
+def available() -> bool:
+    """Whether the C kernels are built and loaded (otherwise everything runs the references)."""
+    return _lib() is not None
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="feq-kernel")
+
+
+def _parallel(fn: Callable[[int, int, int], None], batch: int, work: int) -> int:
+    """Run fn(chunk, b0, b1) over contiguous batch chunks, one per thread; returns the number of
+    chunks (callers reducing per-chunk partial sums need it before calling: `_chunks`)."""
+    chunks = _chunks(batch, work)
+    bounds = [batch * i // chunks for i in range(chunks + 1)]
+    if chunks == 1:
+        fn(0, 0, batch)
+        return 1
+    futures = [_pool(chunks - 1).submit(fn, i, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
+    fn(0, bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+    return chunks
+
+
+def _chunks(batch: int, work: int) -> int:
+    return max(1, min(torch.get_num_threads(), batch, work // _PARALLEL_MIN_WORK))
+
+
+def _native(*tensors: torch.Tensor | None) -> bool:
+    return all(t is None or (t.is_cpu and t.dtype == torch.float32) for t in tensors)
+
+
+# --------------------------------------------------------------------------------------------
+# GRU
+
+
+def _check_flavour(flavour: str, bias_hh: torch.Tensor | None) -> None:
+    if flavour not in FLAVOURS:
+        raise ValueError(f"gru flavour must be one of {FLAVOURS}, got {flavour!r}")
+    if flavour == "keras" and bias_hh is not None:
+        raise ValueError("the keras GRU flavour has one bias: pass it as bias_ih, bias_hh=None")
+
+
+def gru_sequence_reference(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor | None,
+    bias_hh: torch.Tensor | None,
+    *,
+    reverse: bool,
+    flavour: str,
+) -> torch.Tensor:
+    """All hidden states (B, T, u) of one GRU direction from h0 = 0, in plain torch ops.
+
+    flavour "torch": nn.GRU (gate rows r, z, n; n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),
+    h' = (1 − z) ⊙ n + z ⊙ h). flavour "keras": Keras 2.3.1 GRU with reset_after=False (rows
+    z, r, n; one bias, passed as bias_ih; n = tanh(W_in x + b_n + W_hn (r ⊙ h)),
+    h' = z ⊙ h + (1 − z) ⊙ n)."""
+    _check_flavour(flavour, bias_hh)
+    u = weight_hh.shape[1]
+    gi = F.linear(x, weight_ih, bias_ih)
+    h = x.new_zeros(x.shape[0], u)
+    steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+    out: list[torch.Tensor] = [h] * x.shape[1]
+    for t in steps:
+        g = gi[:, t]
+        if flavour == "torch":
+            gh = F.linear(h, weight_hh, bias_hh)
+            r = torch.sigmoid(g[:, :u] + gh[:, :u])
+            z = torch.sigmoid(g[:, u : 2 * u] + gh[:, u : 2 * u])
+            n = torch.tanh(g[:, 2 * u :] + r * gh[:, 2 * u :])
+            h = (1 - z) * n + z * h
+        else:
+            zr = torch.sigmoid(g[:, : 2 * u] + h @ weight_hh[: 2 * u].t())
+            z, r = zr[:, :u], zr[:, u:]
+            n = torch.tanh(g[:, 2 * u :] + (r * h) @ weight_hh[2 * u :].t())
+            h = z * h + (1 - z) * n
+        out[t] = h
+    return torch.stack(out, dim=1)
+
+
+class _GRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight_ih, weight_hh, bias_ih, bias_hh, reverse, flavour):  # type: ignore[override]
+        lib = _lib()
+        batch, steps, _ = x.shape
+        u = weight_hh.shape[1]
+        keras = int(flavour == "keras")
+        gi = F.linear(x, weight_ih, bias_ih).contiguous()
+        whh_t = weight_hh.t().contiguous()
+        bhh = torch.zeros(3 * u) if bias_hh is None else bias_hh.contiguous()
+        out = x.new_empty(batch, steps, u)
+        gates = x.new_empty(batch, steps, 3 * u)
+        aux = x.new_empty(batch, steps, u)
+        if out.numel():
+            ptrs = (gi.data_ptr(), whh_t.data_ptr(), bhh.data_ptr(), out.data_ptr(),
+                    gates.data_ptr(), aux.data_ptr())  # fmt: skip
+
+            def run(_: int, b0: int, b1: int) -> None:
+                lib.feq_gru_train_fwd(*ptrs, batch, steps, u, b0, b1, int(reverse), keras)
+
+            _parallel(run, batch, steps * 3 * u * u * batch)
+        ctx.save_for_backward(x, weight_ih, weight_hh, out, gates, aux)
+        ctx.reverse, ctx.keras = reverse, bool(keras)
+        ctx.biases = (bias_ih is not None, bias_hh is not None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight_ih, weight_hh, out, gates, aux = ctx.saved_tensors
+        lib = _lib()
+        batch, steps, inputs = x.shape
+        u = weight_hh.shape[1]
+        grad_out = grad_out.contiguous()
+        w_hh = weight_hh.contiguous()
+        dgi = x.new_empty(batch, steps, 3 * u)
+        dgh = x.new_empty(batch, steps, 3 * u) if not ctx.keras else dgi
+        if out.numel():
+            ptrs = (w_hh.data_ptr(), out.data_ptr(), gates.data_ptr(), aux.data_ptr(),
+                    grad_out.data_ptr(), dgi.data_ptr(), dgh.data_ptr())  # fmt: skip
+
+            def run(_: int, b0: int, b1: int) -> None:
+                lib.feq_gru_train_bwd(
+                    *ptrs, batch, steps, u, b0, b1, int(ctx.reverse), int(ctx.keras)
+                )
+
+            _parallel(run, batch, steps * 3 * u * u * batch)
+        # h_{t-1} in processing order (zero before the first step)
+        if ctx.reverse:
+            h_prev = torch.cat([out[:, 1:], out.new_zeros(batch, 1, u)], dim=1)
+        else:
+            h_prev = torch.cat([out.new_zeros(batch, 1, u), out[:, :-1]], dim=1)
+        flat_dgi = dgi.reshape(-1, 3 * u)
+        grads = [None] * 7
+        if ctx.needs_input_grad[0]:
+            grads[0] = dgi @ weight_ih
+        if ctx.needs_input_grad[1]:
+            grads[1] = flat_dgi.t() @ x.reshape(-1, inputs)
+        if ctx.needs_input_grad[2]:
+            if ctx.keras:
+                grads[2] = torch.cat([
+                    flat_dgi[:, : 2 * u].t() @ h_prev.reshape(-1, u),
+                    flat_dgi[:, 2 * u :].t() @ aux.reshape(-1, u),
+                ])  # fmt: skip
+            else:
+                grads[2] = dgh.reshape(-1, 3 * u).t() @ h_prev.reshape(-1, u)
+        if ctx.biases[0] and ctx.needs_input_grad[3]:
+            grads[3] = flat_dgi.sum(0)
+        if ctx.biases[1] and ctx.needs_input_grad[4]:
+            grads[4] = dgh.reshape(-1, 3 * u).sum(0)
+        return tuple(grads)
+
+
+def gru_sequence(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor | None,
+    bias_hh: torch.Tensor | None,
+    *,
+    reverse: bool,
+    flavour: str,
+    native: bool = True,
+) -> torch.Tensor:
+    """One GRU direction over x (B, T, I) from h0 = 0 → all hidden states (B, T, u); weights
+    (3u, I), (3u, u), biases (3u,) or None, laid out as `gru_sequence_reference` describes.
+    Differentiable in x, weights and biases through the fused C kernels (CPU float32), else
+    (or with native=False) through the reference's torch ops."""
+    _check_flavour(flavour, bias_hh)
+    if native and _native(x, weight_ih, weight_hh, bias_ih, bias_hh) and _lib() is not None:
+        return _GRU.apply(
+            x.contiguous(), weight_ih, weight_hh, bias_ih, bias_hh, bool(reverse), flavour
+        )
+    return gru_sequence_reference(
+        x, weight_ih, weight_hh, bias_ih, bias_hh, reverse=reverse, flavour=flavour
+    )
