@@ -45,10 +45,14 @@ def _lib() -> ctypes.CDLL | None:
     lib.feq_gru_train_fwd.argtypes = [ptr] * 6 + [i32] * 7
     lib.feq_gru_train_bwd.restype = None
     lib.feq_gru_train_bwd.argtypes = [ptr] * 7 + [i32] * 7
-    # lib.feq_sep_fwd.restype = ctypes.c_int
-    # lib.feq_sep_fwd.argtypes = [ptr] * 7 + [i32] * 15
-    # lib.feq_sep_bwd.restype = ctypes.c_int
-    # lib.feq_sep_bwd.argtypes = [ptr] * 11 + [i32] * 15
+    lib.feq_sep_fwd.restype = ctypes.c_int
+    lib.feq_sep_fwd.argtypes = [ptr] * 7 + [i32] * 16
+    lib.feq_sep_bwd.restype = ctypes.c_int
+    lib.feq_sep_bwd.argtypes = [ptr] * 11 + [i32] * 16
+    lib.feq_conv_fwd.restype = ctypes.c_int
+    lib.feq_conv_fwd.argtypes = [ptr] * 4 + [i32] * 10
+    lib.feq_conv_bwd.restype = ctypes.c_int
+    lib.feq_conv_bwd.argtypes = [ptr] * 6 + [i32] * 10
     return lib
 
 
@@ -231,3 +235,249 @@ def gru_sequence(
     return gru_sequence_reference(
         x, weight_ih, weight_hh, bias_ih, bias_hh, reverse=reverse, flavour=flavour
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Separable conv stage
+
+
+def _same(kernel: int) -> tuple[int, int]:
+    """TensorFlow "same" padding of a stride-1 conv (the odd extra sample on the right)."""
+    return (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2
+
+
+def _pool_same(length: int, pool: int) -> tuple[int, int]:
+    """TensorFlow "same" padding of a max-pool with stride = size."""
+    total = max(math.ceil(length / pool) * pool - length, 0)
+    return total // 2, total - total // 2
+
+
+def _stage_length(x: torch.Tensor, upsample: int, crop: tuple[int, int]) -> int:
+    length = int(x.shape[-1]) * upsample - crop[0] - crop[1]
+    if length <= 0:
+        raise ValueError(f"separable stage: crop {crop} leaves no samples of {x.shape[-1]}")
+    return length
+
+
+def separable_stage_reference(
+    x: torch.Tensor,
+    depthwise: torch.Tensor,
+    pointwise: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    upsample: int = 1,
+    crop: tuple[int, int] = (0, 0),
+    pool: int = 1,
+    relu: bool = True,
+) -> torch.Tensor:
+    """One separable conv stage in plain torch ops (REFERENCE §5.3):
+    nearest upsampling ×`upsample` → crop (left, right) samples → depthwise conv (G·C, 1, k),
+    unbiased, TF "same" zero padding (odd extra sample on the right) → pointwise conv
+    (G·O, C, 1) grouped like `F.conv1d(groups=G)`, + bias → ReLU (if `relu`) → max-pool of
+    size = stride `pool` with TF "same" padding (−inf). x (B, G·C, L_in) →
+    (B, G·O, ceil(L / pool)), L = L_in·upsample − crop[0] − crop[1]. An encoder stage uses
+    upsample 1 and no crop; a decoder stage pool 1; `groups` runs several stages side by side."""
+    length = _stage_length(x, upsample, crop)
+    if upsample > 1:
+        x = torch.repeat_interleave(x, upsample, dim=2)
+    x = x[:, :, crop[0] : crop[0] + length]
+    x = F.conv1d(F.pad(x, _same(int(depthwise.shape[-1]))), depthwise, groups=int(x.shape[1]))
+    y = F.conv1d(x, pointwise, bias, groups=groups)
+    if relu:
+        y = F.relu(y)
+    if pool > 1:
+        y = F.max_pool1d(F.pad(y, _pool_same(length, pool), value=-math.inf), pool)
+    return y
+
+
+class _Separable(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, depthwise, pointwise, bias, groups, upsample, crop, pool, relu):  # type: ignore[override]
+        lib = _lib()
+        batch, total_in, length_in = x.shape
+        kernel = int(depthwise.shape[-1])
+        channels, outputs = total_in // groups, int(pointwise.shape[0]) // groups
+        length = _stage_length(x, upsample, crop)
+        pooled = -(-length // pool)
+        pool_left = _pool_same(length, pool)[0] if pool > 1 else 0
+        dw, pw = depthwise.contiguous(), pointwise.contiguous()
+        b = None if bias is None else bias.contiguous()
+        d = x.new_empty(0)  # the kernels recompute the depthwise output in backward
+        out = x.new_empty(batch, groups * outputs, pooled)
+        idx = torch.empty(out.shape, dtype=torch.int32) if pool > 1 else None
+        dims = (batch, groups, channels, outputs, length_in, upsample, crop[0], length, kernel,
+                _same(kernel)[0], int(relu), pool, pool_left)  # fmt: skip
+        if out.numel():
+            ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), None if b is None else b.data_ptr(),
+                    d.data_ptr(), out.data_ptr(), None if idx is None else idx.data_ptr())  # fmt: skip
+
+            def run(_: int, b0: int, b1: int) -> None:
+                if lib.feq_sep_fwd(*ptrs, *dims, b0, b1, pooled) != 0:
+                    raise MemoryError("separable stage kernel: out of memory")
+
+            _parallel(run, batch, _stage_work(dims))
+        ctx.save_for_backward(x, dw, pw, d, out, idx)
+        ctx.dims, ctx.pooled, ctx.has_bias = dims, pooled, bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, dw, pw, d, out, idx = ctx.saved_tensors
+        lib = _lib()
+        dims, pooled = ctx.dims, ctx.pooled
+        batch = dims[0]
+        grad_out = grad_out.contiguous()
+        gx = torch.empty_like(x)
+        chunks = _chunks(batch, _stage_work(dims))
+        gdw = x.new_zeros(chunks, *dw.shape)
+        gpw = x.new_zeros(chunks, *pw.shape)
+        gbias = x.new_zeros(chunks, pw.shape[0])
+        if out.numel():
+            ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), d.data_ptr(), out.data_ptr(),
+                    None if idx is None else idx.data_ptr(), grad_out.data_ptr(), gx.data_ptr())  # fmt: skip
+
+            def run(chunk: int, b0: int, b1: int) -> None:
+                status = lib.feq_sep_bwd(
+                    *ptrs, gdw[chunk].data_ptr(), gpw[chunk].data_ptr(), gbias[chunk].data_ptr(),
+                    *dims, b0, b1, pooled,
+                )  # fmt: skip
+                if status != 0:
+                    raise MemoryError("separable stage kernel: out of memory")
+
+            _parallel(run, batch, _stage_work(dims))
+        else:
+            gx.zero_()
+        return (
+            gx, gdw.sum(0), gpw.sum(0), gbias.sum(0) if ctx.has_bias else None,
+            None, None, None, None, None,
+        )  # fmt: skip
+
+
+def _stage_work(dims: tuple[int, ...]) -> int:
+    batch, groups, channels, outputs, _, _, _, length, kernel = dims[:9]
+    return batch * groups * channels * length * (kernel + outputs)
+
+
+def separable_stage(
+    x: torch.Tensor,
+    depthwise: torch.Tensor,
+    pointwise: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    upsample: int = 1,
+    crop: tuple[int, int] = (0, 0),
+    pool: int = 1,
+    relu: bool = True,
+    native: bool = True,
+) -> torch.Tensor:
+    """The separable stage `separable_stage_reference` defines, differentiable in x and all
+    weights, forward and backward as one fused C call each (CPU float32), else (or with
+    native=False) through the reference's torch ops."""
+    if (
+        native
+        and x.dim() == 3
+        and _native(x, depthwise, pointwise, bias)
+        and _lib() is not None
+    ):
+        crop = (int(crop[0]), int(crop[1]))
+        return _Separable.apply(
+            x.contiguous(), depthwise, pointwise, bias, int(groups), int(upsample), crop,
+            int(pool), bool(relu),
+        )  # fmt: skip
+    return separable_stage_reference(
+        x, depthwise, pointwise, bias, groups=groups, upsample=upsample, crop=crop, pool=pool,
+        relu=relu,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Dense conv with "same" padding (the decoders' heads)
+
+
+def same_conv_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    padding: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Stride-1 conv1d, x (B, G·C, L) with weight (G·O, C, k) grouped like `F.conv1d`, zero
+    padding (left, right), by default TensorFlow's "same" (the odd extra sample on the right)."""
+    pad = _same(int(weight.shape[-1])) if padding is None else padding
+    return F.conv1d(F.pad(x, pad), weight, bias, groups=groups)
+
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, padding):  # type: ignore[override]
+        lib = _lib()
+        batch, total_in, length_in = x.shape
+        kernel = int(weight.shape[-1])
+        channels, outputs = total_in // groups, int(weight.shape[0]) // groups
+        length_out = length_in + padding[0] + padding[1] - kernel + 1
+        w = weight.contiguous()
+        b = None if bias is None else bias.contiguous()
+        y = x.new_empty(batch, groups * outputs, max(length_out, 0))
+        dims = (batch, groups, channels, outputs, length_in, kernel, padding[0], length_out)
+        if y.numel():
+            ptrs = (x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr())
+
+            def run(_: int, b0: int, b1: int) -> None:
+                if lib.feq_conv_fwd(*ptrs, *dims, b0, b1) != 0:
+                    raise MemoryError("conv kernel: out of memory")
+
+            _parallel(run, batch, _conv_work(dims))
+        ctx.save_for_backward(x, w)
+        ctx.dims, ctx.has_bias = dims, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        lib = _lib()
+        dims = ctx.dims
+        batch = dims[0]
+        grad_out = grad_out.contiguous()
+        gx = torch.zeros_like(x)
+        chunks = _chunks(batch, _conv_work(dims))
+        gw = x.new_zeros(chunks, *w.shape)
+        gbias = x.new_zeros(chunks, w.shape[0])
+        if grad_out.numel():
+            ptrs = (x.data_ptr(), w.data_ptr(), grad_out.data_ptr(), gx.data_ptr())
+
+            def run(chunk: int, b0: int, b1: int) -> None:
+                status = lib.feq_conv_bwd(
+                    *ptrs, gw[chunk].data_ptr(), gbias[chunk].data_ptr(), *dims, b0, b1
+                )
+                if status != 0:
+                    raise MemoryError("conv kernel: out of memory")
+
+            _parallel(run, batch, _conv_work(dims))
+        return gx, gw.sum(0), gbias.sum(0) if ctx.has_bias else None, None, None
+
+
+def _conv_work(dims: tuple[int, ...]) -> int:
+    batch, groups, channels, outputs, _, kernel, _, length_out = dims
+    return batch * groups * channels * outputs * kernel * max(length_out, 0)
+
+
+def same_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    padding: tuple[int, int] | None = None,
+    native: bool = True,
+) -> torch.Tensor:
+    """The conv `same_conv_reference` defines, differentiable in x, weight and bias, forward and
+    backward as one C call each (CPU float32), else (or with native=False) through torch."""
+    pad = _same(int(weight.shape[-1])) if padding is None else (int(padding[0]), int(padding[1]))
+    if native and x.dim() == 3 and _native(x, weight, bias) and _lib() is not None:
+        return _Conv.apply(x.contiguous(), weight, bias, int(groups), pad)
+    return same_conv_reference(x, weight, bias, groups=groups, padding=pad)

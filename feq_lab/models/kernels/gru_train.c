@@ -23,6 +23,8 @@
  * recurrent gradients are dgi's rows themselves).
  */
 #include <math.h>
+/* fused multiply-adds: faster, and no less accurate than separate roundings */
+#pragma GCC optimize("fp-contract=fast")
 #include <stddef.h>
 #include <string.h>
 
