@@ -199,7 +199,10 @@ def check_adapter(presets: Sequence[str]) -> None:
         ref, got = model.forward_logits(x), kernel_logits(wrapped, x)
         sum(o.square().sum() for o in ref).backward()
         sum(o.square().sum() for o in got).backward()
-        err_out = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, ref))
+        err_out = max(
+            float((a.detach() - b.detach()).abs().max() / b.detach().abs().max())
+            for a, b in zip(got, ref)
+        )
         # scale: a parameter's largest gradient, floored at 1e-2 of the model's largest (a bias
         # right before a BatchNorm has an exactly-zero gradient: only rounding noise remains)
         grads = [(a.grad, b.grad) for a, b in zip(wrapped.parameters(), model.parameters())]

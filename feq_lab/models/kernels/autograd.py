@@ -93,11 +93,24 @@ def _native(*tensors: torch.Tensor | None) -> bool:
 # GRU
 
 
-def _check_flavour(flavour: str, bias_hh: torch.Tensor | None) -> None:
+def _shape_error(what: str, tensor: torch.Tensor | None, expected: tuple[int, ...]) -> None:
+    if tensor is not None and tuple(tensor.shape) != expected:
+        raise ValueError(f"{what}: expected shape {expected}, got {tuple(tensor.shape)}")
+
+
+def _check_gru(x, weight_ih, weight_hh, bias_ih, bias_hh, flavour) -> None:
+    """Shapes are checked before any C loop indexes memory with them."""
     if flavour not in FLAVOURS:
         raise ValueError(f"gru flavour must be one of {FLAVOURS}, got {flavour!r}")
     if flavour == "keras" and bias_hh is not None:
         raise ValueError("the keras GRU flavour has one bias: pass it as bias_ih, bias_hh=None")
+    if x.dim() != 3:
+        raise ValueError(f"gru_sequence: x must be (batch, steps, inputs), got {tuple(x.shape)}")
+    u = int(weight_hh.shape[0]) // 3
+    _shape_error("weight_ih", weight_ih, (3 * u, int(x.shape[2])))
+    _shape_error("weight_hh", weight_hh, (3 * u, u))
+    _shape_error("bias_ih", bias_ih, (3 * u,))
+    _shape_error("bias_hh", bias_hh, (3 * u,))
 
 
 def gru_sequence_reference(
@@ -116,7 +129,7 @@ def gru_sequence_reference(
     h' = (1 − z) ⊙ n + z ⊙ h). flavour "keras": Keras 2.3.1 GRU with reset_after=False (rows
     z, r, n; one bias, passed as bias_ih; n = tanh(W_in x + b_n + W_hn (r ⊙ h)),
     h' = z ⊙ h + (1 − z) ⊙ n)."""
-    _check_flavour(flavour, bias_hh)
+    _check_gru(x, weight_ih, weight_hh, bias_ih, bias_hh, flavour)
     u = weight_hh.shape[1]
     gi = F.linear(x, weight_ih, bias_ih)
     h = x.new_zeros(x.shape[0], u)
@@ -227,7 +240,7 @@ def gru_sequence(
     (3u, I), (3u, u), biases (3u,) or None, laid out as `gru_sequence_reference` describes.
     Differentiable in x, weights and biases through the fused C kernels (CPU float32), else
     (or with native=False) through the reference's torch ops."""
-    _check_flavour(flavour, bias_hh)
+    _check_gru(x, weight_ih, weight_hh, bias_ih, bias_hh, flavour)
     if native and _native(x, weight_ih, weight_hh, bias_ih, bias_hh) and _lib() is not None:
         return _GRU.apply(
             x.contiguous(), weight_ih, weight_hh, bias_ih, bias_hh, bool(reverse), flavour
@@ -250,6 +263,29 @@ def _pool_same(length: int, pool: int) -> tuple[int, int]:
     """TensorFlow "same" padding of a max-pool with stride = size."""
     total = max(math.ceil(length / pool) * pool - length, 0)
     return total // 2, total - total // 2
+
+
+def _check_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int,
+    what: str,
+    channels: int | None = None,
+) -> None:
+    """x (B, G·C, L) with a grouped weight (G·O, C, k) and bias (G·O,), checked before any C loop
+    indexes memory with these sizes (`channels`: C when the pointwise half follows the
+    depthwise one, whose output has x's channel count)."""
+    if x.dim() != 3 or weight.dim() != 3 or groups < 1:
+        raise ValueError(f"{what}: expected x (B, C, L) and a (O, C, k) weight, got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}, groups={groups}")  # fmt: skip
+    total = int(x.shape[1])
+    per_group = total // groups if channels is None else channels
+    if total != groups * per_group or int(weight.shape[1]) != per_group or weight.shape[0] % groups:
+        raise ValueError(f"{what}: shape {tuple(weight.shape)} does not fit {total} input "
+                         f"channels in {groups} groups")  # fmt: skip
+    _shape_error(f"{what} bias", bias, (int(weight.shape[0]),))
 
 
 def _stage_length(x: torch.Tensor, upsample: int, crop: tuple[int, int]) -> int:
@@ -376,9 +412,14 @@ def separable_stage(
     """The separable stage `separable_stage_reference` defines, differentiable in x and all
     weights, forward and backward as one fused C call each (CPU float32), else (or with
     native=False) through the reference's torch ops."""
+    _check_conv(x, depthwise, None, groups=int(x.shape[1]) if x.dim() == 3 else 1, what="depthwise")
+    _check_conv(x, pointwise, bias, groups=groups, what="pointwise",
+                channels=int(pointwise.shape[1]) if groups else 0)  # fmt: skip
+    if depthwise.shape[0] != x.shape[1] or pointwise.shape[-1] != 1:
+        raise ValueError(f"separable stage: depthwise {tuple(depthwise.shape)} must have one row "
+                         f"per input channel, pointwise {tuple(pointwise.shape)} kernel 1")  # fmt: skip
     if (
         native
-        and x.dim() == 3
         and _native(x, depthwise, pointwise, bias)
         and _lib() is not None
     ):
@@ -478,6 +519,7 @@ def same_conv(
     """The conv `same_conv_reference` defines, differentiable in x, weight and bias, forward and
     backward as one C call each (CPU float32), else (or with native=False) through torch."""
     pad = _same(int(weight.shape[-1])) if padding is None else (int(padding[0]), int(padding[1]))
-    if native and x.dim() == 3 and _native(x, weight, bias) and _lib() is not None:
+    _check_conv(x, weight, bias, groups=groups, what="weight")
+    if native and _native(x, weight, bias) and _lib() is not None:
         return _Conv.apply(x.contiguous(), weight, bias, int(groups), pad)
     return same_conv_reference(x, weight, bias, groups=groups, padding=pad)
