@@ -157,7 +157,7 @@ def make_step(
         loss = sum(w * loss_fn(o, t) for w, o, t in zip(LOSS_WEIGHTS, outs, targets))
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -222,7 +222,8 @@ def time_steps(fns: dict[str, Callable], passes: int, block: int, batch: int) ->
     for fn in fns.values():
         fn(x, targets)  # warm-up: kernel build, allocator, oneDNN primitives
     times = {c: {k: [] for k in fns} for c in ("wall", "cpu")}
-    for _ in range(passes):
+    for i in range(passes):
+        print(f"pass {i + 1}/{passes}", flush=True)
         for key, fn in fns.items():
             fn(x, targets)  # untimed: re-warm caches after the previous candidate
             for _ in range(block):

@@ -34,7 +34,8 @@
 #endif
 
 #define LANES 16
-#define TILE 256
+#define TILE 256 /* a multiple of BLK */
+#define BLK 32
 
 /* sum of a[t] b[t] in 16 independent partial sums: vectorises without reassociating floats */
 static inline float dot(const float *a, const float *b, int n)
@@ -121,7 +122,7 @@ static inline void depthwise_tile(float *dt, float *useg, const float *xg, const
     const int span = n + kernel - 1;
     for (int c = 0; c < C; ++c) {
         const float *xc = xg + (size_t)c * length_in;
-        float *us = useg + (size_t)c * (TILE + kernel - 1);
+        float *us = useg + (size_t)c * (TILE + kernel - 1 + BLK);
         int i = 0, t = t0 - left; /* t: index into u */
         for (; i < span && t < 0; ++i, ++t) us[i] = 0.0f;
         const int m = (L - t < span - i) ? L - t : span - i; /* samples of u in this tile */
@@ -132,11 +133,14 @@ static inline void depthwise_tile(float *dt, float *useg, const float *xg, const
         for (; i < span; ++i) us[i] = 0.0f;
         const float *w = dwg + (size_t)c * kernel;
         float *dc = dt + (size_t)c * TILE;
-        for (int i = 0; i < n; ++i) dc[i] = w[0] * us[i];
-        for (int j = 1; j < kernel; ++j) {
-            const float wj = w[j];
-            const float *uj = us + j;
-            for (int i = 0; i < n; ++i) dc[i] += wj * uj[i];
+        for (int i0 = 0; i0 < n; i0 += BLK) { /* us is readable BLK past the span */
+            float acc[BLK] = {0};
+            for (int j = 0; j < kernel; ++j) {
+                const float wj = w[j];
+                const float *uj = us + i0 + j;
+                for (int i = 0; i < BLK; ++i) acc[i] += wj * uj[i];
+            }
+            memcpy(dc + i0, acc, sizeof(acc)); /* dt rows hold TILE, a multiple of BLK */
         }
     }
 }
@@ -148,8 +152,8 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                 int pool, int pool_left, int b0, int b1, int pooled)
 {
     const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
-    float *useg = malloc(sizeof(float) * (size_t)C * (TILE + kernel - 1));
-    float *dt = malloc(sizeof(float) * (size_t)C * TILE);
+    float *useg = calloc((size_t)C * (TILE + kernel - 1 + BLK), sizeof(float));
+    float *dt = calloc((size_t)C * TILE, sizeof(float));
     float *y = pool > 1 ? malloc(sizeof(float) * (size_t)O * L) : NULL;
     (void)batch;
     (void)d;
@@ -171,14 +175,18 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                     const float *w = pw + (size_t)(g * O + o) * C;
                     const float bo = bias ? bias[g * O + o] : 0.0f;
                     float *r = yg + (size_t)o * L + t0;
-                    for (int t = 0; t < n; ++t) r[t] = bo;
-                    for (int c = 0; c < C; ++c) {
-                        const float wc = w[c];
-                        const float *dc = dt + (size_t)c * TILE;
-                        for (int t = 0; t < n; ++t) r[t] += wc * dc[t];
+                    for (int i0 = 0; i0 < n; i0 += BLK) {
+                        float acc[BLK];
+                        for (int i = 0; i < BLK; ++i) acc[i] = bo;
+                        for (int c = 0; c < C; ++c) {
+                            const float wc = w[c];
+                            const float *dc = dt + (size_t)c * TILE + i0;
+                            for (int i = 0; i < BLK; ++i) acc[i] += wc * dc[i];
+                        }
+                        if (relu && pool == 1)
+                            for (int i = 0; i < BLK; ++i) acc[i] = acc[i] > 0.0f ? acc[i] : 0.0f;
+                        memcpy(r + i0, acc, sizeof(float) * (size_t)(n - i0 < BLK ? n - i0 : BLK));
                     }
-                    if (relu && pool == 1)
-                        for (int t = 0; t < n; ++t) r[t] = r[t] > 0.0f ? r[t] : 0.0f;
                 }
             }
             if (pool == 1) continue;
@@ -221,10 +229,11 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *d
     const int padded = L + kernel - 1;
     float *u = calloc((size_t)padded, sizeof(float));
     float *gu = malloc(sizeof(float) * (size_t)padded);
-    float *gy = malloc(sizeof(float) * (size_t)O * L);
-    float *gd = malloc(sizeof(float) * (size_t)C * L);
-    float *useg = malloc(sizeof(float) * (size_t)C * (TILE + kernel - 1));
-    float *dt = malloc(sizeof(float) * (size_t)C * TILE);
+    const size_t gys = (size_t)L + BLK, gds = (size_t)L + kernel - 1 + 2 * BLK;
+    float *gy = calloc((size_t)O * gys, sizeof(float)); /* zero past L */
+    float *gd = calloc((size_t)C * gds, sizeof(float)); /* zero around the L samples */
+    float *useg = calloc((size_t)C * (TILE + kernel - 1 + BLK), sizeof(float));
+    float *dt = calloc((size_t)C * TILE, sizeof(float));
     (void)batch;
     (void)pool_left;
     (void)d;
@@ -243,7 +252,7 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *d
             const float *xg = x + ((size_t)b * GC + (size_t)g * C) * length_in;
             /* gy = dL/dy through pooling and ReLU */
             for (int o = 0; o < O; ++o) {
-                float *r = gy + (size_t)o * L;
+                float *r = gy + (size_t)o * gys;
                 if (pool == 1) {
                     const float *go = gout + (orow + o) * L, *a = out + (orow + o) * L;
                     if (relu)
@@ -265,33 +274,55 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *d
                 const int n = L - t0 < TILE ? L - t0 : TILE;
                 depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
                                crop_left, kernel, left, t0, n);
-                for (int c = 0; c < C; ++c) memset(gd + (size_t)c * L + t0, 0, sizeof(float) * n);
-                for (int o = 0; o < O; ++o) {
-                    const float *r = gy + (size_t)o * L + t0;
-                    const float *w = pw + (size_t)(g * O + o) * C;
+                for (int o = 0; o < O; ++o) { /* gpw[o, c] += gy[o] . d[c], 4 channels at once */
+                    const float *r = gy + (size_t)o * gys + t0;
                     float *gw = gpw + (size_t)(g * O + o) * C;
-                    for (int c = 0; c < C; ++c) {
-                        gw[c] += dot(r, dt + (size_t)c * TILE, n);
-                        const float wc = w[c];
-                        float *q = gd + (size_t)c * L + t0;
-                        for (int t = 0; t < n; ++t) q[t] += wc * r[t];
+                    int c = 0;
+                    for (; c + 4 <= C; c += 4) {
+                        float acc[4][LANES] = {{0}};
+                        const float *d0 = dt + (size_t)c * TILE;
+                        for (int i0 = 0; i0 < n; i0 += LANES) /* dt and gy are zero past n */
+                            for (int q = 0; q < 4; ++q)
+                                for (int i = 0; i < LANES; ++i)
+                                    acc[q][i] += r[i0 + i] * d0[(size_t)q * TILE + i0 + i];
+                        for (int q = 0; q < 4; ++q) {
+                            float sq = 0.0f;
+                            for (int i = 0; i < LANES; ++i) sq += acc[q][i];
+                            gw[c + q] += sq;
+                        }
+                    }
+                    for (; c < C; ++c) gw[c] += dot(r, dt + (size_t)c * TILE, n);
+                }
+                for (int c = 0; c < C; ++c) { /* gd[c] = sum_o pw[o, c] gy[o] */
+                    float *q = gd + (size_t)c * gds + (kernel - 1) + t0;
+                    for (int i0 = 0; i0 < n; i0 += BLK) {
+                        float acc[BLK] = {0};
+                        for (int o = 0; o < O; ++o) {
+                            const float wc = pw[(size_t)(g * O + o) * C + c];
+                            const float *r = gy + (size_t)o * gys + t0 + i0;
+                            for (int i = 0; i < BLK; ++i) acc[i] += wc * r[i];
+                        }
+                        memcpy(q + i0, acc, sizeof(float) * (size_t)(n - i0 < BLK ? n - i0 : BLK));
                     }
                 }
             }
-            /* depthwise: gdw += gd (x) u, gu = gd (*) w flipped, then back through the
-             * crop and the upsampling */
+            /* depthwise: gdw[c, j] += gd[c] . u[c, j:], gu[s] = sum_j w[j] gd[s - j] (gd rows
+             * carry k - 1 zeros before and BLK after), then back through crop and upsampling */
             for (int c = 0; c < C; ++c) {
                 const int ch = g * C + c;
                 const float *xc = x + ((size_t)b * GC + ch) * length_in;
                 const float *w = dw + (size_t)ch * kernel;
-                const float *q = gd + (size_t)c * L;
+                const float *q = gd + (size_t)c * gds + (kernel - 1);
                 upsample_row(u + left, xc, crop_left, L, up);
-                memset(gu, 0, sizeof(float) * (size_t)padded);
-                for (int j = 0; j < kernel; ++j) {
-                    gdw[(size_t)ch * kernel + j] += dot(q, u + j, L);
-                    const float wj = w[j];
-                    float *gj = gu + j;
-                    for (int t = 0; t < L; ++t) gj[t] += wj * q[t];
+                for (int j = 0; j < kernel; ++j) gdw[(size_t)ch * kernel + j] += dot(q, u + j, L);
+                for (int s0 = 0; s0 < padded; s0 += BLK) {
+                    float acc[BLK] = {0};
+                    for (int j = 0; j < kernel; ++j) {
+                        const float wj = w[j];
+                        const float *r = q + s0 - j;
+                        for (int i = 0; i < BLK; ++i) acc[i] += wj * r[i];
+                    }
+                    memcpy(gu + s0, acc, sizeof(float) * (size_t)(padded - s0 < BLK ? padded - s0 : BLK));
                 }
                 float *gxc = gx + ((size_t)b * GC + ch) * length_in;
                 memset(gxc, 0, sizeof(float) * (size_t)length_in);
