@@ -2,6 +2,7 @@
 process, with the fused training kernels (feq_lab.models.kernels.autograd) on and off.
 
     python bench/training.py [--passes 4] [--block 2] [--kernels both|on|off] [--epoch]
+    python bench/training.py --kernels-only [--threads 1]   # each kernel vs torch autograd
 
 A train step is what the lab's training loop does per batch: batch 32 of (3, 6000) windows,
 forward (logits), weighted BCE against random targets, backward, Adam step, with
@@ -71,9 +72,14 @@ class KernelGRU(nn.Module):
             if self.keras:
                 b_ih, b_hh, flavour = getattr(self.inner, f"bias{sfx}"), None, "keras"
             else:
-                b_ih, b_hh = getattr(self.inner, f"bias_ih{sfx}"), getattr(self.inner, f"bias_hh{sfx}")
+                b_ih, b_hh = (
+                    getattr(self.inner, f"bias_ih{sfx}"),
+                    getattr(self.inner, f"bias_hh{sfx}"),
+                )
                 flavour = "torch"
-            outs.append(ka.gru_sequence(x, w_ih, w_hh, b_ih, b_hh, reverse=reverse, flavour=flavour))
+            outs.append(
+                ka.gru_sequence(x, w_ih, w_hh, b_ih, b_hh, reverse=reverse, flavour=flavour)
+            )
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)), None
 
     def _directions(self) -> int:
@@ -212,7 +218,9 @@ def check_adapter(presets: Sequence[str]) -> None:
             for a, b in grads
             if b is not None
         )
-        print(f"adapter check {name}: max rel. error logits {err_out:.1e}, gradients {err_grad:.1e}")
+        print(
+            f"adapter check {name}: max rel. error logits {err_out:.1e}, gradients {err_grad:.1e}"
+        )
 
 
 def time_steps(fns: dict[str, Callable], passes: int, block: int, batch: int) -> dict:
@@ -237,7 +245,9 @@ def time_steps(fns: dict[str, Callable], passes: int, block: int, batch: int) ->
 def report(label: str, times: dict[str, list[float]]) -> dict[str, float]:
     p50 = {k: float(np.median(v)) for k, v in times.items()}
     peer = p50.get(PEER)
-    print(f"\n{label}\n{'candidate':14s} {'ms':>9s} {'× our EQT':>10s} {'× peer':>8s} {'on/off':>7s}")
+    print(
+        f"\n{label}\n{'candidate':14s} {'ms':>9s} {'× our EQT':>10s} {'× peer':>8s} {'on/off':>7s}"
+    )
     for key, value in p50.items():
         name, _, mode = key.partition(" ")
         eqt = p50.get(f"eqt {mode}") or p50.get("eqt off") or p50.get("eqt on")
@@ -261,10 +271,11 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> tuple[float, float, 
     data_cfg = OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml")
     quick = OmegaConf.load(CONF_DIR / "experiment" / "quick.yaml")
     n_eq, n_noise = int(quick.data.n_earthquakes), int(quick.data.n_noise)
-    fns = candidates(["feq3"], [mode])
-    step = next(iter(fns.values()))
+    step = candidates(["feq3"], [mode])[f"feq3 {mode}"]
     with tempfile.TemporaryDirectory() as tmp:
-        make_synthetic_subset(tmp, n_eq, n_noise, seed=int(data_cfg.seed), split=dict(data_cfg.split))
+        make_synthetic_subset(
+            tmp, n_eq, n_noise, seed=int(data_cfg.seed), split=dict(data_cfg.split)
+        )
         dm = SteadDataModule(
             tmp, batch_size=batch, augment=OmegaConf.to_container(data_cfg.augment), seed=0
         )
@@ -281,6 +292,84 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> tuple[float, float, 
     return samples / elapsed, batch / (float(np.median(pure)) / 1e3), n
 
 
+def kernel_cases(batch: int) -> dict[str, tuple[Callable, Callable]]:
+    """(kernel, torch) forward + backward of each kernel on FEQ3's training shapes."""
+    g = torch.Generator().manual_seed(0)
+
+    def leaf(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(*shape, generator=g)).requires_grad_()
+
+    def fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        return lambda: fn().square().sum().backward()
+
+    cases: dict[str, tuple[Callable, Callable]] = {}
+    x, u = leaf(batch, 56, 16), 16
+    w_ih, w_hh, b_ih, b_hh = (
+        leaf(3 * u, 16, scale=0.3),
+        leaf(3 * u, u, scale=0.3),
+        leaf(3 * u),
+        leaf(3 * u),
+    )
+    gru = nn.GRU(16, u, batch_first=True)
+    for flavour, b2 in (("torch", b_hh), ("keras", None)):
+        cases[f"GRU {flavour} (B,56,16)->16"] = (
+            fwd_bwd(lambda f=flavour, b=b2: ka.gru_sequence(x, w_ih, w_hh, b_ih, b, reverse=False, flavour=f)),
+            fwd_bwd(lambda f=flavour, b=b2: ka.gru_sequence_reference(x, w_ih, w_hh, b_ih, b, reverse=False, flavour=f)),
+        )  # fmt: skip
+    cases["  (nn.GRU, same shapes)"] = (
+        cases["GRU torch (B,56,16)->16"][0],
+        fwd_bwd(lambda: gru(x)[0]),
+    )
+    stages = [(3, 8, 11, 3), (8, 16, 9, 3), (16, 16, 7, 3), (16, 16, 7, 2), (16, 32, 5, 2)]
+    xe = leaf(batch, 3, 6000)
+    weights = [(leaf(c, 1, k), leaf(o, c, 1), leaf(o), p) for c, o, k, p in stages]
+
+    def encoder(native: bool) -> torch.Tensor:
+        y = xe
+        for dw, pw, b, p in weights:
+            y = ka.separable_stage(y, dw, pw, b, pool=p, native=native)
+        return y
+
+    cases["FEQ3 encoder (5 stages)"] = (
+        fwd_bwd(lambda: encoder(True)),
+        fwd_bwd(lambda: encoder(False)),
+    )
+    xd, dw, pw, b = leaf(batch, 48, 2000), leaf(48, 1, 7), leaf(24, 16, 1), leaf(24)
+    opts = {"groups": 3, "upsample": 3}
+    cases["decoder stage 2000->6000 x3"] = (
+        fwd_bwd(lambda: ka.separable_stage(xd, dw, pw, b, **opts)),
+        fwd_bwd(lambda: ka.separable_stage(xd, dw, pw, b, native=False, **opts)),
+    )
+    xh, wh, bh = leaf(batch, 24, 6000), leaf(3, 8, 11), leaf(3)
+    cases["decoder heads 8->1 k11 x3"] = (
+        fwd_bwd(lambda: ka.same_conv(xh, wh, bh, groups=3)),
+        fwd_bwd(lambda: ka.same_conv(xh, wh, bh, groups=3, native=False)),
+    )
+    return cases
+
+
+def bench_kernels(batch: int, repeats: int) -> None:
+    cases = kernel_cases(batch)
+    fns = {
+        f"{name}|{side}": fn
+        for name, pair in cases.items()
+        for side, fn in zip(("kernel", "torch"), pair)
+    }
+    for fn in fns.values():
+        fn()
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.process_time()
+            fn()
+            cpu[key].append((time.process_time() - start) * 1e3)
+    print(f"\nkernels, forward + backward, batch {batch}, process CPU ms (median of {repeats})")
+    print(f"{'case':30s} {'kernel':>8s} {'torch':>8s} {'speedup':>8s}")
+    for name in cases:
+        k, t = (float(np.median(cpu[f"{name}|{side}"])) for side in ("kernel", "torch"))
+        print(f"{name:30s} {k:8.2f} {t:8.2f} {t / k:8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passes", type=int, default=4, help="round-robin passes")
@@ -291,8 +380,12 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--epoch", action="store_true", help="also time a quick-experiment epoch")
     parser.add_argument("--epoch-batches", type=int, default=None, help="cap the epoch's batches")
+    parser.add_argument("--kernels-only", action="store_true", help="only the per-kernel table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.kernels_only:
+        bench_kernels(args.batch, max(args.passes, 3))
+        return
     modes = ("off", "on") if args.kernels == "both" else (args.kernels,)
     if "on" in modes and not ka.available():
         print("the C kernels are unavailable here (no compiler or FEQ_LAB_NO_KERNELS): "

@@ -65,7 +65,9 @@ def test_kernels_build_here():
 
 @pytest.mark.parametrize("flavour", ["torch", "keras"])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize(("batch", "steps", "inputs", "hidden"), [(3, 7, 5, 4), (2, 19, 16, 16), (1, 1, 3, 2)])
+@pytest.mark.parametrize(
+    ("batch", "steps", "inputs", "hidden"), [(3, 7, 5, 4), (2, 19, 16, 16), (1, 1, 3, 2)]
+)
 def test_gru_sequence_matches_reference(flavour, reverse, batch, steps, inputs, hidden):
     params = _gru_params(batch, steps, inputs, hidden, flavour)
     _compare(
@@ -82,8 +84,15 @@ def test_gru_torch_flavour_is_nn_gru():
     expected = rnn(x)[0]
     got = torch.cat(
         [
-            ka.gru_sequence(x, *(getattr(rnn, f"{n}{s}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
-                            reverse=rev, flavour="torch")  # fmt: skip
+            ka.gru_sequence(
+                x,
+                *(
+                    getattr(rnn, f"{n}{s}")
+                    for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                ),
+                reverse=rev,
+                flavour="torch",
+            )
             for rev, s in ((False, "_l0"), (True, "_l0_reverse"))
         ],
         dim=-1,
@@ -95,7 +104,10 @@ def test_gru_keras_flavour_is_the_keras_cell():
     """Two steps of Keras 2.3.1's GRU (reset_after=False, rows z, r, n, one bias), written out."""
     g = torch.Generator().manual_seed(2)
     u, x = 3, torch.randn(1, 2, 4, generator=g, dtype=torch.float64)
-    w_ih, w_hh = torch.randn(3 * u, 4, generator=g).double(), torch.randn(3 * u, u, generator=g).double()
+    w_ih, w_hh = (
+        torch.randn(3 * u, 4, generator=g).double(),
+        torch.randn(3 * u, u, generator=g).double(),
+    )
     b = torch.randn(3 * u, generator=g).double()
     h = torch.zeros(u, dtype=torch.float64)
     expected = []
@@ -108,7 +120,9 @@ def test_gru_keras_flavour_is_the_keras_cell():
         expected.append(h)
     ref = ka.gru_sequence_reference(x, w_ih, w_hh, b, None, reverse=False, flavour="keras")
     torch.testing.assert_close(ref[0], torch.stack(expected))
-    got = ka.gru_sequence(x.float(), w_ih.float(), w_hh.float(), b.float(), None, reverse=False, flavour="keras")
+    got = ka.gru_sequence(
+        x.float(), w_ih.float(), w_hh.float(), b.float(), None, reverse=False, flavour="keras"
+    )
     torch.testing.assert_close(got[0].double(), torch.stack(expected), rtol=1e-5, atol=1e-6)
 
 
@@ -145,8 +159,12 @@ STAGES = [
 ]
 
 
-@pytest.mark.parametrize(("batch", "groups", "channels", "outputs", "length", "kernel", "up", "crop", "pool"), STAGES)
-def test_separable_stage_matches_reference(batch, groups, channels, outputs, length, kernel, up, crop, pool):
+@pytest.mark.parametrize(
+    ("batch", "groups", "channels", "outputs", "length", "kernel", "up", "crop", "pool"), STAGES
+)
+def test_separable_stage_matches_reference(
+    batch, groups, channels, outputs, length, kernel, up, crop, pool
+):
     g = torch.Generator().manual_seed(3)
     params = [
         torch.randn(batch, groups * channels, length, generator=g),
@@ -154,7 +172,7 @@ def test_separable_stage_matches_reference(batch, groups, channels, outputs, len
         torch.randn(groups * outputs, channels, 1, generator=g),
         torch.randn(groups * outputs, generator=g),
     ]
-    opts = dict(groups=groups, upsample=up, crop=crop, pool=pool)
+    opts = {"groups": groups, "upsample": up, "crop": crop, "pool": pool}
     _compare(
         lambda *p: ka.separable_stage(*p, **opts),
         lambda *p: ka.separable_stage_reference(*p, **opts),
@@ -164,8 +182,12 @@ def test_separable_stage_matches_reference(batch, groups, channels, outputs, len
 
 def test_separable_stage_without_bias_or_relu():
     g = torch.Generator().manual_seed(4)
-    x, dw, pw = torch.randn(2, 4, 40, generator=g), torch.randn(4, 1, 3, generator=g), torch.randn(6, 4, 1, generator=g)
-    opts = dict(relu=False, pool=2, upsample=2, crop=(1, 0))
+    x, dw, pw = (
+        torch.randn(2, 4, 40, generator=g),
+        torch.randn(4, 1, 3, generator=g),
+        torch.randn(6, 4, 1, generator=g),
+    )
+    opts = {"relu": False, "pool": 2, "upsample": 2, "crop": (1, 0)}
     _compare(
         lambda x, dw, pw: ka.separable_stage(x, dw, pw, None, **opts),
         lambda x, dw, pw: ka.separable_stage_reference(x, dw, pw, None, **opts),
@@ -175,7 +197,12 @@ def test_separable_stage_without_bias_or_relu():
 
 @pytest.mark.parametrize(
     ("batch", "groups", "channels", "outputs", "length", "kernel", "padding"),
-    [(2, 3, 8, 1, 200, 11, None), (2, 1, 5, 3, 37, 4, None), (3, 2, 4, 6, 50, 3, (0, 0)), (1, 1, 3, 2, 20, 5, (4, 1))],
+    [
+        (2, 3, 8, 1, 200, 11, None),
+        (2, 1, 5, 3, 37, 4, None),
+        (3, 2, 4, 6, 50, 3, (0, 0)),
+        (1, 1, 3, 2, 20, 5, (4, 1)),
+    ],
 )
 def test_same_conv_matches_reference(batch, groups, channels, outputs, length, kernel, padding):
     g = torch.Generator().manual_seed(5)
@@ -228,7 +255,9 @@ def _all_kernel_outputs(**kw) -> list[torch.Tensor]:
               torch.randn(6, 2, 1, generator=g).requires_grad_(), torch.randn(6, generator=g).requires_grad_()]  # fmt: skip
     y = ka.separable_stage(*params, groups=2, upsample=2, crop=(1, 1), pool=2, **kw)
     out += [y, *torch.autograd.grad(y.sum(), params)]
-    y = ka.same_conv(*params[:1], torch.randn(4, 2, 5, generator=g).requires_grad_(), None, groups=2, **kw)
+    y = ka.same_conv(
+        *params[:1], torch.randn(4, 2, 5, generator=g).requires_grad_(), None, groups=2, **kw
+    )
     out += [y, *torch.autograd.grad(y.sum(), params[:1])]
     return out
 
