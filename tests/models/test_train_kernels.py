@@ -1,6 +1,7 @@
 """Differentiable training kernels (feq_lab.models.kernels.autograd): outputs and gradients equal
 autograd through the torch references (float64), both GRU flavours and directions, encoder and
-decoder separable stages, the dense head conv; fallbacks compute the same."""
+decoder separable stages, the dense head conv, additive attention scores; fallbacks compute the
+same."""
 
 from __future__ import annotations
 
@@ -218,6 +219,19 @@ def test_same_conv_matches_reference(batch, groups, channels, outputs, length, k
     )
 
 
+@pytest.mark.parametrize(
+    ("batch", "steps", "keys", "units"), [(2, 7, 7, 5), (3, 56, 56, 32), (1, 13, 20, 17)]
+)
+def test_additive_scores_match_reference(batch, steps, keys, units):
+    g = torch.Generator().manual_seed(10)
+    params = [
+        2.0 * torch.randn(batch, steps, units, generator=g),  # saturating tanh too
+        2.0 * torch.randn(batch, keys, units, generator=g),
+        torch.randn(units, generator=g),
+    ]
+    _compare(ka.additive_scores, ka.additive_scores_reference, params)
+
+
 def test_thread_split_gives_the_same_result():
     """Large enough to be split over threads: same outputs and gradients as one thread."""
     g = torch.Generator().manual_seed(6)
@@ -259,6 +273,10 @@ def _all_kernel_outputs(**kw) -> list[torch.Tensor]:
         *params[:1], torch.randn(4, 2, 5, generator=g).requires_grad_(), None, groups=2, **kw
     )
     out += [y, *torch.autograd.grad(y.sum(), params[:1])]
+    params = [torch.randn(2, 5, 3, generator=g).requires_grad_() for _ in range(2)]
+    params.append(torch.randn(3, generator=g).requires_grad_())
+    y = ka.additive_scores(*params, **kw)
+    out += [y, *torch.autograd.grad(y.sum(), params)]
     return out
 
 

@@ -66,6 +66,10 @@ def _lib() -> ctypes.CDLL | None:
     lib.feq_conv_fwd.argtypes = [ptr] * 4 + [i32] * 10
     lib.feq_conv_bwd.restype = ctypes.c_int
     lib.feq_conv_bwd.argtypes = [ptr] * 6 + [i32] * 10
+    lib.feq_attn_fwd.restype = None
+    lib.feq_attn_fwd.argtypes = [ptr] * 4 + [i32] * 6
+    lib.feq_attn_bwd.restype = None
+    lib.feq_attn_bwd.argtypes = [ptr] * 7 + [i32] * 6
     return lib
 
 
@@ -532,3 +536,72 @@ def same_conv(
     if native and _native(x, weight, bias) and _lib() is not None:
         return _Conv.apply(x.contiguous(), weight, bias, int(groups), pad)
     return same_conv_reference(x, weight, bias, groups=groups, padding=pad)
+
+
+# --------------------------------------------------------------------------------------------
+# Additive attention scores (the global transformer's attention)
+
+
+def additive_scores_reference(
+    q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """e[b, t, s] = Σ_u weight[u]·tanh(q[b, t, u] + k[b, s, u]): keras-self-attention's additive
+    score before its bias (which a softmax over s drops). q (B, T, U), k (B, S, U), weight (U,)."""
+    return torch.matmul(torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)), weight)
+
+
+class _Scores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, weight):  # type: ignore[override]
+        lib = _lib()
+        batch, steps, units = q.shape
+        keys = int(k.shape[1])
+        kt = k.transpose(1, 2).contiguous()
+        w = weight.contiguous()
+        e = q.new_empty(batch, steps, keys)
+        dims = (batch, steps, keys, units)
+        if e.numel():
+            ptrs = (q.data_ptr(), kt.data_ptr(), w.data_ptr(), e.data_ptr())
+            _parallel(
+                lambda _, b0, b1: lib.feq_attn_fwd(*ptrs, *dims, b0, b1), batch, e.numel() * units
+            )
+        ctx.save_for_backward(q, kt, w)
+        return e
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_e):  # type: ignore[override]
+        q, kt, w = ctx.saved_tensors
+        lib = _lib()
+        batch, steps, units = q.shape
+        keys = int(kt.shape[2])
+        grad_e = grad_e.contiguous()
+        dq, dkt = torch.zeros_like(q), torch.zeros_like(kt)
+        work = batch * steps * keys * units
+        chunks = _chunks(batch, work)
+        dw = q.new_zeros(chunks, units)
+        if grad_e.numel():
+            ptrs = (q.data_ptr(), kt.data_ptr(), w.data_ptr(), grad_e.data_ptr(), dq.data_ptr(),
+                    dkt.data_ptr())  # fmt: skip
+
+            def run(chunk: int, b0: int, b1: int) -> None:
+                lib.feq_attn_bwd(*ptrs, dw[chunk].data_ptr(), batch, steps, keys, units, b0, b1)
+
+            _parallel(run, batch, work)
+        return dq, dkt.transpose(1, 2), dw.sum(0)
+
+
+def additive_scores(
+    q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor, *, native: bool = True
+) -> torch.Tensor:
+    """The scores `additive_scores_reference` defines, differentiable in q, k and weight, without
+    the (B, T, S, U) tensor: one C call each way (CPU float32), else (or with native=False)
+    through the reference's torch ops."""
+    weight = weight.reshape(-1)
+    if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"additive scores: q (B, T, U) and k (B, S, U), got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}")  # fmt: skip
+    _shape_error("additive scores weight", weight, (int(q.shape[2]),))
+    if native and _native(q, k, weight) and _lib() is not None:
+        return _Scores.apply(q.contiguous(), k, weight)
+    return additive_scores_reference(q, k, weight)
