@@ -275,6 +275,7 @@ def report(label: str, times: dict[str, list[float]]) -> dict[str, float]:
     print(
         f"\n{label}\n{'candidate':14s} {'ms':>9s} {'× our EQT':>10s} {'× peer':>8s} {'on/off':>7s}"
     )
+    # × our EQT: against our EQT in the same kernel mode; on/off: against the same preset "off"
     for key, value in p50.items():
         name, _, mode = key.partition(" ")
         eqt = p50.get(f"eqt {mode}") or p50.get("eqt off") or p50.get("eqt on")
