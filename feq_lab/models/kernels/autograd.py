@@ -59,9 +59,9 @@ def _lib() -> ctypes.CDLL | None:
     lib.feq_gru_train_bwd.restype = None
     lib.feq_gru_train_bwd.argtypes = [ptr] * 7 + [i32] * 7
     lib.feq_sep_fwd.restype = ctypes.c_int
-    lib.feq_sep_fwd.argtypes = [ptr] * 7 + [i32] * 16
+    lib.feq_sep_fwd.argtypes = [ptr] * 6 + [i32] * 16
     lib.feq_sep_bwd.restype = ctypes.c_int
-    lib.feq_sep_bwd.argtypes = [ptr] * 11 + [i32] * 16
+    lib.feq_sep_bwd.argtypes = [ptr] * 10 + [i32] * 16
     lib.feq_conv_fwd.restype = ctypes.c_int
     lib.feq_conv_fwd.argtypes = [ptr] * 4 + [i32] * 10
     lib.feq_conv_bwd.restype = ctypes.c_int
@@ -356,28 +356,27 @@ class _Separable(torch.autograd.Function):
         pool_left = _pool_same(length, pool)[0] if pool > 1 else 0
         dw, pw = depthwise.contiguous(), pointwise.contiguous()
         b = None if bias is None else bias.contiguous()
-        d = x.new_empty(0)  # the kernels recompute the depthwise output in backward
         out = x.new_empty(batch, groups * outputs, pooled)
         idx = torch.empty(out.shape, dtype=torch.int32) if pool > 1 else None
         dims = (batch, groups, channels, outputs, length_in, upsample, crop[0], length, kernel,
                 _same(kernel)[0], int(relu), pool, pool_left)  # fmt: skip
         if out.numel():
             ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), None if b is None else b.data_ptr(),
-                    d.data_ptr(), out.data_ptr(), None if idx is None else idx.data_ptr())  # fmt: skip
+                    out.data_ptr(), None if idx is None else idx.data_ptr())  # fmt: skip
 
             def run(_: int, b0: int, b1: int) -> None:
                 if lib.feq_sep_fwd(*ptrs, *dims, b0, b1, pooled) != 0:
                     raise MemoryError("separable stage kernel: out of memory")
 
             _parallel(run, batch, _stage_work(dims))
-        ctx.save_for_backward(x, dw, pw, d, out, idx)
+        ctx.save_for_backward(x, dw, pw, out, idx)  # depthwise output: recomputed
         ctx.dims, ctx.pooled, ctx.has_bias = dims, pooled, bias is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, dw, pw, d, out, idx = ctx.saved_tensors
+        x, dw, pw, out, idx = ctx.saved_tensors
         lib = _lib()
         dims, pooled = ctx.dims, ctx.pooled
         batch = dims[0]
@@ -388,7 +387,7 @@ class _Separable(torch.autograd.Function):
         gpw = x.new_zeros(chunks, *pw.shape)
         gbias = x.new_zeros(chunks, pw.shape[0])
         if out.numel():
-            ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), d.data_ptr(), out.data_ptr(),
+            ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), out.data_ptr(),
                     None if idx is None else idx.data_ptr(), grad_out.data_ptr(), gx.data_ptr())  # fmt: skip
 
             def run(chunk: int, b0: int, b1: int) -> None:

@@ -146,8 +146,8 @@ static inline void depthwise_tile(float *dt, float *useg, const float *xg, const
 }
 
 FEQ_CLONES
-int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *bias, float *d,
-                float *out, int *idx, int batch, int groups, int channels, int outputs,
+int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *bias, float *out,
+                int *idx, int batch, int groups, int channels, int outputs,
                 int length_in, int up, int crop_left, int length, int kernel, int left, int relu,
                 int pool, int pool_left, int b0, int b1, int pooled)
 {
@@ -156,7 +156,6 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
     float *dt = calloc((size_t)C * TILE, sizeof(float));
     float *y = pool > 1 ? malloc(sizeof(float) * (size_t)O * L) : NULL;
     (void)batch;
-    (void)d;
     if (!useg || !dt || (pool > 1 && !y)) {
         free(useg);
         free(dt);
@@ -219,8 +218,8 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
 }
 
 FEQ_CLONES
-int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *d,
-                const float *out, const int *idx, const float *gout, float *gx, float *gdw,
+int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *out,
+                const int *idx, const float *gout, float *gx, float *gdw,
                 float *gpw, float *gbias, int batch, int groups, int channels, int outputs,
                 int length_in, int up, int crop_left, int length, int kernel, int left, int relu,
                 int pool, int pool_left, int b0, int b1, int pooled)
@@ -236,7 +235,6 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *d
     float *dt = calloc((size_t)C * TILE, sizeof(float));
     (void)batch;
     (void)pool_left;
-    (void)d;
     if (!u || !gu || !gy || !gd || !useg || !dt) {
         free(u);
         free(gu);
