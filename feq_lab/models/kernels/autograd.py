@@ -1,0 +1,606 @@
+"""Differentiable fused kernels for TRAINING: C forward and backward, with a torch fallback.
+
+Why: a training step of the small presets is dominated by many small, memory-bound ops, not by
+FLOPs. PyTorch has no fused CPU GRU (its GRU is ~10 ATen ops per time step, and as many autograd
+nodes back); a separable conv stage is a chain of depthwise conv (slow on PyTorch's CPU),
+pointwise conv, ReLU and pooling, each a full pass over the signal forward and backward; and
+oneDNN runs thin dense convs such as the decoders' 8 → 1 channel heads at ~1 GMAC/s (backward
+worst). Measured on FEQ3's shapes (batch 32, one thread, forward + backward): GRU direction 2.7×
+faster than nn.GRU, 5× than the Keras-style cell in torch; the encoder's separable stages ~3×;
+a decoder's last stage ~8× the unfolded torch ops; the head ~8× oneDNN.
+
+- `gru_sequence`: one GRU direction, `nn.GRU` ("torch") or Keras 2.3.1 reset_after=False
+  ("keras") semantics (gru_train.c).
+- `separable_stage`: [upsample → crop → depthwise → pointwise + bias → ReLU → max-pool], the
+  encoder's and decoders' stages, several side by side with `groups` (sep_train.c).
+- `same_conv`: dense grouped conv with "same" padding, e.g. the decoders' heads (conv_train.c).
+
+Each is a `torch.autograd.Function` whose forward and backward are C loops (built with the other
+kernels, `feq_lab.models.kernels.library`), with large matrix products (the GRU's input
+projections and weight gradients) left to torch's GEMMs. The batch is split over
+`torch.get_num_threads()` threads (ctypes releases the GIL during a call); weight gradients are
+summed from per-thread copies.
+
+Each public function computes the same function as its `*_reference` twin written in plain torch
+ops; the twin runs instead (transparently) when the kernels are unavailable (no compiler,
+`FEQ_LAB_NO_KERNELS=1`), when `native=False` is passed, or for inputs the kernels do not cover
+(not CPU float32, e.g. CUDA or float64). Gradients equal autograd's through the reference up to
+float rounding (tests/models/test_train_kernels.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from feq_lab.models import kernels
+
+FLAVOURS = ("torch", "keras")
+# below this many multiply-adds per call a second thread costs more than it saves
+_PARALLEL_MIN_WORK = 200_000
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL | None:
+    """The kernel library with this module's entry points declared (None where unavailable)."""
+    lib = kernels.library()
+    if lib is None:
+        return None
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    lib.feq_gru_train_fwd.restype = None
+    lib.feq_gru_train_fwd.argtypes = [ptr] * 6 + [i32] * 7
+    lib.feq_gru_train_bwd.restype = None
+    lib.feq_gru_train_bwd.argtypes = [ptr] * 7 + [i32] * 7
+    lib.feq_sep_fwd.restype = ctypes.c_int
+    lib.feq_sep_fwd.argtypes = [ptr] * 6 + [i32] * 16
+    lib.feq_sep_bwd.restype = ctypes.c_int
+    lib.feq_sep_bwd.argtypes = [ptr] * 10 + [i32] * 16
+    lib.feq_conv_fwd.restype = ctypes.c_int
+    lib.feq_conv_fwd.argtypes = [ptr] * 4 + [i32] * 10
+    lib.feq_conv_bwd.restype = ctypes.c_int
+    lib.feq_conv_bwd.argtypes = [ptr] * 6 + [i32] * 10
+    lib.feq_attn_fwd.restype = None
+    lib.feq_attn_fwd.argtypes = [ptr] * 4 + [i32] * 6
+    lib.feq_attn_bwd.restype = None
+    lib.feq_attn_bwd.argtypes = [ptr] * 7 + [i32] * 6
+    return lib
+
+
+def available() -> bool:
+    """Whether the C kernels are built and loaded (otherwise everything runs the references)."""
+    return _lib() is not None
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="feq-kernel")
+
+
+def _parallel(fn: Callable[[int, int, int], None], batch: int, work: int) -> int:
+    """Run fn(chunk, b0, b1) over contiguous batch chunks, one per thread; returns the number of
+    chunks (callers reducing per-chunk partial sums need it before calling: `_chunks`)."""
+    chunks = _chunks(batch, work)
+    bounds = [batch * i // chunks for i in range(chunks + 1)]
+    if chunks == 1:
+        fn(0, 0, batch)
+        return 1
+    futures = [_pool(chunks - 1).submit(fn, i, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
+    fn(0, bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+    return chunks
+
+
+def _chunks(batch: int, work: int) -> int:
+    return max(1, min(torch.get_num_threads(), batch, work // _PARALLEL_MIN_WORK))
+
+
+def _native(*tensors: torch.Tensor | None) -> bool:
+    return all(t is None or (t.is_cpu and t.dtype == torch.float32) for t in tensors)
+
+
+# --------------------------------------------------------------------------------------------
+# GRU
+
+
+def _shape_error(what: str, tensor: torch.Tensor | None, expected: tuple[int, ...]) -> None:
+    if tensor is not None and tuple(tensor.shape) != expected:
+        raise ValueError(f"{what}: expected shape {expected}, got {tuple(tensor.shape)}")
+
+
+def _check_gru(x, weight_ih, weight_hh, bias_ih, bias_hh, flavour) -> None:
+    """Shapes are checked before any C loop indexes memory with them."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"gru flavour must be one of {FLAVOURS}, got {flavour!r}")
+    if flavour == "keras" and bias_hh is not None:
+        raise ValueError("the keras GRU flavour has one bias: pass it as bias_ih, bias_hh=None")
+    if x.dim() != 3:
+        raise ValueError(f"gru_sequence: x must be (batch, steps, inputs), got {tuple(x.shape)}")
+    u = int(weight_hh.shape[0]) // 3
+    _shape_error("weight_ih", weight_ih, (3 * u, int(x.shape[2])))
+    _shape_error("weight_hh", weight_hh, (3 * u, u))
+    _shape_error("bias_ih", bias_ih, (3 * u,))
+    _shape_error("bias_hh", bias_hh, (3 * u,))
+
+
+def gru_sequence_reference(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor | None,
+    bias_hh: torch.Tensor | None,
+    *,
+    reverse: bool,
+    flavour: str,
+) -> torch.Tensor:
+    """All hidden states (B, T, u) of one GRU direction from h0 = 0, in plain torch ops.
+
+    flavour "torch": nn.GRU (gate rows r, z, n; n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),
+    h' = (1 − z) ⊙ n + z ⊙ h). flavour "keras": Keras 2.3.1 GRU with reset_after=False (rows
+    z, r, n; one bias, passed as bias_ih; n = tanh(W_in x + b_n + W_hn (r ⊙ h)),
+    h' = z ⊙ h + (1 − z) ⊙ n)."""
+    _check_gru(x, weight_ih, weight_hh, bias_ih, bias_hh, flavour)
+    u = weight_hh.shape[1]
+    gi = F.linear(x, weight_ih, bias_ih)
+    h = x.new_zeros(x.shape[0], u)
+    steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+    out: list[torch.Tensor] = [h] * x.shape[1]
+    for t in steps:
+        g = gi[:, t]
+        if flavour == "torch":
+            gh = F.linear(h, weight_hh, bias_hh)
+            r = torch.sigmoid(g[:, :u] + gh[:, :u])
+            z = torch.sigmoid(g[:, u : 2 * u] + gh[:, u : 2 * u])
+            n = torch.tanh(g[:, 2 * u :] + r * gh[:, 2 * u :])
+            h = (1 - z) * n + z * h
+        else:
+            zr = torch.sigmoid(g[:, : 2 * u] + h @ weight_hh[: 2 * u].t())
+            z, r = zr[:, :u], zr[:, u:]
+            n = torch.tanh(g[:, 2 * u :] + (r * h) @ weight_hh[2 * u :].t())
+            h = z * h + (1 - z) * n
+        out[t] = h
+    return torch.stack(out, dim=1)
+
+
+class _GRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight_ih, weight_hh, bias_ih, bias_hh, reverse, flavour):  # type: ignore[override]
+        lib = _lib()
+        batch, steps, _ = x.shape
+        u = weight_hh.shape[1]
+        keras = int(flavour == "keras")
+        gi = F.linear(x, weight_ih, bias_ih).contiguous()
+        whh_t = weight_hh.t().contiguous()
+        bhh = torch.zeros(3 * u) if bias_hh is None else bias_hh.contiguous()
+        out = x.new_empty(batch, steps, u)
+        gates = x.new_empty(batch, steps, 3 * u)
+        aux = x.new_empty(batch, steps, u)
+        if out.numel():
+            ptrs = (gi.data_ptr(), whh_t.data_ptr(), bhh.data_ptr(), out.data_ptr(),
+                    gates.data_ptr(), aux.data_ptr())  # fmt: skip
+
+            def run(_: int, b0: int, b1: int) -> None:
+                lib.feq_gru_train_fwd(*ptrs, batch, steps, u, b0, b1, int(reverse), keras)
+
+            _parallel(run, batch, steps * 3 * u * u * batch)
+        ctx.save_for_backward(x, weight_ih, weight_hh, out, gates, aux)
+        ctx.reverse, ctx.keras = reverse, bool(keras)
+        ctx.biases = (bias_ih is not None, bias_hh is not None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight_ih, weight_hh, out, gates, aux = ctx.saved_tensors
+        lib = _lib()
+        batch, steps, inputs = x.shape
+        u = weight_hh.shape[1]
+        grad_out = grad_out.contiguous()
+        w_hh = weight_hh.contiguous()
+        dgi = x.new_empty(batch, steps, 3 * u)
+        dgh = x.new_empty(batch, steps, 3 * u) if not ctx.keras else dgi
+        if out.numel():
+            ptrs = (w_hh.data_ptr(), out.data_ptr(), gates.data_ptr(), aux.data_ptr(),
+                    grad_out.data_ptr(), dgi.data_ptr(), dgh.data_ptr())  # fmt: skip
+
+            def run(_: int, b0: int, b1: int) -> None:
+                lib.feq_gru_train_bwd(
+                    *ptrs, batch, steps, u, b0, b1, int(ctx.reverse), int(ctx.keras)
+                )
+
+            _parallel(run, batch, steps * 3 * u * u * batch)
+        # h_{t-1} in processing order (zero before the first step)
+        if ctx.reverse:
+            h_prev = torch.cat([out[:, 1:], out.new_zeros(batch, 1, u)], dim=1)
+        else:
+            h_prev = torch.cat([out.new_zeros(batch, 1, u), out[:, :-1]], dim=1)
+        flat_dgi = dgi.reshape(-1, 3 * u)
+        grads = [None] * 7
+        if ctx.needs_input_grad[0]:
+            grads[0] = dgi @ weight_ih
+        if ctx.needs_input_grad[1]:
+            grads[1] = flat_dgi.t() @ x.reshape(-1, inputs)
+        if ctx.needs_input_grad[2]:
+            if ctx.keras:
+                grads[2] = torch.cat([
+                    flat_dgi[:, : 2 * u].t() @ h_prev.reshape(-1, u),
+                    flat_dgi[:, 2 * u :].t() @ aux.reshape(-1, u),
+                ])  # fmt: skip
+            else:
+                grads[2] = dgh.reshape(-1, 3 * u).t() @ h_prev.reshape(-1, u)
+        if ctx.biases[0] and ctx.needs_input_grad[3]:
+            grads[3] = flat_dgi.sum(0)
+        if ctx.biases[1] and ctx.needs_input_grad[4]:
+            grads[4] = dgh.reshape(-1, 3 * u).sum(0)
+        return tuple(grads)
+
+
+def gru_sequence(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor | None,
+    bias_hh: torch.Tensor | None,
+    *,
+    reverse: bool,
+    flavour: str,
+    native: bool = True,
+) -> torch.Tensor:
+    """One GRU direction over x (B, T, I) from h0 = 0 → all hidden states (B, T, u); weights
+    (3u, I), (3u, u), biases (3u,) or None, laid out as `gru_sequence_reference` describes.
+    Differentiable in x, weights and biases through the fused C kernels (CPU float32), else
+    (or with native=False) through the reference's torch ops."""
+    _check_gru(x, weight_ih, weight_hh, bias_ih, bias_hh, flavour)
+    if native and _native(x, weight_ih, weight_hh, bias_ih, bias_hh) and _lib() is not None:
+        return _GRU.apply(
+            x.contiguous(), weight_ih, weight_hh, bias_ih, bias_hh, bool(reverse), flavour
+        )
+    return gru_sequence_reference(
+        x, weight_ih, weight_hh, bias_ih, bias_hh, reverse=reverse, flavour=flavour
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Separable conv stage
+
+
+def _same(kernel: int) -> tuple[int, int]:
+    """TensorFlow "same" padding of a stride-1 conv (the odd extra sample on the right)."""
+    return (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2
+
+
+def _pool_same(length: int, pool: int) -> tuple[int, int]:
+    """TensorFlow "same" padding of a max-pool with stride = size."""
+    total = max(math.ceil(length / pool) * pool - length, 0)
+    return total // 2, total - total // 2
+
+
+def _check_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int,
+    what: str,
+    channels: int | None = None,
+) -> None:
+    """x (B, G·C, L) with a grouped weight (G·O, C, k) and bias (G·O,), checked before any C loop
+    indexes memory with these sizes (`channels`: C when the pointwise half follows the
+    depthwise one, whose output has x's channel count)."""
+    if x.dim() != 3 or weight.dim() != 3 or groups < 1:
+        raise ValueError(f"{what}: expected x (B, C, L) and a (O, C, k) weight, got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}, groups={groups}")  # fmt: skip
+    total = int(x.shape[1])
+    per_group = total // groups if channels is None else channels
+    if total != groups * per_group or int(weight.shape[1]) != per_group or weight.shape[0] % groups:
+        raise ValueError(f"{what}: shape {tuple(weight.shape)} does not fit {total} input "
+                         f"channels in {groups} groups")  # fmt: skip
+    _shape_error(f"{what} bias", bias, (int(weight.shape[0]),))
+
+
+def _stage_length(x: torch.Tensor, upsample: int, crop: tuple[int, int]) -> int:
+    length = int(x.shape[-1]) * upsample - crop[0] - crop[1]
+    if length <= 0:
+        raise ValueError(f"separable stage: crop {crop} leaves no samples of {x.shape[-1]}")
+    return length
+
+
+def separable_stage_reference(
+    x: torch.Tensor,
+    depthwise: torch.Tensor,
+    pointwise: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    upsample: int = 1,
+    crop: tuple[int, int] = (0, 0),
+    pool: int = 1,
+    relu: bool = True,
+) -> torch.Tensor:
+    """One separable conv stage in plain torch ops (REFERENCE §5.3):
+    nearest upsampling ×`upsample` → crop (left, right) samples → depthwise conv (G·C, 1, k),
+    unbiased, TF "same" zero padding (odd extra sample on the right) → pointwise conv
+    (G·O, C, 1) grouped like `F.conv1d(groups=G)`, + bias → ReLU (if `relu`) → max-pool of
+    size = stride `pool` with TF "same" padding (−inf). x (B, G·C, L_in) →
+    (B, G·O, ceil(L / pool)), L = L_in·upsample − crop[0] − crop[1]. An encoder stage uses
+    upsample 1 and no crop; a decoder stage pool 1; `groups` runs several stages side by side."""
+    length = _stage_length(x, upsample, crop)
+    if upsample > 1:
+        x = torch.repeat_interleave(x, upsample, dim=2)
+    x = x[:, :, crop[0] : crop[0] + length]
+    x = F.conv1d(F.pad(x, _same(int(depthwise.shape[-1]))), depthwise, groups=int(x.shape[1]))
+    y = F.conv1d(x, pointwise, bias, groups=groups)
+    if relu:
+        y = F.relu(y)
+    if pool > 1:
+        y = F.max_pool1d(F.pad(y, _pool_same(length, pool), value=-math.inf), pool)
+    return y
+
+
+class _Separable(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, depthwise, pointwise, bias, groups, upsample, crop, pool, relu):  # type: ignore[override]
+        lib = _lib()
+        batch, total_in, length_in = x.shape
+        kernel = int(depthwise.shape[-1])
+        channels, outputs = total_in // groups, int(pointwise.shape[0]) // groups
+        length = _stage_length(x, upsample, crop)
+        pooled = -(-length // pool)
+        pool_left = _pool_same(length, pool)[0] if pool > 1 else 0
+        dw, pw = depthwise.contiguous(), pointwise.contiguous()
+        b = None if bias is None else bias.contiguous()
+        out = x.new_empty(batch, groups * outputs, pooled)
+        idx = torch.empty(out.shape, dtype=torch.int32) if pool > 1 else None
+        dims = (batch, groups, channels, outputs, length_in, upsample, crop[0], length, kernel,
+                _same(kernel)[0], int(relu), pool, pool_left)  # fmt: skip
+        if out.numel():
+            ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), None if b is None else b.data_ptr(),
+                    out.data_ptr(), None if idx is None else idx.data_ptr())  # fmt: skip
+
+            def run(_: int, b0: int, b1: int) -> None:
+                if lib.feq_sep_fwd(*ptrs, *dims, b0, b1, pooled) != 0:
+                    raise MemoryError("separable stage kernel: out of memory")
+
+            _parallel(run, batch, _stage_work(dims))
+        ctx.save_for_backward(x, dw, pw, out, idx)  # depthwise output: recomputed
+        ctx.dims, ctx.pooled, ctx.has_bias = dims, pooled, bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, dw, pw, out, idx = ctx.saved_tensors
+        lib = _lib()
+        dims, pooled = ctx.dims, ctx.pooled
+        batch = dims[0]
+        grad_out = grad_out.contiguous()
+        gx = torch.empty_like(x)
+        chunks = _chunks(batch, _stage_work(dims))
+        gdw = x.new_zeros(chunks, *dw.shape)
+        gpw = x.new_zeros(chunks, *pw.shape)
+        gbias = x.new_zeros(chunks, pw.shape[0])
+        if out.numel():
+            ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), out.data_ptr(),
+                    None if idx is None else idx.data_ptr(), grad_out.data_ptr(), gx.data_ptr())  # fmt: skip
+
+            def run(chunk: int, b0: int, b1: int) -> None:
+                status = lib.feq_sep_bwd(
+                    *ptrs, gdw[chunk].data_ptr(), gpw[chunk].data_ptr(), gbias[chunk].data_ptr(),
+                    *dims, b0, b1, pooled,
+                )  # fmt: skip
+                if status != 0:
+                    raise MemoryError("separable stage kernel: out of memory")
+
+            _parallel(run, batch, _stage_work(dims))
+        else:
+            gx.zero_()
+        return (
+            gx, gdw.sum(0), gpw.sum(0), gbias.sum(0) if ctx.has_bias else None,
+            None, None, None, None, None,
+        )  # fmt: skip
+
+
+def _stage_work(dims: tuple[int, ...]) -> int:
+    batch, groups, channels, outputs, _, _, _, length, kernel = dims[:9]
+    return batch * groups * channels * length * (kernel + outputs)
+
+
+def separable_stage(
+    x: torch.Tensor,
+    depthwise: torch.Tensor,
+    pointwise: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    upsample: int = 1,
+    crop: tuple[int, int] = (0, 0),
+    pool: int = 1,
+    relu: bool = True,
+    native: bool = True,
+) -> torch.Tensor:
+    """The separable stage `separable_stage_reference` defines, differentiable in x and all
+    weights, forward and backward as one fused C call each (CPU float32), else (or with
+    native=False) through the reference's torch ops."""
+    _check_conv(x, depthwise, None, groups=int(x.shape[1]) if x.dim() == 3 else 1, what="depthwise")
+    _check_conv(x, pointwise, bias, groups=groups, what="pointwise",
+                channels=int(pointwise.shape[1]) if groups else 0)  # fmt: skip
+    if depthwise.shape[0] != x.shape[1] or pointwise.shape[-1] != 1:
+        raise ValueError(f"separable stage: depthwise {tuple(depthwise.shape)} must have one row "
+                         f"per input channel, pointwise {tuple(pointwise.shape)} kernel 1")  # fmt: skip
+    if native and _native(x, depthwise, pointwise, bias) and _lib() is not None:
+        crop = (int(crop[0]), int(crop[1]))
+        return _Separable.apply(
+            x.contiguous(), depthwise, pointwise, bias, int(groups), int(upsample), crop,
+            int(pool), bool(relu),
+        )  # fmt: skip
+    return separable_stage_reference(
+        x, depthwise, pointwise, bias, groups=groups, upsample=upsample, crop=crop, pool=pool,
+        relu=relu,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Dense conv with "same" padding (the decoders' heads)
+
+
+def same_conv_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    padding: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Stride-1 conv1d, x (B, G·C, L) with weight (G·O, C, k) grouped like `F.conv1d`, zero
+    padding (left, right), by default TensorFlow's "same" (the odd extra sample on the right)."""
+    pad = _same(int(weight.shape[-1])) if padding is None else padding
+    return F.conv1d(F.pad(x, pad), weight, bias, groups=groups)
+
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, padding):  # type: ignore[override]
+        lib = _lib()
+        batch, total_in, length_in = x.shape
+        kernel = int(weight.shape[-1])
+        channels, outputs = total_in // groups, int(weight.shape[0]) // groups
+        length_out = length_in + padding[0] + padding[1] - kernel + 1
+        w = weight.contiguous()
+        b = None if bias is None else bias.contiguous()
+        y = x.new_empty(batch, groups * outputs, max(length_out, 0))
+        dims = (batch, groups, channels, outputs, length_in, kernel, padding[0], length_out)
+        if y.numel():
+            ptrs = (x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr())
+
+            def run(_: int, b0: int, b1: int) -> None:
+                if lib.feq_conv_fwd(*ptrs, *dims, b0, b1) != 0:
+                    raise MemoryError("conv kernel: out of memory")
+
+            _parallel(run, batch, _conv_work(dims))
+        ctx.save_for_backward(x, w)
+        ctx.dims, ctx.has_bias = dims, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        lib = _lib()
+        dims = ctx.dims
+        batch = dims[0]
+        grad_out = grad_out.contiguous()
+        gx = torch.zeros_like(x)
+        chunks = _chunks(batch, _conv_work(dims))
+        gw = x.new_zeros(chunks, *w.shape)
+        gbias = x.new_zeros(chunks, w.shape[0])
+        if grad_out.numel():
+            ptrs = (x.data_ptr(), w.data_ptr(), grad_out.data_ptr(), gx.data_ptr())
+
+            def run(chunk: int, b0: int, b1: int) -> None:
+                status = lib.feq_conv_bwd(
+                    *ptrs, gw[chunk].data_ptr(), gbias[chunk].data_ptr(), *dims, b0, b1
+                )
+                if status != 0:
+                    raise MemoryError("conv kernel: out of memory")
+
+            _parallel(run, batch, _conv_work(dims))
+        return gx, gw.sum(0), gbias.sum(0) if ctx.has_bias else None, None, None
+
+
+def _conv_work(dims: tuple[int, ...]) -> int:
+    batch, groups, channels, outputs, _, kernel, _, length_out = dims
+    return batch * groups * channels * outputs * kernel * max(length_out, 0)
+
+
+def same_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    padding: tuple[int, int] | None = None,
+    native: bool = True,
+) -> torch.Tensor:
+    """The conv `same_conv_reference` defines, differentiable in x, weight and bias, forward and
+    backward as one C call each (CPU float32), else (or with native=False) through torch."""
+    pad = _same(int(weight.shape[-1])) if padding is None else (int(padding[0]), int(padding[1]))
+    _check_conv(x, weight, bias, groups=groups, what="weight")
+    if native and _native(x, weight, bias) and _lib() is not None:
+        return _Conv.apply(x.contiguous(), weight, bias, int(groups), pad)
+    return same_conv_reference(x, weight, bias, groups=groups, padding=pad)
+
+
+# --------------------------------------------------------------------------------------------
+# Additive attention scores (the global transformer's attention)
+
+
+def additive_scores_reference(
+    q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """e[b, t, s] = Σ_u weight[u]·tanh(q[b, t, u] + k[b, s, u]): keras-self-attention's additive
+    score before its bias (which a softmax over s drops). q (B, T, U), k (B, S, U), weight (U,)."""
+    return torch.matmul(torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)), weight)
+
+
+class _Scores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, weight):  # type: ignore[override]
+        lib = _lib()
+        batch, steps, units = q.shape
+        keys = int(k.shape[1])
+        kt = k.transpose(1, 2).contiguous()
+        w = weight.contiguous()
+        e = q.new_empty(batch, steps, keys)
+        dims = (batch, steps, keys, units)
+        if e.numel():
+            ptrs = (q.data_ptr(), kt.data_ptr(), w.data_ptr(), e.data_ptr())
+            _parallel(
+                lambda _, b0, b1: lib.feq_attn_fwd(*ptrs, *dims, b0, b1), batch, e.numel() * units
+            )
+        ctx.save_for_backward(q, kt, w)
+        return e
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_e):  # type: ignore[override]
+        q, kt, w = ctx.saved_tensors
+        lib = _lib()
+        batch, steps, units = q.shape
+        keys = int(kt.shape[2])
+        grad_e = grad_e.contiguous()
+        dq, dkt = torch.zeros_like(q), torch.zeros_like(kt)
+        work = batch * steps * keys * units
+        chunks = _chunks(batch, work)
+        dw = q.new_zeros(chunks, units)
+        if grad_e.numel():
+            ptrs = (q.data_ptr(), kt.data_ptr(), w.data_ptr(), grad_e.data_ptr(), dq.data_ptr(),
+                    dkt.data_ptr())  # fmt: skip
+
+            def run(chunk: int, b0: int, b1: int) -> None:
+                lib.feq_attn_bwd(*ptrs, dw[chunk].data_ptr(), batch, steps, keys, units, b0, b1)
+
+            _parallel(run, batch, work)
+        return dq, dkt.transpose(1, 2), dw.sum(0)
+
+
+def additive_scores(
+    q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor, *, native: bool = True
+) -> torch.Tensor:
+    """The scores `additive_scores_reference` defines, differentiable in q, k and weight, without
+    the (B, T, S, U) tensor: one C call each way (CPU float32), else (or with native=False)
+    through the reference's torch ops."""
+    weight = weight.reshape(-1)
+    if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"additive scores: q (B, T, U) and k (B, S, U), got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}")  # fmt: skip
+    _shape_error("additive scores weight", weight, (int(q.shape[2]),))
+    if native and _native(q, k, weight) and _lib() is not None:
+        return _Scores.apply(q.contiguous(), k, weight)
+    return additive_scores_reference(q, k, weight)

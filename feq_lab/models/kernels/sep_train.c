@@ -1,0 +1,338 @@
+/* Separable conv stage for TRAINING, forward (saving what backward needs) and backward.
+ *
+ * Why: a LEQ/FEQ encoder stage is [depthwise conv -> pointwise conv + bias -> ReLU -> max-pool]
+ * and a decoder stage [nearest upsample -> crop -> depthwise -> pointwise + bias -> ReLU]. In
+ * torch each arrow is a full pass over the signal forward and again backward, PyTorch's CPU
+ * depthwise conv1d (and its backward) is slow at these shapes, and folding the pair into one
+ * dense conv multiplies the work by k C_out / (k + C_out). Here one call runs the stage per
+ * sample on rows that stay in cache, as vectorisable row updates and 16-lane dot products.
+ *
+ * Shapes (row-major float32), G groups of C input and O output channels:
+ *   x (B, G C, L_in); dw (G C, k); pw (G O, C) (group g's outputs see group g's channels only);
+ *   bias (G O) or NULL.
+ *   u[t] = x[(t + crop_left) / up], t in [0, L) (nearest upsampling then crop; the caller sets L
+ *   for the crop on the right); depthwise "same": `left` zeros before u, k - 1 - left after;
+ *   d = depthwise(u) (recomputed in backward, never stored: it is the largest tensor); y = pw d + bias; a = relu ? ReLU(y) : y.
+ *   pool == 1: out = a (B, G O, L). pool > 1: out[i] = max of a over samples
+ *   [i pool - pool_left, i pool - pool_left + pool) within [0, L) (TF "same" pooling pads with
+ *   -inf, so padding never wins) (B, G O, P), and idx (B, G O, P) int32 = the sample that won
+ *   (the first maximum, as torch), or -1 where the gradient is zero (the max is a ReLU'd <= 0).
+ * Backward: gout like out; writes gx (B, G C, L_in) for samples [b0, b1) and ADDS this batch
+ * range's weight gradients into gdw (G C, k), gpw (G O, C), gbias (G O) (the caller gives each
+ * thread its own zeroed copies and sums them). Return 0, or -1 when out of memory.
+ */
+/* fused multiply-adds: faster, and no less accurate than separate roundings */
+#pragma GCC optimize("fp-contract=fast")
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FEQ_NO_CLONES)
+#define FEQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FEQ_CLONES
+#endif
+
+#define LANES 16
+#define TILE 256 /* a multiple of BLK */
+#define BLK 32
+
+/* sum of a[t] b[t] in 16 independent partial sums: vectorises without reassociating floats */
+static inline float dot(const float *a, const float *b, int n)
+{
+    float acc[LANES] = {0};
+    int t = 0;
+    for (; t + LANES <= n; t += LANES)
+        for (int i = 0; i < LANES; ++i) acc[i] += a[t + i] * b[t + i];
+    float s = 0.0f;
+    for (; t < n; ++t) s += a[t] * b[t];
+    for (int i = 0; i < LANES; ++i) s += acc[i];
+    return s;
+}
+
+static inline float sum(const float *a, int n)
+{
+    float acc[LANES] = {0};
+    int t = 0;
+    for (; t + LANES <= n; t += LANES)
+        for (int i = 0; i < LANES; ++i) acc[i] += a[t + i];
+    float s = 0.0f;
+    for (; t < n; ++t) s += a[t];
+    for (int i = 0; i < LANES; ++i) s += acc[i];
+    return s;
+}
+
+/* row[i] = xc[(q + i) / up] for i < m (nearest upsampling, starting at upsampled index q);
+ * the common factors get branch-free loops */
+static inline void upsample_row(float *row, const float *xc, int q, int m, int up)
+{
+    if (up == 1) {
+        memcpy(row, xc + q, sizeof(float) * (size_t)m);
+        return;
+    }
+    int src = q / up, phase = q % up, i = 0;
+    for (; phase != 0 && i < m; ++i) {
+        row[i] = xc[src];
+        if (++phase == up) {
+            phase = 0;
+            ++src;
+        }
+    }
+    if (up == 2)
+        for (; i + 2 <= m; i += 2, ++src) row[i] = row[i + 1] = xc[src];
+    else if (up == 3)
+        for (; i + 3 <= m; i += 3, ++src) row[i] = row[i + 1] = row[i + 2] = xc[src];
+    else
+        for (; i + up <= m; i += up, ++src)
+            for (int p = 0; p < up; ++p) row[i + p] = xc[src];
+    for (; i < m; ++i) row[i] = xc[src];
+}
+
+/* the adjoint of upsample_row: gxc[(q + i) / up] += g[i] for i < m */
+static inline void downsample_row(float *gxc, const float *g, int q, int m, int up)
+{
+    if (up == 1) {
+        for (int i = 0; i < m; ++i) gxc[q + i] += g[i];
+        return;
+    }
+    int src = q / up, phase = q % up, i = 0;
+    for (; phase != 0 && i < m; ++i) {
+        gxc[src] += g[i];
+        if (++phase == up) {
+            phase = 0;
+            ++src;
+        }
+    }
+    if (up == 2)
+        for (; i + 2 <= m; i += 2, ++src) gxc[src] += g[i] + g[i + 1];
+    else if (up == 3)
+        for (; i + 3 <= m; i += 3, ++src) gxc[src] += g[i] + g[i + 1] + g[i + 2];
+    else
+        for (; i + up <= m; i += up, ++src)
+            for (int p = 0; p < up; ++p) gxc[src] += g[i + p];
+    for (; i < m; ++i) gxc[src] += g[i];
+}
+
+/* depthwise outputs d[c][0..n) of tile [t0, t0 + n) for the C channels of one group, and the
+ * padded input rows they read: useg[c][i] = u_padded[t0 + i], i < n + k - 1 */
+static inline void depthwise_tile(float *dt, float *useg, const float *xg, const float *dwg, int C,
+                                  int length_in, int L, int up, int crop_left, int kernel,
+                                  int left, int t0, int n)
+{
+    const int span = n + kernel - 1;
+    for (int c = 0; c < C; ++c) {
+        const float *xc = xg + (size_t)c * length_in;
+        float *us = useg + (size_t)c * (TILE + kernel - 1 + BLK);
+        int i = 0, t = t0 - left; /* t: index into u */
+        for (; i < span && t < 0; ++i, ++t) us[i] = 0.0f;
+        const int m = (L - t < span - i) ? L - t : span - i; /* samples of u in this tile */
+        if (m > 0) {
+            upsample_row(us + i, xc, t + crop_left, m, up);
+            i += m;
+        }
+        for (; i < span; ++i) us[i] = 0.0f;
+        const float *w = dwg + (size_t)c * kernel;
+        float *dc = dt + (size_t)c * TILE;
+        for (int i0 = 0; i0 < n; i0 += BLK) { /* us is readable BLK past the span */
+            float acc[BLK] = {0};
+            for (int j = 0; j < kernel; ++j) {
+                const float wj = w[j];
+                const float *uj = us + i0 + j;
+                for (int i = 0; i < BLK; ++i) acc[i] += wj * uj[i];
+            }
+            memcpy(dc + i0, acc, sizeof(acc)); /* dt rows hold TILE, a multiple of BLK */
+        }
+    }
+}
+
+FEQ_CLONES
+int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *bias, float *out,
+                int *idx, int batch, int groups, int channels, int outputs,
+                int length_in, int up, int crop_left, int length, int kernel, int left, int relu,
+                int pool, int pool_left, int b0, int b1, int pooled)
+{
+    const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
+    float *useg = calloc((size_t)C * (TILE + kernel - 1 + BLK), sizeof(float));
+    float *dt = calloc((size_t)C * TILE, sizeof(float));
+    float *y = pool > 1 ? malloc(sizeof(float) * (size_t)O * L) : NULL;
+    (void)batch;
+    if (!useg || !dt || (pool > 1 && !y)) {
+        free(useg);
+        free(dt);
+        free(y);
+        return -1;
+    }
+    for (int b = b0; b < b1; ++b) {
+        for (int g = 0; g < groups; ++g) {
+            const float *xg = x + ((size_t)b * GC + (size_t)g * C) * length_in;
+            float *yg = pool > 1 ? y : out + ((size_t)b * GO + (size_t)g * O) * L;
+            for (int t0 = 0; t0 < L; t0 += TILE) {
+                const int n = L - t0 < TILE ? L - t0 : TILE;
+                depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
+                               crop_left, kernel, left, t0, n);
+                for (int o = 0; o < O; ++o) {
+                    const float *w = pw + (size_t)(g * O + o) * C;
+                    const float bo = bias ? bias[g * O + o] : 0.0f;
+                    float *r = yg + (size_t)o * L + t0;
+                    for (int i0 = 0; i0 < n; i0 += BLK) {
+                        float acc[BLK];
+                        for (int i = 0; i < BLK; ++i) acc[i] = bo;
+                        for (int c = 0; c < C; ++c) {
+                            const float wc = w[c];
+                            const float *dc = dt + (size_t)c * TILE + i0;
+                            for (int i = 0; i < BLK; ++i) acc[i] += wc * dc[i];
+                        }
+                        if (relu && pool == 1)
+                            for (int i = 0; i < BLK; ++i) acc[i] = acc[i] > 0.0f ? acc[i] : 0.0f;
+                        memcpy(r + i0, acc, sizeof(float) * (size_t)(n - i0 < BLK ? n - i0 : BLK));
+                    }
+                }
+            }
+            if (pool == 1) continue;
+            for (int o = 0; o < O; ++o) {
+                const float *r = y + (size_t)o * L;
+                const size_t base = ((size_t)b * GO + (size_t)g * O + o) * pooled;
+                for (int i = 0; i < pooled; ++i) {
+                    int a = i * pool - pool_left, e = a + pool;
+                    if (a < 0) a = 0;
+                    if (e > L) e = L;
+                    int arg = a;
+                    for (int t = a + 1; t < e; ++t)
+                        if (r[t] > r[arg]) arg = t;
+                    const float m = r[arg];
+                    if (relu && !(m > 0.0f)) {
+                        out[base + i] = 0.0f;
+                        idx[base + i] = -1;
+                    } else {
+                        out[base + i] = m;
+                        idx[base + i] = arg;
+                    }
+                }
+            }
+        }
+    }
+    free(useg);
+    free(dt);
+    free(y);
+    return 0;
+}
+
+FEQ_CLONES
+int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *out,
+                const int *idx, const float *gout, float *gx, float *gdw,
+                float *gpw, float *gbias, int batch, int groups, int channels, int outputs,
+                int length_in, int up, int crop_left, int length, int kernel, int left, int relu,
+                int pool, int pool_left, int b0, int b1, int pooled)
+{
+    const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
+    const int padded = L + kernel - 1;
+    float *u = calloc((size_t)padded, sizeof(float));
+    float *gu = malloc(sizeof(float) * (size_t)padded);
+    const size_t gys = (size_t)L + BLK, gds = (size_t)L + kernel - 1 + 2 * BLK;
+    float *gy = calloc((size_t)O * gys, sizeof(float)); /* zero past L */
+    float *gd = calloc((size_t)C * gds, sizeof(float)); /* zero around the L samples */
+    float *useg = calloc((size_t)C * (TILE + kernel - 1 + BLK), sizeof(float));
+    float *dt = calloc((size_t)C * TILE, sizeof(float));
+    (void)batch;
+    (void)pool_left;
+    if (!u || !gu || !gy || !gd || !useg || !dt) {
+        free(u);
+        free(gu);
+        free(gy);
+        free(gd);
+        free(useg);
+        free(dt);
+        return -1;
+    }
+    for (int b = b0; b < b1; ++b) {
+        for (int g = 0; g < groups; ++g) {
+            const size_t orow = (size_t)b * GO + (size_t)g * O;
+            const float *xg = x + ((size_t)b * GC + (size_t)g * C) * length_in;
+            /* gy = dL/dy through pooling and ReLU */
+            for (int o = 0; o < O; ++o) {
+                float *r = gy + (size_t)o * gys;
+                if (pool == 1) {
+                    const float *go = gout + (orow + o) * L, *a = out + (orow + o) * L;
+                    if (relu)
+                        for (int t = 0; t < L; ++t) r[t] = a[t] > 0.0f ? go[t] : 0.0f;
+                    else
+                        memcpy(r, go, sizeof(float) * (size_t)L);
+                } else {
+                    const float *go = gout + (orow + o) * pooled;
+                    const int *ix = idx + (orow + o) * pooled;
+                    memset(r, 0, sizeof(float) * (size_t)L);
+                    for (int i = 0; i < pooled; ++i)
+                        if (ix[i] >= 0) r[ix[i]] += go[i];
+                }
+                gbias[g * O + o] += sum(r, L);
+            }
+            /* pointwise, tile by tile on the recomputed depthwise output: gpw += gy d^T,
+             * gd = pw^T gy */
+            for (int t0 = 0; t0 < L; t0 += TILE) {
+                const int n = L - t0 < TILE ? L - t0 : TILE;
+                depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
+                               crop_left, kernel, left, t0, n);
+                for (int o = 0; o < O; ++o) { /* gpw[o, c] += gy[o] . d[c], 4 channels at once */
+                    const float *r = gy + (size_t)o * gys + t0;
+                    float *gw = gpw + (size_t)(g * O + o) * C;
+                    int c = 0;
+                    for (; c + 4 <= C; c += 4) {
+                        float acc[4][LANES] = {{0}};
+                        const float *d0 = dt + (size_t)c * TILE;
+                        for (int i0 = 0; i0 < n; i0 += LANES) /* dt and gy are zero past n */
+                            for (int q = 0; q < 4; ++q)
+                                for (int i = 0; i < LANES; ++i)
+                                    acc[q][i] += r[i0 + i] * d0[(size_t)q * TILE + i0 + i];
+                        for (int q = 0; q < 4; ++q) {
+                            float sq = 0.0f;
+                            for (int i = 0; i < LANES; ++i) sq += acc[q][i];
+                            gw[c + q] += sq;
+                        }
+                    }
+                    for (; c < C; ++c) gw[c] += dot(r, dt + (size_t)c * TILE, n);
+                }
+                for (int c = 0; c < C; ++c) { /* gd[c] = sum_o pw[o, c] gy[o] */
+                    float *q = gd + (size_t)c * gds + (kernel - 1) + t0;
+                    for (int i0 = 0; i0 < n; i0 += BLK) {
+                        float acc[BLK] = {0};
+                        for (int o = 0; o < O; ++o) {
+                            const float wc = pw[(size_t)(g * O + o) * C + c];
+                            const float *r = gy + (size_t)o * gys + t0 + i0;
+                            for (int i = 0; i < BLK; ++i) acc[i] += wc * r[i];
+                        }
+                        memcpy(q + i0, acc, sizeof(float) * (size_t)(n - i0 < BLK ? n - i0 : BLK));
+                    }
+                }
+            }
+            /* depthwise: gdw[c, j] += gd[c] . u[c, j:], gu[s] = sum_j w[j] gd[s - j] (gd rows
+             * carry k - 1 zeros before and BLK after), then back through crop and upsampling */
+            for (int c = 0; c < C; ++c) {
+                const int ch = g * C + c;
+                const float *xc = x + ((size_t)b * GC + ch) * length_in;
+                const float *w = dw + (size_t)ch * kernel;
+                const float *q = gd + (size_t)c * gds + (kernel - 1);
+                upsample_row(u + left, xc, crop_left, L, up);
+                for (int j = 0; j < kernel; ++j) gdw[(size_t)ch * kernel + j] += dot(q, u + j, L);
+                for (int s0 = 0; s0 < padded; s0 += BLK) {
+                    float acc[BLK] = {0};
+                    for (int j = 0; j < kernel; ++j) {
+                        const float wj = w[j];
+                        const float *r = q + s0 - j;
+                        for (int i = 0; i < BLK; ++i) acc[i] += wj * r[i];
+                    }
+                    memcpy(gu + s0, acc, sizeof(float) * (size_t)(padded - s0 < BLK ? padded - s0 : BLK));
+                }
+                float *gxc = gx + ((size_t)b * GC + ch) * length_in;
+                memset(gxc, 0, sizeof(float) * (size_t)length_in);
+                downsample_row(gxc, gu + left, crop_left, L, up);
+            }
+        }
+    }
+    free(u);
+    free(gu);
+    free(gy);
+    free(gd);
+    free(useg);
+    free(dt);
+    return 0;
+}
