@@ -21,6 +21,9 @@ separately); outputs and gradients agree to float rounding (tests/models/test_pa
   separable stages as one fused C call each where the kernels build (else the folded dense
   conv), a batch of one as tap-by-tap matmuls;
 - "onnx": frozen constants in the forms onnxruntime runs fastest (see `export.layout`).
+`grouped_decoders` is the training form without the polyphase rewrite
+(`ModelOptions(decoders="fused")`): stacking alone, each stage and the heads one call of the
+fused separable / conv kernels, which at full rate cost less than the folded polyphase convs.
 """
 
 from __future__ import annotations
