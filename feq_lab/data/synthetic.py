@@ -63,8 +63,8 @@ _STATUS_P = np.array([0.70, 0.20, 0.10])  # STEAD: ~70% manual (stead_stats.json
 
 # Station selection: an event is kept at a station where it would have been picked. Detection
 # threshold (expected mean-channel SNR, dB) ~ N(mu, sigma) over K candidate stations.
-_DETECT_DB = (10.0, 5.0)
-_CANDIDATES = 12
+_DETECT_DB = (16.0, 3.5)
+_CANDIDATES = 32
 _MAG_DIST_CORR = 0.75
 
 
@@ -102,6 +102,12 @@ def _draw_events(rng: np.random.Generator, n: int) -> _Events:
     depth = np.round(np.clip(depth, 0.0, traveltime.MAX_DEPTH_KM), 2)
     tp, ts = traveltime.first_arrivals(dist, depth)
     pb, sb = traveltime.branch_arrivals(dist, depth)
+    # Where the interpolated branches miss the first arrival (a cell touching a branch's edge),
+    # the first arrival itself stands in for the direct branch.
+    for branches, first in ((pb, tp), (sb, ts)):
+        with np.errstate(invalid="ignore"):
+            lost = ~(np.fmin.reduce(branches, axis=1) <= first + 0.01)
+        branches[lost, 0] = first[lost]
     # P sample: mostly whole seconds 4-9 s into the window (STEAD: median 700), some off-grid.
     p = 100.0 * rng.choice(np.arange(4, 10), n, p=[0.10, 0.15, 0.20, 0.25, 0.20, 0.10])
     off = rng.random(n) < 0.12
@@ -155,7 +161,7 @@ def _stations(rng: np.random.Generator, n: int) -> _Stations:
     tone = np.where(rng.random(n) < 0.12, rng.uniform(2.0, 40.0, n), np.nan)
     return _Stations(
         table=table,
-        level=rng.beta(3.0, 2.5, n),
+        level=rng.beta(2.5, 2.5, n),
         site=10 ** rng.normal(0.0, 0.2, n),  # generic site terms scatter ~0.2 log units
         gain=gain, full_scale=full_scale,
         single=rng.random(n) < 0.035,

@@ -144,11 +144,11 @@ TRANSIENT_KINDS = ("impulsive_cultural", "emergent_cultural", "wind")
 
 
 def add_transients(rng: np.random.Generator, noise: np.ndarray, ambient_rms: np.ndarray,
-                   rate: float = 0.9) -> np.ndarray:
+                   rate: float = 1.2) -> np.ndarray:
     """In place on (n, 3, T): Poisson(rate) transients per trace; returns their count per trace.
 
     Each has its own carrier (band-limited white noise), an envelope (impulsive: rise 0.03-0.3 s,
-    decay 0.3-3 s; emergent: rise and decay 2-12 s) and a peak of 1.5-40x the ambient RMS."""
+    decay 0.5-3 s; emergent: rise and decay 2-12 s) and a peak of 1.5-15x the ambient RMS."""
     n, _, t_len = noise.shape
     counts = rng.poisson(rate, n)
     has = np.flatnonzero(counts > 0)
@@ -157,7 +157,7 @@ def add_transients(rng: np.random.Generator, noise: np.ndarray, ambient_rms: np.
     kind = rng.choice(3, has.size, p=[0.5, 0.25, 0.25])
     lo = np.where(kind == 0, rng.uniform(3.0, 10.0, has.size),
                   np.where(kind == 1, rng.uniform(1.5, 5.0, has.size), rng.uniform(1.0, 2.5, has.size)))
-    hi = lo * rng.uniform(3.0, 8.0, has.size)
+    hi = lo * rng.uniform(4.0, 10.0, has.size)  # broad-band: many degrees of freedom
     freqs = np.fft.rfftfreq(t_len, d=1.0 / FS)
     band = _band(freqs, lo, np.minimum(hi, 45.0))
     band /= np.sqrt((band**2).sum(axis=1, keepdims=True) * (freqs[1] - freqs[0]))  # unit variance
@@ -168,9 +168,9 @@ def add_transients(rng: np.random.Generator, noise: np.ndarray, ambient_rms: np.
         for _ in range(int(counts[i])):
             impulsive = kind[j] == 0
             rise = rng.uniform(0.03, 0.3) if impulsive else rng.uniform(2.0, 12.0)
-            decay = rng.uniform(0.3, 3.0) if impulsive else rng.uniform(2.0, 12.0)
+            decay = rng.uniform(0.5, 3.0) if impulsive else rng.uniform(2.0, 12.0)
             t0 = rng.uniform(-0.3 * rise, t_len / FS)
-            peak = 10 ** rng.uniform(np.log10(1.5), np.log10(40.0))
+            peak = 10 ** rng.uniform(np.log10(1.5), np.log10(15.0))
             x = t - np.float32(t0)
             up = np.clip(x / np.float32(rise), 0.0, 1.0)
             down = np.exp(-np.maximum(x - np.float32(rise), 0.0) / np.float32(decay))

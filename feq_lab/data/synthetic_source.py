@@ -80,23 +80,25 @@ def radiation(strike: np.ndarray, dip: np.ndarray, rake: np.ndarray, takeoff: np
     return rp, rsv, rsh
 
 
-def attenuation(freqs: np.ndarray, tstar: np.ndarray, eta: float = ETA,
+def attenuation(freqs: np.ndarray, tstar: np.ndarray, kappa: np.ndarray, eta: float = ETA,
                 f_ref: float = 50.0) -> np.ndarray:
-    """(n, nf) causal attenuation: exp(-pi f t*(f)) with t*(f) = t*_1Hz f^-eta (Q = Q0 f^eta)
-    and Kjartansson's (1979) constant-Q dispersion for the phase, every frequency delayed by
-    (t*/pi) ln(f_ref/f) >= 0 (numpy's e^{-i w t} convention) so nothing precedes the onset."""
+    """(n, nf) causal attenuation: path exp(-pi f t*(f)) with t*(f) = t*_1Hz f^-eta (Q = Q0 f^eta)
+    times the site's exp(-pi kappa f) (frequency-independent, Anderson & Hough 1984); phase from
+    Kjartansson's (1979) constant-Q dispersion, every frequency delayed by (t/pi) ln(f_ref/f)
+    >= 0 (numpy's e^{-i w t} convention) so nothing precedes the onset."""
     f = np.maximum(freqs, 1e-3)[None, :]
-    ts = tstar[:, None] * f ** -eta
+    ts = tstar[:, None] * f ** -eta + kappa[:, None]
     return np.exp(-np.pi * f * ts - 2j * f * ts * np.log(f_ref / f))
 
 
-def source_path_spectrum(fc: np.ndarray, tstar: np.ndarray, level: np.ndarray) -> np.ndarray:
+def source_path_spectrum(fc: np.ndarray, tstar: np.ndarray, kappa: np.ndarray,
+                         level: np.ndarray) -> np.ndarray:
     """(n, nf) complex velocity Fourier spectrum (m/s * s): level * 2 pi i f / (1 + i f/fc)^2
     x causal attenuation x recording filter. `level` = C * M0 * G(R) (m*s); the causal Brune
     factor has |.| = 1/(1 + (f/fc)^2)."""
     f = _F[None, :]
     brune = 1.0 / (1.0 + 1j * f / fc[:, None]) ** 2
-    return (level[:, None] * 2j * np.pi * f * brune * attenuation(_F, tstar)
+    return (level[:, None] * 2j * np.pi * f * brune * attenuation(_F, tstar, kappa)
             * _REC[None, :]).astype(np.complex64)
 
 
@@ -183,28 +185,30 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
     # Path: Q0 (at 1 Hz) ~ 180 for S, Q = Q0 f^0.5 (a few hundred at 1-10 Hz), kappa 0.01-0.05 s
     # (Anderson & Hough 1984); t* (at 1 Hz) grows with travel time.
     q_s = 10 ** rng.normal(np.log10(180.0), 0.15, n)
-    q_p = 1.5 * q_s
+    q_p = q_s  # Qp ~ Qs in the crust at 1-20 Hz (e.g. Abercrombie 1995; Sato & Fehler 1998)
     kappa = rng.uniform(0.01, 0.05, n)
     ts_first = np.fmin.reduce(s_branches, axis=1)
-    tstar_p = tp_first / q_p + kappa / 1.5
-    tstar_s = ts_first / q_s + kappa
+    tstar_p = tp_first / q_p
+    tstar_s = ts_first / q_s
     q0_coda = 10 ** rng.normal(np.log10(100.0), 0.2, n)  # Q_c(1 Hz), Sato & Fehler 1998
     f_coda = np.clip(fc_s, 2.0, 8.0)
     qc = q0_coda * f_coda**0.7
-    coda_level = np.clip(0.08 * 10 ** rng.normal(0.0, 0.15, n) * np.sqrt(r_hyp / 20.0), 0.05, 0.6)
+    coda_level = np.clip(0.05 * 10 ** rng.normal(0.0, 0.15, n) * np.sqrt(r_hyp / 20.0), 0.05, 0.6)
 
     # Spreading: 1/R, and for S beyond 100 km the Lg's 1/sqrt(R) (Street et al. 1975).
     g_p = 1.0 / (r_hyp * 1e3)
     g_s = np.where(r_hyp <= 100.0, 1.0 / (r_hyp * 1e3), 1.0 / 1e5 * np.sqrt(100.0 / r_hyp))
     const = 2.0 / np.sqrt(2.0) / (4 * np.pi * RHO)
-    level_p = const * m0 * g_p * rp / ALPHA**3
+    # Near-surface impedance amplification is smaller for P than for S (high Vp/Vs in soft
+    # layers; Boore & Joyner 1997 give it for S): P x 0.75 relative.
+    level_p = 0.75 * const * m0 * g_p * rp / ALPHA**3
     level_sv = const * m0 * g_s * rsv / BETA**3
     level_sh = const * m0 * g_s * rsh / BETA**3
 
     # Envelopes in window samples; origin = p_true - tp * FS.
     t = np.arange(SYNTH_LENGTH, dtype=f32)
     origin = p_true - tp_first * FS
-    scatter = 10 ** rng.normal(np.log10(0.003), 0.35, n)  # s of onset broadening per km
+    scatter = 10 ** rng.normal(np.log10(0.0025), 0.35, n)  # s of onset broadening per km
     dur_p = 1.0 / fc_p + 0.05 * r_hyp * BETA / ALPHA  # s (Herrmann 1985 / Boore 2003 form)
     dur_s = 1.0 / fc_s + 0.05 * r_hyp
     env_p = np.zeros((n, SYNTH_LENGTH), dtype=f32)
@@ -246,8 +250,8 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
         env_s[second] += w2 * phase_envelope(t, p2 + sp2, 2 * short, 0.5 * dur_s[second] * FS,
                                              o2, f_coda[second], qc[second], coda_level[second])
 
-    spec_p = source_path_spectrum(fc_p, tstar_p, level_p)
-    spec_s = source_path_spectrum(fc_s, tstar_s, np.ones(n))
+    spec_p = source_path_spectrum(fc_p, tstar_p, kappa, level_p)
+    spec_s = source_path_spectrum(fc_s, tstar_s, kappa, np.ones(n))
     p_series = synthesize(rng, env_p, spec_p, n_out)
     sv = synthesize(rng, env_s, spec_s * level_sv[:, None].astype(f32), n_out)
     sh = synthesize(rng, env_s, spec_s * level_sh[:, None].astype(f32), n_out)
@@ -270,7 +274,7 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
         # Surface waves spread as 1/sqrt(R): relative to the S level at R, x sqrt(R / 20 km).
         level_r = level_sv[rg] * excite * np.sqrt(np.maximum(r_hyp[rg], 20.0) / 20.0) * 2.0
         fc_r = np.minimum(fc_s[rg], 1.5)
-        spec_r = source_path_spectrum(fc_r, tstar_s[rg], level_r)
+        spec_r = source_path_spectrum(fc_r, tstar_s[rg], kappa[rg], level_r)
         radial = synthesize(rng, env_r, spec_r, SYNTH_LENGTH)
         # Retrograde ellipse: the vertical a quarter cycle from the radial, ~1.5x larger.
         vert = sfft.irfft(sfft.rfft(radial, axis=1) * np.complex64(-1.5j), n=SYNTH_LENGTH, axis=1)
