@@ -127,14 +127,27 @@ def phase_envelope(t: np.ndarray, onset: np.ndarray, rise: np.ndarray, hold: np.
     return up * np.maximum(direct, coda)
 
 
-def synthesize(rng: np.random.Generator, env: np.ndarray, spectrum: np.ndarray,
-               n_out: int) -> np.ndarray:
+def synthesize(rng: np.random.Generator, env: np.ndarray, spectrum: np.ndarray, n_out: int,
+               pulses: list[tuple[np.ndarray, np.ndarray]] = ()) -> np.ndarray:
     """Boore's (2003) recipe, batched: white noise x envelope, spectrum normalised to unit mean
     square, times the target spectrum (m/s * s), back to time (m/s). env (n, L) float32,
-    spectrum (n, nf) complex64 -> (n, n_out) float32. Rows with an all-zero envelope give 0."""
+    spectrum (n, nf) complex64 -> (n, n_out) float32. Rows with an all-zero envelope give 0.
+
+    `pulses` (onset samples, signed amplitudes in carrier units) add the coherent direct wave:
+    an impulse in the carrier becomes the source-path impulse response - the first-motion
+    pulse whose width is set by the corner frequency and t* - on top of the scattered,
+    incoherent part the envelope carries."""
     n, length = env.shape
     white = rng.standard_normal((n, length), dtype=np.float32)
     white *= env
+    rows = np.arange(n)
+    for onset, amp in pulses:
+        ok = np.isfinite(onset) & (onset >= 0) & (onset < length - 1) & (amp != 0)
+        i0 = np.floor(np.where(ok, onset, 0)).astype(np.int64)
+        frac = np.where(ok, onset - i0, 0.0)
+        a = np.where(ok, amp, 0.0)
+        white[rows, i0] += (a * (1 - frac)).astype(np.float32)
+        white[rows, i0 + 1] += (a * frac).astype(np.float32)
     spec = sfft.rfft(white, axis=1)
     ms = np.mean(np.abs(spec) ** 2, axis=1, keepdims=True)
     spec *= (1.0 / np.sqrt(np.maximum(ms, 1e-30))).astype(np.float32)
@@ -177,6 +190,7 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
     takeoff = np.pi - np.arctan2(distance_km, np.maximum(depth_km, 0.1))
     azimuth = rng.uniform(0, 2 * np.pi, n)
     rp, rsv, rsh = radiation(strike, dip, rake, takeoff, azimuth)
+    pol_p, pol_sv, pol_sh = np.sign(rp) + (rp == 0), np.sign(rsv) + (rsv == 0), np.sign(rsh) + (rsh == 0)
     mix = rng.uniform(0.3, 0.7, n)  # high-frequency pattern smoothing (Takemura et al. 2009)
     rp = np.sqrt((1 - mix) * rp**2 + mix * 0.52**2)  # focal-sphere rms: P 0.52, S 0.63
     rsv = np.sqrt((1 - mix) * rsv**2 + mix * 0.45**2)  # (Boore & Boatwright 1984)
@@ -193,7 +207,7 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
     q0_coda = 10 ** rng.normal(np.log10(100.0), 0.2, n)  # Q_c(1 Hz), Sato & Fehler 1998
     f_coda = np.clip(fc_s, 2.0, 8.0)
     qc = q0_coda * f_coda**0.7
-    coda_level = np.clip(0.05 * 10 ** rng.normal(0.0, 0.15, n) * np.sqrt(r_hyp / 20.0), 0.05, 0.6)
+    coda_level = np.clip(0.03 * 10 ** rng.normal(0.0, 0.15, n) * np.sqrt(r_hyp / 20.0), 0.02, 0.5)
 
     # Spreading: 1/R, and for S beyond 100 km the Lg's 1/sqrt(R) (Street et al. 1975).
     g_p = 1.0 / (r_hyp * 1e3)
@@ -218,6 +232,8 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
     # weaker, the head wave Pn/Sn weak (Cerveny & Ravindra 1971).
     head = rng.uniform(0.15, 0.5, n)
     weights = np.stack([np.ones(n), np.full(n, 0.45), head], axis=1)
+    coherent = 0.3 * np.exp(-r_hyp / 10 ** rng.normal(np.log10(25.0), 0.25, n))
+    pulses: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"P": [], "S": []}
     for wave, branches, dur, env, fcw in (("P", p_branches, dur_p, env_p, fc_p),
                                           ("S", s_branches, dur_s, env_s, fc_s)):
         first = np.fmin.reduce(branches, axis=1)
@@ -232,6 +248,10 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
             hold = np.maximum(dur * FS - rise, 0.0)
             env += (weights[:, b, None].astype(f32)
                     * phase_envelope(t, onset, rise, hold, origin, f_coda, qc, coda_level))
+            # The coherent share of the direct wave: energy fraction phi of the branch's direct
+            # part, lost to scattering with distance (exp(-r / l), l ~ 25 km: Sato & Fehler 1998).
+            energy = weights[:, b] ** 2 * (rise / 3.0 + hold)
+            pulses[wave].append((onset, np.sqrt(coherent * energy)))
             if wave == "P":
                 is_first = ok & (tb <= first + 1e-6) & np.isnan(rise_first)
                 rise_first[is_first] = rise_s[is_first]
@@ -252,9 +272,11 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
 
     spec_p = source_path_spectrum(fc_p, tstar_p, kappa, level_p)
     spec_s = source_path_spectrum(fc_s, tstar_s, kappa, np.ones(n))
-    p_series = synthesize(rng, env_p, spec_p, n_out)
-    sv = synthesize(rng, env_s, spec_s * level_sv[:, None].astype(f32), n_out)
-    sh = synthesize(rng, env_s, spec_s * level_sh[:, None].astype(f32), n_out)
+    # First-motion polarity from the mechanism (sign of the unsmoothed pattern).
+    signed = lambda group, sign: [(on, amp * sign) for on, amp in pulses[group]]
+    p_series = synthesize(rng, env_p, spec_p, n_out, signed("P", pol_p))
+    sv = synthesize(rng, env_s, spec_s * level_sv[:, None].astype(f32), n_out, signed("S", pol_sv))
+    sh = synthesize(rng, env_s, spec_s * level_sh[:, None].astype(f32), n_out, signed("S", pol_sh))
     # Expected S RMS envelope (Parseval: sum x^2 dt = 2 sum |A|^2 df), for coda_end.
     df = _F[1] - _F[0]
     energy = 2.0 * (np.abs(spec_s) ** 2).sum(axis=1) * df * (level_sv**2 + level_sh**2)
