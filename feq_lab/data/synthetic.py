@@ -255,10 +255,9 @@ def _pick_labels(rng: np.random.Generator, ev: _Events, snr_db: np.ndarray, rise
         weight = 1.0 / (1.0 + sigma / 0.12) + rng.normal(0.0, 0.04, n)
         out[f"{wave}_status"] = status
         out[f"{wave}_weight"] = np.round(np.clip(weight, 0.2, 1.0), 2)
-    p, s = out["p"], out["s"]
-    p = np.clip(p, 1, N_SAMPLES - 600)
-    s = np.clip(np.maximum(s, p + 10), p + 10, N_SAMPLES - 1)
-    out["p"], out["s"] = p, s
+    # Labels stay where STEAD's are: P before S, S at least 5 s before the window's end.
+    p = np.clip(out["p"], 1, N_SAMPLES - 600)
+    out["p"], out["s"] = p, np.clip(out["s"], p + 10, N_SAMPLES - 500)
     return out
 
 
@@ -275,14 +274,18 @@ def _earthquake_batch(rng: np.random.Generator, n: int, stations: _Stations):
     ground *= stations.site[st][:, None, None].astype(np.float32)
     ground += _station_noise(rng, st, stations)
     waves = _to_counts(rng, ground, st, stations)
-    snr = waveform_snr_db(waves, ev.p_sample)
+    # The pick error model sees the SNR at the true onset; `snr_db` is measured, as STEAD's,
+    # around the labelled P.
+    snr_true = waveform_snr_db(waves, ev.p_sample)
     # Coda end: where the expected S RMS envelope sinks below the station's noise RMS.
     noise_rms = np.sqrt(noise_power(stations.level[st]))
     above = wf.s_env * stations.site[st][:, None] >= noise_rms[:, None]
     t = np.arange(N_SAMPLES)
     last = np.where(above.any(axis=1), (above * t[None, :]).max(axis=1), ev.s_sample)
-    coda_end = np.clip(np.round(last), ev.s_sample + 50, N_SAMPLES).astype(np.float64)
-    labels = _pick_labels(rng, ev, np.nanmean(snr, axis=1), wf.rise_p_s)
+    labels = _pick_labels(rng, ev, np.nanmean(snr_true, axis=1), wf.rise_p_s)
+    snr = waveform_snr_db(waves, labels["p"])
+    latest_s = np.maximum(ev.s_sample, labels["s"])
+    coda_end = np.clip(np.round(last), latest_s + 50, N_SAMPLES).astype(np.float64)
     gain = stations.gain[st]
     return waves, ev, snr, coda_end, labels, st, gain
 
