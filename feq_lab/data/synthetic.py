@@ -63,7 +63,7 @@ _STATUS_P = np.array([0.70, 0.20, 0.10])  # STEAD: ~70% manual (stead_stats.json
 
 # Station selection: an event is kept at a station where it would have been picked. Detection
 # threshold (expected mean-channel SNR, dB) ~ N(mu, sigma) over K candidate stations.
-_DETECT_DB = (16.0, 3.5)
+_DETECT_DB = (17.0, 3.5)
 _CANDIDATES = 32
 _MAG_DIST_CORR = 0.75
 
@@ -161,7 +161,7 @@ def _stations(rng: np.random.Generator, n: int) -> _Stations:
     tone = np.where(rng.random(n) < 0.12, rng.uniform(2.0, 40.0, n), np.nan)
     return _Stations(
         table=table,
-        level=rng.beta(2.5, 2.5, n),
+        level=rng.beta(2.3, 2.7, n),
         site=10 ** rng.normal(0.0, 0.2, n),  # generic site terms scatter ~0.2 log units
         gain=gain, full_scale=full_scale,
         single=rng.random(n) < 0.035,
