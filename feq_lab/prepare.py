@@ -72,8 +72,8 @@ def _examples(meta, waves) -> list[tuple[str, int]]:
     for title, sel in (("earthquake < 20 km", eq[dist[eq] < 20]),
                        ("earthquake > 100 km", eq[dist[eq] > 100])):
         if sel.size:
-            picks.append((f"{title} ({dist[sel[0]]:.0f} km, "
-                          f"M {meta['source_magnitude'].iloc[sel[0]]:.1f})", int(sel[0])))
+            picks.append(((f"{title} ({dist[sel[0]]:.0f} km, "
+                          f"M {meta['source_magnitude'].iloc[sel[0]]:.1f})"), int(sel[0])))
     noise = np.flatnonzero(cat == "noise")
     if noise.size:
         ns = np.array([rms_nonstationarity(waves[i]) for i in noise])
@@ -139,8 +139,10 @@ def write_summary_figure(out_dir: Path, max_traces: int = 2000) -> Path:
             f, db = acceleration_psd_db(waves[i], gains[i])
             psd.append(db)
     if psd:
-        q = np.percentile(np.array(psd), [10, 50, 90], axis=0)
         band = (f >= 0.1) & (f <= 45)
+        f = f[band]
+        q = np.percentile(np.array(psd)[:, band], [10, 50, 90], axis=0)
+        band = np.ones(f.size, dtype=bool)
         ax.fill_between(f[band], q[0][band], q[2][band], alpha=0.3, label="noise Z, 10-90%")
         ax.semilogx(f[band], q[1][band], lw=1.5, label=f"median ({len(psd)} traces)")
     else:

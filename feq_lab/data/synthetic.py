@@ -39,8 +39,14 @@ from scipy.stats import norm as _norm
 from feq_lab.data import traveltime
 from feq_lab.data.snr import waveform_snr_db
 from feq_lab.data.synthetic_artefacts import apply_artefacts
-from feq_lab.data.synthetic_noise import (FS, N_SAMPLES, add_tones, add_transients,
-                                          ambient_noise, noise_power)
+from feq_lab.data.synthetic_noise import (
+    FS,
+    N_SAMPLES,
+    add_tones,
+    add_transients,
+    ambient_noise,
+    noise_power,
+)
 from feq_lab.data.synthetic_source import earthquake_wavefield
 
 GENERATOR_VERSION = "4"  # bump when the output for a given seed changes

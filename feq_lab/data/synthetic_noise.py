@@ -114,7 +114,7 @@ def _smooth_process(rng: np.random.Generator, n_traces: int, corr_s: np.ndarray,
     grid = rng.standard_normal((n_traces, m + 40))
     out = np.empty((n_traces, m))
     for i in range(n_traces):  # a short moving average per trace (its own correlation time)
-        w = max(int(round(corr_s[i])), 1)
+        w = max(round(corr_s[i]), 1)
         kernel = np.ones(w) / np.sqrt(w)
         out[i] = np.convolve(grid[i], kernel, mode="valid")[:m]
     t = np.arange(n) / FS

@@ -9,6 +9,7 @@ on any STEAD-format set, and use the synthetic generator's true arrivals and sta
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def _envelope(x: np.ndarray) -> np.ndarray:
 def onset_rise_time(wave: np.ndarray, p: float) -> float:
     """Seconds the 3-component envelope takes from 10% to 50% of its peak in [P, P + 0.5 s);
     NaN where P is too near the edges. Envelope of the demeaned trace around P, 5-sample mean."""
-    p = int(round(p))
+    p = round(p)
     if p < 200 or p + 300 > wave.shape[0]:
         return float("nan")
     seg = wave[p - 200:p + 300].astype(np.float64)
@@ -85,7 +86,7 @@ def onset_rise_time(wave: np.ndarray, p: float) -> float:
 def s_to_p_peak_ratio(wave: np.ndarray, p: float, s: float) -> float:
     """max |E, N| in [S, S + 3 s) / max |Z| in [P, min(P + 3 s, S)); NaN if S - P < 1 s or a
     channel is dead."""
-    p, s = int(round(p)), int(round(s))
+    p, s = round(p), round(s)
     if s - p < 100 or s >= wave.shape[0]:
         return float("nan")
     x = wave.astype(np.float64) - wave.mean(axis=0)
@@ -98,7 +99,7 @@ def s_to_p_peak_ratio(wave: np.ndarray, p: float, s: float) -> float:
 
 def dominant_frequency(wave: np.ndarray, p: float) -> float:
     """Frequency (Hz) of the largest smoothed power of Z in [P, P + 2.56 s) (Hann taper)."""
-    p = int(round(p))
+    p = round(p)
     seg = wave[p:p + 256, 2].astype(np.float64)
     if seg.size < 256 or not np.any(seg):
         return float("nan")
@@ -206,7 +207,7 @@ def compute(waves: np.ndarray, meta: pd.DataFrame, truth: Mapping[str, np.ndarra
         "s_to_p_peak_ratio_median", out["s_to_p_peak_ratio"].get("median"))
     by_bin = {}
     medians = []
-    for lo, hi in zip(DISTANCE_BINS_KM[:-1], DISTANCE_BINS_KM[1:]):
+    for lo, hi in itertools.pairwise(DISTANCE_BINS_KM):
         sel = (dist >= lo) & (dist < hi) & np.isfinite(fdom)
         med = float(np.median(fdom[sel])) if sel.sum() >= 5 else None
         by_bin[f"{lo:g}-{hi:g}km"] = {"count": int(sel.sum()), "median_hz": med}
