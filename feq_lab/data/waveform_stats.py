@@ -214,6 +214,11 @@ def compute(waves: np.ndarray, meta: pd.DataFrame, truth: Mapping[str, np.ndarra
         if med is not None:
             medians.append(med)
     out["dominant_frequency_by_distance"] = by_bin
+    # Emergent onsets should be rarer near the source than at regional distance.
+    out["rise_time_frac_over_0.1s_by_distance"] = {
+        f"{lo:g}-{hi:g}km": (float((rise[sel] > 0.1).mean()) if sel.sum() >= 5 else None)
+        for lo, hi in itertools.pairwise(DISTANCE_BINS_KM)
+        for sel in [(dist >= lo) & (dist < hi) & np.isfinite(rise)]}
     falls = bool(len(medians) >= 2 and medians[-1] < medians[0]) if medians else None
     out["dominant_frequency_falls_with_distance"] = _check(
         "dominant_frequency_falls_with_distance", falls)
