@@ -165,8 +165,6 @@ class Wavefield:
     incidence_p: np.ndarray
     incidence_s: np.ndarray
     rise_p_s: np.ndarray  # onset rise time of the first P (s), before the station
-    coda_q0: np.ndarray
-    s_env_peak: np.ndarray  # S-group envelope peak amplitude (m/s), for coda_end
     s_env: np.ndarray  # (n, T) S-group RMS envelope (m/s), for coda_end
 
 
@@ -190,7 +188,7 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
     takeoff = np.pi - np.arctan2(distance_km, np.maximum(depth_km, 0.1))
     azimuth = rng.uniform(0, 2 * np.pi, n)
     rp, rsv, rsh = radiation(strike, dip, rake, takeoff, azimuth)
-    pol_p, pol_sv, pol_sh = np.sign(rp) + (rp == 0), np.sign(rsv) + (rsv == 0), np.sign(rsh) + (rsh == 0)
+    pol_p, pol_sv, pol_sh = (np.where(r < 0, -1.0, 1.0) for r in (rp, rsv, rsh))
     mix = rng.uniform(0.3, 0.7, n)  # high-frequency pattern smoothing (Takemura et al. 2009)
     rp = np.sqrt((1 - mix) * rp**2 + mix * 0.52**2)  # focal-sphere rms: P 0.52, S 0.63
     rsv = np.sqrt((1 - mix) * rsv**2 + mix * 0.45**2)  # (Boore & Boatwright 1984)
@@ -307,5 +305,4 @@ def earthquake_wavefield(rng: np.random.Generator, magnitude: np.ndarray,
     inc_p = np.deg2rad(rng.uniform(10.0, 35.0, n))
     inc_s = np.deg2rad(rng.uniform(5.0, 25.0, n))
     body = np.stack([p_series, sv, sh], axis=1)
-    return Wavefield(body, rayleigh, inc_p, inc_s, rise_first, q0_coda,
-                     s_rms_env.max(axis=1), s_rms_env)
+    return Wavefield(body, rayleigh, inc_p, inc_s, rise_first, s_rms_env)
