@@ -56,14 +56,26 @@ class PickerModule(pl.LightningModule):
         return parts
 
     def initialise(self, batch: Mapping[str, torch.Tensor]) -> None:
-        """The recipe's start state, applied in place before the first optimiser step (so a run
-        resumed from a checkpoint keeps its weights): He conv init, then the heads' prior bias
-        measured on this first training batch."""
+        """The recipe's start state, applied in place before the first optimiser step of a fresh
+        run (a resumed run keeps its weights): `init: he` re-initialises the convs, then
+        `prior_init` sets each head's bias to logit(label prior of this first batch). In a
+        distributed run the convs come from rank 0 and the priors are averaged over the ranks,
+        so every replica starts from the same weights."""
+        trainer = self._trainer
+        distributed = trainer is not None and trainer.world_size > 1
         if self.settings.init == "he":
-            he_init(self.model)
+            convs = he_init(self.model)
+            if distributed:
+                for param in (p for m in convs for p in m.parameters()):
+                    param.data.copy_(trainer.strategy.broadcast(param.data, src=0))
         if self.settings.prior_init:
-            self.initial_priors = label_priors(batch, TARGETS)
-            set_head_priors(self.model, self.initial_priors)
+            priors = label_priors(batch, TARGETS)
+            if distributed:
+                values = torch.tensor([priors[n] for n in OUTPUTS], device=self.device)
+                values = trainer.strategy.reduce(values, reduce_op="mean")
+                priors = {n: float(v) for n, v in zip(OUTPUTS, values)}
+            self.initial_priors = priors
+            set_head_priors(self.model, priors)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.trainer.global_step == 0 and batch_idx == 0 and self.trainer.current_epoch == 0:

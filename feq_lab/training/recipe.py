@@ -165,17 +165,15 @@ def train_settings(train: Mapping[str, Any] | None) -> TrainSettings:
     )
 
 
-def he_init(model: nn.Module) -> int:
-    """He-uniform (fan-in, ReLU gain) kernels and zero biases for every Conv1d; returns how many
-    were re-initialised. Recurrent, attention and normalisation layers keep their own init."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, nn.Conv1d):
-            nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-            count += 1
-    return count
+def he_init(model: nn.Module) -> list[nn.Conv1d]:
+    """He-uniform (fan-in, ReLU gain) kernels and zero biases for every Conv1d; returns the convs
+    re-initialised. Recurrent, attention and normalisation layers keep their own init."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    for conv in convs:
+        nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+    return convs
 
 
 def output_heads(model: nn.Module) -> list[nn.Conv1d]:
