@@ -9,6 +9,7 @@ the heads' label-prior bias are the recipe's (recipe.py says why each exists).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import pytorch_lightning as pl
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feq_lab.errors import ConfigError
 from feq_lab.training.recipe import (
     OUTPUTS,
     TrainSettings,
@@ -110,7 +112,11 @@ class PickerModule(pl.LightningModule):
                 optimizer, mode="min", factor=s.lr_factor, patience=s.lr_patience)
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": scheduler, "monitor": MONITOR, "interval": "epoch"}}
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError("trainer.max_epochs", "the cosine schedule needs a finite number of steps "
+                              "(max_epochs or max_steps)")
+        total = int(total)
         lam = warmup_cosine(round(s.warmup * total), total, s.final_lr_fraction)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
