@@ -43,6 +43,7 @@ class PickerModule(pl.LightningModule):
         self.model = model
         self.settings = settings or TrainSettings()
         self.loss_weights = dict(self.settings.loss_weights)
+        self.pos_weight = dict(self.settings.pos_weight)
         # label priors the heads started from (None until the first training batch)
         self.initial_priors: dict[str, float] | None = None
 
@@ -50,10 +51,15 @@ class PickerModule(pl.LightningModule):
         return self.model(x)
 
     def losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-output BCE and their weighted sum (`loss`)."""
+        """Per-output BCE (positive term weighted by `pos_weight`) and their weighted sum (`loss`)."""
         logits = dict(zip(OUTPUTS, self.model.forward_logits(batch["x"])))
-        parts = {name: F.binary_cross_entropy_with_logits(logits[name], batch[TARGETS[name]].to(logits[name].dtype))
-                 for name in OUTPUTS}
+        parts = {}
+        for name in OUTPUTS:
+            z = logits[name]
+            w = self.pos_weight[name]
+            parts[name] = F.binary_cross_entropy_with_logits(
+                z, batch[TARGETS[name]].to(z.dtype),
+                pos_weight=None if w == 1.0 else torch.tensor(w, dtype=z.dtype, device=z.device))
         parts["loss"] = sum(self.loss_weights[n] * parts[n] for n in OUTPUTS)
         return parts
 

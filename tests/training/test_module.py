@@ -51,6 +51,20 @@ def test_loss_is_weighted_bce_of_the_three_outputs(batch):
     assert parts["loss"].item() == pytest.approx(total, rel=1e-4)
 
 
+def test_pos_weight_scales_the_positive_term_only(batch):
+    torch.manual_seed(0)
+    model = build_model("feq2").eval()
+    plain = PickerModule(model, train_settings({})).losses(batch)
+    weighted = PickerModule(model, train_settings({"pos_weight": {"detection": 1, "p": 3, "s": 1}})).losses(batch)
+    with torch.no_grad():
+        _, p, _ = model(batch["x"])
+    y = batch["y_p"]
+    expected = -(3 * y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+    assert weighted["p"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert weighted["s"].item() == pytest.approx(plain["s"].item(), rel=1e-6)
+    assert weighted["p"].item() > plain["p"].item()
+
+
 def test_a_few_adam_steps_lower_the_loss(batch):
     torch.manual_seed(1)
     module = PickerModule(build_model("feq2"), train_settings({"lr": 1e-2, "schedule": "constant"}))
@@ -92,6 +106,8 @@ def test_bad_loss_weights_name_the_key(weights, key):
     ({"prior_init": "yes"}, "train.prior_init"),
     ({"early_stopping": 1}, "train.early_stopping"),
     ({"grad_clip": 0}, "train.grad_clip"),
+    ({"pos_weight": {"detection": 1, "p": 0, "s": 1}}, "train.pos_weight.p"),
+    ({"pos_weight": {"detection": 1, "p": 2}}, "train.pos_weight.s"),
     ({"grad_clip": float("inf")}, "train.grad_clip"),
 ])
 def test_impossible_recipe_values_name_the_key(train, key):
