@@ -430,18 +430,22 @@ class SteadWriter:
 
     layout "merged" puts traces at `data/<trace_name>`, "2019" under `earthquake/local` and
     `non_earthquake/noise`. Every metadata field is written both as a CSV column (raw STEAD text)
-    and as a dataset attribute. `extra_columns` (e.g. "split") follow the 35 STEAD columns.
+    and as a dataset attribute. `extra_columns` (e.g. "split") follow the 35 STEAD columns;
+    `attr_columns` are written as dataset attributes only (e.g. the synthetic generator's true
+    arrivals), so the CSV keeps its columns.
     """
 
     def __init__(self, hdf5_path: str | os.PathLike, csv_path: str | os.PathLike | None = None,
                  layout: str = "merged", extra_columns: Sequence[str] = (),
-                 write_attrs: bool = True, defer_csv: bool = False):
+                 write_attrs: bool = True, defer_csv: bool = False,
+                 attr_columns: Sequence[str] = ()):
         if layout not in ("merged", "2019"):
             raise ValueError(f"layout must be 'merged' or '2019', got {layout!r}")
         self.hdf5_path = Path(hdf5_path)
         self.csv_path = Path(csv_path) if csv_path else self.hdf5_path.with_suffix(".csv")
         self.layout = layout
         self.extra_columns = tuple(extra_columns)
+        self.attr_columns = tuple(attr_columns)
         self.write_attrs = write_attrs
         self._tmp_h5 = self.hdf5_path.with_name(f".{self.hdf5_path.name}.{os.getpid()}.tmp")
         self._tmp_csv = self.csv_path.with_name(f".{self.csv_path.name}.{os.getpid()}.tmp")
@@ -486,6 +490,9 @@ class SteadWriter:
             for key in self.extra_columns:
                 if not cols.is_missing(row.get(key)):
                     attrs[key] = str(row.get(key))
+            for key in self.attr_columns:
+                if not cols.is_missing(row.get(key)):
+                    attrs[key] = row.get(key)
             _write_attrs(dset, attrs)
         raw = cols.format_row(row, self.extra_columns)
         line = [raw[c] for c in list(cols.STEAD_COLUMNS) + list(self.extra_columns)]

@@ -1,4 +1,6 @@
-"""The prepare summary: counts and distributions of a STEAD-format subset (what summary.json holds)."""
+"""The prepare summary: counts, distributions and waveform statistics of a STEAD-format subset
+(what summary.json holds). Waveform statistics (`waveform_stats`) come with the band real data
+fall in; they use the synthetic generator's true arrivals where its HDF5 attributes hold them."""
 
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ def _describe(values: np.ndarray) -> dict[str, float | int | None]:
     return out
 
 
-def describe_metadata(meta: pd.DataFrame) -> dict[str, Any]:
-    """Counts per category/split and distributions of the earthquake fields."""
+def describe_metadata(meta: pd.DataFrame,
+                      truth: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Counts per category/split and distributions of the earthquake fields (`truth`: true
+    arrivals aligned with `meta`, for the travel-time check)."""
     from feq_lab.data.stead import snr_matrix
 
     summary: dict[str, Any] = {"n_traces": len(meta),
@@ -60,16 +64,23 @@ def describe_metadata(meta: pd.DataFrame) -> dict[str, Any]:
     summary["median_ratio_to_stead"] = {
         k: (dist[k]["q50"] / v if dist[k].get("count") and v else None)
         for k, v in STEAD_MEDIANS.items()}
-    summary["traveltime_check"] = traveltime_check(eq)
+    eq_truth = None
+    if truth:
+        mask = (meta["trace_category"] == "earthquake_local").to_numpy()
+        eq_truth = {k: np.asarray(v)[mask] for k, v in truth.items()}
+    summary["traveltime_check"] = traveltime_check(eq, truth=eq_truth)
     return summary
 
 
-def traveltime_check(eq: pd.DataFrame, live_sample: int = 200, seed: int = 0) -> dict[str, Any]:
+def traveltime_check(eq: pd.DataFrame, live_sample: int = 200, seed: int = 0,
+                     truth: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Largest |S-P (metadata) - S-P (TauP)| over earthquake traces, in seconds.
 
     Against the interpolated table for every trace (`count`, `max_abs_error_sec`,
     `frac_within_0.05s`), and against live TauP (iasp91) for a seeded random sample of up to
     `live_sample` of them (`live_taup`: a few seconds), which also catches table errors.
+    With `truth` (true P/S samples aligned with `eq`, NaN = unknown) the true arrivals are
+    checked instead of the labels (which carry pick errors); `arrivals` says which.
     """
     from feq_lab.data import traveltime
 
@@ -79,14 +90,22 @@ def traveltime_check(eq: pd.DataFrame, live_sample: int = 200, seed: int = 0) ->
     z = eq["source_depth_km"].to_numpy(dtype=np.float64)
     ok = np.isfinite(d) & np.isfinite(z) & (d <= traveltime.MAX_DISTANCE_KM) & (
         z >= 0) & (z <= traveltime.MAX_DEPTH_KM)
-    sp_all = (eq["s_arrival_sample"].to_numpy(dtype=np.float64) - eq["p_arrival_sample"].to_numpy(
-        dtype=np.float64)) / 100.0
+    p = eq["p_arrival_sample"].to_numpy(dtype=np.float64)
+    s = eq["s_arrival_sample"].to_numpy(dtype=np.float64)
+    arrivals = "labelled"
+    if truth is not None:
+        pt = np.asarray(truth.get("p_arrival_sample_true", np.full(len(eq), np.nan)), dtype=np.float64)
+        st = np.asarray(truth.get("s_arrival_sample_true", np.full(len(eq), np.nan)), dtype=np.float64)
+        if np.isfinite(pt).all() and np.isfinite(st).all() and len(pt) == len(eq):
+            p, s, arrivals = pt, st, "true"
+    sp_all = (s - p) / 100.0
     ok &= np.isfinite(sp_all)
     if not ok.any():
         return {"count": 0}
     tp, ts = traveltime.first_arrivals(d[ok], z[ok])
     err = np.abs(sp_all[ok] - (ts - tp))
-    out: dict[str, Any] = {"count": int(ok.sum()), "max_abs_error_sec": float(err.max()),
+    out: dict[str, Any] = {"count": int(ok.sum()), "arrivals": arrivals,
+                           "max_abs_error_sec": float(err.max()),
                            "frac_within_0.05s": float((err <= 0.05).mean())}
     if live_sample > 0:
         idx = np.flatnonzero(ok)
@@ -101,12 +120,20 @@ def traveltime_check(eq: pd.DataFrame, live_sample: int = 200, seed: int = 0) ->
 
 
 def summarize(out_dir: str | os.PathLike, config: Mapping[str, Any] | None = None,
-              extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Summary of `<out_dir>/subset.csv` plus the config that produced it (for no-op reruns)."""
+              extra: Mapping[str, Any] | None = None, max_waveforms: int = 2000) -> dict[str, Any]:
+    """Summary of `<out_dir>/subset.csv` plus the config that produced it (for no-op reruns),
+    with waveform statistics on (a seeded sample of at most `max_waveforms` of) its traces."""
+    from feq_lab.data import waveform_stats
     from feq_lab.data.stead import read_csv_index
 
-    meta = read_csv_index(Path(out_dir) / "subset.csv")
-    summary = {"config": dict(config or {}), **describe_metadata(meta)}
+    out_dir = Path(out_dir)
+    meta = read_csv_index(out_dir / "subset.csv")
+    waves, rows, truth, gains = waveform_stats.read_subset(out_dir, meta, max_traces=max_waveforms)
+    full_truth = None
+    if truth and len(rows) == len(meta):
+        full_truth = truth  # every trace was read: the travel-time check can use the truth
+    summary = {"config": dict(config or {}), **describe_metadata(meta, truth=full_truth)}
+    summary["waveform_statistics"] = waveform_stats.compute(waves, rows, truth, gains)
     if extra:
         summary.update(extra)
     return summary

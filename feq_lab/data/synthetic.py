@@ -1,27 +1,28 @@
 """A physics-based synthetic STEAD, written in the real format (the lab's embedded default).
 
 Why synthetic: the real STEAD (85 GB) cannot be fetched everywhere; tests and the default
-pipeline need data that behaves like it. Each earthquake trace is built by the stochastic method
-(band-limited noise under an envelope, shaped by a source/path spectrum):
-- magnitude, distance and depth drawn to STEAD's quantiles (REFERENCE 1.4);
-- P and S first arrivals from TauP iasp91 (`traveltime` table), P sample mostly a whole second
-  5-10 s into the window as in STEAD;
-- Brune omega-squared source, corner frequency from Mw and a stress drop of 1-10 MPa
-  (P corner 1.5x S's), 1/r spreading, anelastic attenuation exp(-pi f t/Q) plus a site kappa,
-  S several times P, P mostly on Z and S on the horizontals (incidence + back-azimuth rotation),
-  an exponentially decaying coda whose end (`coda_end_sample`) is where it sinks into the noise;
-- ambient noise coloured between Peterson's NLNM and NHNM (precomputed once), station tones,
-  spikes, dropouts (gaps), single-channel stations (Z copied to E and N);
-- about 10% of earthquake traces carry a second, weaker event later in the window;
-- the station noise level in counts (gain x ground noise) is set so that the SNR spread matches
-  STEAD's (selection-biased) distribution; `snr_db` itself is then *measured* on the final
-  waveform (`feq_lab.data.snr`), never copied from the target.
+pipeline need data that behaves like it. Generator v4 (issue #14) draws every trace's noise and
+source/path realisation afresh, so no waveform material is shared between traces, hence none
+between splits (the split is drawn before synthesis in `make_synthetic_subset`):
+- magnitude, distance and depth to STEAD's quantiles (REFERENCE 1.4; Mousavi et al. 2019);
+  first P and S from TauP iasp91 (`traveltime`), regional branches Pg/P*/Pn, Sg/S*/Sn;
+- ground velocity by the stochastic method (`synthetic_source`: Brune source, radiation
+  pattern, spreading, causal t*, scattering-broadened onsets, coda from a path Q_c);
+- ambient noise in m/s between Peterson's NLNM and NHNM with slow level changes, transients
+  and tones (`synthetic_noise`), at a station noise level; SNR follows from magnitude, distance
+  and the station: the station that "recorded" an event is drawn among stations where the event
+  would have been seen (catalogue selection: STEAD holds picked, hence visible, arrivals);
+- station gain (raw counts), artefacts on both classes (`synthetic_artefacts`);
+- pick labels: ~70% "manual" picks within a few samples of the truth, the rest automatic
+  picks with SNR- and onset-dependent errors (late on emergent onsets), `p_weight`/`s_weight`
+  from the pick uncertainty; the true arrivals are kept as HDF5 attributes only
+  (`TRUTH_COLUMNS`, not in the 35-column CSV) for the generator's own checks;
+- `snr_db` is *measured* on the final waveform (`feq_lab.data.snr`), never copied from a target.
 Everything is vectorised over a batch of traces and seeded (numpy Generator).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -32,138 +33,50 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import gamma as _gamma
+from scipy.stats import norm as _norm
 
 from feq_lab.data import traveltime
 from feq_lab.data.snr import waveform_snr_db
+from feq_lab.data.synthetic_artefacts import apply_artefacts
+from feq_lab.data.synthetic_noise import (
+    FS,
+    N_SAMPLES,
+    add_tones,
+    add_transients,
+    ambient_noise,
+    noise_power,
+)
+from feq_lab.data.synthetic_source import earthquake_wavefield
 
-FS = 100.0
-N_SAMPLES = 6000
-FREQS = np.fft.rfftfreq(N_SAMPLES, d=1.0 / FS)
-GENERATOR_VERSION = "3"  # bump when the output for a given seed changes
+GENERATOR_VERSION = "4"  # bump when the output for a given seed changes
 DEFAULT_SPLIT = {"train": 0.85, "val": 0.05, "test": 0.10}
-
-# STEAD's mean-of-channels SNR (dB) quantiles (stead_stats.json), used as the target spread.
-_SNR_Q = np.array([0.0, 0.05, 0.075, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99, 1.0])
-_SNR_DB = np.array([-1.0, 7.5, 10.0, 11.0, 16.0, 23.0, 32.0, 41.0, 48.0, 60.0, 80.0])
+# The generator's ground truth: HDF5 attributes of each earthquake trace, not CSV columns.
+TRUTH_COLUMNS = ("p_arrival_sample_true", "s_arrival_sample_true", "station_gain_counts_per_m_s")
 
 _NETWORKS = ["CI", "NC", "TA", "US", "AK", "UW", "HV", "NN", "UU", "IU", "BK", "PB", "OK", "GS",
              "NM", "AV", "MB", "WY", "ET", "SC", "BC", "AZ", "CN", "N4"]
 _RECEIVER_TYPES = np.array(["HH", "BH", "EH", "HN", "SH"])
 _RECEIVER_P = np.array([0.46, 0.20, 0.29, 0.03, 0.02])
+# log10 gain ranges, counts per m/s: broadband (STS-2/Trillium + 24-bit), short period, strong
+# motion (whose self-noise keeps the record in a few counts).
+_LOG_GAIN = {"HH": (8.5, 9.3), "BH": (8.5, 9.3), "EH": (7.5, 8.7), "HN": (6.0, 7.0),
+             "SH": (7.5, 8.5)}
 _MAG_TYPES = np.array(["ml", "md", "mb", "mw", "mc", "mh"])
 _MAG_TYPE_P = np.array([0.58, 0.30, 0.05, 0.04, 0.02, 0.01])
 _STATUSES = np.array(["manual", "automatic", "autopicker"])
-_STATUS_P = np.array([0.70, 0.20, 0.10])
+_STATUS_P = np.array([0.70, 0.20, 0.10])  # STEAD: ~70% manual (stead_stats.json)
 
-
-def _peterson_models() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(periods, NLNM dB, NHNM dB) read from obspy's data file (no heavy obspy.signal import)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("obspy")
-    if spec is None or spec.origin is None:  # pragma: no cover - obspy is a dependency
-        raise ImportError("obspy is required for the Peterson noise models")
-    data = np.load(Path(spec.origin).parent / "signal" / "data" / "noise_models.npz")
-    return data["model_periods"], data["low_noise"], data["high_noise"]
-
-
-def noise_shapes(freqs: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Velocity amplitude spectra between NLNM (level 0) and NHNM (level 1), one row per level.
-
-    Interpolated in dB (acceleration PSD), converted to velocity; above 10 Hz the acceleration
-    level is held flat. Zero at DC.
-    """
-    periods, low_db, high_db = _peterson_models()
-    f = np.where(freqs > 0, freqs, freqs[1])
-    order = np.argsort(1.0 / periods)
-    logf = np.log10(1.0 / periods[order])
-    low = np.interp(np.log10(f), logf, low_db[order])
-    high = np.interp(np.log10(f), logf, high_db[order])
-    acc_db = low[None, :] + np.asarray(levels)[:, None] * (high - low)[None, :]
-    amp = np.sqrt(10 ** (acc_db / 10.0)) / (2 * np.pi * f[None, :])
-    amp[:, freqs <= 0] = 0.0
-    return amp
-
-
-def recording_filter(freqs: np.ndarray) -> np.ndarray:
-    """Causal 1-45 Hz band-pass (2-pole high-pass, 4-pole low-pass Butterworth) as in STEAD."""
-    s = 1j * freqs / 1.0
-    hp = s**2 / (s**2 + np.sqrt(2) * s + 1)
-    z = 1j * freqs / 45.0
-    return hp / ((z**2 + 0.7654 * z + 1) * (z**2 + 1.8478 * z + 1))
-
-
-_ENERGY_FREQS = np.linspace(0.1, 50.0, 400)
-_BP_POWER = None
-
-
-def spectrum_energy(fc: np.ndarray, tstar: np.ndarray) -> np.ndarray:
-    """Sum of |source_path_spectrum|^2 on a 0.05-Hz grid, in real arithmetic (amplitude scaling)."""
-    global _BP_POWER
-    f = _ENERGY_FREQS[None, :]
-    if _BP_POWER is None:
-        _BP_POWER = np.abs(recording_filter(_ENERGY_FREQS)) ** 2
-    power = ((2 * np.pi * f) ** 2 / (1.0 + (f / fc[:, None]) ** 2) ** 2
-             * np.exp(-2 * np.pi * f * tstar[:, None]) * _BP_POWER[None, :])
-    return power.sum(axis=1)
-
-
-def source_path_spectrum(freqs: np.ndarray, fc: np.ndarray, tstar: np.ndarray) -> np.ndarray:
-    """Causal velocity response: Brune omega^2 (1/(1+i f/fc)^2) x i 2 pi f x exp(-pi f t*) x band-pass.
-
-    Shape only (unit moment, unit distance); one row per (fc, t*) pair.
-    """
-    f = freqs[None, :]
-    return (2j * np.pi * f / (1.0 + 1j * f / fc[:, None]) ** 2
-            * np.exp(-np.pi * f * tstar[:, None]) * recording_filter(freqs)[None, :])
-
-
-# Banks of precomputed band-limited series (why: per-trace FFTs cost ~10x the 2,000 traces/s
-# target). Signal classes: a log grid of corner frequency x t*; each trace uses its nearest class
-# for the waveform's *shape* and its exact parameters for the *amplitude*.
-BANK_LENGTH = 1 << 15
-NOISE_BANK_LENGTH = 1 << 17
-FC_GRID = np.geomspace(0.5, 100.0, 14)
-TSTAR_GRID = np.geomspace(0.01, 0.3, 7)
-NOISE_LEVELS = np.linspace(0.0, 1.0, 6)
-_BANK_SEED = 20191015  # fixed: the banks are part of the generator (GENERATOR_VERSION)
-
-
-@functools.lru_cache(maxsize=1)
-def signal_bank() -> np.ndarray:
-    """(n_fc * n_tstar, BANK_LENGTH) float32 unit-variance series, one per (fc, t*) class."""
-    rng = np.random.default_rng(_BANK_SEED)
-    freqs = np.fft.rfftfreq(BANK_LENGTH, d=1.0 / FS)
-    fc, ts = np.meshgrid(FC_GRID, TSTAR_GRID, indexing="ij")
-    shape = source_path_spectrum(freqs, fc.ravel(), ts.ravel())
-    white = np.fft.rfft(rng.standard_normal((shape.shape[0], BANK_LENGTH)), axis=1)
-    series = np.fft.irfft(white * shape, n=BANK_LENGTH, axis=1)
-    series /= series.std(axis=1, keepdims=True)
-    return series.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=1)
-def noise_bank() -> np.ndarray:
-    """(n_levels, NOISE_BANK_LENGTH) float32 unit-variance ambient noise, NLNM -> NHNM shapes."""
-    rng = np.random.default_rng(_BANK_SEED + 1)
-    freqs = np.fft.rfftfreq(NOISE_BANK_LENGTH, d=1.0 / FS)
-    amp = noise_shapes(freqs, NOISE_LEVELS) * np.abs(recording_filter(freqs))[None, :]
-    phase = rng.standard_normal((len(NOISE_LEVELS), freqs.size)) + 1j * rng.standard_normal(
-        (len(NOISE_LEVELS), freqs.size))
-    series = np.fft.irfft(phase * amp, n=NOISE_BANK_LENGTH, axis=1)
-    series /= series.std(axis=1, keepdims=True)
-    return series.astype(np.float32)
-
-
-def _class_index(fc: np.ndarray, tstar: np.ndarray) -> np.ndarray:
-    i = np.abs(np.log(fc)[:, None] - np.log(FC_GRID)[None, :]).argmin(axis=1)
-    j = np.abs(np.log(tstar)[:, None] - np.log(TSTAR_GRID)[None, :]).argmin(axis=1)
-    return i * len(TSTAR_GRID) + j
+# Station selection: an event is kept at a station where it would have been picked. Detection
+# threshold (expected mean-channel SNR, dB) ~ N(mu, sigma) over K candidate stations.
+_DETECT_DB = (17.0, 3.5)
+_CANDIDATES = 32
+_MAG_DIST_CORR = 0.75
 
 
 @dataclass
 class _Events:
-    """Per-trace event parameters (arrays of length n)."""
+    """Per-trace event parameters (arrays of length n); samples are true arrivals."""
 
     magnitude: np.ndarray
     distance_km: np.ndarray
@@ -172,20 +85,35 @@ class _Events:
     s_sample: np.ndarray
     p_travel: np.ndarray
     back_azimuth: np.ndarray
+    p_branches: np.ndarray
+    s_branches: np.ndarray
 
 
 def _draw_events(rng: np.random.Generator, n: int) -> _Events:
-    # Magnitude: shifted log-normal fitted to q25 0.8 / q50 1.3 / q75 2.0 (mean 1.53).
-    mag = -0.5 + 1.8 * np.exp(0.485 * rng.standard_normal(n))
+    # Magnitude and distance are correlated in any catalogue-based set (small events are only
+    # recorded near their source: detection thresholds, e.g. Mousavi et al. 2019's STEAD
+    # magnitude-distance plot): a Gaussian copula with correlation _MAG_DIST_CORR keeps both
+    # marginals. Magnitude: shifted log-normal fitted to q25 0.8 / q50 1.3 / q75 2.0 (mean 1.53).
+    z_mag = rng.standard_normal(n)
+    z_dist = _MAG_DIST_CORR * z_mag + np.sqrt(1 - _MAG_DIST_CORR**2) * rng.standard_normal(n)
+    mag = -0.5 + 1.8 * np.exp(0.485 * z_mag)
     mag = np.round(np.clip(mag, -0.5, 7.9), 2)
     # Distance: gamma(1.1, 46) matches mean 50.8 / median 39 / q75 71 km; capped at 346 km.
-    dist = np.round(np.clip(rng.gamma(1.1, 46.0, n), 0.1, 346.0), 2)
+    dist = _gamma.ppf(np.clip(_norm.cdf(z_dist), 1e-12, 1 - 1e-12), 1.1, scale=46.0)
+    dist = np.round(np.clip(dist, 0.1, 346.0), 2)
     # Depth: log-normal (median 8.5, q25 4.1, q75 14.2) plus 4% deeper events; 0-200 km.
     depth = 8.5 * np.exp(0.92 * rng.standard_normal(n))
     deep = rng.random(n) < 0.04
     depth[deep] = rng.uniform(30.0, 200.0, deep.sum())
     depth = np.round(np.clip(depth, 0.0, traveltime.MAX_DEPTH_KM), 2)
     tp, ts = traveltime.first_arrivals(dist, depth)
+    pb, sb = traveltime.branch_arrivals(dist, depth)
+    # Where the interpolated branches miss the first arrival (a cell touching a branch's edge),
+    # the first arrival itself stands in for the direct branch.
+    for branches, first in ((pb, tp), (sb, ts)):
+        with np.errstate(invalid="ignore"):
+            lost = ~(np.fmin.reduce(branches, axis=1) <= first + 0.01)
+        branches[lost, 0] = first[lost]
     # P sample: mostly whole seconds 4-9 s into the window (STEAD: median 700), some off-grid.
     p = 100.0 * rng.choice(np.arange(4, 10), n, p=[0.10, 0.15, 0.20, 0.25, 0.20, 0.10])
     off = rng.random(n) < 0.12
@@ -196,202 +124,25 @@ def _draw_events(rng: np.random.Generator, n: int) -> _Events:
     p[over] -= s[over] - (N_SAMPLES - 500)
     s[over] = N_SAMPLES - 500
     baz = np.round(rng.uniform(0.0, 360.0, n), 1)
-    return _Events(mag, dist, depth, p, s, tp, baz)
+    return _Events(mag, dist, depth, p, s, tp, baz, pb, sb)
 
 
-def _envelope(t: np.ndarray, onset: np.ndarray, rise: np.ndarray, decay: np.ndarray) -> np.ndarray:
-    """(n, T) float32 envelope: zero before onset, linear rise over `rise` samples, then
-    exp(-(t - onset - rise) / decay). Computed as min(ramp, decay curve) in a few fused passes."""
-    f32 = np.float32
-    inv_rise = (1.0 / rise).astype(f32)[:, None]
-    env = t[None, :] * inv_rise - (onset / rise).astype(f32)[:, None]
-    np.clip(env, 0.0, 1.0, out=env)
-    inv_decay = (1.0 / decay).astype(f32)[:, None]
-    tail = ((onset + rise) / decay).astype(f32)[:, None] - t[None, :] * inv_decay
-    np.minimum(tail, 0.0, out=tail)
-    np.exp(tail, out=tail)
-    return np.minimum(env, tail, out=env)
+@dataclass
+class _Stations:
+    """The station pool: metadata table plus the properties the waveforms need (arrays)."""
+
+    table: pd.DataFrame
+    level: np.ndarray  # ambient noise level, 0 = NLNM .. 1 = NHNM (dB interpolation)
+    site: np.ndarray  # site amplification of the signal
+    gain: np.ndarray  # counts per m/s
+    full_scale: np.ndarray  # digitiser full scale, counts
+    single: np.ndarray  # single-component station (Z copied to E, N)
+    tone_hz: np.ndarray  # station tone frequency or NaN
+    chan: np.ndarray  # (n, 3) per-component noise multipliers
 
 
-def _earthquake_batch(rng: np.random.Generator, n: int):
-    """n earthquake traces: waveforms (n, 6000, 3) float32 and per-trace event parameters."""
-    ev = _draw_events(rng, n)
-    t = np.arange(N_SAMPLES, dtype=np.float32)
-    r_hyp = np.sqrt(ev.distance_km**2 + ev.depth_km**2) + 1.0
-    m0 = 10 ** (1.5 * ev.magnitude + 9.1)
-    stress = 10 ** rng.uniform(6.0, 7.0, n)  # 1-10 MPa
-    fc_s = 0.37 * 3500.0 * (16 * stress / (7 * m0)) ** (1 / 3)
-    fc_p = 1.5 * fc_s
-    ts_sec = ev.p_travel + (ev.s_sample - ev.p_sample) / FS
-    kappa = rng.uniform(0.01, 0.04, n)
-    tstar_p = ev.p_travel / 600.0 + kappa
-    tstar_s = ts_sec / 300.0 + kappa
-
-    # Envelopes: P decays into a P coda; S rises then decays exponentially (the coda).
-    coda_tau = 100.0 * 10 ** (0.12 * ev.magnitude + 0.15 + 0.1 * rng.standard_normal(n))
-    coda_tau *= 1.0 + ev.distance_km / 150.0
-    rise_p = np.clip(FS / fc_p, 3.0, 60.0)
-    rise_s = np.clip(FS / fc_s, 5.0, 100.0) + 0.05 * (ev.s_sample - ev.p_sample)
-    env_p = _envelope(t, ev.p_sample, rise_p, 0.6 * coda_tau)
-    env_s = _envelope(t, ev.s_sample, rise_s, coda_tau)
-    # A second, weaker event in ~10% of traces, later in the window (unlabelled, as in STEAD).
-    second = rng.random(n) < 0.10
-    if second.any():
-        idx = np.nonzero(second)[0]
-        sp2 = rng.uniform(100.0, 1500.0, idx.size)
-        p2 = rng.uniform(ev.s_sample[idx] + 200.0, N_SAMPLES - 200.0)
-        weaker = (10 ** -rng.uniform(0.3, 1.5, idx.size)).astype(np.float32)[:, None]
-        env_p[idx] += weaker * _envelope(t, p2, rise_p[idx], 0.6 * coda_tau[idx])
-        env_s[idx] += weaker * _envelope(t, p2 + sp2, rise_s[idx], coda_tau[idx])
-
-    # Peak amplitudes from the spectra (Parseval: energy / effective duration), so S/P ratios,
-    # corner frequencies and attenuation act on amplitude; (beta/alpha)^3 ~ 0.19 for P.
-    e_p = spectrum_energy(fc_p, tstar_p)
-    e_s = spectrum_energy(fc_s, tstar_s)
-    rad_p = rng.uniform(0.3, 1.0, n)
-    rad_s = rng.uniform(0.4, 1.0, n)
-    # Effective durations (integral of envelope^2: ramp/3 + decay/2), in seconds.
-    dur_p = (rise_p / 3 + 0.3 * coda_tau) / FS
-    dur_s = (rise_s / 3 + 0.5 * coda_tau) / FS
-    amp_p = 0.19 * rad_p * m0 / r_hyp * np.sqrt(e_p / dur_p)
-    amp_s = rad_s * m0 / r_hyp * np.sqrt(e_s / dur_s)
-    amp_p, amp_s = amp_p / amp_s, np.ones(n)  # the absolute scale is set by the SNR draw below
-
-    # Six component series per trace: P, SV, SH (band-limited by the trace's spectrum class,
-    # under their envelopes) and three ambient-noise channels.
-    cls_p, cls_s = _class_index(fc_p, tstar_p), _class_index(fc_s, tstar_s)
-    env_p *= amp_p[:, None].astype(np.float32)
-    comp = np.empty((n, 6, N_SAMPLES), dtype=np.float32)
-    bank = signal_bank()
-    starts = rng.integers(0, bank.shape[1] - N_SAMPLES, (n, 3))
-    for i in range(n):
-        for k, (row, env) in enumerate(((cls_p[i], env_p[i]), (cls_s[i], env_s[i]),
-                                        (cls_s[i], env_s[i]))):
-            s0 = starts[i, k]
-            np.multiply(bank[row, s0:s0 + N_SAMPLES], env, out=comp[i, k])
-    _noise_into(rng, comp[:, 3:])
-
-    # Rotation onto E, N, Z: near-vertical incidence, so P on Z and S on the horizontals.
-    inc = np.deg2rad(rng.uniform(10.0, 35.0, n))
-    az = np.deg2rad((ev.back_azimuth + 180.0) % 360.0)
-    sin_i, cos_i, sin_a, cos_a = np.sin(inc), np.cos(inc), np.sin(az), np.cos(az)
-    sv = rng.uniform(0.5, 1.5, n)
-    w_sv, w_sh = sv / np.sqrt(1 + sv**2), 1.0 / np.sqrt(1 + sv**2)
-    mix = np.empty((n, 3, 3))  # [channel E, N, Z] x [P, SV, SH]
-    mix[:, 0] = np.stack([sin_i * sin_a, w_sv * cos_i * sin_a, w_sh * cos_a], axis=1)
-    mix[:, 1] = np.stack([sin_i * cos_a, w_sv * cos_i * cos_a, -w_sh * sin_a], axis=1)
-    mix[:, 2] = np.stack([cos_i, -w_sv * sin_i, np.zeros(n)], axis=1)
-
-    # Noise level: per-channel powers in the 5 s windows around P (from the components:
-    # a 3x3 Gram matrix of P/SV/SH in the signal window, noise power in the noise window).
-    pi = ev.p_sample.astype(np.int64)
-    gram = np.empty((n, 3, 3))
-    pn = np.empty((n, 3))
-    chan = (1.0 + 0.15 * rng.standard_normal((n, 3))).clip(0.5, 1.5)  # per-channel noise level
-    for i in range(n):
-        seg = comp[i, :3, pi[i]:pi[i] + 500].astype(np.float64)
-        gram[i] = seg @ seg.T / seg.shape[1]
-        nseg = comp[i, 3:, max(pi[i] - 500, 0):pi[i]].astype(np.float64)
-        pn[i] = np.einsum("ct,ct->c", nseg, nseg) / max(nseg.shape[1], 1) * chan[i] ** 2
-    ps = np.einsum("ncs,nst,nct->nc", mix, gram, mix)
-    target = np.interp(rng.random(n), _SNR_Q, _SNR_DB)
-    scale = _noise_scale(ps, pn, target)
-
-    # Raw counts: stations differ by orders of magnitude in gain. One batched (T,6)@(6,3)
-    # product mixes, scales, adds the noise and lays the result out as (T, 3) at once.
-    gain = 10 ** rng.uniform(1.0, 4.0, n)
-    out_mix = np.zeros((n, 3, 6))
-    out_mix[:, :, :3] = mix * (gain / scale)[:, None, None]
-    out_mix[:, [0, 1, 2], [3, 4, 5]] = chan * gain[:, None]
-    waves = np.matmul(comp.transpose(0, 2, 1), out_mix.astype(np.float32).transpose(0, 2, 1))
-    _add_glitches(rng, waves, prob=0.04)
-    snr = waveform_snr_db(waves, ev.p_sample)
-    # Coda end: where the S envelope sinks to the noise RMS (the noise has unit variance
-    # before gain, so the S peak in noise units is sqrt(mean channel S gain^2) / scale).
-    peak = np.sqrt(np.mean(mix[:, :, 1] ** 2 + mix[:, :, 2] ** 2, axis=1)) / scale
-    coda_end = ev.s_sample + rise_s + coda_tau * np.log(np.maximum(peak, 1.0))
-    coda_end = np.clip(np.round(coda_end), ev.s_sample + 50, N_SAMPLES)
-    return waves, ev, snr, coda_end
-
-
-def _noise_into(rng: np.random.Generator, out: np.ndarray) -> None:
-    """Fill (n, 3, 6000) with unit-variance coloured noise between NLNM and NHNM (+ tones)."""
-    n = out.shape[0]
-    bank = noise_bank()
-    level = rng.integers(0, len(NOISE_LEVELS), n)
-    starts = rng.integers(0, bank.shape[1] - N_SAMPLES, (n, 3))
-    for i in range(n):
-        for c in range(3):
-            out[i, c] = bank[level[i], starts[i, c]:starts[i, c] + N_SAMPLES]
-    # Station-specific narrow-band tones (electrical/mechanical) in ~15% of stations.
-    tone = np.nonzero(rng.random(n) < 0.15)[0]
-    if tone.size:
-        f0 = rng.uniform(2.0, 30.0, tone.size)
-        amp = rng.uniform(0.1, 0.6, (tone.size, 3))  # per channel (the pick-up differs)
-        phase = rng.uniform(0, 2 * np.pi, tone.size)
-        t = np.arange(N_SAMPLES, dtype=np.float32) / np.float32(FS)
-        wave = np.sin(np.float32(2 * np.pi) * f0[:, None].astype(np.float32) * t[None, :]
-                      + phase[:, None].astype(np.float32))
-        out[tone] += amp[:, :, None].astype(np.float32) * wave[:, None, :]
-
-
-def _noise_scale(ps: np.ndarray, pn: np.ndarray, target_db: np.ndarray) -> np.ndarray:
-    """Per-trace divisor of the signal so the mean-of-channels window SNR hits `target_db`."""
-    n = ps.shape[0]
-    ps = np.maximum(ps, 1e-30)
-    pn = np.maximum(pn, 1e-30)
-    # Bisection on log10(divisor^2): mean_c 10 log10(1 + ps/(d pn)) is decreasing in d.
-    lo = np.full(n, -30.0)
-    hi = np.full(n, 60.0)
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        snr = np.mean(10 * np.log10(1 + ps / (10**mid[:, None] * pn)), axis=1)
-        above = snr > target_db
-        lo = np.where(above, mid, lo)
-        hi = np.where(above, hi, mid)
-    return np.sqrt(10 ** (0.5 * (lo + hi)))
-
-
-def _add_glitches(rng: np.random.Generator, waves: np.ndarray, prob: float,
-                  gap_prob: float = 0.0) -> None:
-    """In place on (n, T, 3): spikes in a fraction of traces; zeroed gaps (dropouts)."""
-    n = waves.shape[0]
-    for i in np.nonzero(rng.random(n) < prob)[0]:
-        rms = float(np.sqrt(np.mean(np.square(waves[i], dtype=np.float64)))) + 1e-30
-        for _ in range(int(rng.integers(1, 4))):
-            at = int(rng.integers(0, N_SAMPLES - 3))
-            width = int(rng.integers(1, 4))
-            waves[i, at:at + width, int(rng.integers(0, 3))] += (
-                rng.choice([-1.0, 1.0]) * rms * rng.uniform(5, 50))
-    if gap_prob > 0:
-        for i in np.nonzero(rng.random(n) < gap_prob)[0]:
-            length = int(rng.integers(50, 1500))
-            at = int(rng.integers(0, N_SAMPLES - length))
-            waves[i, at:at + length, :] = 0.0
-
-
-def _noise_batch(rng: np.random.Generator, n: int):
-    """n noise traces (n, 6000, 3) float32; ~3% single-channel stations, spikes, gaps."""
-    single = rng.random(n) < 0.03
-    comp = np.empty((n, 3, N_SAMPLES), dtype=np.float32)
-    _noise_into(rng, comp)
-    gain = 10 ** rng.uniform(1.0, 4.0, n)
-    chan = (1.0 + 0.15 * rng.standard_normal((n, 3))).clip(0.5, 1.5)
-    out_mix = np.zeros((n, 3, 3))
-    out_mix[:, [0, 1, 2], [0, 1, 2]] = chan * gain[:, None]
-    out_mix[single] = 0.0
-    out_mix[single, :, 2] = gain[single, None]  # single-channel station: Z copied to E and N
-    waves = np.matmul(comp.transpose(0, 2, 1), out_mix.astype(np.float32).transpose(0, 2, 1))
-    _add_glitches(rng, waves, prob=0.08, gap_prob=0.05)
-    waves[single, :, 0] = waves[single, :, 2]  # a glitch on a one-sensor station shows everywhere
-    waves[single, :, 1] = waves[single, :, 2]
-    return waves, single
-
-
-# ---------------------------------------------------------------------------- metadata
-
-def _stations(rng: np.random.Generator, n: int) -> pd.DataFrame:
-    """A pool of stations (code, network, type, coordinates) the traces are recorded on."""
+def _stations(rng: np.random.Generator, n: int) -> _Stations:
+    """A pool of stations (code, network, type, coordinates, noise level, gain, quirks)."""
     letters = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
     codes = set()
     while len(codes) < n:
@@ -399,15 +150,164 @@ def _stations(rng: np.random.Generator, n: int) -> pd.DataFrame:
         codes.add("".join(rng.choice(letters[:26], 1)) + "".join(rng.choice(letters, length - 1)))
     codes = sorted(codes)
     rng.shuffle(codes)
-    return pd.DataFrame({
+    rtype = rng.choice(_RECEIVER_TYPES, n, p=_RECEIVER_P)
+    table = pd.DataFrame({
         "receiver_code": codes,
         "network_code": rng.choice(_NETWORKS, n),
-        "receiver_type": rng.choice(_RECEIVER_TYPES, n, p=_RECEIVER_P),
+        "receiver_type": rtype,
         "receiver_latitude": np.round(rng.uniform(19.0, 62.0, n), 4),
         "receiver_longitude": np.round(rng.uniform(-155.0, -66.0, n), 4),
         "receiver_elevation_m": np.round(np.clip(rng.gamma(2.2, 450.0, n) - 40.0, -50, 4000), 1),
     })
+    lo = np.array([_LOG_GAIN[t][0] for t in rtype])
+    hi = np.array([_LOG_GAIN[t][1] for t in rtype])
+    gain = 10 ** rng.uniform(lo, hi)
+    # 16-bit loggers on ~6% of stations clip at +-32768 counts, the rest 24-bit.
+    full_scale = np.where(rng.random(n) < 0.06, 32767.0, 8388607.0)
+    tone = np.where(rng.random(n) < 0.12, rng.uniform(2.0, 40.0, n), np.nan)
+    return _Stations(
+        table=table,
+        level=rng.beta(2.3, 2.7, n),
+        site=10 ** rng.normal(0.0, 0.2, n),  # generic site terms scatter ~0.2 log units
+        gain=gain, full_scale=full_scale,
+        single=rng.random(n) < 0.035,
+        tone_hz=tone,
+        chan=(1.0 + 0.15 * rng.standard_normal((n, 3))).clip(0.5, 1.5),
+    )
 
+
+def _rotation(back_azimuth: np.ndarray, inc_p: np.ndarray, inc_s: np.ndarray) -> np.ndarray:
+    """(n, 3, 5): [E, N, Z] x [P, SV, SH, Rayleigh radial, Rayleigh vertical]."""
+    n = back_azimuth.size
+    az = np.deg2rad((back_azimuth + 180.0) % 360.0)  # propagation direction at the station
+    sa, ca = np.sin(az), np.cos(az)
+    mix = np.zeros((n, 3, 5))
+    mix[:, 0, 0], mix[:, 1, 0], mix[:, 2, 0] = np.sin(inc_p) * sa, np.sin(inc_p) * ca, np.cos(inc_p)
+    mix[:, 0, 1], mix[:, 1, 1], mix[:, 2, 1] = (np.cos(inc_s) * sa, np.cos(inc_s) * ca,
+                                                -np.sin(inc_s))
+    mix[:, 0, 2], mix[:, 1, 2] = ca, -sa
+    mix[:, 0, 3], mix[:, 1, 3] = sa, ca
+    mix[:, 2, 4] = 1.0
+    return mix
+
+
+def _window_power(x: np.ndarray, start: np.ndarray, length: int) -> np.ndarray:
+    """(n, c) mean power of x[i, :, start_i:start_i+length] for (n, c, T)."""
+    out = np.zeros(x.shape[:2])
+    for i in range(x.shape[0]):
+        a = int(max(start[i], 0))
+        seg = x[i, :, a:a + length].astype(np.float64)
+        if seg.shape[1]:
+            out[i] = np.einsum("ct,ct->c", seg, seg) / seg.shape[1]
+    return out
+
+
+def _choose_stations(rng: np.random.Generator, ps: np.ndarray, stations: _Stations) -> np.ndarray:
+    """Station index per event: the first of K random candidates where the expected SNR beats a
+    detection threshold, else the candidate with the best SNR."""
+    n = ps.shape[0]
+    cand = rng.integers(0, len(stations.level), (n, _CANDIDATES))
+    pn = noise_power(stations.level[cand])[:, :, None] * stations.chan[cand] ** 2
+    gain = stations.site[cand][:, :, None] ** 2
+    snr = np.mean(10 * np.log10(1 + gain * ps[:, None, :] / np.maximum(pn, 1e-40)), axis=2)
+    threshold = rng.normal(*_DETECT_DB, n)
+    ok = snr >= threshold[:, None]
+    first = np.where(ok.any(axis=1), ok.argmax(axis=1), snr.argmax(axis=1))
+    return cand[np.arange(n), first]
+
+
+def _station_noise(rng: np.random.Generator, st: np.ndarray, stations: _Stations) -> np.ndarray:
+    """(n, 3, T) noise in m/s at the stations `st`: ambient + transients + tones."""
+    level = stations.level[st]
+    noise = ambient_noise(rng, level)
+    noise *= stations.chan[st][:, :, None].astype(np.float32)
+    rms = np.sqrt(noise_power(level))
+    add_transients(rng, noise, rms)
+    add_tones(rng, noise, stations.tone_hz[st], rms)
+    return noise
+
+
+def _to_counts(rng: np.random.Generator, ground: np.ndarray, st: np.ndarray,
+               stations: _Stations) -> np.ndarray:
+    """(n, 3, T) m/s -> (n, T, 3) float32 counts with the station's artefacts."""
+    waves = np.ascontiguousarray(
+        (ground * stations.gain[st][:, None, None].astype(np.float32)).transpose(0, 2, 1))
+    apply_artefacts(rng, waves, stations.single[st], stations.full_scale[st])
+    return waves
+
+
+def _pick_labels(rng: np.random.Generator, ev: _Events, snr_db: np.ndarray, rise_s: np.ndarray):
+    """Labelled P/S samples with STEAD-like error, status and weight per pick.
+
+    Manual picks: analyst precision of a few samples. Automatic picks (~30%): Laplace errors
+    whose width grows as the SNR falls, late by a fraction of the rise time on emergent onsets
+    (pickers trigger on the energy, not the first motion: Baer & Kradolfer 1987; Diehl et al.
+    2009 on pick uncertainty classes), S about twice as uncertain as P, 2% gross mis-picks."""
+    n = ev.magnitude.size
+    snr = np.nan_to_num(snr_db, nan=0.0)
+    out = {}
+    for wave, true, scale in (("p", ev.p_sample, 1.0), ("s", ev.s_sample, 2.2)):
+        status = rng.choice(_STATUSES, n, p=_STATUS_P)
+        auto = status != "manual"
+        sigma_manual = scale * (0.01 + 0.08 * np.exp(-(snr - 5.0) / 8.0))
+        sigma_auto = scale * (0.03 + 0.25 * np.exp(-(snr - 5.0) / 8.0))
+        sigma = np.where(auto, sigma_auto, sigma_manual)
+        bias = np.where(auto & (wave == "p"), 0.4 * np.nan_to_num(rise_s), 0.0)
+        err = bias + sigma / np.sqrt(2.0) * rng.laplace(0.0, 1.0, n)
+        gross = auto & (rng.random(n) < 0.02)
+        err[gross] = rng.uniform(-1.0, 1.0, gross.sum())
+        err = np.clip(err, -1.5, 1.5)
+        out[wave] = np.round(true + err * FS)
+        # quality weight from the uncertainty (STEAD: p_weight median 0.67, s_weight 0.62)
+        weight = 1.0 / (1.0 + sigma / (0.06 * scale**0.7)) + rng.normal(0.0, 0.05, n)
+        out[f"{wave}_status"] = status
+        out[f"{wave}_weight"] = np.round(np.clip(weight, 0.2, 1.0), 2)
+    # Labels stay where STEAD's are: P before S, S at least 5 s before the window's end.
+    p = np.clip(out["p"], 1, N_SAMPLES - 600)
+    out["p"], out["s"] = p, np.clip(out["s"], p + 10, N_SAMPLES - 500)
+    return out
+
+
+def _earthquake_batch(rng: np.random.Generator, n: int, stations: _Stations):
+    """n earthquake traces: waveforms (n, 6000, 3) float32 counts and per-trace parameters."""
+    ev = _draw_events(rng, n)
+    wf = earthquake_wavefield(rng, ev.magnitude, ev.distance_km, ev.depth_km, ev.p_sample,
+                              ev.p_travel, ev.p_branches, ev.s_branches, N_SAMPLES)
+    mix = _rotation(ev.back_azimuth, wf.incidence_p, wf.incidence_s).astype(np.float32)
+    comps = np.concatenate([wf.body, wf.rayleigh], axis=1)  # (n, 5, T)
+    ground = np.matmul(mix, comps)  # (n, 3, T) m/s
+    ps = _window_power(ground, ev.p_sample, 500)
+    st = _choose_stations(rng, ps, stations)
+    ground *= stations.site[st][:, None, None].astype(np.float32)
+    ground += _station_noise(rng, st, stations)
+    waves = _to_counts(rng, ground, st, stations)
+    # The pick error model sees the SNR at the true onset; `snr_db` is measured, as STEAD's,
+    # around the labelled P.
+    snr_true = waveform_snr_db(waves, ev.p_sample)
+    # Coda end: where the expected S RMS envelope sinks below the station's noise RMS.
+    noise_rms = np.sqrt(noise_power(stations.level[st]))
+    above = wf.s_env * stations.site[st][:, None] >= noise_rms[:, None]
+    t = np.arange(N_SAMPLES)
+    last = np.where(above.any(axis=1), (above * t[None, :]).max(axis=1), ev.s_sample)
+    labels = _pick_labels(rng, ev, np.nanmean(snr_true, axis=1), wf.rise_p_s)
+    snr = waveform_snr_db(waves, labels["p"])
+    latest_s = np.maximum(ev.s_sample, labels["s"])
+    coda_end = np.clip(np.round(last), latest_s + 50, N_SAMPLES).astype(np.float64)
+    gain = stations.gain[st]
+    return waves, ev, snr, coda_end, labels, st, gain
+
+
+def _noise_batch(rng: np.random.Generator, n: int, stations: _Stations | None = None):
+    """n noise traces (n, 6000, 3) float32 counts; returns (waves, single-channel mask, stations
+    index, gain)."""
+    if stations is None:
+        stations = _stations(rng, max(20, n // 5))
+    st = rng.integers(0, len(stations.level), n)
+    waves = _to_counts(rng, _station_noise(rng, st, stations), st, stations)
+    return waves, stations.single[st], st, stations.gain[st]
+
+
+# ---------------------------------------------------------------------------- metadata
 
 def _start_times(rng: np.random.Generator, n: int) -> pd.DatetimeIndex:
     """Random trace start times 2000-2018 at 10 ms resolution (as merged.csv)."""
@@ -432,36 +332,38 @@ def _unique_names(stations: pd.DataFrame, times: pd.DatetimeIndex, fmt: str, suf
 
 
 def _earthquake_rows(rng: np.random.Generator, ev: _Events, snr: np.ndarray,
-                     coda_end: np.ndarray, stations: pd.DataFrame) -> pd.DataFrame:
+                     coda_end: np.ndarray, labels: Mapping[str, Any], st: np.ndarray,
+                     gain: np.ndarray, stations: _Stations) -> pd.DataFrame:
     n = len(ev.magnitude)
-    st = stations.iloc[rng.integers(0, len(stations), n)].reset_index(drop=True)
+    sta = stations.table.iloc[st].reset_index(drop=True)
     start = _start_times(rng, n)
-    # Origin time rounded to 10 ms like merged.csv; p_travel_sec then holds exactly.
+    # Origin time rounded to 10 ms like merged.csv; p_travel_sec = start + P pick - origin
+    # (STEAD's identity holds on the *labelled* pick, which carries the pick error).
     origin = (start + pd.to_timedelta(ev.p_sample / FS - ev.p_travel, unit="s")).round("10ms")
-    p_travel = (start - origin).total_seconds().to_numpy() + ev.p_sample / FS
+    p_travel = (start - origin).total_seconds().to_numpy() + labels["p"] / FS
     # Event position from station, back-azimuth and distance (local flat-earth approximation).
     baz = np.deg2rad(ev.back_azimuth)
     dlat = ev.distance_km * np.cos(baz) / traveltime.KM_PER_DEG
     dlon = ev.distance_km * np.sin(baz) / (traveltime.KM_PER_DEG
-                                             * np.cos(np.deg2rad(st["receiver_latitude"])))
+                                             * np.cos(np.deg2rad(sta["receiver_latitude"])))
     maybe = lambda values, p_null: [None if rng.random() < p_null else v for v in values]
     name_time = start - pd.to_timedelta(rng.uniform(1.0, 2.0, n), unit="s")
     snr32 = np.round(snr, 1).astype(np.float32).astype(np.float64)
     rows = pd.DataFrame({
-        **{c: st[c] for c in ("network_code", "receiver_code", "receiver_type",
-                              "receiver_latitude", "receiver_longitude", "receiver_elevation_m")},
-        "p_arrival_sample": ev.p_sample,
-        "p_status": rng.choice(_STATUSES, n, p=_STATUS_P),
-        "p_weight": np.round(rng.uniform(0.45, 1.0, n), 2),
+        **{c: sta[c] for c in ("network_code", "receiver_code", "receiver_type",
+                               "receiver_latitude", "receiver_longitude", "receiver_elevation_m")},
+        "p_arrival_sample": labels["p"],
+        "p_status": labels["p_status"],
+        "p_weight": labels["p_weight"],
         "p_travel_sec": np.round(p_travel, 2),
-        "s_arrival_sample": ev.s_sample,
-        "s_status": rng.choice(_STATUSES, n, p=_STATUS_P),
-        "s_weight": np.round(rng.uniform(0.4, 1.0, n), 2),
+        "s_arrival_sample": labels["s"],
+        "s_status": labels["s_status"],
+        "s_weight": labels["s_weight"],
         "source_id": [str(v) for v in rng.integers(10**6, 10**8, n)],
         "source_origin_time": origin,
         "source_origin_uncertainty_sec": np.round(rng.uniform(0.05, 1.2, n), 2),
-        "source_latitude": np.round(st["receiver_latitude"] + dlat, 4),
-        "source_longitude": np.round(st["receiver_longitude"] + dlon, 4),
+        "source_latitude": np.round(sta["receiver_latitude"] + dlat, 4),
+        "source_longitude": np.round(sta["receiver_longitude"] + dlon, 4),
         "source_error_sec": np.array(maybe(np.round(rng.uniform(0.05, 1.5, n), 4), 0.3), dtype=float),
         "source_gap_deg": np.array(maybe(np.round(rng.uniform(20, 300, n), 3), 0.3), dtype=float),
         "source_horizontal_uncertainty_km": np.array(
@@ -471,7 +373,7 @@ def _earthquake_rows(rng: np.random.Generator, ev: _Events, snr: np.ndarray,
             maybe(np.round(rng.gamma(2.0, 0.8, n), 2), 0.35), dtype=float),
         "source_magnitude": ev.magnitude,
         "source_magnitude_type": rng.choice(_MAG_TYPES, n, p=_MAG_TYPE_P),
-        "source_magnitude_author": maybe(st["network_code"].tolist(), 0.6),
+        "source_magnitude_author": maybe(sta["network_code"].tolist(), 0.6),
         "source_mechanism_strike_dip_rake": [None] * n,
         "source_distance_deg": np.round(ev.distance_km / traveltime.KM_PER_DEG, 2),
         "source_distance_km": ev.distance_km,
@@ -480,17 +382,22 @@ def _earthquake_rows(rng: np.random.Generator, ev: _Events, snr: np.ndarray,
         "coda_end_sample": coda_end,
         "trace_start_time": start,
         "trace_category": "earthquake_local",
+        # ground truth (TRUTH_COLUMNS): HDF5 attributes only, never CSV columns
+        "p_arrival_sample_true": ev.p_sample,
+        "s_arrival_sample_true": ev.s_sample,
+        "station_gain_counts_per_m_s": np.round(gain, 1),
     })
     rows["trace_name"] = _unique_names(rows, name_time, "%Y%m%d%H%M%S", "EV")
     return rows
 
 
-def _noise_rows(rng: np.random.Generator, n: int, stations: pd.DataFrame) -> pd.DataFrame:
-    st = stations.iloc[rng.integers(0, len(stations), n)].reset_index(drop=True)
-    start = _start_times(rng, n)
-    rows = st.copy()
+def _noise_rows(rng: np.random.Generator, st: np.ndarray, gain: np.ndarray,
+                stations: _Stations) -> pd.DataFrame:
+    rows = stations.table.iloc[st].reset_index(drop=True)
+    start = _start_times(rng, len(st))
     rows["trace_start_time"] = start
     rows["trace_category"] = "noise"
+    rows["station_gain_counts_per_m_s"] = np.round(gain, 1)
     rows["trace_name"] = _unique_names(rows, start, "%Y%m%d%H%M", "NO")
     return rows
 
@@ -501,6 +408,8 @@ def generate(n_earthquakes: int, n_noise: int, seed: int, batch_size: int = 256)
     """Yield (waveforms (b, 6000, 3) float32, metadata rows DataFrame) batches, seeded.
 
     Earthquakes come first, then noise; `make_synthetic_subset` shuffles the order on disk.
+    The rows carry the 35 STEAD columns plus `TRUTH_COLUMNS` (the writers ignore those).
+    Every trace draws its own noise and source/path realisation from the seeded stream.
     """
     if n_earthquakes < 0 or n_noise < 0:
         raise ValueError("n_earthquakes and n_noise must be >= 0")
@@ -509,14 +418,14 @@ def generate(n_earthquakes: int, n_noise: int, seed: int, batch_size: int = 256)
     done = 0
     while done < n_earthquakes:
         b = min(batch_size, n_earthquakes - done)
-        waves, ev, snr, coda_end = _earthquake_batch(rng, b)
-        yield waves, _earthquake_rows(rng, ev, snr, coda_end, stations)
+        waves, ev, snr, coda_end, labels, st, gain = _earthquake_batch(rng, b, stations)
+        yield waves, _earthquake_rows(rng, ev, snr, coda_end, labels, st, gain, stations)
         done += b
     done = 0
     while done < n_noise:
         b = min(batch_size, n_noise - done)
-        waves, _ = _noise_batch(rng, b)
-        yield waves, _noise_rows(rng, b, stations)
+        waves, _, st, gain = _noise_batch(rng, b, stations)
+        yield waves, _noise_rows(rng, st, gain, stations)
         done += b
 
 
@@ -561,7 +470,7 @@ def make_synthetic_subset(out_dir: str | os.PathLike, n_earthquakes: int, n_nois
     split_by_index = np.empty(n, dtype=object)
     split_by_index[order] = assign_split(categories[order], split, seed)
     with SteadWriter(out / "subset.hdf5", out / "subset.csv", extra_columns=("split",),
-                     defer_csv=True) as writer:
+                     attr_columns=TRUTH_COLUMNS, defer_csv=True) as writer:
         index = 0
         for waves, meta in generate(n_earthquakes, n_noise, seed):
             for wave, row in zip(waves, meta.to_dict("records")):

@@ -251,6 +251,19 @@ def first_arrivals(distance_km, depth_km) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
+def branch_arrivals(distance_km, depth_km) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3) P and (n, 3) S travel times (s) per branch: rays turning in the upper crust
+    (0-20 km), in the lower crust (20-35 km) and in the mantle (Pn/Sn); NaN where a branch does
+    not reach the point. The crustal branches are Pg/Sg and the Conrad wave P*/S*, the mantle one
+    Pn/Sn (IASPEI names, Storchak et al. 2003). Same interpolation as `first_arrivals`."""
+    grids = _load_grids()
+    d, z = np.asarray(distance_km, dtype=np.float64).ravel(), np.asarray(
+        depth_km, dtype=np.float64).ravel()
+    corners, weights = _cells(d, z)
+    values = (grids[:, corners] * weights).sum(axis=1)
+    return values[:_N].T.copy(), values[_N:2 * _N].T.copy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=TABLE_PATH)

@@ -73,7 +73,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     Runs before any data is prepared or any run is opened, so a typo fails in milliseconds.
     """
     from feq_lab.evaluation.thresholds import check_grid
-    from feq_lab.training.module import check_loss_weights
+    from feq_lab.training.recipe import train_settings
 
     if cfg.get("model") is None:
         raise ConfigError("model", "missing: choose a preset (model=feq3) or model=stalta")
@@ -95,7 +95,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         stalta_config(model_cfg)
         return JobPlan(name=name, kind=kind)
     thresholds = check_open_thresholds(to_plain(cfg.get("thresholds") or {}), tune_on)
-    check_loss_weights(to_plain(cfg.train.get("loss_weights") or {}))
+    train_settings(to_plain(cfg.train))  # every train.* key checked before any data work
     from feq_lab.models import build_model
 
     overrides = {knob: cfg.get(knob) for knob in KNOBS}
@@ -150,6 +150,7 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
 
     from feq_lab.data.datamodule import SteadDataModule
     from feq_lab.training.module import PickerModule
+    from feq_lab.training.recipe import train_settings
     from feq_lab.training.trainer import build_trainer
 
     seed = seed_everything(cfg.get("seed", 0))
@@ -161,9 +162,7 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
         augment=to_plain(cfg.data.get("augment") or {}),
         seed=seed,
     )
-    module = PickerModule(plan.model, lr=float(train.lr), loss_weights=to_plain(train.loss_weights),
-                          lr_patience=int(train.get("lr_patience", 3)),
-                          lr_factor=float(train.get("lr_factor", 0.5)))
+    module = PickerModule(plan.model, train_settings(to_plain(train)))
     trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir, callbacks,
                                         optuna_cfg=to_plain(cfg.optuna) if cfg.get("optuna") else None)
     trainer.fit(module, datamodule=dm)

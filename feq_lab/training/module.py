@@ -1,13 +1,15 @@
-"""The LightningModule: EQTransformer's training recipe around any `PickerModel`.
+"""The LightningModule: a training recipe (`TrainSettings`, recipe.py) around any `PickerModel`.
 
 Loss = weighted sum of three binary cross-entropies on the pre-sigmoid outputs
 (detection 0.05, P 0.40, S 0.55 by default; `train.loss_weights`), computed with
-`binary_cross_entropy_with_logits` for numerical safety. Adam with reduce-on-plateau on the
-validation loss, which early stopping and checkpointing also watch.
+`binary_cross_entropy_with_logits` for numerical safety. The optimiser, the schedule (EQT's
+reduce-on-plateau on the validation loss, or warm-up + cosine per step), the He conv init and
+the heads' label-prior bias are the recipe's (recipe.py says why each exists).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import pytorch_lightning as pl
@@ -16,68 +18,76 @@ import torch.nn.functional as F
 from torch import nn
 
 from feq_lab.errors import ConfigError
+from feq_lab.training.recipe import (
+    OUTPUTS,
+    TrainSettings,
+    check_loss_weights,
+    he_init,
+    label_priors,
+    set_head_priors,
+    warmup_cosine,
+)
 
-OUTPUTS = ("detection", "p", "s")
+__all__ = ["MONITOR", "OUTPUTS", "TARGETS", "PickerModule", "check_loss_weights"]
+
 TARGETS = {"detection": "y_det", "p": "y_p", "s": "y_s"}
 MONITOR = "val/loss"
 
 
-def check_loss_weights(weights: Mapping[str, Any], key: str = "train.loss_weights") -> dict[str, float]:
-    """{detection, p, s} -> non-negative floats, not all zero; errors name the key."""
-    out = {}
-    for name in OUTPUTS:
-        if name not in weights:
-            raise ConfigError(f"{key}.{name}", "missing (need detection, p and s)")
-        try:
-            value = float(weights[name])
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{key}.{name}", f"not a number: {weights[name]!r}") from exc
-        if not value >= 0:
-            raise ConfigError(f"{key}.{name}", f"must be >= 0, got {value}")
-        out[name] = value
-    extra = sorted(set(weights) - set(OUTPUTS))
-    if extra:
-        raise ConfigError(f"{key}.{extra[0]}", "unknown output (known: detection, p, s)")
-    if sum(out.values()) <= 0:
-        raise ConfigError(key, "all weights are zero")
-    return out
-
-
 class PickerModule(pl.LightningModule):
     """Trains a detector/picker with EQT's weighted BCE; `model` is any (det, p, s) network
-    exposing `forward_logits(x)`."""
+    exposing `forward_logits(x)`. `settings` defaults to EQT's protocol."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        lr: float = 1e-3,
-        loss_weights: Mapping[str, float] | None = None,
-        lr_patience: int = 3,
-        lr_factor: float = 0.5,
-    ):
+    def __init__(self, model: nn.Module, settings: TrainSettings | None = None):
         super().__init__()
-        if not float(lr) > 0:
-            raise ConfigError("train.lr", f"must be > 0, got {lr}")
-        if not 0 < float(lr_factor) < 1:
-            raise ConfigError("train.lr_factor", f"must be in (0, 1), got {lr_factor}")
-        if int(lr_patience) < 0:
-            raise ConfigError("train.lr_patience", f"must be >= 0, got {lr_patience}")
         self.model = model
-        self.lr = float(lr)
-        self.loss_weights = check_loss_weights(loss_weights or {"detection": 0.05, "p": 0.40, "s": 0.55})
-        self.lr_patience = int(lr_patience)
-        self.lr_factor = float(lr_factor)
+        self.settings = settings or TrainSettings()
+        self.loss_weights = dict(self.settings.loss_weights)
+        self.pos_weight = dict(self.settings.pos_weight)
+        # label priors the heads started from (None until the first training batch)
+        self.initial_priors: dict[str, float] | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model(x)
 
     def losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-output BCE and their weighted sum (`loss`)."""
+        """Per-output BCE (positive term weighted by `pos_weight`) and their weighted sum (`loss`)."""
         logits = dict(zip(OUTPUTS, self.model.forward_logits(batch["x"])))
-        parts = {name: F.binary_cross_entropy_with_logits(logits[name], batch[TARGETS[name]].to(logits[name].dtype))
-                 for name in OUTPUTS}
+        parts = {}
+        for name in OUTPUTS:
+            z = logits[name]
+            w = self.pos_weight[name]
+            parts[name] = F.binary_cross_entropy_with_logits(
+                z, batch[TARGETS[name]].to(z.dtype),
+                pos_weight=None if w == 1.0 else torch.tensor(w, dtype=z.dtype, device=z.device))
         parts["loss"] = sum(self.loss_weights[n] * parts[n] for n in OUTPUTS)
         return parts
+
+    def initialise(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """The recipe's start state, applied in place before the first optimiser step of a fresh
+        run (a resumed run keeps its weights): `init: he` re-initialises the convs, then
+        `prior_init` sets each head's bias to logit(label prior of this first batch). In a
+        distributed run the convs come from rank 0 and the priors are averaged over the ranks,
+        so every replica starts from the same weights."""
+        trainer = self._trainer
+        distributed = trainer is not None and trainer.world_size > 1
+        if self.settings.init == "he":
+            convs = he_init(self.model)
+            if distributed:
+                for param in (p for m in convs for p in m.parameters()):
+                    param.data.copy_(trainer.strategy.broadcast(param.data, src=0))
+        if self.settings.prior_init:
+            priors = label_priors(batch, TARGETS)
+            if distributed:
+                values = torch.tensor([priors[n] for n in OUTPUTS], device=self.device)
+                values = trainer.strategy.reduce(values, reduce_op="mean")
+                priors = {n: float(v) for n, v in zip(OUTPUTS, values)}
+            self.initial_priors = priors
+            set_head_priors(self.model, priors)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.trainer.global_step == 0 and batch_idx == 0 and self.trainer.current_epoch == 0:
+            self.initialise(batch)
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         parts = self.losses(batch)
@@ -97,9 +107,22 @@ class PickerModule(pl.LightningModule):
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
         return self.model(batch["x"])
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": MONITOR, "interval": "epoch"}}
+    def configure_optimizers(self) -> Any:
+        s = self.settings
+        kind = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
+        optimizer = kind(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        if s.schedule == "constant":
+            return optimizer
+        if s.schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=s.lr_factor, patience=s.lr_patience)
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": MONITOR, "interval": "epoch"}}
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError("trainer.max_epochs", "the cosine schedule needs a finite number of steps "
+                              "(max_epochs or max_steps)")
+        total = int(total)
+        lam = warmup_cosine(round(s.warmup * total), total, s.final_lr_fraction)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,6 +1,6 @@
 """The Lightning Trainer of one run: `cfg.trainer` passed as-is, plus the lab's callbacks
-(early stopping and best-checkpointing on the validation loss, per-epoch tracking, Optuna
-pruning when a sweeper asks for it)."""
+(best-checkpointing on the validation loss, early stopping when `train.early_stopping`,
+per-epoch tracking, Optuna pruning when a sweeper asks for it) and `train.grad_clip`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feq_lab.errors import ConfigError
 from feq_lab.training.module import MONITOR
+from feq_lab.training.recipe import train_settings
 
 # Trainer arguments the lab sets itself; a trainer config must not fight over them.
 OWNED = ("callbacks", "logger", "default_root_dir", "enable_checkpointing")
@@ -44,17 +45,17 @@ def build_trainer(
     clash = sorted(set(kwargs) & set(OWNED))
     if clash:
         raise ConfigError(f"trainer.{clash[0]}", "is set by the lab; remove it from the trainer config")
-    patience = int(train.get("patience", 12))
-    if patience < 0:
-        raise ConfigError("train.patience", f"must be >= 0, got {patience}")
+    settings = train_settings(train)
     checkpoint = ModelCheckpoint(
         dirpath=str(Path(run_dir) / "checkpoints"), filename="best", monitor=MONITOR, mode="min",
         save_top_k=1, save_last=False, auto_insert_metric_name=False)
-    all_callbacks: list[pl.Callback] = [
-        EarlyStopping(monitor=MONITOR, mode="min", patience=patience),
-        checkpoint,
-        *callbacks,
-    ]
+    all_callbacks: list[pl.Callback] = [checkpoint, *callbacks]
+    if settings.early_stopping:
+        all_callbacks.insert(0, EarlyStopping(monitor=MONITOR, mode="min", patience=settings.patience))
+    if settings.grad_clip is not None:
+        if kwargs.get("gradient_clip_val") not in (None, settings.grad_clip):
+            raise ConfigError("trainer.gradient_clip_val", "conflicts with train.grad_clip; set one of them")
+        kwargs["gradient_clip_val"] = settings.grad_clip
     if optuna_cfg:
         from feq_lab.training.pruning import make_pruning_callback
 

@@ -127,3 +127,8 @@ def test_cli_prints_summary_and_writes_outputs(tmp_path):
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["categories"] == {"earthquake_local": 4, "noise": 2}
     assert summary["traveltime_check"]["live_taup"]["count"] == 4
+    # the realism summary: waveform statistics with bands, and the figure beside summary.json
+    assert "s_to_p_peak_ratio_median" in res.stdout
+    assert summary["waveform_statistics"]["s_to_p_peak_ratio_median"]["band"] == [2.5, 10.0]
+    png = tmp_path / "cli" / "summary.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000

@@ -1,15 +1,30 @@
-"""PickerModule: EQT's weighted BCE on logits, validated settings; the trainer's lab-owned parts."""
+"""PickerModule and its recipe: EQT's weighted BCE on logits, validated settings (every impossible
+value names its key), the robust recipe's init (He convs, heads at the label prior), the
+warm-up + cosine schedule, and the trainer's lab-owned parts."""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 
 from feq_lab.errors import ConfigError
 from feq_lab.models import build_model
 from feq_lab.training.module import PickerModule, check_loss_weights
+from feq_lab.training.recipe import (
+    TrainSettings,
+    he_init,
+    output_heads,
+    train_settings,
+    warmup_cosine,
+)
 from feq_lab.training.trainer import build_trainer
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +38,7 @@ def batch():
 
 def test_loss_is_weighted_bce_of_the_three_outputs(batch):
     torch.manual_seed(0)
-    module = PickerModule(build_model("feq2"), loss_weights={"detection": 0.05, "p": 0.40, "s": 0.55})
+    module = PickerModule(build_model("feq2"), TrainSettings(loss_weights={"detection": 0.05, "p": 0.40, "s": 0.55}))
     module.eval()
     with torch.no_grad():
         parts = module.losses(batch)
@@ -36,11 +51,25 @@ def test_loss_is_weighted_bce_of_the_three_outputs(batch):
     assert parts["loss"].item() == pytest.approx(total, rel=1e-4)
 
 
+def test_pos_weight_scales_the_positive_term_only(batch):
+    torch.manual_seed(0)
+    model = build_model("feq2").eval()
+    plain = PickerModule(model, train_settings({})).losses(batch)
+    weighted = PickerModule(model, train_settings({"pos_weight": {"detection": 1, "p": 3, "s": 1}})).losses(batch)
+    with torch.no_grad():
+        _, p, _ = model(batch["x"])
+    y = batch["y_p"]
+    expected = -(3 * y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+    assert weighted["p"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert weighted["s"].item() == pytest.approx(plain["s"].item(), rel=1e-6)
+    assert weighted["p"].item() > plain["p"].item()
+
+
 def test_a_few_adam_steps_lower_the_loss(batch):
     torch.manual_seed(1)
-    module = PickerModule(build_model("feq2"), lr=1e-2)
+    module = PickerModule(build_model("feq2"), train_settings({"lr": 1e-2, "schedule": "constant"}))
     module.eval()  # no dropout: the loss is a function of the weights only
-    opt = module.configure_optimizers()["optimizer"]
+    opt = module.configure_optimizers()
     start = module.losses(batch)["loss"].item()
     for _ in range(3):
         opt.zero_grad()
@@ -61,12 +90,89 @@ def test_bad_loss_weights_name_the_key(weights, key):
     assert err.value.key == key
 
 
-def test_bad_optimiser_settings_name_the_key():
-    model = build_model("feq2")
-    with pytest.raises(ConfigError, match="train.lr"):
-        PickerModule(model, lr=0)
-    with pytest.raises(ConfigError, match="train.lr_factor"):
-        PickerModule(model, lr_factor=1.5)
+@pytest.mark.parametrize("train, key", [
+    ({"lr": 0}, "train.lr"),
+    ({"lr": None}, "train.lr"),
+    ({"lr_factor": 1.5}, "train.lr_factor"),
+    ({"lr_patience": 1.5}, "train.lr_patience"),
+    ({"patience": -1}, "train.patience"),
+    ({"schedule": "onecycle"}, "train.schedule"),
+    ({"schedule": "cosine", "warmup": 1.0}, "train.warmup"),
+    ({"schedule": "plateau", "warmup": 0.1}, "train.warmup"),
+    ({"final_lr_fraction": 2}, "train.final_lr_fraction"),
+    ({"optimizer": "sgd"}, "train.optimizer"),
+    ({"weight_decay": -0.1}, "train.weight_decay"),
+    ({"init": "xavier"}, "train.init"),
+    ({"prior_init": "yes"}, "train.prior_init"),
+    ({"early_stopping": 1}, "train.early_stopping"),
+    ({"grad_clip": 0}, "train.grad_clip"),
+    ({"pos_weight": {"detection": 1, "p": 0, "s": 1}}, "train.pos_weight.p"),
+    ({"pos_weight": {"detection": 1, "p": 2}}, "train.pos_weight.s"),
+    ({"grad_clip": float("inf")}, "train.grad_clip"),
+])
+def test_impossible_recipe_values_name_the_key(train, key):
+    with pytest.raises(ConfigError) as err:
+        train_settings(train)
+    assert err.value.key == key
+
+
+def test_quick_experiment_uses_the_robust_recipe_and_train_eqt_restores_the_protocol():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        quick = train_settings(compose("config").train)
+        eqt = train_settings(compose("config", overrides=["train=eqt"]).train)
+        paper = train_settings(compose("config", overrides=["experiment=paper"]).train)
+    assert (quick.schedule, quick.init, quick.prior_init, quick.early_stopping) == ("cosine", "he", True, False)
+    assert quick.warmup > 0 and quick.grad_clip is not None
+    for protocol in (eqt, paper):  # EQTransformer's: Adam 1e-3, reduce on plateau, early stopping
+        assert (protocol.optimizer, protocol.lr, protocol.schedule) == ("adam", 1e-3, "plateau")
+        assert (protocol.init, protocol.prior_init, protocol.early_stopping) == ("torch", False, True)
+    assert paper.patience == 12
+
+
+def test_he_init_gives_the_heads_a_time_varying_start(batch):
+    """PyTorch's default conv init leaves the decoders' output almost constant in time; He-uniform
+    convs with zero biases let the input reach the heads (the reason for train.init=he)."""
+    def temporal_std(model):
+        model.eval()
+        with torch.no_grad():
+            _, p, _ = model.forward_logits(batch["x"])
+        return float(p.std(dim=1).mean())
+
+    torch.manual_seed(42)
+    model = build_model("feq3")
+    before = temporal_std(model)
+    assert len(he_init(model)) > 10
+    after = temporal_std(model)
+    PickerModule(model, train_settings({"init": "torch"})).initialise({})  # the protocol keeps it
+    assert temporal_std(model) == after
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d) and m.bias is not None]
+    assert all(float(c.bias.abs().max()) == 0 for c in convs)
+    assert after > 10 * before and after > 1e-2
+
+
+def test_first_training_batch_sets_heads_at_the_label_prior():
+    torch.manual_seed(0)
+    module = PickerModule(build_model("feq2"), train_settings({"init": "he", "prior_init": True}))
+    y_det = torch.zeros(4, 6000)
+    y_det[:, :600] = 1.0        # prior 0.1
+    y_p = torch.zeros(4, 6000)
+    y_p[:, 100:124] = 1.0       # prior 0.004
+    y_s = torch.zeros(4, 6000)  # no S at all: floored at one sample's share, never logit(0)
+    module.initialise({"x": torch.zeros(4, 3, 6000), "y_det": y_det, "y_p": y_p, "y_s": y_s})
+    bias = [float(conv.bias) for conv in output_heads(module.model)]
+    assert bias[0] == pytest.approx(math.log(0.1 / 0.9), rel=1e-5)
+    assert bias[1] == pytest.approx(math.log(0.004 / 0.996), rel=1e-5)
+    assert math.isfinite(bias[2]) and bias[2] == pytest.approx(math.log(1 / (24000 - 1)), rel=1e-5)
+    assert module.initial_priors["p"] == pytest.approx(0.004)
+
+
+def test_warmup_cosine_rises_then_anneals():
+    f = warmup_cosine(warmup_steps=10, total_steps=100, final_fraction=0.01)
+    values = [f(step) for step in range(100)]
+    assert values[0] == pytest.approx(0.01 + 0.99 / 10)
+    assert max(values) == pytest.approx(1.0) and values.index(max(values)) == 9
+    assert all(a >= b for a, b in zip(values[9:], values[10:]))  # monotone decay after warm-up
+    assert f(100) == pytest.approx(0.01)
 
 
 def test_trainer_watches_val_loss_and_owns_its_callbacks(tmp_path):
@@ -78,3 +184,13 @@ def test_trainer_watches_val_loss_and_owns_its_callbacks(tmp_path):
     assert trainer.limit_train_batches == 3
     with pytest.raises(ConfigError, match="trainer.logger"):
         build_trainer({"logger": True}, {}, tmp_path)
+
+
+def test_robust_recipe_drops_early_stopping_and_clips_gradients(tmp_path):
+    trainer, _ = build_trainer({"accelerator": "cpu", "max_epochs": 1},
+                               {"early_stopping": False, "grad_clip": 1.0}, tmp_path)
+    assert not [c for c in trainer.callbacks if type(c).__name__ == "EarlyStopping"]
+    assert trainer.gradient_clip_val == 1.0
+    with pytest.raises(ConfigError) as err:
+        build_trainer({"gradient_clip_val": 5.0}, {"grad_clip": 1.0}, tmp_path)
+    assert err.value.key == "trainer.gradient_clip_val"

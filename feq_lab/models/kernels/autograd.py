@@ -41,6 +41,9 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from feq_lab.models import kernels
+from feq_lab.models.gru import gru_sequence as reference_gru
+from feq_lab.models.layers import additive_scores as reference_scores
+from feq_lab.models.layers import separable_stage as reference_separable
 
 FLAVOURS = ("torch", "keras")
 # below this many multiply-adds per call a second thread costs more than it saves
@@ -140,33 +143,13 @@ def gru_sequence_reference(
     reverse: bool,
     flavour: str,
 ) -> torch.Tensor:
-    """All hidden states (B, T, u) of one GRU direction from h0 = 0, in plain torch ops.
-
-    flavour "torch": nn.GRU (gate rows r, z, n; n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),
-    h' = (1 − z) ⊙ n + z ⊙ h). flavour "keras": Keras 2.3.1 GRU with reset_after=False (rows
-    z, r, n; one bias, passed as bias_ih; n = tanh(W_in x + b_n + W_hn (r ⊙ h)),
-    h' = z ⊙ h + (1 − z) ⊙ n)."""
+    """All hidden states (B, T, u) of one GRU direction from h0 = 0: the model's reference
+    (`feq_lab.models.gru.gru_sequence`, where the math is written once; flavours and layouts are
+    described there), after this module's shape checks."""
     _check_gru(x, weight_ih, weight_hh, bias_ih, bias_hh, flavour)
-    u = weight_hh.shape[1]
-    gi = F.linear(x, weight_ih, bias_ih)
-    h = x.new_zeros(x.shape[0], u)
-    steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
-    out: list[torch.Tensor] = [h] * x.shape[1]
-    for t in steps:
-        g = gi[:, t]
-        if flavour == "torch":
-            gh = F.linear(h, weight_hh, bias_hh)
-            r = torch.sigmoid(g[:, :u] + gh[:, :u])
-            z = torch.sigmoid(g[:, u : 2 * u] + gh[:, u : 2 * u])
-            n = torch.tanh(g[:, 2 * u :] + r * gh[:, 2 * u :])
-            h = (1 - z) * n + z * h
-        else:
-            zr = torch.sigmoid(g[:, : 2 * u] + h @ weight_hh[: 2 * u].t())
-            z, r = zr[:, :u], zr[:, u:]
-            n = torch.tanh(g[:, 2 * u :] + (r * h) @ weight_hh[2 * u :].t())
-            h = z * h + (1 - z) * n
-        out[t] = h
-    return torch.stack(out, dim=1)
+    return reference_gru(
+        x, weight_ih, weight_hh, bias_ih, bias_hh, reverse=reverse, flavour=flavour
+    )
 
 
 class _GRU(torch.autograd.Function):
@@ -324,24 +307,13 @@ def separable_stage_reference(
     pool: int = 1,
     relu: bool = True,
 ) -> torch.Tensor:
-    """One separable conv stage in plain torch ops (REFERENCE §5.3):
-    nearest upsampling ×`upsample` → crop (left, right) samples → depthwise conv (G·C, 1, k),
-    unbiased, TF "same" zero padding (odd extra sample on the right) → pointwise conv
-    (G·O, C, 1) grouped like `F.conv1d(groups=G)`, + bias → ReLU (if `relu`) → max-pool of
-    size = stride `pool` with TF "same" padding (−inf). x (B, G·C, L_in) →
-    (B, G·O, ceil(L / pool)), L = L_in·upsample − crop[0] − crop[1]. An encoder stage uses
-    upsample 1 and no crop; a decoder stage pool 1; `groups` runs several stages side by side."""
-    length = _stage_length(x, upsample, crop)
-    if upsample > 1:
-        x = torch.repeat_interleave(x, upsample, dim=2)
-    x = x[:, :, crop[0] : crop[0] + length]
-    x = F.conv1d(F.pad(x, _same(int(depthwise.shape[-1]))), depthwise, groups=int(x.shape[1]))
-    y = F.conv1d(x, pointwise, bias, groups=groups)
-    if relu:
-        y = F.relu(y)
-    if pool > 1:
-        y = F.max_pool1d(F.pad(y, _pool_same(length, pool), value=-math.inf), pool)
-    return y
+    """One separable conv stage: the model's reference (`feq_lab.models.layers.separable_stage`,
+    where the math is written once: upsample → crop → depthwise (TF "same") → pointwise + bias →
+    ReLU → TF "same" max-pool)."""
+    return reference_separable(
+        x, depthwise, pointwise, bias, groups=groups, upsample=upsample, crop=crop, pool=pool,
+        relu=relu,
+    )
 
 
 class _Separable(torch.autograd.Function):
@@ -544,9 +516,9 @@ def same_conv(
 def additive_scores_reference(
     q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:
-    """e[b, t, s] = Σ_u weight[u]·tanh(q[b, t, u] + k[b, s, u]): keras-self-attention's additive
-    score before its bias (which a softmax over s drops). q (B, T, U), k (B, S, U), weight (U,)."""
-    return torch.matmul(torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)), weight)
+    """e[b, t, s] = Σ_u weight[u]·tanh(q[b, t, u] + k[b, s, u]): the model's reference
+    (`feq_lab.models.layers.additive_scores`, where the math is written once)."""
+    return reference_scores(q, k, weight)
 
 
 class _Scores(torch.autograd.Function):
