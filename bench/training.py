@@ -17,18 +17,15 @@ a synthetic subset of 1,600 earthquakes + 400 noise traces, generated into a tem
 augmented by `SteadDataModule` as in training) through FEQ3's train step and compares its
 samples/s with what the pure step time predicts (goal: within 20 %).
 
-Kernels "on" (until the model selects implementations at construction): a bench-only adapter
-runs the model's own parameters through the kernels: GRU modules are wrapped to call
-`gru_sequence`, global attentions to score through `additive_scores`, and the separable encoder
-and decoders run as `separable_stage` / `same_conv` calls in `kernel_logits`, which mirrors
-`PickerModel.forward_logits`' training path.
-The adapter's outputs and gradients are checked against the model's own before timing.
+Kernels "on" is the model as training builds it, `ModelOptions()` (the fused kernels through the
+model's seams, the "fused" decoder form for separable decoders); "off" is the same model built
+with PyTorch's ops (`OPTIONS["off"]`). Both compute the same function (the parity harness,
+tests/models/test_parity.py, checks every option against the reference).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 import time
@@ -42,136 +39,23 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feq_lab.models import PRESETS, build_model
+from feq_lab.models import PRESETS, ModelOptions, build_model
 from feq_lab.models.kernels import autograd as ka
-from feq_lab.models.layers import AdditiveSelfAttention, KerasGRU
 from feq_lab.profiling.latency import device_name
 
 PEER = "peer"
+# kernels on: what training builds (fused GRU, separable stages, attention scores, convs and the
+# "fused" decoder form where it is the faster one); off: PyTorch's own ops throughout
+OPTIONS = {
+    "on": ModelOptions(),
+    "off": ModelOptions(
+        gru_backend="aten",
+        separable_backend="reference",
+        attention_backend="reference",
+        conv_backend="reference",
+    ),
+}
 LOSS_WEIGHTS = (0.05, 0.40, 0.55)  # detection, P, S (conf/config.yaml train.loss_weights)
-
-
-# --- bench-only adapter: the model's parameters through the training kernels -----------------
-
-
-class KernelGRU(nn.Module):
-    """An nn.GRU (batch-first, one layer) or KerasGRU run through `gru_sequence`, same
-    parameters (the wrapped module is kept as a submodule)."""
-
-    def __init__(self, rnn: nn.Module):
-        super().__init__()
-        self.inner = rnn
-        self.keras = isinstance(rnn, KerasGRU)
-        if not self.keras and (rnn.num_layers != 1 or not rnn.batch_first or not rnn.bias):
-            raise ValueError("KernelGRU covers single-layer, biased, batch-first GRUs")
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        outs = []
-        for reverse, sfx in ((False, "_l0"), (True, "_l0_reverse"))[: self._directions()]:
-            w_ih = getattr(self.inner, f"weight_ih{sfx}")
-            w_hh = getattr(self.inner, f"weight_hh{sfx}")
-            if self.keras:
-                b_ih, b_hh, flavour = getattr(self.inner, f"bias{sfx}"), None, "keras"
-            else:
-                b_ih, b_hh = (
-                    getattr(self.inner, f"bias_ih{sfx}"),
-                    getattr(self.inner, f"bias_hh{sfx}"),
-                )
-                flavour = "torch"
-            outs.append(
-                ka.gru_sequence(x, w_ih, w_hh, b_ih, b_hh, reverse=reverse, flavour=flavour)
-            )
-        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)), None
-
-    def _directions(self) -> int:
-        return 2 if self.inner.bidirectional else 1
-
-
-class KernelAttention(nn.Module):
-    """A global AdditiveSelfAttention (training path) with its scores through
-    `additive_scores`, same parameters."""
-
-    def __init__(self, attention: AdditiveSelfAttention):
-        super().__init__()
-        self.inner = attention
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        att = self.inner
-        q, k = att.query(x) + att.hidden_bias, att.key(x)
-        e = ka.additive_scores(q, k, att.score.weight) + att.score.bias
-        e = torch.exp(e - e.amax(dim=-1, keepdim=True))
-        return (e / (e.sum(dim=-1, keepdim=True) + att.eps)) @ x
-
-
-def wrap_modules(model: nn.Module) -> nn.Module:
-    """Replace (in place) every GRU by a KernelGRU and every global additive attention by a
-    KernelAttention around it."""
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, (nn.GRU, KerasGRU)):
-                setattr(module, name, KernelGRU(child))
-            elif isinstance(child, AdditiveSelfAttention) and child.width is None:
-                setattr(module, name, KernelAttention(child))
-    return model
-
-
-def kernel_encoder(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    for j, pool in zip(encoder.layer_of_stage, encoder.pools):
-        conv = encoder.layers[j]
-        if conv.depthwise is None:
-            x = pool(F.relu(conv(x)))
-        else:
-            x = ka.separable_stage(
-                x, conv.depthwise.weight, conv.conv.weight, conv.conv.bias, pool=pool.pool
-            )
-    return x
-
-
-def kernel_decoders(decoders: Sequence[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The three decoders side by side (groups = 3) on x (B, 3·C, T), like the model's stacked
-    training path, each stage one kernel call."""
-    first = decoders[0]
-
-    def cat(tensors) -> torch.Tensor:
-        return torch.cat(list(tensors), dim=0)
-
-    for i, j in enumerate(first.layer_of_stage):
-        convs = [d.layers[j] for d in decoders]
-        up, crop = first.upsample[i], tuple(first.crops[i])
-        bias = cat(c.conv.bias for c in convs)
-        if convs[0].depthwise is not None:
-            x = ka.separable_stage(
-                x, cat(c.depthwise.weight for c in convs), cat(c.conv.weight for c in convs),
-                bias, groups=3, upsample=up, crop=crop,
-            )  # fmt: skip
-        else:
-            if up > 1:
-                x = torch.repeat_interleave(x, up, dim=2)
-            if crop[0] or crop[1]:
-                x = x[:, :, crop[0] : int(x.shape[2]) - crop[1]]
-            x = F.relu(ka.same_conv(x, cat(c.conv.weight for c in convs), bias, groups=3))
-    heads = [d.head.conv for d in decoders]
-    y = ka.same_conv(x, cat(h.weight for h in heads), cat(h.bias for h in heads), groups=3)
-    return y[:, 0], y[:, 1], y[:, 2]
-
-
-def kernel_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """`PickerModel.forward_logits` (training path) with the encoder and separable decoders
-    through the kernels; GRUs and attention must already be wrapped (`wrap_modules`). Dense
-    decoders (EQT) keep the model's stacked polyphase path: measured faster than `same_conv`
-    per stage (482 vs 634 ms CPU for EQT's three decoders, forward + backward, batch 32)."""
-    h = model.bottleneck(kernel_encoder(model.encoder, x)).transpose(1, 2)
-    for block in model.rnn_blocks:
-        h = block(h)
-    for block in model.transformers:
-        h = block(h)
-    p, s = (branch(h) for branch in model.pickers)
-    features = torch.cat([h, p, s], dim=2).transpose(1, 2)
-    if model.decoders[0].layers[0].depthwise is None:
-        from feq_lab.models.fastdecode import build_stacked  # the model's own training path
-
-        return build_stacked(list(model.decoders), differentiable=True)(features)
-    return kernel_decoders(model.decoders, features)
 
 
 # --- train steps ---------------------------------------------------------------------------
@@ -206,48 +90,11 @@ def candidates(presets: Sequence[str], modes: Sequence[str]) -> dict[str, Callab
     except ImportError:
         print("seisbench not installed: no peer (pip install -e '.[dev]')")
     for name in presets:
-        torch.manual_seed(0)
-        base = build_model(name).train()
         for mode in modes:
-            if mode == "off":
-                out[f"{name} off"] = make_step(base, base.forward_logits, probs=False)
-            else:
-                model = wrap_modules(copy.deepcopy(base))
-                out[f"{name} on"] = make_step(model, lambda x, m=model: kernel_logits(m, x), False)
+            torch.manual_seed(0)  # the same initial weights in both modes
+            model = build_model(name, options=OPTIONS[mode]).train()
+            out[f"{name} {mode}"] = make_step(model, model.forward_logits, probs=False)
     return out
-
-
-def check_adapter(presets: Sequence[str]) -> None:
-    """The adapter computes the model's function: logits and gradients vs the model's own."""
-    torch.manual_seed(1)
-    x = torch.randn(2, 3, 6000)
-    for name in presets:
-        torch.manual_seed(0)
-        model = build_model(name).train()
-        # deterministic comparison: no dropout
-        for m in model.modules():
-            if isinstance(m, nn.Dropout | nn.Dropout1d):
-                m.p = 0.0
-        wrapped = wrap_modules(copy.deepcopy(model))
-        ref, got = model.forward_logits(x), kernel_logits(wrapped, x)
-        sum(o.square().sum() for o in ref).backward()
-        sum(o.square().sum() for o in got).backward()
-        err_out = max(
-            float((a.detach() - b.detach()).abs().max() / b.detach().abs().max())
-            for a, b in zip(got, ref)
-        )
-        # scale: a parameter's largest gradient, floored at 1e-2 of the model's largest (a bias
-        # right before a BatchNorm has an exactly-zero gradient: only rounding noise remains)
-        grads = [(a.grad, b.grad) for a, b in zip(wrapped.parameters(), model.parameters())]
-        top = max(float(b.abs().max()) for _, b in grads if b is not None)
-        err_grad = max(
-            float((a - b).abs().max()) / max(float(b.abs().max()), 1e-2 * top)
-            for a, b in grads
-            if b is not None
-        )
-        print(
-            f"adapter check {name}: max rel. error logits {err_out:.1e}, gradients {err_grad:.1e}"
-        )
 
 
 def time_steps(fns: dict[str, Callable], passes: int, block: int, batch: int) -> dict:
@@ -287,9 +134,11 @@ def report(label: str, times: dict[str, list[float]]) -> dict[str, float]:
     return p50
 
 
-def epoch_rate(mode: str, batch: int, limit: int | None) -> tuple[float, float, int]:
-    """(samples/s over a whole epoch incl. loading + augmentation, samples/s the pure step time
-    of the same model on a fixed batch predicts, batches) for FEQ3 on the quick experiment."""
+def epoch_rate(mode: str, batch: int, limit: int | None) -> dict[str, float]:
+    """FEQ3 over a whole epoch of the quick experiment (loading + augmentation included, in this
+    process: the quick experiment's loader has no workers): samples/s by wall clock and per CPU
+    second, what the pure step time on a fixed batch predicts for each, and the share of the
+    epoch spent producing batches (the data side) rather than stepping."""
     from omegaconf import OmegaConf
 
     from feq_lab.data.datamodule import SteadDataModule
@@ -308,16 +157,31 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> tuple[float, float, 
             tmp, batch_size=batch, augment=OmegaConf.to_container(data_cfg.augment), seed=0
         )
         loader = dm.train_dataloader()
-        pure = time_steps({"feq3": step}, 1, 5, batch)["wall"]["feq3"]
-        n, samples = 0, 0
-        start = time.perf_counter()
-        for b in loader:
+        pure = time_steps({"feq3": step}, 1, 5, batch)
+        n, samples, data_wall, data_cpu = 0, 0, 0.0, 0.0
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        batches = iter(loader)
+        while limit is None or n < limit:
+            wall, cpu = time.perf_counter(), time.process_time()
+            b = next(batches, None)
+            data_wall += time.perf_counter() - wall
+            data_cpu += time.process_time() - cpu
+            if b is None:
+                break
             step(b["x"], [b["y_det"], b["y_p"], b["y_s"]])
             n, samples = n + 1, samples + int(b["x"].shape[0])
-            if limit and n >= limit:
-                break
-        elapsed = time.perf_counter() - start
-    return samples / elapsed, batch / (float(np.median(pure)) / 1e3), n
+        elapsed_wall = time.perf_counter() - start_wall
+        elapsed_cpu = time.process_time() - start_cpu
+    step_wall, step_cpu = (float(np.median(pure[c]["feq3"])) / 1e3 for c in ("wall", "cpu"))
+    return {
+        "batches": n,
+        "wall": samples / elapsed_wall,
+        "wall_predicted": batch / step_wall,
+        "cpu": samples / elapsed_cpu,
+        "cpu_predicted": batch / step_cpu,
+        "data_share_wall": data_wall / elapsed_wall,
+        "data_share_cpu": data_cpu / elapsed_cpu,
+    }
 
 
 def kernel_cases(batch: int) -> dict[str, tuple[Callable, Callable]]:
@@ -423,8 +287,6 @@ def main() -> None:
     if "on" in modes and not ka.available():
         print("the C kernels are unavailable here (no compiler or FEQ_LAB_NO_KERNELS): "
               "'on' runs the torch references")  # fmt: skip
-    if "on" in modes:
-        check_adapter(args.presets)
     fns = candidates(args.presets, modes)
     times = time_steps(fns, args.passes, args.block, args.batch)
     print(
@@ -436,11 +298,15 @@ def main() -> None:
     report("process CPU ms per train step (all threads)", times["cpu"])
     if args.epoch:
         for mode in modes:
-            rate, predicted, n = epoch_rate(mode, args.batch, args.epoch_batches)
+            r = epoch_rate(mode, args.batch, args.epoch_batches)
             print(
-                f"\nFEQ3 kernels {mode}: quick-experiment epoch ({n} batches, loading and "
-                f"augmentation included) {rate:.1f} samples/s; pure train step predicts "
-                f"{predicted:.1f} samples/s; ratio {rate / predicted:.2f}"
+                f"\nFEQ3 kernels {mode}: quick-experiment epoch ({r['batches']} batches, loading "
+                f"and augmentation included)\n"
+                f"  wall: {r['wall']:.1f} samples/s, pure step predicts {r['wall_predicted']:.1f}, "
+                f"ratio {r['wall'] / r['wall_predicted']:.2f}; data side {r['data_share_wall']:.0%}\n"
+                f"  CPU:  {r['cpu']:.1f} samples/CPU-s, pure step predicts "
+                f"{r['cpu_predicted']:.1f}, ratio {r['cpu'] / r['cpu_predicted']:.2f}; "
+                f"data side {r['data_share_cpu']:.0%}"
             )
 
 

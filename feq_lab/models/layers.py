@@ -27,6 +27,7 @@ BN_EPS = 1e-3  # Keras BatchNormalization default
 
 SeparableFn = Callable[..., torch.Tensor]
 ScoresFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ConvFn = Callable[..., torch.Tensor]
 
 
 def same_padding(kernel: int) -> tuple[int, int]:
@@ -50,6 +51,22 @@ def same_conv1d(
     if right > left:
         x = F.pad(x, (0, right - left))
     return F.conv1d(x, weight, bias, padding=left, groups=groups)
+
+
+def same_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    groups: int = 1,
+    padding: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The dense-conv seam's reference (`ConvFn`, e.g. the stacked decoders' heads): x
+    (B, G·C, L), weight (G·O, C, k) grouped like `F.conv1d(groups=G)`, zero padding (left,
+    right), by default TF "same" (`same_conv1d`)."""
+    if padding is None:
+        return same_conv1d(x, weight, bias, groups=groups)
+    return F.conv1d(F.pad(x, (int(padding[0]), int(padding[1]))), weight, bias, groups=groups)
 
 
 def same_max_pool1d(x: torch.Tensor, pool: int) -> torch.Tensor:

@@ -13,6 +13,8 @@ The seams for fused training kernels are plain functions with the reference's si
   `feq_lab.models.kernels.autograd.separable_stage`.
 - Global attention scores: `layers.additive_scores` (`ScoresFn`); the fused one is
   `feq_lab.models.kernels.autograd.additive_scores`.
+- Dense grouped conv (the "fused" decoders' heads and dense stages): `layers.same_conv`
+  (`ConvFn`); the fused one is `feq_lab.models.kernels.autograd.same_conv`.
 A backend "auto" takes the fused function when that module provides it, else the fastest
 pure-torch one.
 """
@@ -24,7 +26,14 @@ from dataclasses import dataclass
 
 from feq_lab.errors import ConfigError
 from feq_lab.models.gru import GruFn, aten_gru_sequence, gru_sequence
-from feq_lab.models.layers import ScoresFn, SeparableFn, additive_scores, separable_stage
+from feq_lab.models.layers import (
+    ConvFn,
+    ScoresFn,
+    SeparableFn,
+    additive_scores,
+    same_conv,
+    separable_stage,
+)
 
 try:  # the fused training kernels (C forward + backward with a torch fallback), when present
     from feq_lab.models.kernels import autograd as fused_kernels
@@ -33,7 +42,7 @@ except ImportError:  # pragma: no cover - depends on the installed kernels
 
 GRU_BACKENDS = ("auto", "reference", "aten", "fused")
 SEPARABLE_BACKENDS = ("auto", "reference", "fused")  # also the attention scores' backends
-DECODER_FORMS = ("stacked", "per_decoder")
+DECODER_FORMS = ("auto", "fused", "stacked", "per_decoder")
 
 
 @dataclass(frozen=True)
@@ -43,17 +52,25 @@ class ModelOptions:
     for "keras"), "fused" = the fused kernels (an error if absent), "auto" = fused when present,
     else aten. `separable_backend`: "reference" = `layers.separable_stage`, "fused", "auto".
     `attention_backend` (the global attention's scores): "reference" = `layers.additive_scores`,
-    "fused", "auto". Each may also be a function with the seam's signature (`GruFn`,
-    `SeparableFn`, `ScoresFn`).
+    "fused", "auto". `conv_backend` (dense grouped convs of the "fused" decoders, their heads
+    above all): "reference" = `layers.same_conv`, "fused", "auto". Each may also be a function
+    with the seam's signature (`GruFn`, `SeparableFn`, `ScoresFn`, `ConvFn`).
     `decoders`: "per_decoder" runs the three `Decoder` modules one after the other (the
     reference); "stacked" runs them as one grouped pass with a polyphase last stage, its weights
-    re-arranged from the decoders' own parameters on every call (`fastdecode.py`: the same
-    linear maps, so the same outputs and gradients; fewer, larger ops)."""
+    re-arranged from the decoders' own parameters on every call (`fastdecode.build_stacked`);
+    "fused" runs them as one grouped pass at full rate, every stage one `separable_fn` call
+    (a dense stage: `conv_fn`) and the three heads one `conv_fn` call
+    (`fastdecode.grouped_decoders`). All are the same linear maps, so the same outputs and
+    gradients; they differ in speed only. "auto" = "fused" for separable decoders when the
+    separable stage is the fused kernel (measured 2x faster than "stacked" for FEQ3's
+    decoders, forward + backward, bench/training.py), else "stacked" (dense decoders: oneDNN's
+    polyphase convs beat the C conv; reference separable stages: folding them wins)."""
 
     gru_backend: str | GruFn = "auto"
     separable_backend: str | SeparableFn = "auto"
     attention_backend: str | ScoresFn = "auto"
-    decoders: str = "stacked"
+    conv_backend: str | ConvFn = "auto"
+    decoders: str = "auto"
 
     @classmethod
     def reference(cls) -> ModelOptions:
@@ -62,6 +79,7 @@ class ModelOptions:
             gru_backend="reference",
             separable_backend="reference",
             attention_backend="reference",
+            conv_backend="reference",
             decoders="per_decoder",
         )
 
@@ -70,6 +88,7 @@ class ModelOptions:
             ("gru_backend", self.gru_backend, GRU_BACKENDS),
             ("separable_backend", self.separable_backend, SEPARABLE_BACKENDS),
             ("attention_backend", self.attention_backend, SEPARABLE_BACKENDS),
+            ("conv_backend", self.conv_backend, SEPARABLE_BACKENDS),
             ("decoders", self.decoders, DECODER_FORMS),
         ):
             if not callable(value) and value not in allowed:
@@ -106,8 +125,22 @@ class ModelOptions:
             self.attention_backend, "additive_scores", additive_scores, "options.attention_backend"
         )
 
+    def conv_fn(self) -> ConvFn:
+        if callable(self.conv_backend):
+            return self.conv_backend
+        if self.conv_backend == "reference":
+            return same_conv
+        return _resolve(self.conv_backend, "same_conv", same_conv, "options.conv_backend")
+
     def uses_fused_separable(self) -> bool:
         return self.separable_fn() is not separable_stage
+
+    def decoder_form(self, separable_decoders: bool) -> str:
+        """The decoders' form for a model whose decoder convs are (not) separable ("auto"
+        resolved, see the class docstring)."""
+        if self.decoders != "auto":
+            return self.decoders
+        return "fused" if separable_decoders and self.uses_fused_separable() else "stacked"
 
 
 def _resolve(backend: str, name: str, fallback: Callable, key: str) -> Callable:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feq_lab.errors import ConfigError, DataError
-from feq_lab.models.fastdecode import build_stacked
+from feq_lab.models.fastdecode import build_stacked, grouped_decoders
 from feq_lab.models.layers import (
     BottleneckBlock,
     Decoder,
@@ -98,6 +98,8 @@ class PickerModel(nn.Module):
         # the stacked decoders' training form runs separable stages fused, or folded when the
         # reference stage is all there is (fewer, larger ops than depthwise + pointwise)
         self._stacked_separable_fn = separable_fn if options.uses_fused_separable() else None
+        self._decoder_form = options.decoder_form(spec.decoder_conv == "separable")
+        self._separable_fn, self._conv_fn = separable_fn, options.conv_fn()
         self.encoder = Encoder(spec, separable_fn)
         width = spec.encoder_filters[-1]
         if spec.block == "residual":
@@ -162,7 +164,11 @@ class PickerModel(nn.Module):
         for block in self.transformers:
             h = block(h)
         p, s = (branch(h) for branch in self.pickers)
-        if self.options.decoders == "stacked":  # the same three decoders as one grouped pass
+        # "fused"/"stacked": the same three decoders as one grouped pass (options.ModelOptions)
+        if self._decoder_form == "fused":
+            features = torch.cat([h, p, s], dim=2).transpose(1, 2)
+            return grouped_decoders(self.decoders, features, self._separable_fn, self._conv_fn)
+        if self._decoder_form == "stacked":
             stacked = build_stacked(list(self.decoders), "train", self._stacked_separable_fn)
             return stacked(torch.cat([h, p, s], dim=2).transpose(1, 2))
         det_dec, p_dec, s_dec = self.decoders

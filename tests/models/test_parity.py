@@ -3,8 +3,9 @@
 Reference: `PickerModel` built with `ModelOptions.reference()` (readable GRU loop, reference
 separable stages, one decoder at a time). Compared with it, for every preset and a sample of
 the grid (`rnn`, `picker_rnn`, `cnn_blocks`, `rnn_blocks`, GRU flavour `gru_impl`):
-- "train": the model as training builds it (`ModelOptions()`: the GRU / separable backends
-  "auto" picks, stacked decoders): outputs AND every parameter's gradient;
+- "train": the model as training builds it (`ModelOptions()`: the GRU / separable / conv
+  backends "auto" picks, "fused" decoders for separable decoders, else "stacked"): outputs AND
+  every parameter's gradient; each decoder form also explicitly (`DECODER_CASES`);
 - "eager": `compile_for_inference(model, "eager")` against the reference in eval mode;
 - "onnx": the exported file run by onnxruntime, against the reference in eval mode.
 The decoder heads are scaled so that logits reach |10| (at random initialisation they are
@@ -27,7 +28,7 @@ import torch
 from feq_lab.export.onnx import export_onnx, onnx_session, run_onnx
 from feq_lab.models import ModelOptions, build_model, compile_for_inference
 from feq_lab.models.gru import aten_gru_sequence, gru_sequence
-from feq_lab.models.layers import additive_scores, separable_stage
+from feq_lab.models.layers import additive_scores, same_conv, separable_stage
 from feq_lab.models.options import fused_kernels
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -107,8 +108,23 @@ def _cached_reference(references, case):
     return references[key]
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_training_path_outputs_and_gradients(case, references):
+# each decoder form with the backends the options can pair it with, beyond what "auto" picks:
+# "fused" on dense decoders (EQT: stages through the conv seam) and with torch's ops throughout
+DECODER_CASES = [
+    (("eqt", {}, False), ModelOptions(decoders="fused")),
+    (("feq3", {}, False), ModelOptions(decoders="stacked")),
+    (("leq", {}, False), ModelOptions(
+        decoders="fused", separable_backend="reference", conv_backend="reference"
+    )),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case, options",
+    [(case, None) for case in CASES] + DECODER_CASES,
+    ids=[_case_id(c) for c in CASES] + [f"{_case_id(c)}-{o.decoders}" for c, o in DECODER_CASES],
+)
+def test_training_path_outputs_and_gradients(case, options, references):
     """Outputs in train mode; gradients with BatchNorm on its running statistics. Why: at batch
     2, training-mode BatchNorm (batch statistics over near-dead channels) amplifies a 1e-7
     change of the encoder's output ~400× by the transformer's input, so two float32
@@ -118,7 +134,7 @@ def test_training_path_outputs_and_gradients(case, references):
     where float32 itself cannot reach 1e-4 (sums that cancel), a gradient must be no further
     from the truth than twice the float32 reference's own error."""
     reference = _cached_reference(references, case)
-    model = build_model(reference.spec)  # what training builds: ModelOptions()
+    model = build_model(reference.spec, options=options)  # None: what training builds
     model.load_state_dict(reference.state_dict())
     x = _waveforms(2, seed=1)
     rng = np.random.default_rng(1)
@@ -219,6 +235,9 @@ def test_gru_backends_equal_the_reference(backend, flavour, reverse):
 
 SEPARABLE_BACKENDS = {}
 SCORES_BACKENDS = {}
+CONV_BACKENDS = {}
+if getattr(fused_kernels, "same_conv", None) is not None:
+    CONV_BACKENDS["fused"] = fused_kernels.same_conv
 if getattr(fused_kernels, "separable_stage", None) is not None:
     SEPARABLE_BACKENDS["fused"] = fused_kernels.separable_stage
 if getattr(fused_kernels, "additive_scores", None) is not None:
@@ -263,3 +282,36 @@ def test_attention_score_backends_equal_the_reference(backend):
     torch.manual_seed(7)
     tensors = [torch.randn(2, 56, 32), torch.randn(2, 56, 32), torch.randn(32)]
     _grads_equal(SCORES_BACKENDS[backend], additive_scores, tensors)
+
+
+@pytest.mark.parametrize("backend", sorted(CONV_BACKENDS) or ["none"])
+def test_conv_backends_equal_the_reference(backend):
+    """Each dense-conv implementation the options can choose (`layers.ConvFn`), on the fused
+    decoders' grouped heads (groups 3, 8 → 1, "same" padding) and an explicit padding."""
+    if backend == "none":
+        pytest.skip("no fused conv in this checkout")
+    torch.manual_seed(8)
+    fn = CONV_BACKENDS[backend]
+    tensors = [torch.randn(2, 24, 300), torch.randn(3, 8, 11), torch.randn(3)]
+    _grads_equal(fn, same_conv, tensors, groups=3)
+    tensors = [torch.randn(2, 6, 100), torch.randn(6, 3, 4), torch.randn(6)]
+    _grads_equal(fn, same_conv, tensors, groups=2, padding=(2, 1))
+
+
+def test_auto_decoder_form_runs_heads_through_the_conv_seam():
+    """Decoders "auto": separable decoders with a fused separable stage take the "fused" form,
+    whose three heads are one grouped call of the chosen conv; dense decoders stay "stacked"."""
+    calls = []
+
+    def spy(x, weight, bias, **kwargs):
+        calls.append((tuple(weight.shape), kwargs.get("groups", 1)))
+        return same_conv(x, weight, bias, **kwargs)
+
+    options = ModelOptions(separable_backend=lambda *a, **k: separable_stage(*a, **k),
+                           conv_backend=spy)  # fmt: skip
+    model = build_model("feq3", options=options, dropout=0.0)
+    with torch.no_grad():
+        model.eval().forward_logits(_waveforms(1))
+    assert calls == [((3, model.spec.decoder_filters[-1], model.spec.head_kernel), 3)]
+    assert options.decoder_form(separable_decoders=False) == "stacked"
+    assert ModelOptions.reference().decoder_form(separable_decoders=True) == "per_decoder"

@@ -43,6 +43,7 @@ from torch.autograd.function import once_differentiable
 from feq_lab.models import kernels
 from feq_lab.models.gru import gru_sequence as reference_gru
 from feq_lab.models.layers import additive_scores as reference_scores
+from feq_lab.models.layers import same_conv as reference_conv
 from feq_lab.models.layers import separable_stage as reference_separable
 
 FLAVOURS = ("torch", "keras")
@@ -431,9 +432,9 @@ def same_conv_reference(
     padding: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Stride-1 conv1d, x (B, G·C, L) with weight (G·O, C, k) grouped like `F.conv1d`, zero
-    padding (left, right), by default TensorFlow's "same" (the odd extra sample on the right)."""
-    pad = _same(int(weight.shape[-1])) if padding is None else padding
-    return F.conv1d(F.pad(x, pad), weight, bias, groups=groups)
+    padding (left, right), by default TensorFlow's "same" (the odd extra sample on the right):
+    the model's `layers.same_conv` (the conv seam's reference)."""
+    return reference_conv(x, weight, bias, groups=groups, padding=padding)
 
 
 class _Conv(torch.autograd.Function):
