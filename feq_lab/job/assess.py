@@ -85,15 +85,19 @@ def eval_settings(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def predict_test(model: torch.nn.Module, loader: Any, device: torch.device | str = "cpu") -> Probabilities:
-    """Probabilities of every test trace, in the loader's (CSV) order (the model compiled
-    for eager inference once: the same function, faster)."""
+def predict_splits(model: torch.nn.Module, loaders: Sequence[Any],
+                   device: torch.device | str = "cpu") -> list[Probabilities]:
+    """Probabilities of every trace of each loader, in the loader's (CSV) order. The model is
+    compiled for eager inference once for all loaders (the same function, faster)."""
     frozen = compile_for_inference(model.to(device).eval(), target="eager")
-    collector = ProbabilityCollector()
-    for batch in loader:
-        det, p, s = frozen(batch["x"].to(device))
-        collector.add(batch, det, p, s)
-    return collector.result()
+    results = []
+    for loader in loaders:
+        collector = ProbabilityCollector()
+        for batch in loader:
+            det, p, s = frozen(batch["x"].to(device))
+            collector.add(batch, det, p, s)
+        results.append(collector.result())
+    return results
 
 
 def prefixed(metrics: Mapping[str, float], prefix: str = "test/") -> dict[str, float]:

@@ -178,7 +178,7 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     """Lightning training on the subset, then validation- and test-set evaluation (probabilities
     of both stored) and measurements."""
     from feq_lab.data.stead import open_dataset
-    from feq_lab.job.assess import evaluate_splits, latency_context, measure, predict_test
+    from feq_lab.job.assess import evaluate_splits, latency_context, measure, predict_splits
     from feq_lab.models import save_checkpoint
     from feq_lab.tracking.callbacks import EpochMetricsCallback
 
@@ -188,9 +188,10 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     dm.setup("test")
     dataset = open_dataset(data_dir)
     device = trainer.strategy.root_device
+    val_probs, test_probs = predict_splits(
+        model, [dm.val_dataloader(), dm.test_dataloader()], device)
     result = evaluate_splits(
-        predict_test(model, dm.val_dataloader(), device),
-        predict_test(model, dm.test_dataloader(), device),
+        val_probs, test_probs,
         plan.thresholds or {}, cfg.get("eval") or {}, run_dir / "evaluation",
         waveforms=dataset.get_waveform)
     model = model.cpu().eval()
