@@ -15,8 +15,9 @@ The seams for fused training kernels are plain functions with the reference's si
   `feq_lab.models.kernels.autograd.additive_scores`.
 - Dense grouped conv (the "fused" decoders' heads and dense stages): `layers.same_conv`
   (`ConvFn`); the fused one is `feq_lab.models.kernels.autograd.same_conv`.
-A backend "auto" takes the fused function when that module provides it, else the fastest
-pure-torch one.
+A backend "auto" takes the fused function when its C library was built (a system compiler was
+found), else the fastest pure-torch one: the fused functions' own torch fallbacks compute the
+reference step by step, which is slower than PyTorch's ops (aten GRU, folded separable stages).
 """
 
 from __future__ import annotations
@@ -35,10 +36,7 @@ from feq_lab.models.layers import (
     separable_stage,
 )
 
-try:  # the fused training kernels (C forward + backward with a torch fallback), when present
-    from feq_lab.models.kernels import autograd as fused_kernels
-except ImportError:  # pragma: no cover - depends on the installed kernels
-    fused_kernels = None
+from feq_lab.models.kernels import autograd as fused_kernels
 
 GRU_BACKENDS = ("auto", "reference", "aten", "fused")
 SEPARABLE_BACKENDS = ("auto", "reference", "fused")  # also the attention scores' backends
@@ -144,12 +142,10 @@ class ModelOptions:
 
 
 def _resolve(backend: str, name: str, fallback: Callable, key: str) -> Callable:
-    """`backend` "fused" or "auto": the fused kernels' function `name`, else (auto) `fallback`."""
-    fused = getattr(fused_kernels, name, None)
-    if backend == "auto" and fused is None:
+    """`backend` "fused": the fused kernels' function `name` (its torch fallback computes the
+    same function when no C library could be built); "auto": that function when the C library
+    is built, else `fallback` (the faster pure-torch form)."""
+    fused = getattr(fused_kernels, name)
+    if backend == "auto" and not fused_kernels.available():
         return fallback
-    if fused is None:
-        raise ConfigError(
-            key, f"fused kernels unavailable (no feq_lab.models.kernels.autograd.{name})"
-        )
     return fused

@@ -428,3 +428,20 @@ def test_global_attentions_score_through_the_function_the_options_chose():
 
     build_model("feq3", options=ModelOptions(attention_backend=spy)).forward_logits(_waveforms(1))
     assert calls == [(1, 56, 32)] * 2  # the two transformer blocks; local attentions are banded
+
+
+def test_auto_options_without_a_compiler_take_pytorch_ops(monkeypatch):
+    """No C library (no system compiler): "auto" must pick PyTorch's fast ops (aten GRU, the
+    folded separable stage), not the fused functions' step-by-step torch fallbacks."""
+    from feq_lab.models import ModelOptions
+    from feq_lab.models.gru import aten_gru_sequence
+    from feq_lab.models.kernels import autograd as fused_kernels
+    from feq_lab.models.layers import separable_stage
+
+    monkeypatch.setattr(fused_kernels, "available", lambda: False)
+    options = ModelOptions()
+    assert options.gru_fn() is aten_gru_sequence
+    assert options.separable_fn() is separable_stage
+    assert options.decoder_form(separable_decoders=True) == "stacked"
+    # asking for the fused functions explicitly still gets them (their torch fallback runs)
+    assert ModelOptions(gru_backend="fused").gru_fn() is fused_kernels.gru_sequence
