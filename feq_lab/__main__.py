@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from feq_lab.errors import FeqLabError
+from feq_lab.paths import CONF_DIR
+
+CONFIG = CONF_DIR / "config.yaml"
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -31,5 +34,42 @@ def main(cfg: DictConfig) -> dict[str, float]:
         raise SystemExit(2) from None
 
 
-if __name__ == "__main__":
+def expand_seeds(argv: list[str]) -> list[str]:
+    """`seeds=N` (N > 1) -> a multirun over `seed=s, s+1, ..., s+N-1` (s = `seed=` or the
+    config's seed): N replicates of every variant, which the report summarises as mean ± sd per
+    variant. Written as argv sugar so each replicate stays an ordinary job with its own run."""
+    found = [a for a in argv[1:] if a.startswith("seeds=")]
+    if not found:
+        return argv
+    value = found[-1].split("=", 1)[1]
+    try:
+        n = int(value)
+    except ValueError:
+        raise FeqLabError(f"seeds: must be an integer >= 1, got {value!r}") from None
+    if n < 1:
+        raise FeqLabError(f"seeds: must be an integer >= 1, got {n}")
+    rest = [a for a in argv[1:] if not a.startswith("seeds=")]
+    if n == 1:
+        return [argv[0], *rest]
+    given = [a for a in rest if a.startswith("seed=")]
+    if given and not given[-1].split("=", 1)[1].lstrip("-").isdigit():
+        raise FeqLabError(f"seeds: cannot replicate a seed sweep ({given[-1]}); give one seed")
+    base = int(given[-1].split("=", 1)[1]) if given else int(OmegaConf.load(CONFIG).seed)
+    rest = [a for a in rest if not a.startswith("seed=")]
+    if not {"-m", "--multirun"} & set(rest):
+        rest.insert(0, "-m")
+    return [argv[0], *rest, "seed=" + ",".join(str(base + i) for i in range(n))]
+
+
+def cli() -> None:
+    """Console entry point: `seeds=N` expanded, then the Hydra app."""
+    try:
+        sys.argv = expand_seeds(sys.argv)
+    except FeqLabError as err:
+        print(f"feq_lab: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     main()
+
+
+if __name__ == "__main__":
+    cli()

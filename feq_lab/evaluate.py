@@ -28,9 +28,10 @@ from omegaconf import DictConfig
 
 from feq_lab.errors import ConfigError, DataError, FeqLabError
 from feq_lab.evaluation.probabilities import load_probabilities
-from feq_lab.job.assess import Assessment, evaluate_splits
+from feq_lab.job.assess import Assessment, evaluate_splits, latency_context, measure_latencies
 from feq_lab.job.config import flatten, run_params, to_plain
 from feq_lab.job.run import STAGE_RUN_FILE, log_assessment, training_metrics
+from feq_lab.models import load_checkpoint
 from feq_lab.paths import CONF_DIR, atomic_write_text
 from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN, TAG_STUDY, Tracker, quiet_logs
 
@@ -77,6 +78,20 @@ def evaluate_variant(stage_dir: Path, cfg: DictConfig, work: Path) -> tuple[dict
     return info, result
 
 
+def stage_latencies(dirs: list[Path], measure_cfg: Any) -> dict[str, dict[str, float]]:
+    """Latency of every learned variant's stored weights (eager and its stored ONNX export),
+    timed round-robin in this one process (`measure_latencies` says why)."""
+    models = {}
+    for d in dirs:
+        if (d / "model.pt").is_file():
+            onnx = d / "model.onnx"
+            models[d.name] = (load_checkpoint(d / "model.pt"), onnx if onnx.is_file() else None)
+    if not models:
+        return {}
+    log.info("timing %d variants round-robin (batch 1, eager and onnxruntime)", len(models))
+    return measure_latencies(models, measure_cfg)
+
+
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate every stage folder, log one child run each, write the evaluation JSON."""
     quiet_logs()
@@ -91,9 +106,13 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                                 tags={TAG_STUDY + ".evaluation": study})
     rows = []
     with tempfile.TemporaryDirectory(prefix="feq-evaluate-") as tmp:
-        for d in dirs:
-            info, result = evaluate_variant(d, cfg, Path(tmp))
+        scored = [(d, *evaluate_variant(d, cfg, Path(tmp))) for d in dirs]
+        latencies = stage_latencies(dirs, cfg.get("measure")) if ev.get("latency", True) else {}
+        for d, info, result in scored:
             tags = {**(info.get("tags") or {}), TAG_EVALUATED_RUN: info["run_id"]}
+            if d.name in latencies:
+                result.metrics.update(latencies[d.name])
+                tags.update(latency_context(cfg.get("measure")))
             name = tags.get("feq.variant") or info.get("name") or d.name
             run_id = tracker.start_run(name, evaluation_params(info, cfg), tags, parent)
             log_assessment(tracker, result, run_id)

@@ -99,8 +99,14 @@ def clone(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # four trainings + five repros: ~11 min on a shared 2-core machine
 def test_repro_caches_per_variant_and_evaluation_never_retrains(clone):
-    out = dvc(clone, "repro")
-    assert ran_stages(out) == {"prepare"} | TRAIN | DOWNSTREAM, out[-3000:]
+    # the parallel driver: DVC's own stages, two trainings at a time, one thread each
+    driver = _run(clone, sys.executable, "-m", "feq_lab.repro", "jobs=2", "threads=1")
+    logs = "".join(p.read_text() for p in sorted((clone / "outputs" / "repro").glob("*.log")))
+    assert ran_stages(logs) == {"prepare"} | TRAIN | DOWNSTREAM, driver[-3000:] + logs[-3000:]
+    timings = json.loads((clone / "outputs" / "repro" / "timings.json").read_text())["stages"]
+    spans = [(t["start_s"], t["start_s"] + t["seconds"]) for t in timings
+             if t["stage"].startswith("train@")]
+    assert any(a[0] < b[1] and b[0] < a[1] for a, b in itertools.combinations(spans, 2)), spans
     for variant in ("feq2", "feq3"):
         files = {p.name for p in (clone / "runs" / variant).iterdir()}
         assert {"model.pt", "model.onnx", "val_probabilities.npz", "test_probabilities.npz",

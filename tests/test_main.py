@@ -269,3 +269,16 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, store_template):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, 9)
             server.wait()
+
+
+def test_seeds_expands_into_a_seed_sweep_of_replicates():
+    from feq_lab.__main__ import expand_seeds
+    from feq_lab.errors import FeqLabError
+
+    assert expand_seeds(["p", "model=feq3", "seeds=3", "seed=7"]) == [
+        "p", "-m", "model=feq3", "seed=7,8,9"]
+    assert expand_seeds(["p", "-m", "model=feq2,feq3", "seeds=2"])[-1] == "seed=42,43"
+    assert expand_seeds(["p", "seeds=1", "model=leq"]) == ["p", "model=leq"]
+    for bad in (["p", "seeds=0"], ["p", "seeds=x"], ["p", "seeds=2", "seed=1,2"]):
+        with pytest.raises(FeqLabError, match="seeds"):
+            expand_seeds(bad)

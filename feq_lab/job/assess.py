@@ -293,6 +293,40 @@ def measure(model: torch.nn.Module, measure_cfg: Mapping[str, Any] | None,
     return out
 
 
+def measure_latencies(models: Mapping[str, tuple[torch.nn.Module, Path | None]],
+                      measure_cfg: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+    """Batch-1 latency (eager and onnxruntime) of several models, measured round-robin in one
+    process: each pass times every model in turn, and a figure is the median over passes.
+
+    Why: latency is a selection key, so the variants must be timed under the same conditions.
+    The DVC training stages may run two at a time; timing each inside its own stage would
+    measure the neighbour's load. The `evaluate` stage runs alone and calls this once.
+    """
+    from feq_lab.profiling.latency import measure_latency
+
+    cfg = dict(measure_cfg or {})
+    passes = max(int(cfg.get("latency_passes", 4)), 1)
+    threads = int(cfg.get("latency_threads", 1))
+    repeats = max(int(cfg.get("latency_repeats", 20)) // passes, 3)
+    timing = {"batch": 1, "threads": threads, "warmup": int(cfg.get("latency_warmup", 5)),
+              "repeats": repeats}
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in models}
+    for _ in range(passes):
+        for name, (model, onnx_path) in models.items():
+            model = model.cpu().eval()
+            got = samples[name]
+            eager = measure_latency(model, backend="torch", **timing)
+            got.setdefault("latency/window_ms_p50", []).append(eager.p50_ms)
+            got.setdefault("latency/window_ms_p90", []).append(eager.p90_ms)
+            if onnx_path is None or not Path(onnx_path).is_file():
+                continue
+            onnx = measure_latency(model, backend="onnxruntime", onnx_path=onnx_path, **timing)
+            got.setdefault("latency/onnx_window_ms_p50", []).append(onnx.p50_ms)
+            got.setdefault("latency/onnx_window_ms_p90", []).append(onnx.p90_ms)
+    return {name: {key: float(np.median(values)) for key, values in got.items()}
+            for name, got in samples.items()}
+
+
 def latency_context(measure_cfg: Mapping[str, Any] | None) -> dict[str, str]:
     """Tags saying what a latency figure depends on: fused C kernels built or not, the thread
     count, the CPU model (a figure from another machine or build is another figure)."""

@@ -23,7 +23,7 @@ from feq_lab.errors import ConfigError
 
 KNOBS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks")
 VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "train.progress_bar",
-                 "measure", "thresholds", "eval", "stage_out", "study")
+                 "measure", "thresholds", "eval", "stage_out", "study", "seeds")
 # The code a trained model depends on: a change here makes earlier trainings stale for reuse.
 TRAINING_CODE = ("data", "models", "training")
 BASELINE_KINDS = ("stalta",)
