@@ -296,6 +296,7 @@ def run_job(
         TAG_CONFIG_HASH,
         TAG_DATA_VERSION,
         TAG_EVALUATED_RUN,
+        TAG_RUN_DIR,
         Tracker,
         quiet_logs,
     )
@@ -319,7 +320,7 @@ def run_job(
         chash = config_hash(effective)
         tags = {TAG_CONFIG_HASH: chash, TAG_DATA_VERSION: version, "feq.model": plan.name,
                 "feq.kind": plan.kind, TAG_CODE_VERSION: code_version(),
-                "feq.variant": variant_name(plan)}
+                "feq.variant": variant_name(plan), TAG_RUN_DIR: str(run_dir.resolve())}
         name = job_name or default_name(plan)
         if parent_run_id is None and cfg.get("study"):
             parent_run_id = tracker.study_parent(str(cfg.study), f"training · {cfg.study} study")

@@ -24,6 +24,9 @@ from mlflow.exceptions import MlflowException
 
 from feq_lab.errors import ConfigError
 from feq_lab.tracking.records import RunRecord
+from feq_lab.tracking.store import check_uri as _check_uri
+from feq_lab.tracking.store import open_store
+from feq_lab.tracking.store import sqlite_path as _sqlite_path
 from feq_lab.tracking.sweep_callback import PARENT_RUN_ENV, PARENT_RUN_FILE  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ TAG_RESUMED_FROM = "feq.resumed_from"      # a resumed job's pointer to the FINI
 TAG_EVALUATED_RUN = "feq.evaluated_run"    # an evaluation-only run: the training run it evaluated
 TAG_CODE_VERSION = "feq.code_version"      # hash of the training code (job.config.code_version)
 TAG_STUDY = "feq.study"                    # the study parent a DVC stage's run nests under
+TAG_SWEEP_DIR = "feq.sweep_dir"            # a parent run's Hydra sweep dir
+TAG_RUN_DIR = "feq.run_dir"                # a job's Hydra output dir (inside its sweep dir)
 # MLflow 3's UI opens an experiment by its kind; without the tag it guesses, and may open this
 # one on the GenAI "Overview" page instead of the runs table (values from MLflow's own UI code:
 # genai_development | custom_model_development).
@@ -71,21 +76,6 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 10, base_delay:
             log.warning("MLflow store locked (%s); retry %d in %.2f s", exc, attempt + 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
-    return None
-
-
-def _check_uri(uri: str) -> str:
-    uri = str(uri or "").strip()
-    if not uri:
-        raise ConfigError("tracking.uri", "empty; use sqlite:///path/mlflow.db or http://host:port")
-    if "://" not in uri:
-        raise ConfigError("tracking.uri", f"{uri!r} is not a URI (sqlite:///..., http://...)")
-    return uri
 
 
 def _float(value: Any) -> float:
@@ -128,10 +118,7 @@ class Tracker:
         if not str(experiment or "").strip():
             raise ConfigError("tracking.experiment", "empty experiment name")
         self.experiment = str(experiment)
-        db = _sqlite_path(self.uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.client = open_store(self.uri)
         self.experiment_id = with_retry(self._ensure_experiment)
         self.run_id: str | None = None
 
@@ -165,7 +152,7 @@ class Tracker:
         """Open a sweep's parent run; write its id to `<sweep_dir>/mlflow_parent_run_id`."""
         all_tags = {TAG_ROLE: "parent", **(tags or {})}
         if sweep_dir is not None:
-            all_tags["feq.sweep_dir"] = str(Path(sweep_dir).resolve())
+            all_tags[TAG_SWEEP_DIR] = str(Path(sweep_dir).resolve())
         run_id = self._create_run(name, all_tags)
         if sweep_dir is not None:
             from feq_lab.paths import atomic_write_text
@@ -190,6 +177,22 @@ class Tracker:
             with_retry(self.client.set_terminated, child.info.run_id, status="KILLED")
         with_retry(self.client.update_run, run_id, status="RUNNING")
         return True
+
+    def kill_orphans(self, sweep_dir: str | os.PathLike) -> list[str]:
+        """Mark KILLED every RUNNING run of this experiment left by an earlier, interrupted
+        multirun in `sweep_dir`: its parent and every job run inside it, nested or not (a job
+        that could not nest still carries its run dir). Returns their ids."""
+        root = Path(sweep_dir).resolve()
+        running = _all_runs(self.client, self.experiment_id, "attributes.status = 'RUNNING'")
+        orphans = []
+        for run in running:
+            tags = run.data.tags
+            job_dir = tags.get(TAG_RUN_DIR)
+            if tags.get(TAG_SWEEP_DIR) == str(root) or (
+                    job_dir and Path(job_dir).is_relative_to(root)):
+                with_retry(self.client.set_terminated, run.info.run_id, status="KILLED")
+                orphans.append(run.info.run_id)
+        return orphans
 
     def start_run(self, name: str | None = None, params: Mapping[str, Any] | None = None,
                   tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None) -> str:
@@ -368,7 +371,7 @@ def _all_runs(client: MlflowClient, experiment_id: str, filt: str) -> list[Any]:
 
 def latest_parent_run_id(uri: str, experiment: str) -> str | None:
     """The newest sweep parent of the experiment, or None."""
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    client = open_store(uri)
     exp = with_retry(client.get_experiment_by_name, experiment)
     if exp is None:
         return None
@@ -384,7 +387,7 @@ def load_runs(uri: str, experiment: str, parent_run_id: str | None = None) -> li
     reused, so a resumed sweep reads as complete. Without any parent run in the experiment,
     every non-parent run is returned. An unknown experiment gives an empty list.
     """
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    client = open_store(uri)
     exp = with_retry(client.get_experiment_by_name, experiment)
     if exp is None:
         return []
@@ -409,14 +412,14 @@ def load_runs(uri: str, experiment: str, parent_run_id: str | None = None) -> li
 def register_champion(uri: str, run_id: str, name: str = "feq-picker",
                       alias: str = "champion") -> str:
     """Register `run_id`'s pyfunc model as `name@alias`; returns the new version."""
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    client = open_store(uri)
     return _register(client, run_id, name, alias)
 
 
 def download_model(uri: str, name: str = "feq-picker", alias: str = "champion",
                    dst: str | os.PathLike | None = None) -> tuple[Path, Any]:
     """Download `name@alias`'s pyfunc directory; returns (local dir, model version)."""
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    client = open_store(uri)
     try:
         mv = with_retry(client.get_model_version_by_alias, name, alias)
     except MlflowException as exc:
@@ -441,7 +444,7 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) 
 
     A bare file name not at the artifact root is searched for one folder deep.
     """
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    client = open_store(uri)
     Path(dst).mkdir(parents=True, exist_ok=True)
     try:
         return Path(with_retry(client.download_artifacts, run_id, path, str(dst)))
@@ -477,7 +480,7 @@ def load_champion(
 def _run_thresholds(uri: str, run_id: str | None) -> dict[str, float] | None:
     if not run_id:
         return None
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    client = open_store(uri)
     metrics = with_retry(client.get_run, run_id).data.metrics
     keys = {"detection": "thresholds/detection", "p": "thresholds/p", "s": "thresholds/s"}
     if not all(k in metrics for k in keys.values()):

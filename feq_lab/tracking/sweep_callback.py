@@ -47,6 +47,18 @@ class MLflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Store → experiment → parent run, once and in this order, before any job starts.
+
+        Any failure here stops the multirun (SystemExit: Hydra only warns on a callback's
+        ordinary exception, and the jobs would then run unnested).
+        """
+        try:
+            self._open_parent(config)
+        except Exception as exc:  # noqa: BLE001 - reported as one line, then the multirun stops
+            log.error("MLflow parent run not created: %s: %s", type(exc).__name__, exc)
+            raise SystemExit(f"feq_lab: error: the multirun is stopped before any job: {exc}") from exc
+
+    def _open_parent(self, config: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         if not HydraConfig.initialized():  # lets `${hydra:runtime.cwd}` in tracking.uri resolve
@@ -59,9 +71,12 @@ class MLflowSweepCallback(Callback):
         name = f"grid {overrides}" if overrides else f"sweep {sweep_dir.name}"
         from feq_lab.tracking.mlflow import Tracker
 
-        self.tracker = Tracker(uri, experiment)
+        self.tracker = Tracker(uri, experiment)  # creates/migrates the store once, under a lock
         marker = sweep_dir / PARENT_RUN_FILE
         previous = marker.read_text().strip() if marker.is_file() else ""
+        killed = self.tracker.kill_orphans(sweep_dir)  # a resumed sweep's interrupted runs
+        if killed:
+            log.info("marked %d orphaned RUNNING run(s) of %s KILLED", len(killed), sweep_dir)
         if previous and self.tracker.reopen_parent(previous):  # a resumed sweep (same dir)
             self.parent_run_id = previous
             log.info("resuming MLflow parent run %s from %s", previous, marker)
