@@ -55,7 +55,6 @@ class MLflowSweepCallback(Callback):
         try:
             self._open_parent(config)
         except Exception as exc:  # noqa: BLE001 - reported as one line, then the multirun stops
-            log.error("MLflow parent run not created: %s: %s", type(exc).__name__, exc)
             raise SystemExit(f"feq_lab: error: the multirun is stopped before any job: {exc}") from exc
 
     def _open_parent(self, config: DictConfig) -> None:
