@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from feq_lab.tracking.keys import check_metric_key
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,17 @@ def _sweep_overrides(config: DictConfig) -> str:
     return " ".join(str(o) for o in overrides or [])
 
 
+def check_search_keys(config: DictConfig) -> None:
+    """ConfigError naming the first Optuna objective (or pruner monitor) that no run logs."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper") or {}
+    for i, item in enumerate(sweeper.get("objectives") or []):
+        if isinstance(item, Mapping) and item.get("metric") is not None:
+            check_metric_key(item["metric"], f"hydra.sweeper.objectives[{i}].metric")
+    monitor = OmegaConf.select(config, "hydra.sweeper.pruner.monitor")
+    if monitor is not None:
+        check_metric_key(monitor, "hydra.sweeper.pruner.monitor")
+
+
 class MLflowSweepCallback(Callback):
     """Opens the sweep's parent run before the first job and closes it after the last."""
 
@@ -59,6 +72,8 @@ class MLflowSweepCallback(Callback):
 
     def _open_parent(self, config: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
+
+        check_search_keys(config)  # before the store: a typo costs nothing
 
         if not HydraConfig.initialized():  # lets `${hydra:runtime.cwd}` in tracking.uri resolve
             HydraConfig.instance().set_config(config)
