@@ -29,6 +29,7 @@ from feq_lab.job.config import (
     to_plain,
 )
 from feq_lab.paths import atomic_write_text
+from feq_lab.tracking import keys
 
 log = logging.getLogger(__name__)
 
@@ -202,16 +203,16 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     result.add(WEIGHTS_DIR, onnx_path)
     result.metrics.update(measure(model, cfg.get("measure"), onnx_path))
     tracker.set_tags(latency_context(cfg.get("measure")), run_id)
-    result.metrics["train/epochs"] = float(trainer.current_epoch)
+    result.metrics[keys.TRAIN_EPOCHS] = float(trainer.current_epoch)
     if checkpoint.best_model_score is not None:
-        result.metrics["val/best_loss"] = float(checkpoint.best_model_score)
+        result.metrics[keys.VAL_BEST_LOSS] = float(checkpoint.best_model_score)
     tracker.log_pyfunc_model(ckpt_path, onnx_path, run_id)
     return result
 
 
 # What a re-evaluation copies from the training it evaluates: everything the weights alone fix.
 TRAINING_METRIC_PREFIXES = ("params/", "size/", "latency/", "train/")
-TRAINING_METRIC_KEYS = ("val/loss", "val/best_loss")
+TRAINING_METRIC_KEYS = (keys.VAL_LOSS, keys.VAL_BEST_LOSS)
 
 
 def training_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -418,5 +419,4 @@ def _record_failure(tracker: Any, cfg: DictConfig, plan: JobPlan | None, run_id:
 
 
 def _summary(metrics: Mapping[str, float]) -> str:
-    keys = ("test/detection_f1", "test/p_f1", "test/s_f1", "latency/window_ms_p50")
-    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys.SUMMARY_KEYS if k in metrics)

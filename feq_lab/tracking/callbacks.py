@@ -13,6 +13,7 @@ import logging
 
 import pytorch_lightning as pl
 
+from feq_lab.tracking import keys
 from feq_lab.tracking.mlflow import Tracker
 from feq_lab.tracking.sweep_callback import (  # noqa: F401 - re-exported
     MLflowSweepCallback,
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 class EpochMetricsCallback(pl.Callback):
     """Logs `train/loss`, `val/loss` and `lr` per epoch (step = epoch) to the tracker's run."""
 
-    KEYS = ("train/loss", "val/loss")
+    KEYS = (keys.TRAIN_LOSS, keys.VAL_LOSS)
 
     def __init__(self, tracker: Tracker, run_id: str):
         self.tracker = tracker

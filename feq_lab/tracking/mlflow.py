@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from feq_lab.errors import ConfigError
+from feq_lab.tracking.keys import OUTPUTS, threshold_key
 from feq_lab.tracking.records import RunRecord
 from feq_lab.tracking.store import check_uri as _check_uri
 from feq_lab.tracking.store import open_store
@@ -482,10 +483,10 @@ def _run_thresholds(uri: str, run_id: str | None) -> dict[str, float] | None:
         return None
     client = open_store(uri)
     metrics = with_retry(client.get_run, run_id).data.metrics
-    keys = {"detection": "thresholds/detection", "p": "thresholds/p", "s": "thresholds/s"}
-    if not all(k in metrics for k in keys.values()):
+    wanted = {out: threshold_key(out) for out in OUTPUTS}
+    if not all(k in metrics for k in wanted.values()):
         return None
-    return {out: float(metrics[k]) for out, k in keys.items()}
+    return {out: float(metrics[k]) for out, k in wanted.items()}
 
 
 def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str | None,

@@ -19,9 +19,9 @@ import logging
 import sqlite3
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from mlflow import MlflowClient
 
@@ -105,7 +105,7 @@ def _open(uri: str) -> MlflowClient:
     if db is None:  # a server: nothing to create here, but fail now if it cannot be reached
         try:
             return _client_with_both_stores(uri)
-        except Exception as exc:  # noqa: BLE001 - any failure to reach it is the same news
+        except Exception as exc:
             raise StoreError(uri, f"{type(exc).__name__}: {_first_line(exc)}") from exc
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ def _open(uri: str) -> MlflowClient:
     with _init_lock(db):
         try:
             return _client_with_both_stores(uri)
-        except Exception as exc:  # noqa: BLE001 - retried once after a repair, else reported
+        except Exception as exc:
             dropped = repair_interrupted_migration(db) if ALEMBIC_TMP_PREFIX in str(exc) else []
             if not dropped:
                 raise StoreError(uri, f"{type(exc).__name__}: {_first_line(exc)}") from exc
@@ -122,7 +122,7 @@ def _open(uri: str) -> MlflowClient:
                         "migrating again", uri, ", ".join(dropped))
             try:
                 return _client_with_both_stores(uri)
-            except Exception as again:  # noqa: BLE001
+            except Exception as again:
                 raise StoreError(uri, f"{type(again).__name__}: {_first_line(again)}") from again
 
 
@@ -142,4 +142,4 @@ def open_store(uri: str) -> MlflowClient:
         return client
 
 
-__all__ = ["StoreError", "open_store", "check_uri", "sqlite_path", "repair_interrupted_migration"]
+__all__ = ["StoreError", "check_uri", "open_store", "repair_interrupted_migration", "sqlite_path"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -36,7 +37,7 @@ def _tracking_settings(config: DictConfig) -> tuple[str, str]:
 def _sweep_overrides(config: DictConfig) -> str:
     try:
         overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-    except Exception:  # noqa: BLE001 - overrides are informative only
+    except Exception:
         return ""
     return " ".join(str(o) for o in overrides or [])
 
@@ -67,7 +68,7 @@ class MLflowSweepCallback(Callback):
         """
         try:
             self._open_parent(config)
-        except Exception as exc:  # noqa: BLE001 - reported as one line, then the multirun stops
+        except Exception as exc:
             raise SystemExit(f"feq_lab: error: the multirun is stopped before any job: {exc}") from exc
 
     def _open_parent(self, config: DictConfig) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feq_lab.errors import ConfigError
+from feq_lab.tracking import keys
 from feq_lab.training.recipe import (
     OUTPUTS,
     TrainSettings,
@@ -31,7 +32,7 @@ from feq_lab.training.recipe import (
 __all__ = ["MONITOR", "OUTPUTS", "TARGETS", "PickerModule", "check_loss_weights"]
 
 TARGETS = {"detection": "y_det", "p": "y_p", "s": "y_s"}
-MONITOR = "val/loss"
+MONITOR = keys.VAL_LOSS
 
 
 class PickerModule(pl.LightningModule):
