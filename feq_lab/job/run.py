@@ -144,9 +144,9 @@ def objectives(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
-        callbacks: list[Any]) -> tuple[Any, Any, Any, Any]:
-    """Train `plan.model`; returns (module with the best weights loaded, trainer, checkpoint
-    callback, datamodule)."""
+        loggers: list[Any]) -> tuple[Any, Any, Any, Any]:
+    """Train `plan.model` (per-epoch metrics to `loggers`); returns (module with the best weights
+    loaded, trainer, checkpoint callback, datamodule)."""
     import torch
 
     from feq_lab.data.datamodule import SteadDataModule
@@ -164,8 +164,9 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
         seed=seed,
     )
     module = PickerModule(plan.model, train_settings(to_plain(train)))
-    trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir, callbacks,
-                                        optuna_cfg=to_plain(cfg.optuna) if cfg.get("optuna") else None)
+    trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir,
+                                        optuna_cfg=to_plain(cfg.optuna) if cfg.get("optuna") else None,
+                                        loggers=loggers)
     trainer.fit(module, datamodule=dm)
     best = checkpoint.best_model_path
     if best and Path(best).is_file():
@@ -181,10 +182,9 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     from feq_lab.data.stead import open_dataset
     from feq_lab.job.assess import evaluate_splits, latency_context, measure, predict_splits
     from feq_lab.models import save_checkpoint
-    from feq_lab.tracking.callbacks import EpochMetricsCallback
+    from feq_lab.tracking.logger import RunLogger
 
-    module, trainer, checkpoint, dm = fit(plan, cfg, data_dir, run_dir,
-                                          [EpochMetricsCallback(tracker, run_id)])
+    module, trainer, checkpoint, dm = fit(plan, cfg, data_dir, run_dir, [RunLogger(tracker, run_id)])
     model = module.model
     dm.setup("test")
     dataset = open_dataset(data_dir)

@@ -24,6 +24,7 @@ VAL_LOSS = "val/loss"                     # Lightning's monitor: early stopping,
 LR = "lr"
 TRAIN_EPOCHS = "train/epochs"
 VAL_BEST_LOSS = "val/best_loss"
+LOSS_PARTS = tuple(f"{stage}/loss_{o}" for stage in ("train", "val") for o in OUTPUTS)  # per head
 
 # -- measurements of the trained model ----------------------------------------------------------
 SIZE_MODEL_MB = "size/model_mb"
@@ -88,7 +89,7 @@ def _split_names() -> set[str]:
 
 
 def _known() -> frozenset[str]:
-    keys = {TRAIN_LOSS, VAL_LOSS, LR, TRAIN_EPOCHS, VAL_BEST_LOSS, SIZE_MODEL_MB,
+    keys = {TRAIN_LOSS, VAL_LOSS, LR, TRAIN_EPOCHS, VAL_BEST_LOSS, *LOSS_PARTS, SIZE_MODEL_MB,
             LATENCY_EAGER_P50, LATENCY_EAGER_P90, LATENCY_ONNX_P50, LATENCY_ONNX_P90}
     names = _split_names()
     for split in SPLITS:

@@ -90,6 +90,13 @@ class PickerModule(pl.LightningModule):
         if self.trainer.global_step == 0 and batch_idx == 0 and self.trainer.current_epoch == 0:
             self.initialise(batch)
 
+    def on_train_epoch_start(self) -> None:
+        """The learning rate this epoch trains with (a schedule's effect, visible per epoch)."""
+        optimizers = self.trainer.optimizers
+        if optimizers:
+            self.log(keys.LR, float(optimizers[0].param_groups[0]["lr"]), on_step=False,
+                     on_epoch=True)
+
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         parts = self.losses(batch)
         size = int(batch["x"].shape[0])

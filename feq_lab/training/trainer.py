@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers.logger import Logger
 
 from feq_lab.errors import ConfigError
 from feq_lab.training.module import MONITOR
@@ -37,9 +38,11 @@ def build_trainer(
     run_dir: str | Path,
     callbacks: Sequence[pl.Callback] = (),
     optuna_cfg: Mapping[str, Any] | None = None,
+    loggers: Sequence[Logger] = (),
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
     """A Trainer writing its checkpoints under `run_dir/checkpoints`; returns it and the
-    checkpoint callback (whose `best_model_path` holds the lowest validation loss)."""
+    checkpoint callback (whose `best_model_path` holds the lowest validation loss). `loggers`
+    receive the module's per-epoch metrics (the job passes its tracking logger)."""
     kwargs = _plain(trainer_cfg)
     train = _plain(train_cfg)
     clash = sorted(set(kwargs) & set(OWNED))
@@ -66,10 +69,13 @@ def build_trainer(
     kwargs.setdefault("enable_progress_bar", bool(train.get("progress_bar", True)))
     kwargs.setdefault("enable_model_summary", False)
     kwargs.setdefault("num_sanity_val_steps", 0)
+    # every metric is logged per epoch (on_step=False): a step interval only made Lightning warn
+    # that an epoch has fewer batches than it
+    kwargs.setdefault("log_every_n_steps", 1)
     trainer = pl.Trainer(
         **kwargs,
         callbacks=all_callbacks,
-        logger=False,
+        logger=list(loggers) or False,
         default_root_dir=str(run_dir),
         enable_checkpointing=True,
     )
