@@ -145,11 +145,12 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
         log.info("  %s", reason)
 
     from feq_lab.tracking.mlflow import Tracker
+    from feq_lab.tracking.registry import Registry
 
     tracker = Tracker(uri, experiment)
     if sel.get("register", True):
         name, alias = str(sel["registry_name"]), str(sel["alias"])
-        version = tracker.register(champ["run_id"], name, alias)
+        version = Registry(uri).register(champ["run_id"], name, alias)
         payload["registered"] = f"{name}@{alias}"
         payload["model_version"] = str(version)
         tracker.set_tags({CHAMPION_TAG: f"{name}@{alias}",

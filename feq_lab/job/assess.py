@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -33,6 +32,7 @@ from feq_lab.evaluation.thresholds import threshold_grid
 from feq_lab.models.compile import compile_for_inference
 from feq_lab.paths import atomic_path
 from feq_lab.tracking import keys
+from feq_lab.tracking.records import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,8 @@ SPLIT_KEYS = keys.SPLIT_KEYS
 HEADLINE_KEYS = keys.HEADLINE_KEYS
 
 
-@dataclass
-class Assessment:
-    """Metrics (flat, MLflow keys) and the files to log (artifact folder -> paths)."""
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    artifacts: dict[str, list[Path]] = field(default_factory=dict)
-
-    def add(self, folder: str, path: Path | None) -> None:
-        if path is not None:
-            self.artifacts.setdefault(folder, []).append(Path(path))
+# What a job returns: plain values that tracking's one recorder logs.
+Assessment = RunResult
 
 
 def eval_settings(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -176,15 +176,14 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
 
 
 def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
-                     tracker: Any, run_id: str) -> Assessment:
-    """Lightning training on the subset, then validation- and test-set evaluation (probabilities
-    of both stored) and measurements."""
+                     loggers: list[Any]) -> Assessment:
+    """Lightning training on the subset (per-epoch metrics to `loggers`), then validation- and
+    test-set evaluation (probabilities of both stored) and measurements, as plain results."""
     from feq_lab.data.stead import open_dataset
     from feq_lab.job.assess import evaluate_splits, latency_context, measure, predict_splits
     from feq_lab.models import save_checkpoint
-    from feq_lab.tracking.logger import RunLogger
 
-    module, trainer, checkpoint, dm = fit(plan, cfg, data_dir, run_dir, [RunLogger(tracker, run_id)])
+    module, trainer, checkpoint, dm = fit(plan, cfg, data_dir, run_dir, loggers)
     model = module.model
     dm.setup("test")
     dataset = open_dataset(data_dir)
@@ -199,14 +198,14 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     weights = run_dir / WEIGHTS_DIR
     ckpt_path = save_checkpoint(model, weights / "model.pt")
     result.add(WEIGHTS_DIR, ckpt_path)
-    onnx_path = export_onnx_safely(model, weights / "model.onnx", tracker, run_id)
+    onnx_path = export_onnx_safely(model, weights / "model.onnx", result.tags)
     result.add(WEIGHTS_DIR, onnx_path)
     result.metrics.update(measure(model, cfg.get("measure"), onnx_path))
-    tracker.set_tags(latency_context(cfg.get("measure")), run_id)
+    result.tags.update(latency_context(cfg.get("measure")))
     result.metrics[keys.TRAIN_EPOCHS] = float(trainer.current_epoch)
     if checkpoint.best_model_score is not None:
         result.metrics[keys.VAL_BEST_LOSS] = float(checkpoint.best_model_score)
-    tracker.log_pyfunc_model(ckpt_path, onnx_path, run_id)
+    result.model = (ckpt_path, onnx_path)
     return result
 
 
@@ -244,34 +243,32 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
     return result
 
 
-def export_onnx_safely(model: Any, path: Path, tracker: Any, run_id: str) -> Path | None:
-    """ONNX export; a failure is tagged on the run (`feq.onnx_error`), not fatal: the trained
-    weights and metrics are worth keeping."""
+def export_onnx_safely(model: Any, path: Path, tags: dict[str, str]) -> Path | None:
+    """ONNX export; a failure becomes the tag `feq.onnx_error` (not fatal: the trained weights
+    and metrics are worth keeping)."""
     from feq_lab.export.onnx import export_onnx
 
     try:
         return export_onnx(model, path)
     except Exception as exc:  # noqa: BLE001 - recorded on the run
         log.warning("ONNX export failed: %s: %s", type(exc).__name__, exc)
-        tracker.set_tags({"feq.onnx_error": f"{type(exc).__name__}: {exc}"}, run_id)
+        tags["feq.onnx_error"] = f"{type(exc).__name__}: {exc}"
         return None
 
 
-def assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path, tracker: Any,
-           run_id: str) -> Assessment:
+def assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
+           loggers: list[Any]) -> Assessment:
     if plan.kind == "stalta":
         from feq_lab.job.baseline import assess_baseline
 
         return assess_baseline(to_plain(cfg.model), data_dir, cfg.get("eval") or {},
                                run_dir / "evaluation")
-    return train_and_assess(plan, cfg, data_dir, run_dir, tracker, run_id)
+    return train_and_assess(plan, cfg, data_dir, run_dir, loggers)
 
 
 def log_assessment(tracker: Any, result: Assessment, run_id: str) -> None:
-    tracker.log_metrics(result.metrics, run_id=run_id)
-    for folder, paths in result.artifacts.items():
-        for path in paths:
-            tracker.log_artifact(path, folder or None, run_id=run_id)
+    """The one recorder: metrics, tags, files and the model, by tracking."""
+    tracker.record(result, run_id)
 
 
 def _is_pruned(exc: BaseException) -> bool:
@@ -341,7 +338,9 @@ def run_job(
         tracker.log_artifact(atomic_write_text(run_dir / CONFIG_ARTIFACT, config_yaml(cfg, effective)),
                              run_id=run_id)
         if result is None:
-            result = assess(plan, cfg, data_dir, run_dir, tracker, run_id)
+            from feq_lab.tracking.logger import RunLogger
+
+            result = assess(plan, cfg, data_dir, run_dir, [RunLogger(tracker, run_id)])
         log_assessment(tracker, result, run_id)
         tracker.end_run(run_id, "FINISHED")
         if cfg.get("stage_out"):

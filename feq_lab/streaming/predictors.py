@@ -106,7 +106,7 @@ def load_model(
         return model, None, f"{model.spec.name}:{Path(checkpoint).name}", None
     uri = cfg.get("model_uri") or "models:/feq-picker@champion"
     name, alias = parse_model_uri(uri)
-    from feq_lab.tracking.mlflow import load_champion
+    from feq_lab.tracking.pyfunc import load_champion
 
     tracking = cfg.get("tracking") or {}
     model, onnx_path, thresholds = load_champion(tracking.get("uri"), name=name, alias=alias)

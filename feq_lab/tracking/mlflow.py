@@ -23,8 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from feq_lab.errors import ConfigError
-from feq_lab.tracking.keys import OUTPUTS, threshold_key
-from feq_lab.tracking.records import RunRecord
+from feq_lab.tracking.records import RunRecord, RunResult
 from feq_lab.tracking.store import check_uri as _check_uri
 from feq_lab.tracking.store import open_store
 from feq_lab.tracking.store import sqlite_path as _sqlite_path
@@ -269,6 +268,18 @@ class Tracker:
         run_id = run_id or self._current()
         with_retry(self.client.log_artifacts, run_id, str(directory), artifact_path)
 
+    def record(self, result: RunResult, run_id: str | None = None) -> None:
+        """Log what a job returned: metrics, tags, artifacts and (when trained) the pyfunc model."""
+        run_id = run_id or self._current()
+        self.log_metrics(result.metrics, run_id=run_id)
+        if result.tags:
+            self.set_tags(result.tags, run_id)
+        for folder, paths in result.artifacts.items():
+            for path in paths:
+                self.log_artifact(path, folder or None, run_id=run_id)
+        if result.model is not None:
+            self.log_pyfunc_model(*result.model, run_id=run_id)
+
     def log_pyfunc_model(self, checkpoint: str | os.PathLike, onnx_path: str | os.PathLike | None = None,
                          run_id: str | None = None) -> None:
         """Save the pyfunc wrapper (weights + ONNX as its artifacts) under the run's `model/`."""
@@ -322,29 +333,6 @@ class Tracker:
 
     def get_record(self, run_id: str) -> RunRecord:
         return _record(with_retry(self.client.get_run, run_id))
-
-    def register(self, run_id: str, name: str, alias: str | None = None) -> str:
-        """Register the run's pyfunc model (`<run>/model`) as a new version of `name`; set `alias`."""
-        return _register(self.client, run_id, name, alias)
-
-
-def _register(client: MlflowClient, run_id: str, name: str, alias: str | None) -> str:
-    """An evaluation-only run registers the model of the training it evaluated; the version
-    points at the evaluation run, whose `thresholds/*` the monitor then uses."""
-    run = with_retry(client.get_run, run_id)
-    trained = run.data.tags.get(TAG_EVALUATED_RUN)
-    if trained:
-        run = with_retry(client.get_run, trained)
-    try:
-        with_retry(client.create_registered_model, name)
-    except MlflowException as exc:
-        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
-            raise
-    source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
-    mv = with_retry(client.create_model_version, name, source, run_id=run_id)
-    if alias:
-        with_retry(client.set_registered_model_alias, name, alias, mv.version)
-    return str(mv.version)
 
 
 def _record(run: Any) -> RunRecord:
@@ -410,36 +398,6 @@ def load_runs(uri: str, experiment: str, parent_run_id: str | None = None) -> li
     return records
 
 
-def register_champion(uri: str, run_id: str, name: str = "feq-picker",
-                      alias: str = "champion") -> str:
-    """Register `run_id`'s pyfunc model as `name@alias`; returns the new version."""
-    client = open_store(uri)
-    return _register(client, run_id, name, alias)
-
-
-def download_model(uri: str, name: str = "feq-picker", alias: str = "champion",
-                   dst: str | os.PathLike | None = None) -> tuple[Path, Any]:
-    """Download `name@alias`'s pyfunc directory; returns (local dir, model version)."""
-    client = open_store(uri)
-    try:
-        mv = with_retry(client.get_model_version_by_alias, name, alias)
-    except MlflowException as exc:
-        raise ConfigError("tracking.registry_name",
-                          f"no model version {name}@{alias} in {uri} ({exc})") from exc
-    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="feq-champion-"))
-    target.mkdir(parents=True, exist_ok=True)
-    if mv.run_id:  # an evaluation-only run's version holds the model of the training it scored
-        run = with_retry(client.get_run, mv.run_id)
-        owner = run.data.tags.get(TAG_EVALUATED_RUN) or mv.run_id
-        local = with_retry(client.download_artifacts, owner, MODEL_ARTIFACT_PATH, str(target))
-    else:
-        import mlflow.artifacts
-
-        local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(target),
-                                                    tracking_uri=uri)
-    return Path(local), mv
-
-
 def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) -> Path:
     """Download one artifact (file or folder) of a run to `dst`; returns the local path.
 
@@ -461,34 +419,6 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) 
         raise FileNotFoundError(f"run {run_id} has no artifact {path!r}") from exc
 
 
-def load_champion(
-    uri: str, name: str = "feq-picker", alias: str = "champion",
-    dst: str | os.PathLike | None = None,
-) -> tuple[Any, Path | None, dict[str, float] | None]:
-    """(PickerModel in eval mode, ONNX path or None, thresholds or None) of the registered
-    `name@alias`. Thresholds: the detection/p/s its run's headline metrics used (the run's
-    `thresholds/*` metrics, logged by every run), read from the same model version; None when
-    the version has no run or the run logged none."""
-    from feq_lab.tracking.pyfunc import model_files
-
-    local, mv = download_model(uri, name, alias, dst)
-    checkpoint, onnx_path = model_files(local)
-    from feq_lab.models import load_checkpoint
-
-    return load_checkpoint(checkpoint), onnx_path, _run_thresholds(uri, mv.run_id)
-
-
-def _run_thresholds(uri: str, run_id: str | None) -> dict[str, float] | None:
-    if not run_id:
-        return None
-    client = open_store(uri)
-    metrics = with_retry(client.get_run, run_id).data.metrics
-    wanted = {out: threshold_key(out) for out in OUTPUTS}
-    if not all(k in metrics for k in wanted.values()):
-        return None
-    return {out: float(metrics[k]) for out, k in wanted.items()}
-
-
 def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str | None,
                      name: str | None, tags: Mapping[str, Any]) -> str:
     """A FINISHED child that stands for `original_run_id` in a resumed sweep (same metrics)."""
@@ -501,7 +431,7 @@ def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str 
 
 
 __all__ = [
-    "Tracker", "load_runs", "load_champion", "download_artifact", "register_champion", "download_model",
+    "Tracker", "load_runs", "download_artifact",
     "latest_parent_run_id", "with_retry", "PARENT_RUN_FILE", "PARENT_RUN_ENV",
     "MODEL_ARTIFACT_PATH", "TAG_CONFIG_HASH", "TAG_DATA_VERSION", "TAG_ERROR", "TAG_RESUMED_FROM",
     "TAG_EVALUATED_RUN", "TAG_CODE_VERSION", "TAG_STUDY",

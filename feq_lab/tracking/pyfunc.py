@@ -78,3 +78,19 @@ def model_files(model_dir: str | os.PathLike) -> tuple[Path, Path | None]:
         raise DataError("registered model has no checkpoint (artifacts/*.pt)", path=str(root))
     onnx = sorted(root.glob("artifacts/*.onnx"))
     return ckpts[0], (onnx[0] if onnx else None)
+
+
+def load_champion(
+    uri: str, name: str = "feq-picker", alias: str = "champion",
+    dst: str | os.PathLike | None = None,
+) -> tuple[Any, Path | None, dict[str, float] | None]:
+    """(model in eval mode, ONNX path or None, thresholds or None) of the registered
+    `name@alias`. Thresholds: the detection/p/s its run's headline metrics used (the run's
+    `thresholds/*`), read from the same model version; None when the version has no run or the
+    run logged none."""
+    from feq_lab.models import load_checkpoint
+    from feq_lab.tracking.registry import Registry
+
+    files = Registry(uri).download(name, alias, dst)
+    checkpoint, onnx_path = model_files(files.directory)
+    return load_checkpoint(checkpoint), onnx_path, files.thresholds
