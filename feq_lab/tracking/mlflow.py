@@ -49,7 +49,6 @@ TAG_RUN_DIR = "feq.run_dir"                # a job's Hydra output dir (inside it
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
 MODEL_ARTIFACT_PATH = "model"              # the pyfunc model inside each run (registered by selection)
 
 MAX_PARAM_CHARS = 6000
