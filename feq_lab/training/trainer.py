@@ -12,24 +12,12 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers.logger import Logger
 
 from feq_lab.errors import ConfigError
+from feq_lab.plain import to_plain
 from feq_lab.training.module import MONITOR
 from feq_lab.training.recipe import train_settings
 
 # Trainer arguments the lab sets itself; a trainer config must not fight over them.
 OWNED = ("callbacks", "logger", "default_root_dir", "enable_checkpointing")
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 def build_trainer(
@@ -43,8 +31,8 @@ def build_trainer(
     """A Trainer writing its checkpoints under `run_dir/checkpoints`; returns it and the
     checkpoint callback (whose `best_model_path` holds the lowest validation loss). `loggers`
     receive the module's per-epoch metrics (the job passes its tracking logger)."""
-    kwargs = _plain(trainer_cfg)
-    train = _plain(train_cfg)
+    kwargs = dict(to_plain(trainer_cfg) or {})
+    train = dict(to_plain(train_cfg) or {})
     clash = sorted(set(kwargs) & set(OWNED))
     if clash:
         raise ConfigError(f"trainer.{clash[0]}", "is set by the lab; remove it from the trainer config")
