@@ -8,6 +8,7 @@ SQLite's "database is locked" with exponential backoff.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from feq_lab.errors import ConfigError
+from feq_lab.tracking import keys
 from feq_lab.tracking.records import RunRecord, RunResult
 from feq_lab.tracking.store import check_uri as _check_uri
 from feq_lab.tracking.store import open_store
@@ -49,6 +51,12 @@ TAG_RUN_DIR = "feq.run_dir"                # a job's Hydra output dir (inside it
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 TAG_PARENT = "mlflow.parentRunId"
+# MLflow 3's saved views: an experiment tag `mlflow.sharedViewState.<id>` holding
+# {name, createdAt, updatedAt, state: "<JSON of the runs page's UI state>"} appears in the
+# experiment page's view menu and opens with `?viewStateShareKey=<id>` (format read from MLflow
+# 3.17's bundled UI; docs/mlflow-ui.md). The lab stores one: the chart view's F1 vs latency.
+SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
+CHART_VIEW_ID = "feq-f1-vs-latency"
 MODEL_ARTIFACT_PATH = "model"              # the pyfunc model inside each run (registered by selection)
 
 MAX_PARAM_CHARS = 6000
@@ -105,6 +113,36 @@ class _NoTips(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
+def chart_view_state() -> dict[str, Any]:
+    """The runs page's chart view as MLflow 3's UI stores it: one section with one scatter chart,
+    validation S F1 (what searches maximise) against the onnxruntime latency (what selection
+    reads), over up to 100 runs."""
+    section = "feq-section-decision"
+    return {
+        "compareRunCharts": [{
+            "uuid": "feq-chart-f1-vs-latency", "type": "SCATTER", "runsCountToCompare": 100,
+            "metricSectionId": section, "deleted": False, "isGenerated": False,
+            "displayName": "val S F1 vs latency (onnxruntime)",
+            "xaxis": {"key": keys.LATENCY_ONNX_P50, "type": "METRIC"},
+            "yaxis": {"key": keys.split_key("val", "s_f1"), "type": "METRIC"},
+        }],
+        "compareRunSections": [{"uuid": section, "name": "Decision: F1 vs latency", "display": True,
+                                "isReordered": False, "deleted": False, "isGenerated": False}],
+        "isAccordionReordered": True,
+        "hideEmptyCharts": True,
+    }
+
+
+def experiment_tags(now_ms: int | None = None) -> dict[str, str]:
+    """Tags every lab experiment carries: its kind (the runs table, not the GenAI overview) and
+    the saved chart view F1 vs latency."""
+    stamp = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    view = {"name": "F1 vs latency", "createdAt": stamp, "updatedAt": stamp,
+            "state": json.dumps(chart_view_state(), separators=(",", ":"))}
+    return {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND,
+            SAVED_VIEW_PREFIX + CHART_VIEW_ID: json.dumps(view, separators=(",", ":"))}
+
+
 class Tracker:
     """One MLflow experiment on one store; holds the current run id (`run_id`).
 
@@ -125,15 +163,15 @@ class Tracker:
     def _ensure_experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
-            if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
-                self.client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND,
-                                               EXPERIMENT_KIND)
+            for key, value in experiment_tags().items():
+                if key not in exp.tags or key == TAG_EXPERIMENT_KIND and exp.tags[key] != value:
+                    self.client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         db = _sqlite_path(self.uri)
         location = (db.parent / "mlruns" / self.experiment).resolve().as_uri() if db else None
         try:
             return self.client.create_experiment(self.experiment, artifact_location=location,
-                                                 tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+                                                 tags=experiment_tags())
         except MlflowException as exc:  # created by a parallel job meanwhile
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:

@@ -94,3 +94,22 @@ def test_kill_orphans_marks_a_dead_sweeps_running_runs_killed_nested_or_not(trac
     assert status == {parent: "KILLED", nested: "KILLED", unnested: "KILLED", done: "FINISHED",
                       elsewhere: "RUNNING", single: "RUNNING"}
     assert tracker.reopen_parent(parent) is True  # the resumed sweep keeps its parent
+
+
+def test_the_experiment_carries_the_saved_chart_view_f1_vs_latency(tracker):
+    """MLflow 3.17's saved-view envelope (what its UI parses: string `name`, number `createdAt`,
+    string `state`) holding one scatter chart on keys a run logs."""
+    import json
+
+    from feq_lab.tracking.keys import is_known
+    from feq_lab.tracking.mlflow import CHART_VIEW_ID, SAVED_VIEW_PREFIX
+
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    envelope = json.loads(tags[SAVED_VIEW_PREFIX + CHART_VIEW_ID])
+    assert isinstance(envelope["name"], str) and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])
+    (chart,) = state["compareRunCharts"]
+    assert chart["type"] == "SCATTER"
+    assert (chart["xaxis"]["key"], chart["yaxis"]["key"]) == ("latency/onnx_window_ms_p50", "val/s_f1")
+    assert is_known(chart["xaxis"]["key"]) and is_known(chart["yaxis"]["key"])
+    assert chart["metricSectionId"] == state["compareRunSections"][0]["uuid"]
