@@ -16,6 +16,9 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from feq_lab.errors import DataError
+from feq_lab.tracking.registry import Registry
+
 CHECKPOINT_KEY = "checkpoint"
 ONNX_KEY = "onnx"
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")
@@ -70,8 +73,6 @@ def save_pyfunc_model(path: str | os.PathLike, checkpoint: str | os.PathLike,
 
 def model_files(model_dir: str | os.PathLike) -> tuple[Path, Path | None]:
     """(checkpoint, onnx or None) inside a downloaded pyfunc model directory."""
-    from feq_lab.errors import DataError
-
     root = Path(model_dir)
     ckpts = sorted(root.glob("artifacts/*.pt"))
     if not ckpts:
@@ -88,8 +89,7 @@ def load_champion(
     `name@alias`. Thresholds: the detection/p/s its run's headline metrics used (the run's
     `thresholds/*`), read from the same model version; None when the version has no run or the
     run logged none."""
-    from feq_lab.models import load_checkpoint
-    from feq_lab.tracking.registry import Registry
+    from feq_lab.models import load_checkpoint  # torch: only when a model is loaded
 
     files = Registry(uri).download(name, alias, dst)
     checkpoint, onnx_path = model_files(files.directory)
