@@ -113,3 +113,65 @@ def test_the_experiment_carries_the_saved_chart_view_f1_vs_latency(tracker):
     assert (chart["xaxis"]["key"], chart["yaxis"]["key"]) == ("latency/onnx_window_ms_p50", "val/s_f1")
     assert is_known(chart["xaxis"]["key"]) and is_known(chart["yaxis"]["key"])
     assert chart["metricSectionId"] == state["compareRunSections"][0]["uuid"]
+
+
+@pytest.fixture()
+def no_hydra_runtime_left():
+    """The callback sets Hydra's global runtime config (as in a multirun); clear it after."""
+    from hydra.core.hydra_config import HydraConfig
+
+    yield
+    HydraConfig.instance().cfg = None
+
+
+@pytest.mark.usefixtures("no_hydra_runtime_left")
+def test_a_resumed_sweep_reuses_its_parent_and_kills_the_dead_runs_nested_or_not(tmp_path):
+    """The Hydra callback on a second start in the same sweep dir (the search was killed)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from feq_lab.paths import CONF_DIR
+    from feq_lab.tracking.sweep_callback import PARENT_RUN_FILE, MLflowSweepCallback
+
+    sweep = tmp_path / "multirun" / "optuna" / "study"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                                           "hparams_search=optuna_mo"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.sweep.dir = str(sweep)
+        cfg.hydra.runtime.cwd = str(tmp_path)
+    first = MLflowSweepCallback()
+    first.on_multirun_start(cfg)
+    parent = (sweep / PARENT_RUN_FILE).read_text().strip()
+    tracker = first.tracker
+    nested = tracker.start_run("trial 0", tags={TAG_RUN_DIR: sweep / "0"}, parent_run_id=parent)
+    unnested = tracker.start_run("trial 1", tags={TAG_RUN_DIR: sweep / "1"})
+    # the process dies here: nothing ends these runs
+
+    second = MLflowSweepCallback()
+    second.on_multirun_start(cfg)
+    assert second.parent_run_id == parent
+    assert tracker.get_record(parent).status == "RUNNING"
+    assert tracker.get_record(nested).status == "KILLED"
+    assert tracker.get_record(unnested).status == "KILLED"
+    second.on_multirun_end(cfg)
+    assert tracker.get_record(parent).status == "FINISHED"
+
+
+@pytest.mark.usefixtures("no_hydra_runtime_left")
+def test_a_typo_in_an_optuna_objective_stops_the_multirun_before_the_store(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from feq_lab.paths import CONF_DIR
+    from feq_lab.tracking.sweep_callback import MLflowSweepCallback
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                                           "hparams_search=optuna_mo"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.sweep.dir = str(tmp_path / "sweep")
+        cfg.hydra.sweeper.objectives[1].metric = "latency/onnx_ms_p50"
+    with pytest.raises(SystemExit, match=r"hydra.sweeper.objectives\[1\].metric"):
+        MLflowSweepCallback().on_multirun_start(cfg)
+    assert not (tmp_path / "mlflow.db").exists()
