@@ -211,7 +211,7 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
 
 # What a re-evaluation copies from the training it evaluates: everything the weights alone fix.
 TRAINING_METRIC_PREFIXES = ("params/", "size/", "latency/", "train/")
-TRAINING_METRIC_KEYS = (keys.VAL_LOSS, keys.VAL_BEST_LOSS)
+TRAINING_METRIC_KEYS = (keys.VAL_LOSS, keys.VAL_BEST_LOSS, keys.LR, *keys.LOSS_PARTS)
 
 
 def training_metrics(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -39,7 +39,8 @@ CHAMPION_KEYS = tuple(
      for s in ("f1", "precision", "recall", "fn")]
     + [f"test/{o}_f1_ci_{e}" for o in OUTPUTS for e in ("low", "high")]
     + [f"test_eqt/{o}_f1" for o in OUTPUTS]
-    + ["test/p_residual_mae_s", "test/s_residual_mae_s", keys.PARAMS_TOTAL_PAPER,
+    + [keys.split_key("test", "p_residual_mae_s"), keys.split_key("test", "s_residual_mae_s"),
+       keys.PARAMS_TOTAL_PAPER,
        keys.PARAMS_TOTAL_TORCH, keys.SIZE_MODEL_MB, keys.LATENCY_EAGER_P50,
        keys.LATENCY_ONNX_P50]
     + [keys.threshold_key(o) for o in OUTPUTS])
@@ -53,7 +54,7 @@ class ReportInputs:
     selection: Mapping[str, Any]
     threshold_grid: pd.DataFrame | None = None
     source: str = ""
-    f1_key: str = "test/s_f1"
+    f1_key: str = keys.split_key("test", "s_f1")
     outcomes: Mapping[str, Any] | None = None   # run id -> test `significance.Outcomes`
 
 

@@ -234,8 +234,8 @@ F1_COLUMNS = ([(f"{OUTPUT_NAMES[o]} F1 [95 % CI]", f"test/{o}_f1", "f1") for o i
               + [("Thresholds det / P / S (tuned on val)", "", "thr")]
               + [(f"{OUTPUT_NAMES[o]} F1 @ EQT 0.2/0.1/0.1", f"test_eqt/{o}_f1", "f1")
                  for o in OUTPUTS]
-              + [("P MAE (s)", "test/p_residual_mae_s", "f1"),
-                 ("S MAE (s)", "test/s_residual_mae_s", "f1")])
+              + [("P MAE (s)", keys.split_key("test", "p_residual_mae_s"), "f1"),
+                 ("S MAE (s)", keys.split_key("test", "s_residual_mae_s"), "f1")])
 PR_COLUMNS = [(f"{OUTPUT_NAMES[o]} {s}", f"test/{o}_{s}", "f1")
               for o in OUTPUTS for s in ("precision", "recall")]
 FN_COLUMNS = ([(f"{OUTPUT_NAMES[o]} FN [95 % CI]", f"test/{o}_fn", "int") for o in OUTPUTS]
