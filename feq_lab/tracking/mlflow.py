@@ -105,6 +105,8 @@ def quiet_logs() -> None:
         logging.getLogger(name).addFilter(_NoTips())
     warnings.filterwarnings("once", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # MLflow's own SQL store query options (SQLAlchemy 2.1), nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*``noload`` loader strategy is deprecated.*")
 
 
 class _NoTips(logging.Filter):
