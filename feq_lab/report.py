@@ -27,6 +27,7 @@ from feq_lab.paths import CONF_DIR
 from feq_lab.select import fail, gather_runs, load_outcomes_of
 from feq_lab.selection.report import ReportInputs, build_report
 from feq_lab.selection.tables import unique_runs
+from feq_lab.tracking.keys import check_metric_key
 from feq_lab.tracking.records import RunRecord
 
 log = logging.getLogger("feq_lab.report")
@@ -89,6 +90,8 @@ def _local_artifact(run: RunRecord, name: str) -> Path:
 def run_report(cfg: DictConfig) -> list[Path]:
     """Read the decision and the runs, write the report; returns the written files."""
     rep = OmegaConf.to_container(cfg.report, resolve=True)
+    if rep.get("f1_key"):
+        check_metric_key(rep["f1_key"], "report.f1_key")
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
     selection = read_selection(Path(cfg.select.output))
     from feq_lab.tracking.mlflow import quiet_logs

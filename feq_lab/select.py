@@ -129,8 +129,9 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     from feq_lab.tracking.mlflow import quiet_logs
 
     quiet_logs()
+    policy.refuse_test_keys(sel)  # before any MLflow read: a bad policy fails at once
+    policy.check_known_keys(sel)
     runs = unique_runs(gather_runs(uri, experiment, parent_ids))
-    policy.refuse_test_keys(sel)  # before any download: a bad policy fails at once
     outcomes = (load_outcomes_of(uri, [r for r in runs if r.status == "FINISHED"])
                 if needs_outcomes(sel) else None)
     payload = decide(runs, sel, outcomes)
@@ -144,11 +145,12 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
         log.info("  %s", reason)
 
     from feq_lab.tracking.mlflow import Tracker
+    from feq_lab.tracking.registry import Registry
 
     tracker = Tracker(uri, experiment)
     if sel.get("register", True):
         name, alias = str(sel["registry_name"]), str(sel["alias"])
-        version = tracker.register(champ["run_id"], name, alias)
+        version = Registry(uri).register(champ["run_id"], name, alias)
         payload["registered"] = f"{name}@{alias}"
         payload["model_version"] = str(version)
         tracker.set_tags({CHAMPION_TAG: f"{name}@{alias}",

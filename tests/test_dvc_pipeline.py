@@ -127,7 +127,8 @@ def test_repro_caches_per_variant_and_evaluation_never_retrains(clone):
     assert "detection_f1" in json.dumps(metrics)
 
     # each evaluation run says which training run it scored; the champion loads and predicts
-    from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN, load_champion, load_runs
+    from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN, load_runs
+    from feq_lab.tracking.pyfunc import load_champion
 
     uri = f"sqlite:///{clone / 'mlflow.db'}"
     runs = load_runs(uri, "feq-lab", parent_run_id=evaluation["parent_run_ids"][0])

@@ -19,6 +19,7 @@ import numpy as np
 
 from feq_lab.errors import ConfigError, DataError
 from feq_lab.paths import atomic_write_text
+from feq_lab.plain import to_plain
 
 SUBSET_FILES = ("subset.hdf5", "subset.csv", "summary.json")
 KINDS = ("synthetic", "stead", "seisbench")
@@ -27,20 +28,9 @@ _CONTENT_KEYS = ("kind", "source", "n_earthquakes", "n_noise", "seed", "split", 
                  "filters")
 
 
-def _as_dict(cfg: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
-
-
 def content_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The part of `data` that determines the subset, validated, in canonical form."""
-    cfg = _as_dict(data_cfg)
+    cfg = to_plain(data_cfg)
     kind = cfg.get("kind", "synthetic")
     if kind not in KINDS:
         raise ConfigError("data.kind", f"must be one of {KINDS}, got {kind!r}")
@@ -65,7 +55,7 @@ def content_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
         if not source:
             raise ConfigError("data.source", f"data={kind} needs data.source=DIR (the dataset)")
         out["source"] = str(Path(source).expanduser().resolve())
-        out["filters"] = _as_dict(cfg.get("filters") or {})
+        out["filters"] = to_plain(cfg.get("filters") or {})
     if out["n_earthquakes"] + out["n_noise"] == 0:
         raise ConfigError("data.n_earthquakes", "n_earthquakes + n_noise must be > 0")
     return out
@@ -83,7 +73,7 @@ def _existing_config(out_dir: Path) -> dict[str, Any] | None:
 
 def prepare(data_cfg: Mapping[str, Any]) -> Path:
     """Build `data_cfg.out_dir` (default data/subset) unless it already matches the config."""
-    cfg = _as_dict(data_cfg)
+    cfg = to_plain(data_cfg)
     content = content_config(cfg)
     out_dir = Path(cfg.get("out_dir") or "data/subset")
     existing = _existing_config(out_dir)

@@ -14,6 +14,7 @@ from torch import nn
 
 from feq_lab.errors import ConfigError
 from feq_lab.export.layout import lift_to_2d
+from feq_lab.export.session import onnx_session  # noqa: F401 - the one builder, re-exported
 from feq_lab.models.compile import compile_for_inference
 from feq_lab.paths import atomic_path
 
@@ -64,18 +65,6 @@ def is_current_export(path: str | os.PathLike) -> bool:
     """Whether `path` was written by this version's exporter (its EXPORT_FORMAT metadata)."""
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     return props.get(EXPORT_FORMAT_KEY) == EXPORT_FORMAT
-
-
-def onnx_session(path: str | os.PathLike, threads: int = 1):
-    """An onnxruntime CPU session with a fixed thread count (intra-op; inter-op 1)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

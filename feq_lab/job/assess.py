@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,6 +31,8 @@ from feq_lab.evaluation.significance import (
 from feq_lab.evaluation.thresholds import threshold_grid
 from feq_lab.models.compile import compile_for_inference
 from feq_lab.paths import atomic_path
+from feq_lab.tracking import keys
+from feq_lab.tracking.records import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -42,36 +43,14 @@ THRESHOLD_GRID_FILE = "threshold_grid.csv"
 VAL_THRESHOLD_GRID_FILE = "val_threshold_grid.csv"
 FIXED_STATS = ("_f1", "_precision", "_recall", "_fn")
 PLOTS_DIR = "plots"
-SECTIONS = ("encoder", "bottleneck", "rnn_transformer", "decoder", "total")
-# The keys every learned run logs (the issue's list); failed jobs return them as NaN.
-SPLIT_KEYS = (
-    "detection_f1", "p_f1", "s_f1",
-    "detection_precision", "detection_recall",
-    "p_precision", "p_recall", "s_precision", "s_recall",
-    "detection_fn", "p_fn", "s_fn",
-    "p_residual_mae_s", "s_residual_mae_s",
-)
-# The keys every learned run logs; failed jobs return them as NaN. `val/*` decides (thresholds,
-# selection, searches), `test/*` is reported. `latency/onnx_window_ms_p50` is what the monitor
-# runs (onnxruntime); `latency/window_ms_p50` is the eager PyTorch figure.
-HEADLINE_KEYS = (
-    *(f"val/{k}" for k in SPLIT_KEYS), *(f"test/{k}" for k in SPLIT_KEYS),
-    "params/total_paper", "params/total_torch",
-    *(f"params/{s}_paper" for s in SECTIONS if s != "total"),
-    "size/model_mb", "latency/window_ms_p50", "latency/onnx_window_ms_p50",
-)
+# The keys every learned run logs (declared in tracking/keys.py); failed jobs return them as NaN.
+# `val/*` decides (thresholds, selection, searches), `test/*` is reported.
+SPLIT_KEYS = keys.SPLIT_KEYS
+HEADLINE_KEYS = keys.HEADLINE_KEYS
 
 
-@dataclass
-class Assessment:
-    """Metrics (flat, MLflow keys) and the files to log (artifact folder -> paths)."""
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    artifacts: dict[str, list[Path]] = field(default_factory=dict)
-
-    def add(self, folder: str, path: Path | None) -> None:
-        if path is not None:
-            self.artifacts.setdefault(folder, []).append(Path(path))
+# What a job returns: plain values that tracking's one recorder logs.
+Assessment = RunResult
 
 
 def eval_settings(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,7 +167,7 @@ def evaluate_splits(
         splits["val"] = as_stored(val)
         result.add("", save_probabilities(out_dir / VAL_PROBABILITIES_FILE, val))
     chosen, val_table = resolve_thresholds(thresholds, eval_cfg, splits.get("val"))
-    result.metrics.update({f"thresholds/{k}": float(v) for k, v in chosen.items()})
+    result.metrics.update({keys.threshold_key(k): float(v) for k, v in chosen.items()})
     if val_table is not None:
         result.add("", write_table(val_table, out_dir / VAL_THRESHOLD_GRID_FILE))
     scored = {}
@@ -274,20 +253,20 @@ def measure(model: torch.nn.Module, measure_cfg: Mapping[str, Any] | None,
         counts = count_parameters(model, convention=convention)
         for section, value in counts.items():
             out[f"params/{section}_{convention}"] = float(value)
-    out["size/model_mb"] = float(model_size_mb(model))
-    out["latency/window_ms_p50"] = out["latency/onnx_window_ms_p50"] = math.nan
+    out[keys.SIZE_MODEL_MB] = float(model_size_mb(model))
+    out[keys.LATENCY_EAGER_P50] = out[keys.LATENCY_ONNX_P50] = math.nan
     if not cfg.get("latency", True):
         return out
     threads = int(cfg.get("latency_threads", 1))
     timing = {"batch": 1, "threads": threads, "warmup": int(cfg.get("latency_warmup", 5)),
               "repeats": int(cfg.get("latency_repeats", 20))}
     eager = measure_latency(model, backend="torch", **timing)
-    out["latency/window_ms_p50"] = float(eager.p50_ms)
-    out["latency/window_ms_p90"] = float(eager.p90_ms)
+    out[keys.LATENCY_EAGER_P50] = float(eager.p50_ms)
+    out[keys.LATENCY_EAGER_P90] = float(eager.p90_ms)
     try:
         onnx = measure_latency(model, backend="onnxruntime", onnx_path=onnx_path, **timing)
-        out["latency/onnx_window_ms_p50"] = float(onnx.p50_ms)
-        out["latency/onnx_window_ms_p90"] = float(onnx.p90_ms)
+        out[keys.LATENCY_ONNX_P50] = float(onnx.p50_ms)
+        out[keys.LATENCY_ONNX_P90] = float(onnx.p90_ms)
     except Exception as exc:  # noqa: BLE001 - no onnxruntime / failed export: NaN, said once
         log.warning("onnxruntime latency not measured: %s: %s", type(exc).__name__, exc)
     return out

@@ -22,6 +22,7 @@ from feq_lab.job.assess import (
     eval_settings,
     prefixed,
 )
+from feq_lab.tracking import keys
 
 
 def load_split(data_dir: str | Path, split: str = "test") -> tuple[Any, np.ndarray, Truth, list[str]]:
@@ -62,7 +63,7 @@ def assess_baseline(model_cfg: Mapping[str, Any], data_dir: str | Path, eval_cfg
                                                float(boot.get("level", 0.95)),
                                                int(boot.get("seed", 0))))
         result.add("", save_outcomes(out_dir / OUTCOMES_FILE.format(split=split), outcomes))
-    result.metrics["latency/window_ms_p50"] = float(np.median(times_ms))
+    result.metrics[keys.LATENCY_EAGER_P50] = float(np.median(times_ms))
     for path in draw_figures(out_dir / PLOTS_DIR, None, picks, scores, None, None, kw, 0,
                              truth=truth):
         result.add(PLOTS_DIR, path)

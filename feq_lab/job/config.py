@@ -17,9 +17,10 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from feq_lab.errors import ConfigError
+from feq_lab.plain import to_plain  # noqa: F401 - the one converter, used here and re-exported
 
 KNOBS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks")
 VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "train.progress_bar",
@@ -27,27 +28,6 @@ VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "tra
 # The code a trained model depends on: a change here makes earlier trainings stale for reuse.
 TRAINING_CODE = ("data", "models", "training")
 BASELINE_KINDS = ("stalta",)
-
-
-def to_plain(cfg: Any, resolve: bool = True) -> dict[str, Any]:
-    """A plain dict of a DictConfig or mapping (interpolations resolved when possible).
-
-    `${hydra:...}` cannot resolve outside a Hydra app (compose API, tests); such values are then
-    kept unresolved instead of failing the run.
-    """
-    if isinstance(cfg, DictConfig):
-        try:
-            return OmegaConf.to_container(cfg, resolve=resolve)  # type: ignore[return-value]
-        except Exception:  # noqa: BLE001 - e.g. ${hydra:runtime.cwd} without a Hydra runtime
-            out = OmegaConf.to_container(cfg, resolve=False)
-            for key in list(out):  # resolve what can be resolved, section by section
-                try:
-                    out[key] = OmegaConf.to_container(cfg[key], resolve=True) if isinstance(
-                        cfg[key], DictConfig) else cfg[key]
-                except Exception:  # noqa: BLE001
-                    pass
-            return out  # type: ignore[return-value]
-    return json.loads(json.dumps(dict(cfg), default=str))
 
 
 def model_kind(model_cfg: Mapping[str, Any]) -> str:

@@ -29,6 +29,7 @@ from feq_lab.job.config import (
     to_plain,
 )
 from feq_lab.paths import atomic_write_text
+from feq_lab.tracking import keys
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,9 @@ def objectives(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
-        callbacks: list[Any]) -> tuple[Any, Any, Any, Any]:
-    """Train `plan.model`; returns (module with the best weights loaded, trainer, checkpoint
-    callback, datamodule)."""
+        loggers: list[Any]) -> tuple[Any, Any, Any, Any]:
+    """Train `plan.model` (per-epoch metrics to `loggers`); returns (module with the best weights
+    loaded, trainer, checkpoint callback, datamodule)."""
     import torch
 
     from feq_lab.data.datamodule import SteadDataModule
@@ -163,8 +164,9 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
         seed=seed,
     )
     module = PickerModule(plan.model, train_settings(to_plain(train)))
-    trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir, callbacks,
-                                        optuna_cfg=to_plain(cfg.optuna) if cfg.get("optuna") else None)
+    trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir,
+                                        optuna_cfg=to_plain(cfg.optuna) if cfg.get("optuna") else None,
+                                        loggers=loggers)
     trainer.fit(module, datamodule=dm)
     best = checkpoint.best_model_path
     if best and Path(best).is_file():
@@ -174,16 +176,14 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
 
 
 def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
-                     tracker: Any, run_id: str) -> Assessment:
-    """Lightning training on the subset, then validation- and test-set evaluation (probabilities
-    of both stored) and measurements."""
+                     loggers: list[Any]) -> Assessment:
+    """Lightning training on the subset (per-epoch metrics to `loggers`), then validation- and
+    test-set evaluation (probabilities of both stored) and measurements, as plain results."""
     from feq_lab.data.stead import open_dataset
     from feq_lab.job.assess import evaluate_splits, latency_context, measure, predict_splits
     from feq_lab.models import save_checkpoint
-    from feq_lab.tracking.callbacks import EpochMetricsCallback
 
-    module, trainer, checkpoint, dm = fit(plan, cfg, data_dir, run_dir,
-                                          [EpochMetricsCallback(tracker, run_id)])
+    module, trainer, checkpoint, dm = fit(plan, cfg, data_dir, run_dir, loggers)
     model = module.model
     dm.setup("test")
     dataset = open_dataset(data_dir)
@@ -198,20 +198,20 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     weights = run_dir / WEIGHTS_DIR
     ckpt_path = save_checkpoint(model, weights / "model.pt")
     result.add(WEIGHTS_DIR, ckpt_path)
-    onnx_path = export_onnx_safely(model, weights / "model.onnx", tracker, run_id)
+    onnx_path = export_onnx_safely(model, weights / "model.onnx", result.tags)
     result.add(WEIGHTS_DIR, onnx_path)
     result.metrics.update(measure(model, cfg.get("measure"), onnx_path))
-    tracker.set_tags(latency_context(cfg.get("measure")), run_id)
-    result.metrics["train/epochs"] = float(trainer.current_epoch)
+    result.tags.update(latency_context(cfg.get("measure")))
+    result.metrics[keys.TRAIN_EPOCHS] = float(trainer.current_epoch)
     if checkpoint.best_model_score is not None:
-        result.metrics["val/best_loss"] = float(checkpoint.best_model_score)
-    tracker.log_pyfunc_model(ckpt_path, onnx_path, run_id)
+        result.metrics[keys.VAL_BEST_LOSS] = float(checkpoint.best_model_score)
+    result.model = (ckpt_path, onnx_path)
     return result
 
 
 # What a re-evaluation copies from the training it evaluates: everything the weights alone fix.
 TRAINING_METRIC_PREFIXES = ("params/", "size/", "latency/", "train/")
-TRAINING_METRIC_KEYS = ("val/loss", "val/best_loss")
+TRAINING_METRIC_KEYS = (keys.VAL_LOSS, keys.VAL_BEST_LOSS, keys.LR, *keys.LOSS_PARTS)
 
 
 def training_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -243,34 +243,32 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
     return result
 
 
-def export_onnx_safely(model: Any, path: Path, tracker: Any, run_id: str) -> Path | None:
-    """ONNX export; a failure is tagged on the run (`feq.onnx_error`), not fatal: the trained
-    weights and metrics are worth keeping."""
+def export_onnx_safely(model: Any, path: Path, tags: dict[str, str]) -> Path | None:
+    """ONNX export; a failure becomes the tag `feq.onnx_error` (not fatal: the trained weights
+    and metrics are worth keeping)."""
     from feq_lab.export.onnx import export_onnx
 
     try:
         return export_onnx(model, path)
     except Exception as exc:  # noqa: BLE001 - recorded on the run
         log.warning("ONNX export failed: %s: %s", type(exc).__name__, exc)
-        tracker.set_tags({"feq.onnx_error": f"{type(exc).__name__}: {exc}"}, run_id)
+        tags["feq.onnx_error"] = f"{type(exc).__name__}: {exc}"
         return None
 
 
-def assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path, tracker: Any,
-           run_id: str) -> Assessment:
+def assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
+           loggers: list[Any]) -> Assessment:
     if plan.kind == "stalta":
         from feq_lab.job.baseline import assess_baseline
 
         return assess_baseline(to_plain(cfg.model), data_dir, cfg.get("eval") or {},
                                run_dir / "evaluation")
-    return train_and_assess(plan, cfg, data_dir, run_dir, tracker, run_id)
+    return train_and_assess(plan, cfg, data_dir, run_dir, loggers)
 
 
 def log_assessment(tracker: Any, result: Assessment, run_id: str) -> None:
-    tracker.log_metrics(result.metrics, run_id=run_id)
-    for folder, paths in result.artifacts.items():
-        for path in paths:
-            tracker.log_artifact(path, folder or None, run_id=run_id)
+    """The one recorder: metrics, tags, files and the model, by tracking."""
+    tracker.record(result, run_id)
 
 
 def _is_pruned(exc: BaseException) -> bool:
@@ -296,6 +294,7 @@ def run_job(
         TAG_CONFIG_HASH,
         TAG_DATA_VERSION,
         TAG_EVALUATED_RUN,
+        TAG_RUN_DIR,
         Tracker,
         quiet_logs,
     )
@@ -319,7 +318,7 @@ def run_job(
         chash = config_hash(effective)
         tags = {TAG_CONFIG_HASH: chash, TAG_DATA_VERSION: version, "feq.model": plan.name,
                 "feq.kind": plan.kind, TAG_CODE_VERSION: code_version(),
-                "feq.variant": variant_name(plan)}
+                "feq.variant": variant_name(plan), TAG_RUN_DIR: str(run_dir.resolve())}
         name = job_name or default_name(plan)
         if parent_run_id is None and cfg.get("study"):
             parent_run_id = tracker.study_parent(str(cfg.study), f"training · {cfg.study} study")
@@ -339,7 +338,9 @@ def run_job(
         tracker.log_artifact(atomic_write_text(run_dir / CONFIG_ARTIFACT, config_yaml(cfg, effective)),
                              run_id=run_id)
         if result is None:
-            result = assess(plan, cfg, data_dir, run_dir, tracker, run_id)
+            from feq_lab.tracking.logger import RunLogger
+
+            result = assess(plan, cfg, data_dir, run_dir, [RunLogger(tracker, run_id)])
         log_assessment(tracker, result, run_id)
         tracker.end_run(run_id, "FINISHED")
         if cfg.get("stage_out"):
@@ -417,5 +418,4 @@ def _record_failure(tracker: Any, cfg: DictConfig, plan: JobPlan | None, run_id:
 
 
 def _summary(metrics: Mapping[str, float]) -> str:
-    keys = ("test/detection_f1", "test/p_f1", "test/s_f1", "latency/window_ms_p50")
-    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys.SUMMARY_KEYS if k in metrics)

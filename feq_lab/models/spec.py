@@ -17,6 +17,7 @@ import yaml
 
 from feq_lab.errors import ConfigError
 from feq_lab.paths import CONF_DIR
+from feq_lab.plain import to_plain as _plain
 
 RNN_KINDS = ("lstm", "gru", "bilstm", "bigru")
 PICKER_RNN_KINDS = ("lstm", "gru")
@@ -217,19 +218,6 @@ def layer_indices(n_stages: int, shared: Sequence[Sequence[int]]) -> list[int]:
             out.append(next_index)
             next_index += 1
     return out
-
-
-def _plain(value: Any) -> Any:
-    """Mappings → dict, sequences (ListConfig, tuples) → list, recursively; scalars unchanged."""
-    if isinstance(value, Mapping) or (hasattr(value, "items") and hasattr(value, "keys")):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or (
-        hasattr(value, "__iter__")
-        and hasattr(value, "__len__")
-        and not isinstance(value, (str, bytes))
-    ):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _tuples(value: Any) -> Any:

@@ -26,13 +26,3 @@ def model_size_mb(model: nn.Module) -> float:
 def file_size_mb(path: str | os.PathLike) -> float:
     """Size in MB (10^6 bytes) of a file, e.g. an exported ONNX model."""
     return Path(path).stat().st_size / BYTES_PER_MB
-
-
-def onnx_size_mb(model: nn.Module, opset: int = 17) -> float:
-    """Export to a temporary ONNX file and return its size in MB."""
-    import tempfile
-
-    from feq_lab.export.onnx import export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return file_size_mb(export_onnx(model, Path(tmp) / "model.onnx", opset=opset))

@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from feq_lab.selection.tables import OUTPUT_NAMES, OUTPUTS
+from feq_lab.tracking import keys
 from feq_lab.tracking.records import RunRecord
 
 CHAMPION_COLOR = "#d62728"
@@ -75,7 +76,7 @@ def grouped_bars(runs: Sequence[RunRecord], labels: dict[str, str], stat: str, y
     _save(fig, path)
 
 
-LATENCY_KEY = "latency/onnx_window_ms_p50"   # what the monitor runs (onnxruntime)
+LATENCY_KEY = keys.LATENCY_ONNX_P50   # what the monitor runs (onnxruntime)
 
 
 def pareto_scatter(runs: Sequence[RunRecord], labels: dict[str, str], f1_key: str,
@@ -92,7 +93,7 @@ def pareto_scatter(runs: Sequence[RunRecord], labels: dict[str, str], f1_key: st
             and _finite(r.metrics.get(latency_key))]
     fig = Figure(figsize=(9.0, 4.6))
     ax = fig.add_subplot()
-    sizes = [r.metrics.get("size/model_mb", math.nan) for r in have]
+    sizes = [r.metrics.get(keys.SIZE_MODEL_MB, math.nan) for r in have]
     finite_sizes = [s for s in sizes if _finite(s)] or [1.0]
     scale = 600.0 / max(finite_sizes)
     handles = []

@@ -30,6 +30,7 @@ from typing import Any
 from feq_lab.errors import ConfigError, SelectionError
 from feq_lab.evaluation.significance import paired_bootstrap, paired_missed
 from feq_lab.selection.tables import param, variant_label
+from feq_lab.tracking.keys import check_metric_key
 from feq_lab.tracking.records import RunRecord
 
 POLICIES = ("constraints", "pareto", "weighted")
@@ -319,6 +320,23 @@ def refuse_test_keys(cfg: Mapping[str, Any]) -> None:
         if key.startswith(REPORT_ONLY_PREFIXES):
             raise ConfigError(f"select.noise_guard.prefer[{i}].key",
                               f"{key!r} is a test-split metric: never used to decide")
+
+
+def check_known_keys(cfg: Mapping[str, Any]) -> None:
+    """ConfigError naming the first policy entry whose key no run logs (`tracking/keys.py`).
+
+    Checked by the entry point at start-up, not inside `select`: the policies themselves are pure
+    functions over any records (tests rank hand-made keys)."""
+    for section in ("constraints", "objectives", "tie_breakers"):
+        items = cfg.get(section) or []
+        if isinstance(items, Mapping):
+            items = [{"key": k} for k in items]
+        for i, item in enumerate(items):
+            if isinstance(item, Mapping) and "key" in item:
+                check_metric_key(item["key"], f"select.{section}[{i}].key")
+    for i, item in enumerate((cfg.get("noise_guard") or {}).get("prefer") or []):
+        if isinstance(item, Mapping) and "key" in item:
+            check_metric_key(item["key"], f"select.noise_guard.prefer[{i}].key")
 
 
 @dataclass(frozen=True)

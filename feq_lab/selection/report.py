@@ -26,6 +26,7 @@ from feq_lab.evaluation.significance import mean_sd, paired_bootstrap, paired_mi
 from feq_lab.selection import figures, tables
 from feq_lab.selection.policy import Objective, pareto_front
 from feq_lab.selection.tables import OUTPUTS, param
+from feq_lab.tracking import keys
 from feq_lab.tracking.records import RunRecord
 
 REPORT_MD = "report.md"
@@ -38,10 +39,11 @@ CHAMPION_KEYS = tuple(
      for s in ("f1", "precision", "recall", "fn")]
     + [f"test/{o}_f1_ci_{e}" for o in OUTPUTS for e in ("low", "high")]
     + [f"test_eqt/{o}_f1" for o in OUTPUTS]
-    + ["test/p_residual_mae_s", "test/s_residual_mae_s", "params/total_paper",
-       "params/total_torch", "size/model_mb", "latency/window_ms_p50",
-       "latency/onnx_window_ms_p50"]
-    + [f"thresholds/{o}" for o in OUTPUTS])
+    + [keys.split_key("test", "p_residual_mae_s"), keys.split_key("test", "s_residual_mae_s"),
+       keys.PARAMS_TOTAL_PAPER,
+       keys.PARAMS_TOTAL_TORCH, keys.SIZE_MODEL_MB, keys.LATENCY_EAGER_P50,
+       keys.LATENCY_ONNX_P50]
+    + [keys.threshold_key(o) for o in OUTPUTS])
 
 
 @dataclass
@@ -52,7 +54,7 @@ class ReportInputs:
     selection: Mapping[str, Any]
     threshold_grid: pd.DataFrame | None = None
     source: str = ""
-    f1_key: str = "test/s_f1"
+    f1_key: str = keys.split_key("test", "s_f1")
     outcomes: Mapping[str, Any] | None = None   # run id -> test `significance.Outcomes`
 
 
@@ -90,7 +92,7 @@ def threshold_curve(grid: pd.DataFrame, headline: Mapping[str, float],
                      for i, t in part[thr_col].items()]
     else:
         thr = {o: _find_col(g, [f"{o}_threshold", f"threshold_{o}", f"thresholds.{o}",
-                                f"thresholds/{o}", o]) for o in OUTPUTS}
+                                keys.threshold_key(o), o]) for o in OUTPUTS}
         if not all(thr.values()):
             raise DataError(f"threshold grid has no threshold column for "
                             f"{[o for o, c in thr.items() if not c]} (columns {list(grid.columns)})",
@@ -123,8 +125,8 @@ def headline_thresholds(run: RunRecord) -> dict[str, float]:
     `thresholds.*` params (runs logged before those metrics existed)."""
     out = {}
     for o in OUTPUTS:
-        if f"thresholds/{o}" in run.metrics:
-            out[o] = float(run.metrics[f"thresholds/{o}"])
+        if keys.threshold_key(o) in run.metrics:
+            out[o] = float(run.metrics[keys.threshold_key(o)])
             continue
         v = param(run, f"thresholds.{o}")
         if v is not None:
@@ -304,7 +306,7 @@ def render_markdown(inp: ReportInputs, finished: Sequence[RunRecord], labels: di
             "selection reads — beside eager PyTorch. The runs' tags `feq.latency.*` say on "
             "which CPU, with how many threads and whether the fused kernels were built."), ""]
     md.append(tables.run_rows(learned + [b for b in baselines
-                                         if "latency/window_ms_p50" in b.metrics],
+                                         if keys.LATENCY_EAGER_P50 in b.metrics],
                               labels, tables.SIZE_COLUMNS, star))
     md += ["", f"![parameters]({figs['params']})", f"![size]({figs['size']})",
            f"![latency]({figs['latency']})"]
@@ -381,7 +383,7 @@ def build_report(inp: ReportInputs, out_dir: str | os.PathLike) -> list[Path]:
     labels = tables.unique_labels(finished)
     learned = [r for r in finished if not tables.is_baseline(r)]
     objs = [Objective(inp.f1_key, "max"), Objective(figures.LATENCY_KEY, "min"),
-            Objective("size/model_mb", "min")]
+            Objective(keys.SIZE_MODEL_MB, "min")]
     complete = [r for r in learned if all(_finite(r.metrics.get(o.key)) for o in objs)]
     front_ids = {r.run_id for r in pareto_front(complete, objs)}
     curve = (threshold_curve(inp.threshold_grid, headline_thresholds(champ))
@@ -394,9 +396,9 @@ def build_report(inp: ReportInputs, out_dir: str | os.PathLike) -> list[Path]:
         fig_dir.mkdir()
         figs = {k: f"{FIGURES_DIR}/{k}.png" for k in
                 ("params", "size", "latency", "f1", "fn", "pareto", "thresholds")}
-        figures.bar_chart(learned, labels, "params/total_paper", "parameters (Keras count)",
+        figures.bar_chart(learned, labels, keys.PARAMS_TOTAL_PAPER, "parameters (Keras count)",
                           "Parameters per model", staging / figs["params"], champ.run_id)
-        figures.bar_chart(learned, labels, "size/model_mb", "MB", "Model size",
+        figures.bar_chart(learned, labels, keys.SIZE_MODEL_MB, "MB", "Model size",
                           staging / figs["size"], champ.run_id)
         figures.bar_chart(finished, labels, figures.LATENCY_KEY, "ms per 60-s window",
                           "Inference latency, onnxruntime (p50, batch 1, 1 thread)",

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from feq_lab.paths import CONF_DIR
+from feq_lab.tracking import keys
 from feq_lab.tracking.records import RunRecord
 
 PRESET_ORDER = ("eqt", "leq", "feq1", "feq2", "feq3")
@@ -97,7 +98,7 @@ def _identity(run: RunRecord) -> tuple:
     chash = run.tags.get("feq.config_hash")
     if not chash:
         return ("run", run.run_id)
-    th = tuple(round(run.metrics.get(f"thresholds/{o}", float("nan")), 9) for o in OUTPUTS)
+    th = tuple(round(run.metrics.get(keys.threshold_key(o), float("nan")), 9) for o in OUTPUTS)
     return (chash, param(run, "data_version"), th)
 
 
@@ -121,8 +122,8 @@ def _distinguish(run: RunRecord, others: Sequence[RunRecord]) -> str:
     """What tells `run` apart from same-label runs: thresholds, else the seed (never a hash)."""
     parts = []
     for o, short in (("detection", "det"), ("p", "P"), ("s", "S")):
-        values = {x.metrics.get(f"thresholds/{o}") for x in others}
-        if len(values) > 1 and f"thresholds/{o}" in run.metrics:
+        values = {x.metrics.get(keys.threshold_key(o)) for x in others}
+        if len(values) > 1 and keys.threshold_key(o) in run.metrics:
             parts.append(f"{short}={run.metrics[f'thresholds/{o}']:g}")
     if parts:
         return "@ " + " ".join(parts)
@@ -190,9 +191,9 @@ def params_table(runs: Sequence[RunRecord], labels: dict[str, str]) -> str:
     header = ["Section"] + [labels[r.run_id] for r in runs]
     rows = [[name] + [fmt(r.metrics.get(f"params/{key}_paper"), "int") for r in runs]
             for key, name in SECTIONS]
-    rows.append(["**Total**"] + [fmt(r.metrics.get("params/total_paper"), "int") for r in runs])
+    rows.append(["**Total**"] + [fmt(r.metrics.get(keys.PARAMS_TOTAL_PAPER), "int") for r in runs])
     rows.append(["Total (PyTorch numel)"]
-                + [fmt(r.metrics.get("params/total_torch"), "int") for r in runs])
+                + [fmt(r.metrics.get(keys.PARAMS_TOTAL_TORCH), "int") for r in runs])
     return markdown_table(header, rows)
 
 
@@ -200,7 +201,7 @@ def fmt_cell(run: RunRecord, key: str, kind: str) -> str:
     """A metric, with its 95 % bootstrap interval when the run logged one ("0.981 [0.97–0.99]");
     kind `thr` prints the run's three thresholds (`key` is ignored)."""
     if kind == "thr":
-        values = [run.metrics.get(f"thresholds/{o}") for o in OUTPUTS]
+        values = [run.metrics.get(keys.threshold_key(o)) for o in OUTPUTS]
         return " / ".join(MISSING if v is None else f"{v:g}" for v in values)
     text = fmt(run.metrics.get(key), kind)
     low, high = run.metrics.get(f"{key}_ci_low"), run.metrics.get(f"{key}_ci_high")
@@ -222,19 +223,19 @@ def run_rows(runs: Sequence[RunRecord], labels: dict[str, str],
     return markdown_table(header, rows)
 
 
-SIZE_COLUMNS = [("Params (paper)", "params/total_paper", "int"),
-                ("Params (torch)", "params/total_torch", "int"),
-                ("Size (MB)", "size/model_mb", "mb"),
-                ("Latency p50, onnxruntime (ms / 60-s window)", "latency/onnx_window_ms_p50", "ms"),
-                ("Latency p50, eager PyTorch (ms)", "latency/window_ms_p50", "ms")]
+SIZE_COLUMNS = [("Params (paper)", keys.PARAMS_TOTAL_PAPER, "int"),
+                ("Params (torch)", keys.PARAMS_TOTAL_TORCH, "int"),
+                ("Size (MB)", keys.SIZE_MODEL_MB, "mb"),
+                ("Latency p50, onnxruntime (ms / 60-s window)", keys.LATENCY_ONNX_P50, "ms"),
+                ("Latency p50, eager PyTorch (ms)", keys.LATENCY_EAGER_P50, "ms")]
 # Test split at the thresholds chosen on validation (with 95 % bootstrap intervals), then at
 # EQT's fixed tester thresholds 0.2 / 0.1 / 0.1 (`test_eqt/*`).
 F1_COLUMNS = ([(f"{OUTPUT_NAMES[o]} F1 [95 % CI]", f"test/{o}_f1", "f1") for o in OUTPUTS]
               + [("Thresholds det / P / S (tuned on val)", "", "thr")]
               + [(f"{OUTPUT_NAMES[o]} F1 @ EQT 0.2/0.1/0.1", f"test_eqt/{o}_f1", "f1")
                  for o in OUTPUTS]
-              + [("P MAE (s)", "test/p_residual_mae_s", "f1"),
-                 ("S MAE (s)", "test/s_residual_mae_s", "f1")])
+              + [("P MAE (s)", keys.split_key("test", "p_residual_mae_s"), "f1"),
+                 ("S MAE (s)", keys.split_key("test", "s_residual_mae_s"), "f1")])
 PR_COLUMNS = [(f"{OUTPUT_NAMES[o]} {s}", f"test/{o}_{s}", "f1")
               for o in OUTPUTS for s in ("precision", "recall")]
 FN_COLUMNS = ([(f"{OUTPUT_NAMES[o]} FN [95 % CI]", f"test/{o}_fn", "int") for o in OUTPUTS]

@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -681,11 +681,3 @@ class StreamEngine:
             "prob": self.probabilities(st, start, stop).copy(),
             "events": list(st.events),
         }
-
-
-def run_blocks(engine: StreamEngine, blocks: Iterable[Block]) -> list[Event]:
-    """Feed every block, flush at the end; all events in emission order (tests and batch use)."""
-    events: list[Event] = []
-    for block in blocks:
-        events += engine.feed(block)
-    return events + engine.flush()

@@ -21,14 +21,9 @@ log = logging.getLogger("feq_lab.streaming")
 
 def onnx_predictor(path: str | os.PathLike, threads: int = 1) -> Predictor:
     """onnxruntime CPU session with a fixed thread count (intra-op `threads`, inter-op 1)."""
-    import onnxruntime as ort
+    from feq_lab.export.session import onnx_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads)
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()][:3]
 
@@ -106,7 +101,7 @@ def load_model(
         return model, None, f"{model.spec.name}:{Path(checkpoint).name}", None
     uri = cfg.get("model_uri") or "models:/feq-picker@champion"
     name, alias = parse_model_uri(uri)
-    from feq_lab.tracking.mlflow import load_champion
+    from feq_lab.tracking.pyfunc import load_champion
 
     tracking = cfg.get("tracking") or {}
     model, onnx_path, thresholds = load_champion(tracking.get("uri"), name=name, alias=alias)

@@ -8,12 +8,14 @@ SQLite's "database is locked" with exponential backoff.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -23,7 +25,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from feq_lab.errors import ConfigError
-from feq_lab.tracking.records import RunRecord
+from feq_lab.tracking import keys
+from feq_lab.tracking.records import RunRecord, RunResult
+from feq_lab.tracking.store import check_uri as _check_uri
+from feq_lab.tracking.store import open_store
+from feq_lab.tracking.store import sqlite_path as _sqlite_path
 from feq_lab.tracking.sweep_callback import PARENT_RUN_ENV, PARENT_RUN_FILE  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -38,13 +44,20 @@ TAG_RESUMED_FROM = "feq.resumed_from"      # a resumed job's pointer to the FINI
 TAG_EVALUATED_RUN = "feq.evaluated_run"    # an evaluation-only run: the training run it evaluated
 TAG_CODE_VERSION = "feq.code_version"      # hash of the training code (job.config.code_version)
 TAG_STUDY = "feq.study"                    # the study parent a DVC stage's run nests under
+TAG_SWEEP_DIR = "feq.sweep_dir"            # a parent run's Hydra sweep dir
+TAG_RUN_DIR = "feq.run_dir"                # a job's Hydra output dir (inside its sweep dir)
 # MLflow 3's UI opens an experiment by its kind; without the tag it guesses, and may open this
 # one on the GenAI "Overview" page instead of the runs table (values from MLflow's own UI code:
 # genai_development | custom_model_development).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
+# MLflow 3's saved views: an experiment tag `mlflow.sharedViewState.<id>` holding
+# {name, createdAt, updatedAt, state: "<JSON of the runs page's UI state>"} appears in the
+# experiment page's view menu and opens with `?viewStateShareKey=<id>` (format read from MLflow
+# 3.17's bundled UI; docs/mlflow-ui.md). The lab stores one: the chart view's F1 vs latency.
+SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
+CHART_VIEW_ID = "feq-f1-vs-latency"
 MODEL_ARTIFACT_PATH = "model"              # the pyfunc model inside each run (registered by selection)
 
 MAX_PARAM_CHARS = 6000
@@ -73,21 +86,6 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 10, base_delay:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
-    return None
-
-
-def _check_uri(uri: str) -> str:
-    uri = str(uri or "").strip()
-    if not uri:
-        raise ConfigError("tracking.uri", "empty; use sqlite:///path/mlflow.db or http://host:port")
-    if "://" not in uri:
-        raise ConfigError("tracking.uri", f"{uri!r} is not a URI (sqlite:///..., http://...)")
-    return uri
-
-
 def _float(value: Any) -> float:
     try:
         return float(value)
@@ -101,19 +99,49 @@ def quiet_logs() -> None:
 
     Called by the entry points once, at start; filters only, nothing that changes a result.
     """
-    import warnings
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_NoTips())
     warnings.filterwarnings("once", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # MLflow's own SQL store query options (SQLAlchemy 2.1), nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*``noload`` loader strategy is deprecated.*")
 
 
 class _NoTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "Tip:" not in record.getMessage()
+
+
+def chart_view_state() -> dict[str, Any]:
+    """The runs page's chart view as MLflow 3's UI stores it: one section with one scatter chart,
+    validation S F1 (what searches maximise) against the onnxruntime latency (what selection
+    reads), over up to 100 runs."""
+    section = "feq-section-decision"
+    return {
+        "compareRunCharts": [{
+            "uuid": "feq-chart-f1-vs-latency", "type": "SCATTER", "runsCountToCompare": 100,
+            "metricSectionId": section, "deleted": False, "isGenerated": False,
+            "displayName": "val S F1 vs latency (onnxruntime)",
+            "xaxis": {"key": keys.LATENCY_ONNX_P50, "type": "METRIC"},
+            "yaxis": {"key": keys.split_key("val", "s_f1"), "type": "METRIC"},
+        }],
+        "compareRunSections": [{"uuid": section, "name": "Decision: F1 vs latency", "display": True,
+                                "isReordered": False, "deleted": False, "isGenerated": False}],
+        "isAccordionReordered": True,
+        "hideEmptyCharts": True,
+    }
+
+
+def experiment_tags(now_ms: int | None = None) -> dict[str, str]:
+    """Tags every lab experiment carries: its kind (the runs table, not the GenAI overview) and
+    the saved chart view F1 vs latency."""
+    stamp = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    view = {"name": "F1 vs latency", "createdAt": stamp, "updatedAt": stamp,
+            "state": json.dumps(chart_view_state(), separators=(",", ":"))}
+    return {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND,
+            SAVED_VIEW_PREFIX + CHART_VIEW_ID: json.dumps(view, separators=(",", ":"))}
 
 
 class Tracker:
@@ -128,10 +156,7 @@ class Tracker:
         if not str(experiment or "").strip():
             raise ConfigError("tracking.experiment", "empty experiment name")
         self.experiment = str(experiment)
-        db = _sqlite_path(self.uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.client = open_store(self.uri)
         self.experiment_id = with_retry(self._ensure_experiment)
         self.run_id: str | None = None
 
@@ -139,15 +164,15 @@ class Tracker:
     def _ensure_experiment(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
-            if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
-                self.client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND,
-                                               EXPERIMENT_KIND)
+            for key, value in experiment_tags().items():
+                if key not in exp.tags or key == TAG_EXPERIMENT_KIND and exp.tags[key] != value:
+                    self.client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         db = _sqlite_path(self.uri)
         location = (db.parent / "mlruns" / self.experiment).resolve().as_uri() if db else None
         try:
             return self.client.create_experiment(self.experiment, artifact_location=location,
-                                                 tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+                                                 tags=experiment_tags())
         except MlflowException as exc:  # created by a parallel job meanwhile
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
@@ -165,7 +190,7 @@ class Tracker:
         """Open a sweep's parent run; write its id to `<sweep_dir>/mlflow_parent_run_id`."""
         all_tags = {TAG_ROLE: "parent", **(tags or {})}
         if sweep_dir is not None:
-            all_tags["feq.sweep_dir"] = str(Path(sweep_dir).resolve())
+            all_tags[TAG_SWEEP_DIR] = str(Path(sweep_dir).resolve())
         run_id = self._create_run(name, all_tags)
         if sweep_dir is not None:
             from feq_lab.paths import atomic_write_text
@@ -190,6 +215,22 @@ class Tracker:
             with_retry(self.client.set_terminated, child.info.run_id, status="KILLED")
         with_retry(self.client.update_run, run_id, status="RUNNING")
         return True
+
+    def kill_orphans(self, sweep_dir: str | os.PathLike) -> list[str]:
+        """Mark KILLED every RUNNING run of this experiment left by an earlier, interrupted
+        multirun in `sweep_dir`: its parent and every job run inside it, nested or not (a job
+        that could not nest still carries its run dir). Returns their ids."""
+        root = Path(sweep_dir).resolve()
+        running = _all_runs(self.client, self.experiment_id, "attributes.status = 'RUNNING'")
+        orphans = []
+        for run in running:
+            tags = run.data.tags
+            job_dir = tags.get(TAG_RUN_DIR)
+            if tags.get(TAG_SWEEP_DIR) == str(root) or (
+                    job_dir and Path(job_dir).is_relative_to(root)):
+                with_retry(self.client.set_terminated, run.info.run_id, status="KILLED")
+                orphans.append(run.info.run_id)
+        return orphans
 
     def start_run(self, name: str | None = None, params: Mapping[str, Any] | None = None,
                   tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None) -> str:
@@ -265,9 +306,23 @@ class Tracker:
         run_id = run_id or self._current()
         with_retry(self.client.log_artifacts, run_id, str(directory), artifact_path)
 
+    def record(self, result: RunResult, run_id: str | None = None) -> None:
+        """Log what a job returned: metrics, tags, artifacts and (when trained) the pyfunc model."""
+        run_id = run_id or self._current()
+        self.log_metrics(result.metrics, run_id=run_id)
+        if result.tags:
+            self.set_tags(result.tags, run_id)
+        for folder, paths in result.artifacts.items():
+            for path in paths:
+                self.log_artifact(path, folder or None, run_id=run_id)
+        if result.model is not None:
+            self.log_pyfunc_model(*result.model, run_id=run_id)
+
     def log_pyfunc_model(self, checkpoint: str | os.PathLike, onnx_path: str | os.PathLike | None = None,
                          run_id: str | None = None) -> None:
         """Save the pyfunc wrapper (weights + ONNX as its artifacts) under the run's `model/`."""
+        # lazy: mlflow.pyfunc adds ~1.5 s of import (measured on the shared 2-core VM) that
+        # only a run logging a trained model needs
         from feq_lab.tracking.pyfunc import save_pyfunc_model
 
         with tempfile.TemporaryDirectory(prefix="feq-pyfunc-") as tmp:
@@ -319,29 +374,6 @@ class Tracker:
     def get_record(self, run_id: str) -> RunRecord:
         return _record(with_retry(self.client.get_run, run_id))
 
-    def register(self, run_id: str, name: str, alias: str | None = None) -> str:
-        """Register the run's pyfunc model (`<run>/model`) as a new version of `name`; set `alias`."""
-        return _register(self.client, run_id, name, alias)
-
-
-def _register(client: MlflowClient, run_id: str, name: str, alias: str | None) -> str:
-    """An evaluation-only run registers the model of the training it evaluated; the version
-    points at the evaluation run, whose `thresholds/*` the monitor then uses."""
-    run = with_retry(client.get_run, run_id)
-    trained = run.data.tags.get(TAG_EVALUATED_RUN)
-    if trained:
-        run = with_retry(client.get_run, trained)
-    try:
-        with_retry(client.create_registered_model, name)
-    except MlflowException as exc:
-        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
-            raise
-    source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
-    mv = with_retry(client.create_model_version, name, source, run_id=run_id)
-    if alias:
-        with_retry(client.set_registered_model_alias, name, alias, mv.version)
-    return str(mv.version)
-
 
 def _record(run: Any) -> RunRecord:
     return RunRecord(
@@ -368,7 +400,7 @@ def _all_runs(client: MlflowClient, experiment_id: str, filt: str) -> list[Any]:
 
 def latest_parent_run_id(uri: str, experiment: str) -> str | None:
     """The newest sweep parent of the experiment, or None."""
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    client = open_store(uri)
     exp = with_retry(client.get_experiment_by_name, experiment)
     if exp is None:
         return None
@@ -384,7 +416,7 @@ def load_runs(uri: str, experiment: str, parent_run_id: str | None = None) -> li
     reused, so a resumed sweep reads as complete. Without any parent run in the experiment,
     every non-parent run is returned. An unknown experiment gives an empty list.
     """
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    client = open_store(uri)
     exp = with_retry(client.get_experiment_by_name, experiment)
     if exp is None:
         return []
@@ -406,42 +438,12 @@ def load_runs(uri: str, experiment: str, parent_run_id: str | None = None) -> li
     return records
 
 
-def register_champion(uri: str, run_id: str, name: str = "feq-picker",
-                      alias: str = "champion") -> str:
-    """Register `run_id`'s pyfunc model as `name@alias`; returns the new version."""
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
-    return _register(client, run_id, name, alias)
-
-
-def download_model(uri: str, name: str = "feq-picker", alias: str = "champion",
-                   dst: str | os.PathLike | None = None) -> tuple[Path, Any]:
-    """Download `name@alias`'s pyfunc directory; returns (local dir, model version)."""
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
-    try:
-        mv = with_retry(client.get_model_version_by_alias, name, alias)
-    except MlflowException as exc:
-        raise ConfigError("tracking.registry_name",
-                          f"no model version {name}@{alias} in {uri} ({exc})") from exc
-    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="feq-champion-"))
-    target.mkdir(parents=True, exist_ok=True)
-    if mv.run_id:  # an evaluation-only run's version holds the model of the training it scored
-        run = with_retry(client.get_run, mv.run_id)
-        owner = run.data.tags.get(TAG_EVALUATED_RUN) or mv.run_id
-        local = with_retry(client.download_artifacts, owner, MODEL_ARTIFACT_PATH, str(target))
-    else:
-        import mlflow.artifacts
-
-        local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(target),
-                                                    tracking_uri=uri)
-    return Path(local), mv
-
-
 def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) -> Path:
     """Download one artifact (file or folder) of a run to `dst`; returns the local path.
 
     A bare file name not at the artifact root is searched for one folder deep.
     """
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
+    client = open_store(uri)
     Path(dst).mkdir(parents=True, exist_ok=True)
     try:
         return Path(with_retry(client.download_artifacts, run_id, path, str(dst)))
@@ -457,34 +459,6 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) 
         raise FileNotFoundError(f"run {run_id} has no artifact {path!r}") from exc
 
 
-def load_champion(
-    uri: str, name: str = "feq-picker", alias: str = "champion",
-    dst: str | os.PathLike | None = None,
-) -> tuple[Any, Path | None, dict[str, float] | None]:
-    """(PickerModel in eval mode, ONNX path or None, thresholds or None) of the registered
-    `name@alias`. Thresholds: the detection/p/s its run's headline metrics used (the run's
-    `thresholds/*` metrics, logged by every run), read from the same model version; None when
-    the version has no run or the run logged none."""
-    from feq_lab.tracking.pyfunc import model_files
-
-    local, mv = download_model(uri, name, alias, dst)
-    checkpoint, onnx_path = model_files(local)
-    from feq_lab.models import load_checkpoint
-
-    return load_checkpoint(checkpoint), onnx_path, _run_thresholds(uri, mv.run_id)
-
-
-def _run_thresholds(uri: str, run_id: str | None) -> dict[str, float] | None:
-    if not run_id:
-        return None
-    client = MlflowClient(tracking_uri=_check_uri(uri), registry_uri=uri)
-    metrics = with_retry(client.get_run, run_id).data.metrics
-    keys = {"detection": "thresholds/detection", "p": "thresholds/p", "s": "thresholds/s"}
-    if not all(k in metrics for k in keys.values()):
-        return None
-    return {out: float(metrics[k]) for out, k in keys.items()}
-
-
 def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str | None,
                      name: str | None, tags: Mapping[str, Any]) -> str:
     """A FINISHED child that stands for `original_run_id` in a resumed sweep (same metrics)."""
@@ -497,7 +471,7 @@ def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str 
 
 
 __all__ = [
-    "Tracker", "load_runs", "load_champion", "download_artifact", "register_champion", "download_model",
+    "Tracker", "load_runs", "download_artifact",
     "latest_parent_run_id", "with_retry", "PARENT_RUN_FILE", "PARENT_RUN_ENV",
     "MODEL_ARTIFACT_PATH", "TAG_CONFIG_HASH", "TAG_DATA_VERSION", "TAG_ERROR", "TAG_RESUMED_FROM",
     "TAG_EVALUATED_RUN", "TAG_CODE_VERSION", "TAG_STUDY",

@@ -16,6 +16,9 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from feq_lab.errors import DataError
+from feq_lab.tracking.registry import Registry
+
 CHECKPOINT_KEY = "checkpoint"
 ONNX_KEY = "onnx"
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")
@@ -70,11 +73,24 @@ def save_pyfunc_model(path: str | os.PathLike, checkpoint: str | os.PathLike,
 
 def model_files(model_dir: str | os.PathLike) -> tuple[Path, Path | None]:
     """(checkpoint, onnx or None) inside a downloaded pyfunc model directory."""
-    from feq_lab.errors import DataError
-
     root = Path(model_dir)
     ckpts = sorted(root.glob("artifacts/*.pt"))
     if not ckpts:
         raise DataError("registered model has no checkpoint (artifacts/*.pt)", path=str(root))
     onnx = sorted(root.glob("artifacts/*.onnx"))
     return ckpts[0], (onnx[0] if onnx else None)
+
+
+def load_champion(
+    uri: str, name: str = "feq-picker", alias: str = "champion",
+    dst: str | os.PathLike | None = None,
+) -> tuple[Any, Path | None, dict[str, float] | None]:
+    """(model in eval mode, ONNX path or None, thresholds or None) of the registered
+    `name@alias`. Thresholds: the detection/p/s its run's headline metrics used (the run's
+    `thresholds/*`), read from the same model version; None when the version has no run or the
+    run logged none."""
+    from feq_lab.models import load_checkpoint  # torch: only when a model is loaded
+
+    files = Registry(uri).download(name, alias, dst)
+    checkpoint, onnx_path = model_files(files.directory)
+    return load_checkpoint(checkpoint), onnx_path, files.thresholds

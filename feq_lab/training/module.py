@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feq_lab.errors import ConfigError
+from feq_lab.tracking import keys
 from feq_lab.training.recipe import (
     OUTPUTS,
     TrainSettings,
@@ -31,7 +32,7 @@ from feq_lab.training.recipe import (
 __all__ = ["MONITOR", "OUTPUTS", "TARGETS", "PickerModule", "check_loss_weights"]
 
 TARGETS = {"detection": "y_det", "p": "y_p", "s": "y_s"}
-MONITOR = "val/loss"
+MONITOR = keys.VAL_LOSS
 
 
 class PickerModule(pl.LightningModule):
@@ -88,6 +89,13 @@ class PickerModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.trainer.global_step == 0 and batch_idx == 0 and self.trainer.current_epoch == 0:
             self.initialise(batch)
+
+    def on_train_epoch_start(self) -> None:
+        """The learning rate this epoch trains with (a schedule's effect, visible per epoch)."""
+        optimizers = self.trainer.optimizers
+        if optimizers:
+            self.log(keys.LR, float(optimizers[0].param_groups[0]["lr"]), on_step=False,
+                     on_epoch=True)
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         parts = self.losses(batch)

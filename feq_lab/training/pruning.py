@@ -22,12 +22,13 @@ import optuna
 import pytorch_lightning as pl
 
 from feq_lab.errors import ConfigError
+from feq_lab.tracking import keys
 
 log = logging.getLogger(__name__)
 
 PRUNED_ATTR = "feq:pruned_at_epoch"
 PRUNER_STUDY_ATTR = "feq:pruner"
-DEFAULT_MONITOR = "val/loss"
+DEFAULT_MONITOR = keys.VAL_LOSS
 SQLITE_TIMEOUT_S = 60
 
 

@@ -9,26 +9,15 @@ from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers.logger import Logger
 
 from feq_lab.errors import ConfigError
+from feq_lab.plain import to_plain
 from feq_lab.training.module import MONITOR
 from feq_lab.training.recipe import train_settings
 
 # Trainer arguments the lab sets itself; a trainer config must not fight over them.
 OWNED = ("callbacks", "logger", "default_root_dir", "enable_checkpointing")
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 def build_trainer(
@@ -37,11 +26,13 @@ def build_trainer(
     run_dir: str | Path,
     callbacks: Sequence[pl.Callback] = (),
     optuna_cfg: Mapping[str, Any] | None = None,
+    loggers: Sequence[Logger] = (),
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
     """A Trainer writing its checkpoints under `run_dir/checkpoints`; returns it and the
-    checkpoint callback (whose `best_model_path` holds the lowest validation loss)."""
-    kwargs = _plain(trainer_cfg)
-    train = _plain(train_cfg)
+    checkpoint callback (whose `best_model_path` holds the lowest validation loss). `loggers`
+    receive the module's per-epoch metrics (the job passes its tracking logger)."""
+    kwargs = dict(to_plain(trainer_cfg) or {})
+    train = dict(to_plain(train_cfg) or {})
     clash = sorted(set(kwargs) & set(OWNED))
     if clash:
         raise ConfigError(f"trainer.{clash[0]}", "is set by the lab; remove it from the trainer config")
@@ -66,10 +57,13 @@ def build_trainer(
     kwargs.setdefault("enable_progress_bar", bool(train.get("progress_bar", True)))
     kwargs.setdefault("enable_model_summary", False)
     kwargs.setdefault("num_sanity_val_steps", 0)
+    # every metric is logged per epoch (on_step=False): a step interval only made Lightning warn
+    # that an epoch has fewer batches than it
+    kwargs.setdefault("log_every_n_steps", 1)
     trainer = pl.Trainer(
         **kwargs,
         callbacks=all_callbacks,
-        logger=False,
+        logger=list(loggers) or False,
         default_root_dir=str(run_dir),
         enable_checkpointing=True,
     )

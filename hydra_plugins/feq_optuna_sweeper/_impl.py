@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from feq_lab.errors import ConfigError
+from feq_lab.plain import to_plain as _plain
 from hydra_plugins.feq_optuna_sweeper._report import log_to_parent_run, write_study_report
 from hydra_plugins.feq_optuna_sweeper._space import (
     build_search_space,
@@ -42,11 +43,6 @@ SQLITE_TIMEOUT_S = 60
 class Objective:
     metric: str
     direction: str
-
-
-def _plain(value: Any) -> Any:
-    """Plain Python containers from whatever Hydra's instantiate passed in."""
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def parse_objectives(objectives: Any) -> list[Objective]:

@@ -97,6 +97,7 @@ def test_cli_files_with_a_local_checkpoint(checkpoint, tmp_path):
 def test_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
     from feq_lab.stream import run
     from feq_lab.tracking.mlflow import Tracker
+    from feq_lab.tracking.registry import Registry
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "feq-lab")
@@ -105,7 +106,7 @@ def test_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
     # what every run logs: the thresholds its headline metrics used (here as if tuned on val)
     tracker.log_metrics({"thresholds/detection": 0.4, "thresholds/p": 0.2, "thresholds/s": 0.15})
     tracker.end_run(run_id)
-    tracker.register(run_id, "feq-picker", "champion")
+    Registry(uri).register(run_id, "feq-picker", "champion")
 
     out = tmp_path / "run"
     result = run(

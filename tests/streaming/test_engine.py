@@ -7,9 +7,10 @@ import logging
 import numpy as np
 import pytest
 from conftest import EVENT_P_S, EVENT_S_S, T0, blocks_of, make_record, standin_predict
+from stream_helpers import run_blocks
 
 from feq_lab.errors import ConfigError
-from feq_lab.streaming.engine import Block, EngineConfig, StreamEngine, iso_utc, run_blocks
+from feq_lab.streaming.engine import Block, EngineConfig, StreamEngine, iso_utc
 
 
 def run(blocks, **cfg):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import blocks_of, make_record
+from stream_helpers import run_blocks
 
 from feq_lab.errors import ConfigError
-from feq_lab.streaming.engine import StreamEngine, run_blocks
+from feq_lab.streaming.engine import StreamEngine
 from feq_lab.streaming.predictors import (
     make_predictor,
     onnx_predictor,

@@ -20,10 +20,11 @@ from conftest import EVENT_P_S, EVENT_S_S, T0, make_record, standin_predict
 from lxml import etree
 from obspy.io.seiscomp.core import SCHEMA_VERSION
 from obspy.io.seiscomp.core import validate as validate_scml
+from stream_helpers import run_blocks
 
 from feq_lab.errors import ConfigError
 from feq_lab.paths import PROJECT_ROOT
-from feq_lab.streaming.engine import StreamEngine, iso_utc, run_blocks
+from feq_lab.streaming.engine import StreamEngine, iso_utc
 from feq_lab.streaming.outputs import FILE_NAMES, EventSink, OutputConfig, write_sc3ml
 from feq_lab.streaming.publish import PublishConfig, Publisher
 from feq_lab.streaming.sources import record_blocks

@@ -11,11 +11,12 @@ import numpy as np
 import obspy
 import pytest
 from conftest import EVENT_P_S, EVENT_S_S, T0, make_record, standin_predict
+from seedlink_server import SeedLinkTestServer, stream_to_records
+from stream_helpers import run_blocks
 
 from feq_lab.errors import ConfigError, DataError
-from feq_lab.streaming.engine import StreamEngine, run_blocks
+from feq_lab.streaming.engine import StreamEngine
 from feq_lab.streaming.outputs import EventSink
-from feq_lab.streaming.seedlink_server import SeedLinkTestServer, stream_to_records
 from feq_lab.streaming.sources import (
     build_scenario,
     file_blocks,

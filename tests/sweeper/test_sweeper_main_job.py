@@ -52,3 +52,33 @@ def test_submitit_local_two_job_grid_logs_both_runs(tmp_path, tiny_data):
     children = _children_of_parent(tmp_path, sweep_dir)
     assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
     assert sorted(r.data.params.get("rnn", "") for r in children) == ["bilstm", "gru"]
+
+
+def test_optuna_search_on_a_new_store_logs_one_parent_with_two_nested_children(tmp_path, tiny_data):
+    """The fresh-clone command of issue 13: the store is created before the first trial, once."""
+    assert not (tmp_path / "mlflow.db").exists()
+    run_main_job(tmp_path, "hparams_search=optuna_mo", "hydra.sweeper.n_trials=2",
+                 *tiny_job_overrides(tiny_data))
+    runs = mlflow_runs(tmp_path / "mlflow.db")
+    parents = [r for r in runs if r.data.tags.get("feq.role") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.info.run_id != parents[0].info.run_id]
+    assert len(children) == 2
+    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
+
+
+def test_a_store_that_cannot_be_opened_stops_the_sweep_naming_the_store(tmp_path):
+    import subprocess
+    import sys
+
+    from sweeper_helpers import subprocess_env
+
+    bad = tmp_path / "mlflow.db"
+    bad.write_bytes(b"not a database" * 100)
+    proc = subprocess.run(
+        [sys.executable, "-m", "feq_lab", "-m", f"tracking.uri=sqlite:///{bad}", "rnn=gru,bilstm",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    assert f"MLflow store sqlite:///{bad} cannot be opened" in proc.stderr
+    assert not (tmp_path / "sweep" / "0").exists()  # no job ran

@@ -18,10 +18,11 @@ from feq_lab.tracking.mlflow import (
     Tracker,
     copy_run_pointer,
     download_artifact,
-    load_champion,
     load_runs,
     with_retry,
 )
+from feq_lab.tracking.pyfunc import load_champion
+from feq_lab.tracking.registry import Registry
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_register_and_load_champion(tracker, tmp_path):
     run = tracker.start_run("champ")
     tracker.log_pyfunc_model(ckpt)
     tracker.end_run()
-    version = tracker.register(run, "feq-picker", "champion")
+    version = Registry(tracker.uri).register(run, "feq-picker", "champion")
     assert version == "1"
 
     loaded, onnx_path, _ = load_champion(tracker.uri, dst=tmp_path / "champ")
