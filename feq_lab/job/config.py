@@ -20,8 +20,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from feq_lab.errors import ConfigError
-
-KNOBS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks")
+from feq_lab.models.spec import GRID_KNOBS as KNOBS
 VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "train.progress_bar",
                  "measure", "thresholds", "eval", "stage_out", "study")
 # The code a trained model depends on: a change here makes earlier trainings stale for reuse.
@@ -48,6 +47,16 @@ def to_plain(cfg: Any, resolve: bool = True) -> dict[str, Any]:
                     pass
             return out  # type: ignore[return-value]
     return json.loads(json.dumps(dict(cfg), default=str))
+
+
+def model_config(cfg: Any) -> Any:
+    """What the job runs: the `baseline` group's choice when one is made, else the `model` preset.
+
+    `baseline=stalta` and the alias `model=stalta` give the same mapping (and so the same
+    effective config): the root config always composes a model preset, which a baseline ignores.
+    """
+    baseline = cfg.get("baseline")
+    return baseline if baseline else cfg.get("model")
 
 
 def model_kind(model_cfg: Mapping[str, Any]) -> str:
@@ -78,6 +87,9 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
 def effective_config(cfg: Any, spec: Any | None) -> dict[str, Any]:
     """The composed config with the grid knobs (and `model`) replaced by what is really built."""
     plain = to_plain(cfg)
+    baseline = plain.pop("baseline", None)
+    if baseline:  # baseline=stalta is recorded like model=stalta
+        plain["model"] = baseline
     if spec is not None:
         model = spec.to_dict()
         plain["model"] = model

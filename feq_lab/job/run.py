@@ -23,6 +23,7 @@ from feq_lab.job.config import (
     config_yaml,
     effective_config,
     flatten,
+    model_config,
     model_kind,
     model_name,
     run_params,
@@ -75,9 +76,10 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     from feq_lab.evaluation.thresholds import check_grid
     from feq_lab.training.recipe import train_settings
 
-    if cfg.get("model") is None:
-        raise ConfigError("model", "missing: choose a preset (model=feq3) or model=stalta")
-    model_cfg = to_plain(cfg.model)
+    if model_config(cfg) is None:
+        raise ConfigError("model", "missing: choose a preset (model=feq3) or a baseline "
+                          "(baseline=stalta)")
+    model_cfg = to_plain(model_config(cfg))
     name = model_name(model_cfg)
     kind = model_kind(model_cfg)
     seed_everything(cfg.get("seed", 0))
@@ -261,7 +263,7 @@ def assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path, tracke
     if plan.kind == "stalta":
         from feq_lab.job.baseline import assess_baseline
 
-        return assess_baseline(to_plain(cfg.model), data_dir, cfg.get("eval") or {},
+        return assess_baseline(to_plain(model_config(cfg)), data_dir, cfg.get("eval") or {},
                                run_dir / "evaluation")
     return train_and_assess(plan, cfg, data_dir, run_dir, tracker, run_id)
 
