@@ -124,13 +124,13 @@ def decide(runs: Sequence[RunRecord], sel: Mapping[str, Any],
 def run_select(cfg: DictConfig) -> dict[str, Any]:
     """Read runs, decide, register, write selection.json; returns the payload."""
     sel = OmegaConf.to_container(cfg.select, resolve=True)
+    policy.refuse_test_keys(sel)  # before any store is read: a bad policy fails at once
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
     parent_ids = parent_ids_from(sel)
     from feq_lab.tracking.mlflow import quiet_logs
 
     quiet_logs()
     runs = unique_runs(gather_runs(uri, experiment, parent_ids))
-    policy.refuse_test_keys(sel)  # before any download: a bad policy fails at once
     outcomes = (load_outcomes_of(uri, [r for r in runs if r.status == "FINISHED"])
                 if needs_outcomes(sel) else None)
     payload = decide(runs, sel, outcomes)
