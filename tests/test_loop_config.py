@@ -79,16 +79,19 @@ def test_bad_config_fails_before_any_work_and_opens_no_run(tmp_path):
     MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # a real, existing store
     uri = f"sqlite:///{db}"
     cfg = cfg_of("rnn=transformer", f"data.out_dir={out_dir}", f"tracking.uri={uri}")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError):  # a single run (`python -m feq_lab`): nothing opened
         run_job(cfg, run_dir=tmp_path / "run", reraise=True)
     assert not out_dir.exists()  # no data was prepared
     assert not (tmp_path / "run").exists()
-    # in a sweep (reraise=False) the same failure returns NaN objectives instead
-    result = run_job(cfg, run_dir=tmp_path / "run2")
-    assert result["test/p_f1"] != result["test/p_f1"]  # NaN
     from feq_lab.tracking.mlflow import load_runs
 
-    assert load_runs(uri, "feq-lab") == []  # neither opened a run
+    assert load_runs(uri, "feq-lab") == []
+    # a sweep's point (reraise=False) returns NaN objectives; the sweep records it as FAILED
+    result = run_job(cfg, run_dir=tmp_path / "run2")
+    assert result["test/p_f1"] != result["test/p_f1"]  # NaN
+    (failed,) = load_runs(uri, "feq-lab")
+    assert failed.status == "FAILED" and failed.tags["feq.error"].startswith("ConfigError: rnn")
+    assert not out_dir.exists()
 
 
 @pytest.mark.parametrize("override, key", [

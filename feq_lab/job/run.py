@@ -281,15 +281,16 @@ def run_job(
     )
 
     quiet_logs()
-    try:  # a bad config stops here: no store, run, subset or run dir is created
+    plan: JobPlan | None = None
+    invalid: ConfigError | None = None
+    try:  # a single run with a bad config stops here: no store, run, subset or run dir
         plan = plan_job(cfg)
     except ConfigError as exc:
         if reraise:
             raise
-        log.error("invalid config, job not run (no MLflow run): %s", exc)
-        return objectives({})
+        invalid = exc  # a sweep's point: recorded as a FAILED child of the sweep's parent
     if _rank() > 0:  # a DDP worker started by Lightning: join the training, log nothing
-        if plan.kind == "learned":
+        if plan is not None and plan.kind == "learned":
             data_dir, _ = prepare_data(cfg)
             fit(plan, cfg, data_dir, Path(run_dir or tempfile.mkdtemp(prefix="feq-rank-")), [])
         return {}
@@ -298,6 +299,9 @@ def run_job(
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id: str | None = None
     try:
+        if invalid is not None:
+            raise invalid
+        assert plan is not None
         data_dir, version = prepare_data(cfg)
         effective = effective_config(cfg, plan.spec)
         chash = config_hash(effective)
@@ -381,7 +385,7 @@ def write_stage_outputs(out: Path, record: Any, result: Assessment) -> None:
     atomic_write_text(out / STAGE_RUN_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def _record_failure(tracker: Any, cfg: DictConfig, plan: JobPlan, run_id: str | None,
+def _record_failure(tracker: Any, cfg: DictConfig, plan: JobPlan | None, run_id: str | None,
                     parent_run_id: str | None, job_name: str | None, exc: BaseException) -> None:
     """Mark the job's run FAILED (KILLED when pruned), opening one if the job died before."""
     try:
