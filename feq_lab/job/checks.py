@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from feq_lab.data.augment import from_config
+from feq_lab.data.datamodule import HalfAugmentedBatchSampler, SteadDataModule
+from feq_lab.data.subset import content_config
 from feq_lab.errors import ConfigError
+from feq_lab.evaluation.picks import THRESHOLD_KEYS, check_thresholds
+from feq_lab.evaluation.thresholds import check_grid
 from feq_lab.job.config import to_plain
 
 
 def check_data(data: Mapping[str, Any]) -> None:
     """`data`: the source (the subset's identity), the loader and the augmentation."""
-    from feq_lab.data.augment import from_config
-    from feq_lab.data.datamodule import SteadDataModule
-    from feq_lab.data.subset import content_config
-
     data = to_plain(data) if not isinstance(data, dict) else data
     content_config(data)
     for key in ("batch_size", "num_workers"):
@@ -30,16 +31,13 @@ def check_data(data: Mapping[str, Any]) -> None:
     augment = from_config(data.get("augment"))
     SteadDataModule(".", batch_size=data.get("batch_size", 32),
                     num_workers=data.get("num_workers", 0))  # validates; reads nothing
-    if augment is not None and data.get("batch_size", 32) < 2:
-        raise ConfigError("data.batch_size", "must be >= 2 for half-augmented batches "
-                          "(or data/augment=none)")
+    if augment is not None:  # augmented training draws half-augmented batches
+        HalfAugmentedBatchSampler(0, data.get("batch_size", 32), seed=0)
 
 
-def check_evaluation(cfg: Any) -> dict[str, float | None]:
-    """`eval` and `thresholds`; returns the thresholds (None = tuned on validation)."""
-    from feq_lab.evaluation.picks import THRESHOLD_KEYS, check_thresholds
-    from feq_lab.evaluation.thresholds import check_grid
-
+def check_evaluation(cfg: Any, thresholds: bool = True) -> dict[str, float | None]:
+    """`eval` and (unless `thresholds=False`: the classical baseline has none) `thresholds`;
+    returns the thresholds (None = tuned on validation)."""
     eval_cfg = cfg.get("eval") or {}
     if eval_cfg.get("threshold_grid"):
         check_grid(eval_cfg.get("threshold_grid"))
@@ -48,14 +46,16 @@ def check_evaluation(cfg: Any) -> dict[str, float | None]:
         raise ConfigError("eval.tune_thresholds_on", f"must be null or 'val', got {tune_on!r}")
     if tune_on and not eval_cfg.get("threshold_grid"):
         raise ConfigError("eval.tune_thresholds_on", "needs eval.threshold_grid to choose from")
-    thresholds = to_plain(cfg.get("thresholds") or {})
+    if not thresholds:
+        return {}
+    given = to_plain(cfg.get("thresholds") or {})
     for key in THRESHOLD_KEYS:
-        if key not in thresholds:
+        if key not in given:
             raise ConfigError(f"thresholds.{key}", "missing (need detection, p and s; null = tune)")
-    open_keys = [k for k in THRESHOLD_KEYS if thresholds[k] is None]
+    open_keys = [k for k in THRESHOLD_KEYS if given[k] is None]
     if open_keys and tune_on != "val":
         raise ConfigError(f"thresholds.{open_keys[0]}", "null (tuned on validation) needs "
                           "eval.tune_thresholds_on=val; or give a number")
-    probe = {k: (0.5 if thresholds[k] is None else thresholds[k]) for k in THRESHOLD_KEYS}
+    probe = {k: (0.5 if given[k] is None else given[k]) for k in THRESHOLD_KEYS}
     checked = check_thresholds(probe)
-    return {k: None if thresholds[k] is None else checked[k] for k in THRESHOLD_KEYS}
+    return {k: None if given[k] is None else checked[k] for k in THRESHOLD_KEYS}

@@ -85,7 +85,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     kind = model_kind(model_cfg)
     seed_everything(cfg.get("seed", 0))
     check_data(cfg.data)
-    thresholds = check_evaluation(cfg)
+    thresholds = check_evaluation(cfg, thresholds=kind != "stalta")
     if kind == "stalta":
         from feq_lab.evaluation.baseline import stalta_config
 
