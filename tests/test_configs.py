@@ -222,3 +222,10 @@ def test_dvc_training_stages_track_every_file_their_preset_is_composed_from():
               for p in spec["stages"]["train"]["do"]["params"]]
     assert {"conf/knobs.yaml", "conf/data/loader/default.yaml",
             "conf/data/augment/eqt.yaml"} <= set(params)
+
+
+def test_a_preset_may_name_its_builder_with_a_target():
+    """Model configs may carry `_target_` (how Hydra finds a family's builder): it is not a
+    ModelSpec field, so the spec, and with it the training identity, stay the same."""
+    with_target = {**load_preset("feq3"), "_target_": "feq_lab.models.build_model"}
+    assert build_model(with_target).spec == build_model("feq3").spec

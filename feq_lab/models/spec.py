@@ -24,6 +24,7 @@ PICKER_RNN_KINDS = ("lstm", "gru")
 GRU_IMPLS = ("torch", "keras")
 CONV_KINDS = ("plain", "separable")
 BLOCK_KINDS = ("residual", "bottleneck")
+TARGET_KEY = "_target_"
 KNOBS_FILE = CONF_DIR / "knobs.yaml"
 # The grid axes, read from their one declaration (conf/knobs.yaml, which the Hydra configs include).
 GRID_KNOBS: tuple[str, ...] = tuple(yaml.safe_load(KNOBS_FILE.read_text()))
@@ -298,6 +299,7 @@ def spec_from_config(model_cfg: Mapping[str, Any] | str, **overrides: Any) -> Mo
         raise ConfigError(
             "model", f"expected a mapping or a preset name, got {type(model_cfg).__name__}"
         )
+    data.pop(TARGET_KEY, None)  # how Hydra finds the family's builder; not a field of the spec
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise ConfigError(
