@@ -146,6 +146,7 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> dict[str, float]:
     from feq_lab.paths import CONF_DIR
 
     data_cfg = OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml")
+    augment = OmegaConf.load(CONF_DIR / "data" / "augment" / "eqt.yaml")
     quick = OmegaConf.load(CONF_DIR / "experiment" / "quick.yaml")
     n_eq, n_noise = int(quick.data.n_earthquakes), int(quick.data.n_noise)
     step = candidates(["feq3"], [mode])[f"feq3 {mode}"]
@@ -154,7 +155,7 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> dict[str, float]:
             tmp, n_eq, n_noise, seed=int(data_cfg.seed), split=dict(data_cfg.split)
         )
         dm = SteadDataModule(
-            tmp, batch_size=batch, augment=OmegaConf.to_container(data_cfg.augment), seed=0
+            tmp, batch_size=batch, augment=OmegaConf.to_container(augment), seed=0
         )
         loader = dm.train_dataloader()
         pure = time_steps({"feq3": step}, 1, 5, batch)

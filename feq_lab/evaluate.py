@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from feq_lab.errors import ConfigError, DataError, FeqLabError
 from feq_lab.evaluation.probabilities import load_probabilities
 from feq_lab.job.assess import Assessment, evaluate_splits, latency_context, measure_latencies
+from feq_lab.job.checks import check_evaluation
 from feq_lab.job.config import flatten, run_params, to_plain
 from feq_lab.job.run import STAGE_RUN_FILE, log_assessment, training_metrics
 from feq_lab.models import load_checkpoint
@@ -98,6 +99,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     ev = cfg.get("evaluate") or {}
     runs_dir, out = Path(str(ev.get("runs_dir", "runs"))), Path(str(ev.get("out",
                                                                            "reports/evaluation.json")))
+    check_evaluation(cfg)  # thresholds and eval.* before the store or a parent run is opened
     dirs = stage_dirs(runs_dir)
     tracker = Tracker(str(cfg.tracking.uri), str(cfg.tracking.experiment))
     study = str(cfg.get("study") or "default")

@@ -1,10 +1,10 @@
 """`python -m feq_lab.profile model=feq3 [rnn=… cnn_blocks=…] [format=table|json]`
 
 Parameters per report section (paper and torch conventions), model size (state dict and ONNX) and
-latency (torch eager and onnxruntime, batch 1 and N) of one variant; `model=all` prints the five
+latency (torch eager and onnxruntime, batch 1 and N) of one variant; `presets=all` prints the five
 presets side by side like the report's Table 1; `sections=true` adds where the eager time goes
 (encoder, bottleneck, RNN blocks, transformers, picker RNN/attention, decoders).
-Config: conf/profile.yaml, key=value overrides.
+A Hydra app (conf/profile.yaml): `model=` is the conf/model/ group, composed as training does.
 """
 
 from __future__ import annotations
@@ -12,16 +12,19 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import hydra
+from omegaconf import DictConfig
 
 from feq_lab.errors import ConfigError, FeqLabError
+from feq_lab.job.config import to_plain
+from feq_lab.models import PRESETS, build_model
+from feq_lab.models.spec import GRID_KNOBS
 from feq_lab.paths import CONF_DIR
 
-CONFIG_PATH = CONF_DIR / "profile.yaml"
 SECTION_LABELS = {
     "encoder": "Encoder",
     "bottleneck": "ResNet / bottleneck",
@@ -29,40 +32,59 @@ SECTION_LABELS = {
     "decoder": "Decoder",
     "total": "Total",
 }
+OVERRIDES = (*GRID_KNOBS, "gru_impl")  # what a profile may change on top of a preset
+BACKENDS = ("torch", "onnxruntime")
 
 
-def load_config(argv: Sequence[str]) -> DictConfig:
-    """conf/profile.yaml merged with `key=value` overrides; unknown keys name themselves."""
-    cfg = OmegaConf.load(CONFIG_PATH)
-    for arg in argv:
-        if "=" not in arg:
-            raise ConfigError(arg, "expected key=value (e.g. model=feq3 rnn=gru format=json)")
-        key = arg.split("=", 1)[0].lstrip("+")
-        if key not in cfg:
-            raise ConfigError(key, f"unknown option; known: {', '.join(cfg.keys())}")
-    if argv:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([a.lstrip("+") for a in argv]))
-    unknown = sorted(set(cfg.backends) - {"torch", "onnxruntime"})
+def check_config(cfg: DictConfig) -> list[str | dict[str, Any]]:
+    """The variants to profile (preset names or the composed `model` mapping), after checking
+    every option; errors name the key."""
+    unknown = sorted(set(cfg.backends) - set(BACKENDS))
     if unknown:
         raise ConfigError(
             "backends", f"unknown backend {unknown[0]!r}; expected torch and/or onnxruntime"
         )
     if cfg.format not in ("table", "json"):
         raise ConfigError("format", f"expected table or json, got {cfg.format!r}")
-    return cfg
+    for key, least in (("threads", 1), ("warmup", 0), ("repeats", 1)):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(key, f"must be an integer >= {least}, got {value!r}")
+    if not cfg.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                              for b in cfg.batches):
+        raise ConfigError("batches", f"must be a list of integers >= 1, got {list(cfg.batches)!r}")
+    presets = cfg.get("presets")
+    if presets is None:
+        if cfg.get("model") is None:
+            raise ConfigError("model", "missing: choose a preset (model=feq3) or presets=all")
+        variants: list[str | dict[str, Any]] = [to_plain(cfg.model)]
+    elif presets == "all":
+        variants = list(PRESETS)
+    elif isinstance(presets, str):
+        variants = [presets]
+    else:
+        variants = [str(p) for p in presets]
+    knobs = {k: cfg.get(k) for k in OVERRIDES}
+    for variant in variants:  # builds each once: every preset and knob value checked up front
+        build_model(variant, **knobs)
+    return variants
 
 
-def profile_variant(model_name: str, cfg: DictConfig) -> dict[str, Any]:
-    """Everything the report needs about one variant, as plain data."""
+def variant_name(variant: str | Mapping[str, Any]) -> str:
+    return variant if isinstance(variant, str) else str(variant.get("name", "model"))
+
+
+def profile_variant(variant: str | Mapping[str, Any], cfg: DictConfig) -> dict[str, Any]:
+    """Everything the report needs about one variant (a preset name or a preset mapping)."""
     from feq_lab.export.onnx import export_onnx
-    from feq_lab.models import build_model, parameter_report
+    from feq_lab.models import parameter_report
     from feq_lab.profiling.latency import measure_latency
     from feq_lab.profiling.size import file_size_mb, model_size_mb
 
-    knobs = {k: cfg[k] for k in ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks", "gru_impl")}
-    model = build_model(model_name, **knobs).eval()
+    knobs = {k: cfg.get(k) for k in OVERRIDES}
+    model = build_model(variant, **knobs).eval()
     result: dict[str, Any] = {
-        "model": model_name,
+        "model": variant_name(variant),
         "overrides": {k: v for k, v in knobs.items() if v is not None},
         "spec": model.spec.to_dict(),
         "params": parameter_report(model),
@@ -91,12 +113,9 @@ def profile_variant(model_name: str, cfg: DictConfig) -> dict[str, Any]:
 
 def add_sections(results: list[dict[str, Any]], cfg: DictConfig) -> None:
     """Eager time per model section (`eager_sections_ms`), the variants timed round-robin."""
-    from feq_lab.models import build_model
     from feq_lab.profiling.sections import time_sections
 
-    models = {
-        str(i): build_model(r["model"], **r["overrides"]).eval() for i, r in enumerate(results)
-    }
+    models = {str(i): build_model(r["spec"]).eval() for i, r in enumerate(results)}
     timed = time_sections(models, passes=max(int(cfg.repeats) // 4, 1), threads=int(cfg.threads))
     for i, r in enumerate(results):
         r["eager_sections_ms"] = timed[str(i)]
@@ -154,12 +173,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(argv: Sequence[str]) -> str:
-    from feq_lab.models import PRESETS
-
-    cfg = load_config(argv)
-    names = list(PRESETS) if cfg.model == "all" else [str(cfg.model)]
-    results = [profile_variant(name, cfg) for name in names]
+def run(cfg: DictConfig) -> str:
+    """The table or JSON for a composed conf/profile.yaml."""
+    variants = check_config(cfg)
+    results = [profile_variant(variant, cfg) for variant in variants]
     if cfg.sections:
         add_sections(results, cfg)
     if cfg.format == "json":
@@ -167,19 +184,14 @@ def run(argv: Sequence[str]) -> str:
     return format_table(results)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print(CONFIG_PATH.read_text())
-        return 0
+@hydra.main(config_path=str(CONF_DIR), config_name="profile", version_base="1.3")
+def main(cfg: DictConfig) -> None:
     try:
-        print(run(argv))
-    except FeqLabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        print(run(cfg))
+    except FeqLabError as exc:  # one line on stderr, exit code 2, no traceback
+        print(f"feq_lab.profile: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

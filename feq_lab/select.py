@@ -124,6 +124,7 @@ def decide(runs: Sequence[RunRecord], sel: Mapping[str, Any],
 def run_select(cfg: DictConfig) -> dict[str, Any]:
     """Read runs, decide, register, write selection.json; returns the payload."""
     sel = OmegaConf.to_container(cfg.select, resolve=True)
+    policy.refuse_test_keys(sel)  # before any store is read: a bad policy fails at once
     uri, experiment = str(cfg.tracking.uri), str(cfg.tracking.experiment)
     parent_ids = parent_ids_from(sel)
     from feq_lab.tracking.mlflow import quiet_logs

@@ -173,9 +173,8 @@ def main(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
         run(plain)
-    except FeqLabError as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
+    except FeqLabError as exc:  # one line on stderr (not also a log record), no traceback
+        print(f"feq_lab.stream: error: {exc}", file=sys.stderr)
         sys.exit(2)
 
 

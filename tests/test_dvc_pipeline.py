@@ -34,9 +34,11 @@ TINY_VARS = [
                  "measure.latency_repeats=2 eval.bootstrap.n=50"},
      "threads": 1, "study": "default"},
     {"variants": {
-        "feq2": {"args": "model=feq2", "model": "feq2", "code": "feq_lab/models"},
-        "feq3": {"args": "model=feq3", "model": "feq3", "code": "feq_lab/models"},
-        "stalta": {"args": "model=stalta", "model": "stalta",
+        "feq2": {"args": "model=feq2", "model": "feq2", "base": "model/leq",
+                 "code": "feq_lab/models"},
+        "feq3": {"args": "model=feq3", "model": "feq3", "base": "model/leq",
+                 "code": "feq_lab/models"},
+        "stalta": {"args": "model=stalta", "model": "stalta", "base": "baseline/stalta",
                    "code": "feq_lab/evaluation/baseline.py"}}},
 ]
 TRAIN = {"train@feq2", "train@feq3", "train@stalta"}

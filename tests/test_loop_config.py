@@ -71,18 +71,51 @@ def test_bad_config_names_the_key(override, key):
     assert err.value.key.startswith(key)
 
 
-def test_bad_config_fails_before_any_work_and_is_recorded(tmp_path):
+def test_bad_config_fails_before_any_work_and_opens_no_run(tmp_path):
     out_dir = tmp_path / "subset"
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    db = tmp_path / "mlflow.db"
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # a real, existing store
+    uri = f"sqlite:///{db}"
     cfg = cfg_of("rnn=transformer", f"data.out_dir={out_dir}", f"tracking.uri={uri}")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError):  # a single run (`python -m feq_lab`): nothing opened
         run_job(cfg, run_dir=tmp_path / "run", reraise=True)
     assert not out_dir.exists()  # no data was prepared
-    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert not (tmp_path / "run").exists()
     from feq_lab.tracking.mlflow import load_runs
 
-    (failed,) = load_runs(uri, "feq-lab")
-    assert failed.status == "FAILED" and failed.tags["feq.error"].startswith("ConfigError: rnn")
-    # in a sweep (reraise=False) the same failure returns NaN objectives instead
+    assert load_runs(uri, "feq-lab") == []
+    # a sweep's point (reraise=False) returns NaN objectives; the sweep records it as FAILED
     result = run_job(cfg, run_dir=tmp_path / "run2")
     assert result["test/p_f1"] != result["test/p_f1"]  # NaN
+    (failed,) = load_runs(uri, "feq-lab")
+    assert failed.status == "FAILED" and failed.tags["feq.error"].startswith("ConfigError: rnn")
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.kind=stea", "data.kind"),
+    ("data.batch_size=1", "data.batch_size"),
+    ("data.num_workers=-1", "data.num_workers"),
+    ("data.augment.add_noise=2", "data.augment.add_noise"),
+    ("baseline=stalta", None),
+    ("baseline=stalta baseline.lta_s=0.1", "baseline.sta_s"),
+    ("model=stalta model.lta_s=0.1", "model.sta_s"),
+])
+def test_data_and_baseline_settings_are_checked_in_the_plan(override, key):
+    cfg = cfg_of(*override.split())
+    if key is None:
+        assert plan_job(cfg).kind == "stalta"
+        return
+    with pytest.raises(ConfigError) as err:
+        plan_job(cfg)
+    assert err.value.key == key
+
+
+def test_baseline_group_and_model_alias_are_one_run_identity():
+    assert effective_hash("baseline=stalta") == effective_hash("model=stalta")
+    assert effective_hash("baseline=stalta", "model=leq") == effective_hash("model=stalta")
+    cfg = cfg_of("baseline=stalta")
+    params = run_params(effective_config(cfg, plan_job(cfg).spec), None)
+    assert params["model"] == "stalta" and "baseline.name" not in params

@@ -55,8 +55,8 @@ _IGNORED_KEYS = {"name", "preset", "kind", "type", "description", "_target_"}
 def stalta_config(cfg: Mapping[str, Any] | None, key_prefix: str = "model") -> dict[str, Any]:
     """DEFAULTS overridden by `cfg` (or `cfg["stalta"]` when nested); unknown keys are errors.
 
-    Errors name `<key_prefix>.<key>`: the baseline's settings live in the `model` group
-    (conf/model/stalta.yaml).
+    Errors name `<key_prefix>.<key>`: the group the settings came from (`baseline=stalta`, or
+    its alias `model=stalta`; conf/baseline/stalta.yaml).
     """
     cfg = dict(cfg or {})
     if isinstance(cfg.get("stalta"), Mapping):

@@ -20,14 +20,24 @@ from typing import Any, Mapping
 from omegaconf import OmegaConf
 
 from feq_lab.errors import ConfigError
+from feq_lab.models.spec import GRID_KNOBS as KNOBS
 from feq_lab.plain import to_plain  # noqa: F401 - the one converter, used here and re-exported
 
-KNOBS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks")
 VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "train.progress_bar",
                  "measure", "thresholds", "eval", "stage_out", "study", "seeds")
 # The code a trained model depends on: a change here makes earlier trainings stale for reuse.
 TRAINING_CODE = ("data", "models", "training")
 BASELINE_KINDS = ("stalta",)
+
+
+def model_config(cfg: Any) -> Any:
+    """What the job runs: the `baseline` group's choice when one is made, else the `model` preset.
+
+    `baseline=stalta` and the alias `model=stalta` give the same mapping (and so the same
+    effective config): the root config always composes a model preset, which a baseline ignores.
+    """
+    baseline = cfg.get("baseline")
+    return baseline if baseline else cfg.get("model")
 
 
 def model_kind(model_cfg: Mapping[str, Any]) -> str:
@@ -58,6 +68,9 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
 def effective_config(cfg: Any, spec: Any | None) -> dict[str, Any]:
     """The composed config with the grid knobs (and `model`) replaced by what is really built."""
     plain = to_plain(cfg)
+    baseline = plain.pop("baseline", None)
+    if baseline:  # baseline=stalta is recorded like model=stalta
+        plain["model"] = baseline
     if spec is not None:
         model = spec.to_dict()
         plain["model"] = model

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from feq_lab.errors import ConfigError
 from feq_lab.job.assess import HEADLINE_KEYS, Assessment
+from feq_lab.job.checks import check_data, check_evaluation
 from feq_lab.job.config import (
     KNOBS,
     code_version,
@@ -23,6 +24,7 @@ from feq_lab.job.config import (
     config_yaml,
     effective_config,
     flatten,
+    model_config,
     model_kind,
     model_name,
     run_params,
@@ -71,53 +73,31 @@ def seed_everything(seed: Any) -> int:
 def plan_job(cfg: DictConfig) -> JobPlan:
     """Validate everything that can be checked without data, and build the model.
 
-    Runs before any data is prepared or any run is opened, so a typo fails in milliseconds.
+    Runs before any store, run or subset is opened (`run_job`), so a typo fails in milliseconds
+    and leaves nothing behind.
     """
-    from feq_lab.evaluation.thresholds import check_grid
     from feq_lab.training.recipe import train_settings
 
-    if cfg.get("model") is None:
-        raise ConfigError("model", "missing: choose a preset (model=feq3) or model=stalta")
-    model_cfg = to_plain(cfg.model)
+    if model_config(cfg) is None:
+        raise ConfigError("model", "missing: choose a preset (model=feq3) or a baseline "
+                          "(baseline=stalta)")
+    model_cfg = to_plain(model_config(cfg))
     name = model_name(model_cfg)
     kind = model_kind(model_cfg)
     seed_everything(cfg.get("seed", 0))
-    eval_cfg = cfg.get("eval") or {}
-    if eval_cfg.get("threshold_grid"):
-        check_grid(eval_cfg.threshold_grid)
-    tune_on = eval_cfg.get("tune_thresholds_on")
-    if tune_on not in (None, "val"):
-        raise ConfigError("eval.tune_thresholds_on", f"must be null or 'val', got {tune_on!r}")
-    if tune_on and not eval_cfg.get("threshold_grid"):
-        raise ConfigError("eval.tune_thresholds_on", "needs eval.threshold_grid to choose from")
+    check_data(cfg.data)
+    thresholds = check_evaluation(cfg, thresholds=kind != "stalta")
     if kind == "stalta":
         from feq_lab.evaluation.baseline import stalta_config
 
-        stalta_config(model_cfg)
+        stalta_config(model_cfg, "baseline" if cfg.get("baseline") else "model")
         return JobPlan(name=name, kind=kind)
-    thresholds = check_open_thresholds(to_plain(cfg.get("thresholds") or {}), tune_on)
     train_settings(to_plain(cfg.train))  # every train.* key checked before any data work
     from feq_lab.models import build_model
 
     overrides = {knob: cfg.get(knob) for knob in KNOBS}
     model = build_model(model_cfg, **overrides)
     return JobPlan(name=name, kind=kind, model=model, spec=model.spec, thresholds=thresholds)
-
-
-def check_open_thresholds(thresholds: Mapping[str, Any], tune_on: Any) -> dict[str, float | None]:
-    """Numbers in [0, 1] are fixed; null ones are tuned on validation (needs tune_thresholds_on)."""
-    from feq_lab.evaluation.picks import THRESHOLD_KEYS, check_thresholds
-
-    for key in THRESHOLD_KEYS:
-        if key not in thresholds:
-            raise ConfigError(f"thresholds.{key}", "missing (need detection, p and s; null = tune)")
-    open_keys = [k for k in THRESHOLD_KEYS if thresholds[k] is None]
-    if open_keys and tune_on != "val":
-        raise ConfigError(f"thresholds.{open_keys[0]}", "null (tuned on validation) needs "
-                          "eval.tune_thresholds_on=val; or give a number")
-    probe = {k: (0.5 if thresholds[k] is None else thresholds[k]) for k in THRESHOLD_KEYS}
-    checked = check_thresholds(probe)
-    return {k: None if thresholds[k] is None else checked[k] for k in THRESHOLD_KEYS}
 
 
 def prepare_data(cfg: DictConfig) -> tuple[Path, str]:
@@ -261,7 +241,7 @@ def assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
     if plan.kind == "stalta":
         from feq_lab.job.baseline import assess_baseline
 
-        return assess_baseline(to_plain(cfg.model), data_dir, cfg.get("eval") or {},
+        return assess_baseline(to_plain(model_config(cfg)), data_dir, cfg.get("eval") or {},
                                run_dir / "evaluation")
     return train_and_assess(plan, cfg, data_dir, run_dir, loggers)
 
@@ -300,9 +280,16 @@ def run_job(
     )
 
     quiet_logs()
-    if _rank() > 0:  # a DDP worker started by Lightning: join the training, log nothing
+    plan: JobPlan | None = None
+    invalid: ConfigError | None = None
+    try:  # a single run with a bad config stops here: no store, run, subset or run dir
         plan = plan_job(cfg)
-        if plan.kind == "learned":
+    except ConfigError as exc:
+        if reraise:
+            raise
+        invalid = exc  # a sweep's point: recorded as a FAILED child of the sweep's parent
+    if _rank() > 0:  # a DDP worker started by Lightning: join the training, log nothing
+        if plan is not None and plan.kind == "learned":
             data_dir, _ = prepare_data(cfg)
             fit(plan, cfg, data_dir, Path(run_dir or tempfile.mkdtemp(prefix="feq-rank-")), [])
         return {}
@@ -310,9 +297,10 @@ def run_job(
     run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="feq-run-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id: str | None = None
-    plan: JobPlan | None = None
     try:
-        plan = plan_job(cfg)
+        if invalid is not None:
+            raise invalid
+        assert plan is not None
         data_dir, version = prepare_data(cfg)
         effective = effective_config(cfg, plan.spec)
         chash = config_hash(effective)

@@ -1,7 +1,8 @@
 """`ModelSpec`: every knob of the one builder (REFERENCE §5.5) as plain, validated data.
 
-Presets (`conf/model/*.yaml`) are data for this dataclass; grid knobs (`rnn`, `picker_rnn`,
-`cnn_blocks`, `rnn_blocks`, `gru_impl`, `dropout`) override preset fields. Validation happens here,
+Presets (`conf/model/*.yaml`; FEQ1-3 are LEQ plus a few fields, through Hydra defaults lists)
+are data for this dataclass; the grid knobs (`GRID_KNOBS`, declared once in `conf/knobs.yaml`) and
+any other field (`gru_impl`, `dropout`, ...) override preset fields. Validation happens here,
 before any module is built, and every error names the key at fault.
 """
 
@@ -24,7 +25,10 @@ PICKER_RNN_KINDS = ("lstm", "gru")
 GRU_IMPLS = ("torch", "keras")
 CONV_KINDS = ("plain", "separable")
 BLOCK_KINDS = ("residual", "bottleneck")
-KNOBS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks", "gru_impl", "dropout")
+TARGET_KEY = "_target_"
+KNOBS_FILE = CONF_DIR / "knobs.yaml"
+# The grid axes, read from their one declaration (conf/knobs.yaml, which the Hydra configs include).
+GRID_KNOBS: tuple[str, ...] = tuple(yaml.safe_load(KNOBS_FILE.read_text()))
 
 
 @dataclass(frozen=True)
@@ -238,18 +242,39 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """The content of `conf/model/<name>.yaml` as a plain dict."""
+    """`conf/model/<name>.yaml` as Hydra composes it (its defaults list applied), as a plain dict.
+
+    Why not Hydra's compose API: this runs inside Hydra apps and outside them (profile, stream,
+    checkpoints), where a second global Hydra cannot be initialised; presets only use the simple
+    form of a defaults list (other presets of the same group, and `_self_`), resolved here.
+    """
+    data = _compose_preset(name, ())
+    data.setdefault("name", name)
+    return data
+
+
+def _compose_preset(name: str, chain: tuple[str, ...]) -> dict[str, Any]:
     path = preset_path(name)
     if not path.is_file():
         raise ConfigError(
             "model",
             f"unknown preset {name!r} (no {path}); available: {', '.join(available_presets())}",
         )
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
+    if name in chain:
+        raise ConfigError("model", f"{path}: its defaults list loops ({' -> '.join(chain + (name,))})")
+    own = yaml.safe_load(path.read_text())
+    if not isinstance(own, dict):
         raise ConfigError("model", f"{path} does not hold a mapping")
-    data.setdefault("name", name)
-    return data
+    defaults = own.pop("defaults", None) or ["_self_"]
+    if "_self_" not in defaults:  # Hydra's rule: without _self_, the file's own keys come last
+        defaults = [*defaults, "_self_"]
+    merged: dict[str, Any] = {}
+    for entry in defaults:
+        if not isinstance(entry, str) or "/" in entry or "@" in entry:
+            raise ConfigError("model", f"{path}: a preset's defaults list names other presets of "
+                              f"conf/model/ (and _self_), got {entry!r}")
+        merged.update(own if entry == "_self_" else _compose_preset(entry, chain + (name,)))
+    return merged
 
 
 def spec_from_config(model_cfg: Mapping[str, Any] | str, **overrides: Any) -> ModelSpec:
@@ -262,6 +287,7 @@ def spec_from_config(model_cfg: Mapping[str, Any] | str, **overrides: Any) -> Mo
         raise ConfigError(
             "model", f"expected a mapping or a preset name, got {type(model_cfg).__name__}"
         )
+    data.pop(TARGET_KEY, None)  # how Hydra finds the family's builder; not a field of the spec
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise ConfigError(
@@ -271,7 +297,7 @@ def spec_from_config(model_cfg: Mapping[str, Any] | str, **overrides: Any) -> Mo
     for k, v in overrides.items():
         if k not in _FIELDS or k == "name":
             raise ConfigError(
-                k, f"unknown model override; known: {', '.join(KNOBS)} (or any model.* field)"
+                k, f"unknown model override; known: {', '.join(GRID_KNOBS)} (or any model.* field)"
             )
         if v is None:
             continue

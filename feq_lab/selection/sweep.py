@@ -14,7 +14,6 @@ needs a small, stable output to decide whether `select` must rerun.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import shutil
@@ -23,8 +22,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from feq_lab.errors import FeqLabError, SelectionError
-from feq_lab.paths import atomic_write_text
+import hydra
+from omegaconf import DictConfig
+
+from feq_lab.errors import ConfigError, FeqLabError, SelectionError
+from feq_lab.paths import CONF_DIR, atomic_write_text
 
 PARENT_ID_FILE = "mlflow_parent_run_id"
 
@@ -49,35 +51,34 @@ def run_grid(overrides: Sequence[str], sweep_dir: Path) -> str:
 def run_sweeps(grids: Sequence[str], common: str, out: Path,
                work_dir: Path = Path("multirun/dvc-sweep")) -> dict:
     """Run every non-empty grid, then write {"parent_run_ids": [...], "sweeps": [...]}."""
+    if isinstance(grids, str) or any(not isinstance(g, str) for g in grids):
+        raise ConfigError("grids", f"must be a list of override strings, got {grids!r}")
+    if not isinstance(common, str):
+        raise ConfigError("common", f"must be one string of overrides, got {common!r}")
+    todo = [g for g in grids if g.strip()]
+    if not todo:  # checked before anything runs
+        raise ConfigError("grids", "no grid given: at least one non-empty string of overrides")
     sweeps = []
-    for i, grid in enumerate(g for g in grids if g.strip()):
+    for i, grid in enumerate(todo):
         overrides = shlex.split(grid) + shlex.split(common)
         pid = run_grid(overrides, work_dir / str(i))
         sweeps.append({"overrides": overrides, "parent_run_id": pid})
-    if not sweeps:
-        raise SelectionError("no grid given: pass at least one non-empty --grid")
     summary = {"parent_run_ids": [s["parent_run_id"] for s in sweeps], "sweeps": sweeps}
     atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m feq_lab.selection.sweep", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("reports/sweep.json"))
-    ap.add_argument("--grid", action="append", default=[],
-                    help="Hydra sweep overrides of one multirun (repeatable)")
-    ap.add_argument("--common", default="", help="overrides added to every grid")
-    ap.add_argument("--work-dir", type=Path, default=Path("multirun/dvc-sweep"))
-    args = ap.parse_args(argv)
+@hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base="1.3")
+def main(cfg: DictConfig) -> None:
     try:
-        summary = run_sweeps(args.grid, args.common, args.out, args.work_dir)
-    except FeqLabError as err:
+        grids = list(cfg.grids) if not isinstance(cfg.grids, str) else cfg.grids
+        out = Path(str(cfg.out))
+        summary = run_sweeps(grids, cfg.common, out, Path(str(cfg.work_dir)))
+    except FeqLabError as err:  # one line on stderr, exit code 2, no traceback
         print(f"feq_lab.selection.sweep: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: parent runs {', '.join(summary['parent_run_ids'])}")
-    return 0
+        raise SystemExit(2) from None
+    print(f"wrote {out}: parent runs {', '.join(summary['parent_run_ids'])}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

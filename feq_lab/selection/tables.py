@@ -11,14 +11,13 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any
 
-import yaml
-
-from feq_lab.paths import CONF_DIR
+from feq_lab.errors import ConfigError
+from feq_lab.models.spec import GRID_KNOBS, load_preset
 from feq_lab.tracking import keys
 from feq_lab.tracking.records import RunRecord
 
 PRESET_ORDER = ("eqt", "leq", "feq1", "feq2", "feq3")
-GRID_PARAMS = ("rnn", "picker_rnn", "cnn_blocks", "rnn_blocks")
+GRID_PARAMS = GRID_KNOBS  # declared once, in conf/knobs.yaml
 BASELINE_MODELS = ("stalta",)
 BASELINE_NAMES = {"stalta": "STA/LTA (obspy)"}
 OUTPUTS = ("detection", "p", "s")
@@ -51,11 +50,12 @@ def is_baseline(run: RunRecord) -> bool:
 
 @cache
 def preset_knobs(model: str) -> dict[str, str]:
-    """The grid knobs' own values in `conf/model/<model>.yaml` (empty when no such preset)."""
-    path = CONF_DIR / "model" / f"{model}.yaml"
-    if not path.exists():
+    """The grid knobs' own values in the preset `conf/model/<model>.yaml` as composed (FEQ1-3
+    inherit LEQ's); empty when there is no such learned preset (e.g. the baseline)."""
+    try:
+        spec = load_preset(model)
+    except ConfigError:
         return {}
-    spec = yaml.safe_load(path.read_text()) or {}
     return {k: str(spec[k]) for k in GRID_PARAMS if spec.get(k) is not None}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from feq_lab.errors import ConfigError, DataError
@@ -102,7 +103,8 @@ def test_mc_dropout_varies_and_restores_eval_mode():
 
 
 def test_build_from_composed_config_mapping_and_none_overrides():
-    cfg = OmegaConf.create({"model": OmegaConf.load(CONF_DIR / "model" / "feq3.yaml")})
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model=feq3"])  # FEQ3 = LEQ + its defaults-list delta
     model = build_model(cfg.model, rnn=None, picker_rnn=None, cnn_blocks=None, rnn_blocks=None)
     assert model.spec == build_model("feq3").spec
     model = build_model(cfg.model, rnn="gru", cnn_blocks=3)
