@@ -68,6 +68,7 @@ COMPONENTS = ("E", "N", "Z")
 # Channel-code orientation letter -> E/N/Z row. 1/2 are taken as N/E (the usual convention).
 _ORIENTATION = {"E": 0, "N": 1, "Z": 2, "2": 0, "1": 1, "3": 2}
 _FILL_CONTEXT = 100  # past samples whose mean fills a gap (causal)
+_TRIM_STEP = 4096  # buffers forget old samples this many at a time (amortised copies)
 
 # A predictor maps (B, 3, 6000) float32 normalised windows to (det, p, s), each (B, 6000);
 # Monte-Carlo predictors return six arrays: the three means, then the three spreads (std).
@@ -280,12 +281,17 @@ class _Station:
     def __init__(self, name: str, origin: float, cfg: EngineConfig, n_spread: int):
         self.name = name
         self.origin = origin
-        self.raw = SampleSeries(3, np.float32, 0.0)
-        self.present = SampleSeries(3, bool, False)
-        self.filled = SampleSeries(1, bool, False)
-        self.prob = SampleSeries(3, np.float32, 0.0)  # max or running sum
-        self.count = SampleSeries(1, np.float32, 0.0)  # windows per sample (mean mode)
-        self.spread = SampleSeries(3, np.float32, 0.0) if n_spread else None
+        # Why sized from the config: a network keeps thousands of stations; what must stay is
+        # a window plus the display's history (growing, doubling, only for a long trigger)
+        need = WINDOW + int(cfg.stride) + int(cfg.history_s * SAMPLING_RATE) + _TRIM_STEP
+        cap = 1 << (need - 1).bit_length()
+        self.raw = SampleSeries(3, np.float32, 0.0, cap)
+        self.present = SampleSeries(3, bool, False, cap)
+        self.filled = SampleSeries(1, bool, False, cap)
+        self.prob = SampleSeries(3, np.float32, 0.0, cap)  # max or running sum
+        # windows per sample (mean mode only)
+        self.count = SampleSeries(1, np.float32, 0.0, cap) if cfg.combine == "mean" else None
+        self.spread = SampleSeries(3, np.float32, 0.0, cap) if n_spread else None
         self.hwm = 0  # one past the newest sample received
         self.channel_hwm = [0, 0, 0]  # the same per component
         self.committed = 0  # raw samples below this are final (received or filled)
@@ -302,6 +308,9 @@ class _Station:
         self.silent = False  # reported as silent, not heard from since
         self.ended = False
         self.blinded_tail: tuple[int, list[np.ndarray]] | None = None  # last window's right edge
+
+    def probability_series(self) -> list[SampleSeries]:
+        return [x for x in (self.prob, self.count, self.spread) if x is not None]
 
     @property
     def newest_time(self) -> float:
@@ -751,13 +760,14 @@ class StreamEngine:
         return out
 
     def _accumulate(self, st: _Station, start: int, stop: int, outputs: list[np.ndarray]) -> None:
-        for series in (st.prob, st.count) + ((st.spread,) if st.spread is not None else ()):
+        for series in st.probability_series():
             series.ensure(stop)
-        prob, count = st.prob.view(start, stop), st.count.view(start, stop)
+        prob = st.prob.view(start, stop)
         combine = np.maximum if self.cfg.combine == "max" else np.add
         for row in range(3):
             combine(prob[row], outputs[row], out=prob[row])
-        count += 1.0
+        if st.count is not None:
+            st.count.view(start, stop)[:] += 1.0
         if st.spread is not None and len(outputs) == 6:
             spread = st.spread.view(start, stop)
             np.maximum(spread, np.stack(outputs[3:]), out=spread)
@@ -836,7 +846,7 @@ class StreamEngine:
         end = start + WINDOW
         if end <= st.scan:
             return
-        for series in (st.prob, st.count):
+        for series in st.probability_series():
             series.ensure(end)
         lo = max(st.scan - self.decoding.context, st.prob.base, 0)
         part = st.prob.view(st.final, end)
@@ -948,9 +958,9 @@ class StreamEngine:
         if keep <= 0:
             return
         for series in (st.raw, st.present, st.filled):
-            series.trim(keep)
-        for series in (st.prob, st.count) + ((st.spread,) if st.spread is not None else ()):
-            series.trim(keep)
+            series.trim(keep, _TRIM_STEP)
+        for series in st.probability_series():
+            series.trim(keep, _TRIM_STEP)
 
     # ------------------------------------------------------------------ views
     def history_view(self, station: str, seconds: float | None = None) -> dict[str, Any]:
