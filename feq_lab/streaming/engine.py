@@ -273,6 +273,8 @@ class _Open:
     off: int
     p: int | None
     s: int | None
+    p_prob: float | None = None
+    s_prob: float | None = None
 
 
 class _Station:
@@ -842,7 +844,8 @@ class StreamEngine:
         """Decode the undecided region on provisional probabilities: the final ones, then the
         regular windows' partial stack combined with the right-edge window's outputs. Every
         trigger with a P or S pick is a provisional event: new -> `pick`; a pick of a known
-        one moved by more than `update_s` (or a phase appeared or vanished) -> `update`."""
+        one moved by more than `update_s`, or a phase appeared -> `update`. A phase that a
+        later window no longer shows keeps its last pick (no update: the final decides)."""
         end = start + WINDOW
         if end <= st.scan:
             return
@@ -876,7 +879,8 @@ class StreamEngine:
                 default=None,
             )
             if ev is None or min(ev.off, det.off) - max(ev.on, det.on) <= 0:
-                ev = _Open(st.new_id(), det.on, det.off, det.p_sample, det.s_sample)
+                ev = _Open(st.new_id(), det.on, det.off, det.p_sample, det.s_sample,
+                           det.p_prob, det.s_prob)  # fmt: skip
                 st.open.append(ev)
                 matched.add(ev.event_id)
                 emitted.append(self._event(st, det, "pick", ev.event_id, end))
@@ -884,7 +888,11 @@ class StreamEngine:
             matched.add(ev.event_id)
             ev.on, ev.off = det.on, det.off
             if _moved(ev.p, det.p_sample, tolerance) or _moved(ev.s, det.s_sample, tolerance):
-                ev.p, ev.s = det.p_sample, det.s_sample
+                if det.p_sample is not None:
+                    ev.p, ev.p_prob = det.p_sample, det.p_prob
+                if det.s_sample is not None:
+                    ev.s, ev.s_prob = det.s_sample, det.s_prob
+                det = Detection(det.on, det.off, det.det_prob, ev.p, ev.p_prob, ev.s, ev.s_prob)
                 emitted.append(self._event(st, det, "update", ev.event_id, end))
 
     def _event(self, st: _Station, det: Detection, kind: str, event_id: str, hi: int) -> Event:
@@ -996,10 +1004,10 @@ def finals(objects: Iterable[Event]) -> list[Event]:
 
 
 def _moved(old: int | None, new: int | None, tolerance: float) -> bool:
-    """A pick appeared, vanished, or moved by more than `tolerance` samples."""
-    if old is None or new is None:
-        return (old is None) != (new is None)
-    return abs(new - old) > tolerance
+    """A pick appeared or moved by more than `tolerance` samples (one that vanished did not)."""
+    if new is None:
+        return False
+    return old is None or abs(new - old) > tolerance
 
 
 def run_blocks(engine: StreamEngine, blocks: Iterable[Block]) -> list[Event]:
