@@ -192,3 +192,29 @@ def test_single_station_gap_is_no_clock_skew(caplog):
     with caplog.at_level(logging.WARNING, logger="feq_lab.streaming"):
         run_blocks(StreamEngine(standin_predict, "m"), blocks)
     assert "clock skew" not in caplog.text and "gap of 30.00 s" in caplog.text
+
+
+def test_a_subscriber_receives_exactly_the_engines_lifecycle_as_json_lines():
+    """The engine's own pick / update / final / retract objects, through the sink and the
+    ZeroMQ publisher on 127.0.0.1: the subscriber gets the JSON lines, byte for byte."""
+    import zmq
+    from test_outputs import WAIT_S, receive, subscriber
+
+    from feq_lab.streaming.publish import PublishConfig, Publisher
+
+    objects = run_blocks(StreamEngine(glitch_predict, "m"), blocks_of(glitch_record(), 1.0))
+    assert {o.kind for o in objects} == {"pick", "update", "final", "retract"}
+    out = io.StringIO()
+    ctx = zmq.Context()
+    with Publisher(PublishConfig(enabled=True, port=0)) as pub:
+        assert pub.endpoint.startswith("tcp://127.0.0.1:")
+        sub = subscriber(ctx, pub.endpoint)
+        assert pub.wait_for_subscriber(WAIT_S)
+        EventSink(None, stream=out, publisher=pub).emit(objects)
+        got = receive(sub)
+    sub.close()
+    ctx.term()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(objects)
+    assert [m[1].decode() for m in got] == lines
+    assert [m[0].decode() for m in got] == [o.kind for o in objects]
