@@ -16,8 +16,9 @@ torch: what a monitor needs) prints:
 - CPU time per station-second,
 - P latency p50/p95 over stations: emitted_at of the first object whose P lies within 0.5 s of
   the true P, minus the true P (stations never picked are counted apart),
-- peak RSS of the process (VmHWM) and the RSS before the engine started (data + runtime), and
-  their difference per station.
+- peak RSS of the process (VmHWM), the RSS before the engine started (data + runtime), their
+  difference per station (it includes onnxruntime's buffers for a batch of `--batch` windows),
+  and the engine's own per-station buffers (KB).
 Baseline: SeisBench's `annotate` (1 thread) of `seisbench.models.EQTransformer(lstm_blocks=2)`
 with random weights (the report's EQT, 372k parameters; SeisBench has no FEQ-sized model) on the
 same stations' data, as whole records (offline: its best case), in station-seconds per
@@ -45,9 +46,10 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z: every station's record starts here
 
 def rss_mb(key: str) -> float:
     """VmHWM (peak) or VmRSS (now) of this process in MB."""
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024.0
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
     return float("nan")
 
 
@@ -69,8 +71,12 @@ def child(args: argparse.Namespace) -> None:
     engine = StreamEngine(
         predict,
         "feq3",
-        {"early": bool(args.early), "batch_size": int(args.batch), "history_s": 0.0,
-         "early_every_s": float(args.early_every)},  # fmt: skip
+        {
+            "early": bool(args.early),
+            "batch_size": int(args.batch),
+            "history_s": 0.0,
+            "early_every_s": float(args.early_every),
+        },
     )
     # touch the data the stations will read, so that the baseline RSS includes it
     float(np.asarray(pool[: min(k_pool, args.n)]).sum())
@@ -97,6 +103,11 @@ def child(args: argparse.Namespace) -> None:
             p_true = T0 + truth["p_offset_s"][int(o.station[4:]) % k_pool]
             if abs(o.p_time - p_true) <= 0.5:
                 latency[o.station] = o.emitted_at - p_true
+    state = sum(
+        series.data.nbytes
+        for st in engine.stations.values()
+        for series in (st.raw, st.present, st.filled, *st.probability_series())
+    )
     for o in engine.flush():
         counts[o.kind] = counts.get(o.kind, 0) + 1
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -124,6 +135,7 @@ def child(args: argparse.Namespace) -> None:
         "peak_rss_mb": round(rss_mb("VmHWM"), 1),
     }
     out["engine_mb_per_station"] = round((out["peak_rss_mb"] - rss_before) / args.n, 3)
+    out["state_kb_per_station"] = round(state / 1024 / args.n, 1)  # the engine's buffers
     print(json.dumps(out), flush=True)
 
 
@@ -179,9 +191,14 @@ def seisbench_baseline(pool_path: Path, stations: int, seconds: int) -> dict:
             traces.append(
                 obspy.Trace(
                     pool[k % pool.shape[0], i, :n].copy(),
-                    header={"network": "XX", "station": f"S{k:04d}", "channel": f"HH{c}",
-                            "sampling_rate": 100.0, "starttime": obspy.UTCDateTime(T0)},
-                )  # fmt: skip
+                    header={
+                        "network": "XX",
+                        "station": f"S{k:04d}",
+                        "channel": f"HH{c}",
+                        "sampling_rate": 100.0,
+                        "starttime": obspy.UTCDateTime(T0),
+                    },
+                )
             )
     stream = obspy.Stream(traces)
     model.annotate(stream.select(station="S0000"))  # warm-up
@@ -211,7 +228,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a trained FEQ3 (else untrained)")
     parser.add_argument("--subset", default=str(ROOT / "data" / "subset"))
     parser.add_argument("--distinct", type=int, default=20, help="distinct scenario seeds")
-    parser.add_argument("--batch", type=int, default=256, help="windows per predictor call")
+    parser.add_argument("--batch", type=int, default=64, help="windows per predictor call")
     parser.add_argument("--early", choices=["both", "on", "off"], default="both")
     parser.add_argument("--seisbench-stations", type=int, default=4)
     parser.add_argument("--skip-seisbench", action="store_true")
@@ -250,7 +267,7 @@ def main() -> None:
                    str(work / "feq3.onnx"), "--child-n", str(n), "--child-early", str(early),
                    "--seconds", str(args.seconds), "--batch", str(args.batch),
                    "--start", str(args.start), "--early-every", str(args.early_every)]  # fmt: skip
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 sys.exit(proc.returncode)
@@ -266,13 +283,15 @@ def main() -> None:
                     print(f"# N={res['n']} early off: {res['throughput'] / base['throughput']:.1f}"
                           " x SeisBench annotate's throughput")  # fmt: skip
     print("\n| N | early | station-s per wall-s | x real time | CPU ms per station-s | P latency"
-          " p50 / p95 s (picked) | peak RSS MB (before engine) | engine MB per station |")
-    print("|---|---|---|---|---|---|---|---|")
+          " p50 / p95 s (picked) | peak RSS MB (before engine) | (peak - before) / N MB |"
+          " buffers KB per station |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['n']} | {'on' if r['early'] else 'off'} | {r['throughput']} |"
               f" {r['x_real_time']} | {r['cpu_ms_per_station_s']} | {r['p_latency_s_p50']} /"
               f" {r['p_latency_s_p95']} ({r['p_picked']}/{r['n']}) | {r['peak_rss_mb']}"
-              f" ({r['rss_before_mb']}) | {r['engine_mb_per_station']} |")  # fmt: skip
+              f" ({r['rss_before_mb']}) | {r['engine_mb_per_station']} |"
+              f" {r['state_kb_per_station']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -332,8 +332,8 @@ class _Station:
 
 @dataclass
 class _Job:
-    """One window to predict: `kind` regular | edge | tail, its first sample, and for a tail the
-    samples of its right end that are kept (`keep`, 0 = none)."""
+    """One window to predict: `kind` regular | edge (right-aligned on the newest sample, early
+    picking) | tail (right-aligned at the stream's end), and its first sample."""
 
     st: _Station
     kind: str

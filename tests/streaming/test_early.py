@@ -8,7 +8,15 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import EVENT_P_S, EVENT_S_S, T0, blocks_of, final_content, make_record, standin_predict
+from conftest import (
+    EVENT_P_S,
+    EVENT_S_S,
+    T0,
+    blocks_of,
+    final_content,
+    make_record,
+    standin_predict,
+)
 
 from feq_lab.streaming.engine import StreamEngine, finals, iso_utc, run_blocks
 from feq_lab.streaming.outputs import EventSink
