@@ -54,6 +54,7 @@ from feq_lab.evaluation.decode import (
     PROTOCOLS,
     DecodeSettings,
     Detection,
+    above_threshold,
     check_thresholds,
     decode_triggers,
     find_triggers,
@@ -858,7 +859,14 @@ class StreamEngine:
             recent = np.maximum(part, edge)
         else:
             recent = (part + edge) / (st.count.view(st.final, end) + 1.0)
-        probs = np.concatenate([self.probabilities(st, lo, st.final), recent], axis=1)
+        settled = self.probabilities(st, lo, st.final)
+        protocol = self.decoding.protocol
+        if not (
+            above_threshold(recent[0], self.th_det, protocol).any()
+            or above_threshold(settled[0, st.scan - lo :], self.th_det, protocol).any()
+        ):
+            return  # no trigger in the undecided region (the common case: a quiet station)
+        probs = np.concatenate([settled, recent], axis=1)
         first = st.scan - lo
         runs = [
             (on + first, off + first)
