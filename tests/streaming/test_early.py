@@ -226,3 +226,20 @@ def test_a_subscriber_receives_exactly_the_engines_lifecycle_as_json_lines():
     assert len(lines) == len(objects)
     assert [m[1].decode() for m in got] == lines
     assert [m[0].decode() for m in got] == [o.kind for o in objects]
+
+
+def test_the_contiguous_three_channel_fast_path_equals_the_per_channel_path():
+    """`_append` (E, N, Z at 100 Hz, appended) against the general per-channel path."""
+    from feq_lab.streaming.engine import Block
+
+    rec = glitch_record()
+    together = blocks_of(rec, 1.0)
+    apart = [
+        Block(b.station, b.starttime, b.sampling_rate, {k: v})
+        for b in together
+        for k, v in b.channels.items()
+    ]
+    fast = run_blocks(StreamEngine(glitch_predict, "m"), together)
+    slow = run_blocks(StreamEngine(glitch_predict, "m"), apart)
+    assert [o.to_dict() for o in fast] == [o.to_dict() for o in slow]
+    assert {o.kind for o in fast} == {"pick", "update", "final", "retract"}
