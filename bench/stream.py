@@ -62,7 +62,7 @@ import numpy as np
 from feq_lab.streaming.engine import Block, StreamEngine
 from feq_lab.streaming.predictors import onnx_predictor
 data = np.load(sys.argv[2])
-engine = StreamEngine(onnx_predictor(sys.argv[1], threads=1), "feq3")
+engine = StreamEngine(onnx_predictor(sys.argv[1], threads=1), "feq3", {"early": False})
 delays, events = [], 0
 for a in range(0, data.shape[1], 6000):
     seg = data[:, a:a + 6000]
@@ -94,7 +94,8 @@ def run_ours(predict, data: np.ndarray) -> tuple[float, dict]:
     """One pass of the hour through a fresh engine (the ONNX session is shared across rounds)."""
     from feq_lab.streaming.engine import Block, StreamEngine
 
-    engine = StreamEngine(predict, "feq3")
+    # regular windows only (as SeisBench's annotate): early picking is bench/network.py's
+    engine = StreamEngine(predict, "feq3", {"early": False})
     delays = []
     start, cpu_start = time.perf_counter(), time.process_time()
     n_events = 0

@@ -137,7 +137,14 @@ def _run(cfg: Mapping[str, Any], output_cfg: Any, publisher: Any) -> dict[str, A
             )
         )
         sink = EventSink(run_dir, config=output_cfg, publisher=publisher)
-        stats = run_monitor(blocks, engine, sink, display, float(plot.get("refresh_s", 1.0)))
+        stats = run_monitor(
+            blocks,
+            engine,
+            sink,
+            display,
+            float(plot.get("refresh_s", 1.0)),
+            keep_objects=scenario is not None,
+        )
         result = {
             "type": "summary",
             "model": label,
@@ -146,7 +153,7 @@ def _run(cfg: Mapping[str, Any], output_cfg: Any, publisher: Any) -> dict[str, A
             **stats.summary(),
         }
         if scenario is not None:
-            score = score_scenario(sink.events, scenario)
+            score = score_scenario(sink.events, scenario, objects=stats.objects)
             scores.append(score)
             result["scenario"] = score
         if display is not None:
@@ -162,10 +169,28 @@ def _run(cfg: Mapping[str, Any], output_cfg: Any, publisher: Any) -> dict[str, A
             "per_scenario": scores,
         }
         atomic_write_text(out_dir / "scenarios_summary.json", json.dumps(summary, indent=2) + "\n")
+        _log_latency(cfg, summary)
         print(json.dumps({k: v for k, v in summary.items() if k != "per_scenario"}), flush=True)
         return summary
     atomic_write_text(out_dir / "summary.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _log_latency(cfg: Mapping[str, Any], summary: dict[str, Any]) -> None:
+    """The scenarios' latency and counts as `stream/*` metrics on the registered model's run
+    (only a registry model has a run to log on)."""
+    from feq_lab.streaming.monitor import latency_metrics
+    from feq_lab.streaming.predictors import parse_model_uri
+    from feq_lab.tracking.mlflow import log_model_run_metrics
+
+    if cfg.get("model") or cfg.get("checkpoint"):
+        return
+    metrics = latency_metrics(summary)
+    name, alias = parse_model_uri(cfg.get("model_uri") or "models:/feq-picker@champion")
+    uri = (cfg.get("tracking") or {}).get("uri")
+    run_id = log_model_run_metrics(uri, name, alias, metrics)
+    if run_id:
+        log.info("logged %s on run %s", ", ".join(sorted(metrics)), run_id)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="stream", version_base="1.3")

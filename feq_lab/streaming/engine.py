@@ -12,6 +12,25 @@ Events are decoded by the evaluation's own decoder (`feq_lab.evaluation.decode`,
 finality and de-duplication, so the events of a stream equal `decode.decode_record` on the
 stacked probabilities of the whole record (tested on a 10-minute record).
 
+Early picking (issue #16, `engine.early`): besides the regular windows, every `early_every_s`
+seconds of new data a window right-aligned on the newest sample runs; its outputs, combined with
+the regular windows' partial stack, give provisional probabilities for the samples that are not
+final yet. The same decoder reads them: a trigger with a P or S peak becomes a provisional
+`pick` (with an event id), an `update` when a later window moves a pick by more than `update_s`,
+then the regular (final) decoding makes it `final` or `retract`s it. The provisional
+probabilities never enter the final stack, so the final events stay those of the offline
+windows whatever the records' sizes.
+
+Time: the engine's clock is the stream time of the newest trusted sample (no wall clock: a
+replay at simulated real time). Every emitted object carries it as `emitted_at`. With several
+stations the clock is the second-newest station's newest sample, so one station whose records
+come from the future (clock skew) cannot move it; such a record is flagged once per station.
+A station whose data stop is reported once per silence and never holds the others back: each
+station's windows, finality and events depend on its own samples only.
+
+Network: `feed_all` takes the records of many stations; the windows of every station that are
+due are predicted together in batches of `batch_size` (one predictor call per batch).
+
 Preprocessing is causal: per-window normalisation identical to training
 (`feq_lab.data.labels.normalize`), gap filling from past samples only, and a stateful causal
 anti-alias filter when a stream must be resampled to 100 Hz.
@@ -21,9 +40,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +54,7 @@ from feq_lab.evaluation.decode import (
     PROTOCOLS,
     DecodeSettings,
     Detection,
+    above_threshold,
     check_thresholds,
     decode_triggers,
     find_triggers,
@@ -48,6 +69,7 @@ COMPONENTS = ("E", "N", "Z")
 # Channel-code orientation letter -> E/N/Z row. 1/2 are taken as N/E (the usual convention).
 _ORIENTATION = {"E": 0, "N": 1, "Z": 2, "2": 0, "1": 1, "3": 2}
 _FILL_CONTEXT = 100  # past samples whose mean fills a gap (causal)
+_TRIM_STEP = 4096  # buffers forget old samples this many at a time (amortised copies)
 
 # A predictor maps (B, 3, 6000) float32 normalised windows to (det, p, s), each (B, 6000);
 # Monte-Carlo predictors return six arrays: the three means, then the three spreads (std).
@@ -91,11 +113,18 @@ class Event:
     model: str
     flags: tuple[str, ...] = ()
     spread: Mapping[str, float] | None = None  # Monte-Carlo std at the picks (MC mode only)
+    # the lifecycle (docs/outputs.md): pick | update (provisional) | final | retract
+    kind: str = "final"
+    event_id: str | None = None
+    emitted_at: float | None = None  # stream time (POSIX s) of the newest sample at emission
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-lines record: ISO-8601 UTC times, null for a missing pick."""
         out: dict[str, Any] = {
             "type": "event",
+            "kind": self.kind,
+            "event_id": self.event_id,
+            "emitted_at": iso_utc(self.emitted_at),
             "station": self.station,
             "detection_start": iso_utc(self.detection_start),
             "detection_end": iso_utc(self.detection_end),
@@ -137,6 +166,15 @@ class EngineConfig:
     association_margin_s: float = 0.5  # lab protocol only
     max_delay_s: float = 120.0
     history_s: float = 240.0
+    # early picking: a window right-aligned on the newest sample every `early_every_s` seconds
+    # of new data; provisional picks moved by more than `update_s` are re-emitted as updates
+    early: bool = True
+    early_every_s: float = 1.0
+    update_s: float = 0.1
+    # bad input: a station silent for `silence_s` (engine clock) is reported once; a record
+    # starting more than `future_tolerance_s` after the clock is flagged (clock skew)
+    silence_s: float = 30.0
+    future_tolerance_s: float = 10.0
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None, key: str = "engine") -> "EngineConfig":
@@ -169,9 +207,15 @@ class EngineConfig:
             raise ConfigError(f"{key}.combine", f"must be 'max' or 'mean', got {out.combine!r}")
         if int(out.batch_size) < 1:
             raise ConfigError(f"{key}.batch_size", f"must be >= 1, got {out.batch_size}")
-        for name in ("association_margin_s", "max_delay_s", "history_s"):
+        for name in ("association_margin_s", "max_delay_s", "history_s", "update_s",
+                     "future_tolerance_s"):
             if float(getattr(out, name)) < 0:
                 raise ConfigError(f"{key}.{name}", f"must be >= 0, got {getattr(out, name)}")
+        for name in ("early_every_s", "silence_s"):
+            if not float(getattr(out, name)) > 0:
+                raise ConfigError(f"{key}.{name}", f"must be > 0, got {getattr(out, name)}")
+        if not isinstance(out.early, bool):
+            raise ConfigError(f"{key}.early", f"must be true or false, got {out.early!r}")
         return out
 
 
@@ -221,36 +265,81 @@ class _Resampler:
         return first, values
 
 
+@dataclass
+class _Open:
+    """A provisional event: its id, its latest provisional trigger and picks (sample indices)."""
+
+    event_id: str
+    on: int
+    off: int
+    p: int | None
+    s: int | None
+    p_prob: float | None = None
+    s_prob: float | None = None
+
+
 class _Station:
     """Everything the engine keeps for one station."""
 
     def __init__(self, name: str, origin: float, cfg: EngineConfig, n_spread: int):
         self.name = name
         self.origin = origin
-        self.raw = SampleSeries(3, np.float32, 0.0)
-        self.present = SampleSeries(3, bool, False)
-        self.filled = SampleSeries(1, bool, False)
-        self.prob = SampleSeries(3, np.float32, 0.0)  # max or running sum
-        self.count = SampleSeries(1, np.float32, 0.0)  # windows per sample (mean mode)
-        self.spread = SampleSeries(3, np.float32, 0.0) if n_spread else None
+        # Why sized from the config: a network keeps thousands of stations; what must stay is
+        # a window plus the display's history (growing, doubling, only for a long trigger)
+        need = WINDOW + int(cfg.stride) + int(cfg.history_s * SAMPLING_RATE) + _TRIM_STEP
+        cap = 1 << (need - 1).bit_length()
+        self.raw = SampleSeries(3, np.float32, 0.0, cap)
+        self.present = SampleSeries(3, bool, False, cap)
+        self.filled = SampleSeries(1, bool, False, cap)
+        self.prob = SampleSeries(3, np.float32, 0.0, cap)  # max or running sum
+        # windows per sample (mean mode only)
+        self.count = SampleSeries(1, np.float32, 0.0, cap) if cfg.combine == "mean" else None
+        self.spread = SampleSeries(3, np.float32, 0.0, cap) if n_spread else None
         self.hwm = 0  # one past the newest sample received
         self.channel_hwm = [0, 0, 0]  # the same per component
         self.committed = 0  # raw samples below this are final (received or filled)
         self.next_window = 0  # start of the next regular window
         self.final = 0  # probabilities below this are final
         self.scan = 0  # start of the undecided region (a running trigger, else the unscanned)
+        self.edge_end = 0  # newest sample the last right-edge window ended at
         self.seen = [False, False, False]  # component ever received
         self.resamplers: dict[int, _Resampler] = {}
         self.logged: set[str] = set()
-        self.events: list[Event] = []
+        self.events: deque[Event] = deque(maxlen=200)  # the latest emitted objects (display)
+        self.open: list[_Open] = []  # provisional events, oldest first
+        self.next_id = 0
+        self.silent = False  # reported as silent, not heard from since
         self.ended = False
         self.blinded_tail: tuple[int, list[np.ndarray]] | None = None  # last window's right edge
+
+    def probability_series(self) -> list[SampleSeries]:
+        return [x for x in (self.prob, self.count, self.spread) if x is not None]
+
+    @property
+    def newest_time(self) -> float:
+        """Stream time of the newest sample received."""
+        return self.origin + (self.hwm - 1) / SAMPLING_RATE
+
+    def new_id(self) -> str:
+        self.next_id += 1
+        return f"{self.name}/{self.next_id}"
 
     def once(self, key: str, message: str, *args: Any) -> None:
         """Log a condition the first time it happens for this station."""
         if key not in self.logged:
             self.logged.add(key)
             log.warning(message, *args)
+
+
+@dataclass
+class _Job:
+    """One window to predict: `kind` regular | edge (right-aligned on the newest sample, early
+    picking) | tail (right-aligned at the stream's end), and its first sample."""
+
+    st: _Station
+    kind: str
+    start: int
+    last: bool  # the station's last job of this round: its events are decoded after it
 
 
 class StreamEngine:
@@ -279,11 +368,42 @@ class StreamEngine:
         )
         self.max_delay = int(round(self.cfg.max_delay_s * SAMPLING_RATE))
         self.history = int(round(self.cfg.history_s * SAMPLING_RATE))
-        self.windows_run = 0
+        self.early_every = max(int(round(self.cfg.early_every_s * SAMPLING_RATE)), 1)
+        self.windows_run = 0  # regular and tail windows
+        self.edge_windows_run = 0  # right-edge (early picking) windows
+        self.predict_calls = 0
+        self.clock: float | None = None  # stream time of the newest trusted sample
+        self._silence_checked: float | None = None
+        self._skewed: set[str] = set()  # stations whose newest record came from the future
 
     # ------------------------------------------------------------------ input
     def feed(self, block: Block) -> list[Event]:
-        """Add one block; return the events whose evidence became complete."""
+        """Add one block; return the objects emitted (events whose evidence became complete,
+        and with early picking the provisional picks, updates and retractions)."""
+        return self.feed_all([block])
+
+    def feed_all(self, blocks: Iterable[Block]) -> list[Event]:
+        """Add the records of any stations (e.g. one second of a network); every window that
+        is due on any of them is predicted in shared batches of `batch_size`."""
+        touched: dict[str, _Station] = {}
+        for block in blocks:
+            st = self._store_block(block)
+            touched[st.name] = st
+        self._check_silence()
+        return self._process(list(touched.values()), flush=False)
+
+    def flush(self, station: str | None = None) -> list[Event]:
+        """End of stream: fill what is missing, run the tail window, close open detections."""
+        names = [station] if station is not None else list(self.stations)
+        todo = [
+            self.stations[n] for n in names if n in self.stations and not self.stations[n].ended
+        ]
+        events = self._process(todo, flush=True)
+        for st in todo:
+            st.ended = True
+        return events
+
+    def _store_block(self, block: Block) -> _Station:
         if not block.channels:
             raise DataError("block has no channels", trace=block.station)
         if not (block.sampling_rate > 0 and math.isfinite(block.sampling_rate)):
@@ -296,23 +416,111 @@ class StreamEngine:
             log.info("station %s: stream starts at %s", block.station, iso_utc(block.starttime))
         if st.ended:
             raise DataError("block after the stream was flushed", trace=block.station)
-        for code, samples in block.channels.items():
-            self._write_channel(
-                st, code, float(block.starttime), float(block.sampling_rate), samples
-            )
-        return self._advance(st, flush=False)
+        future = self._from_the_future(st, float(block.starttime))
+        if not self._append(st, block):
+            for code, samples in block.channels.items():
+                self._write_channel(
+                    st, code, float(block.starttime), float(block.sampling_rate), samples
+                )
+        if st.silent:
+            st.silent = False
+            log.info("station %s: data again from %s", st.name, iso_utc(block.starttime))
+        if future:
+            self._skewed.add(st.name)
+            self._witnessed(st)
+        elif st.name in self._skewed:  # back within the tolerance of the clock
+            self._skewed.discard(st.name)
+        if st.name not in self._skewed and st.hwm > 0:
+            self.clock = max(self.clock or -math.inf, st.newest_time)
+        return st
 
-    def flush(self, station: str | None = None) -> list[Event]:
-        """End of stream: fill what is missing, run the tail window, close open detections."""
-        names = [station] if station is not None else list(self.stations)
-        events: list[Event] = []
-        for name in names:
-            st = self.stations.get(name)
-            if st is None or st.ended:
-                continue
-            events += self._advance(st, flush=True)
-            st.ended = True
-        return events
+    def _from_the_future(self, st: _Station, start: float) -> bool:
+        """A record starting more than `future_tolerance_s` after the clock, while other
+        stations define the clock (a single station's gap cannot be told from a skew)."""
+        if self.clock is None or len(self.stations) < 2:
+            return False
+        ahead = start - self.clock
+        if ahead <= self.cfg.future_tolerance_s:
+            return False
+        st.once(
+            "future",
+            "station %s: record at %s starts %.1f s after the network's newest sample (%s):"
+            " clock skew? flagged; not used as the engine's clock",
+            st.name,
+            iso_utc(start),
+            ahead,
+            iso_utc(self.clock),
+        )
+        return True
+
+    def _witnessed(self, st: _Station) -> None:
+        """Two flagged stations that agree (within the tolerance) are a real jump of time (the
+        whole network back after an outage), not one skewed clock: both are trusted again."""
+        for name in list(self._skewed):
+            other = self.stations[name]
+            if name != st.name and (
+                abs(other.newest_time - st.newest_time) <= self.cfg.future_tolerance_s
+            ):
+                self._skewed -= {name, st.name}
+                self.clock = max(self.clock or -math.inf, st.newest_time, other.newest_time)
+                log.info(
+                    "stations %s and %s agree on the time %s: trusted as the clock",
+                    st.name, name, iso_utc(st.newest_time),
+                )  # fmt: skip
+                return
+
+    def _check_silence(self) -> None:
+        """Report (once per silence) each station whose newest sample is `silence_s` behind the
+        clock. Checked at most once per second of stream time (cheap for 1,000 stations)."""
+        if self.clock is None or (
+            self._silence_checked is not None and self.clock - self._silence_checked < 1.0
+        ):
+            return
+        self._silence_checked = self.clock
+        limit = self.clock - self.cfg.silence_s
+        for st in self.stations.values():
+            if not st.silent and not st.ended and st.hwm > 0 and st.newest_time < limit:
+                st.silent = True
+                log.warning(
+                    "station %s: no data since %s (%.0f s behind the network); its events wait"
+                    " for its data, the other stations go on",
+                    st.name,
+                    iso_utc(st.newest_time),
+                    self.clock - st.newest_time,
+                )
+
+    def _append(self, st: _Station, block: Block) -> bool:
+        """The common case in one step: E, N and Z at 100 Hz, finite, equally long, starting
+        exactly where the station's data end. Why: a network feeds thousands of 1-s records a
+        second, and the per-channel path (resampling, NaN, overlap and disorder checks) costs
+        more than the model's share. Anything else returns False and takes that path."""
+        if len(block.channels) != 3 or abs(block.sampling_rate - SAMPLING_RATE) > 1e-6:
+            return False
+        rows = [_ORIENTATION.get(str(code)[-1:].upper()) for code in block.channels]
+        if None in rows or len(set(rows)) != 3:
+            return False
+        exact = (float(block.starttime) - st.origin) * SAMPLING_RATE
+        start = int(round(exact))
+        if abs(exact - start) > 0.1 or start != st.hwm or st.channel_hwm != [start] * 3:
+            return False
+        arrays = [np.asarray(x).ravel() for x in block.channels.values()]
+        n = len(arrays[0])
+        if n == 0 or any(len(x) != n or x.dtype.kind not in "fiu" for x in arrays):
+            return False
+        x = np.empty((3, n), np.float32)
+        for row, samples in zip(rows, arrays):
+            x[row] = samples
+        if not np.isfinite(x).all():
+            return False
+        stop = start + n
+        for series in (st.raw, st.present, st.filled):
+            series.ensure(stop)
+        st.raw.view(start, stop)[:] = x
+        st.present.view(start, stop)[:] = True
+        st.seen = [True, True, True]
+        st.hwm = stop
+        st.channel_hwm = [stop, stop, stop]
+        return True
 
     def _write_channel(self, st: _Station, code: str, t0: float, rate: float, samples: Any) -> None:
         row = _ORIENTATION.get(str(code)[-1:].upper())
@@ -411,15 +619,28 @@ class StreamEngine:
         st.channel_hwm[row] = max(st.channel_hwm[row], stop)
 
     # -------------------------------------------------------------- processing
-    def _advance(self, st: _Station, flush: bool) -> list[Event]:
-        self._commit(st, flush)
-        self._run_windows(st)
-        if flush:
-            self._run_tail(st)
-        before = len(st.events)
-        self._scan(st, flush)
-        self._trim(st)
-        return st.events[before:]
+    def _process(self, stations: Sequence[_Station], flush: bool) -> list[Event]:
+        """Commit, plan every due window of `stations`, predict them in shared batches, and
+        decode each station right after its last window (so only one batch is held)."""
+        out: list[Event] = []
+        jobs: list[_Job] = []
+        for st in stations:
+            self._commit(st, flush)
+            planned = self._plan(st, flush)
+            if planned:
+                planned[-1].last = True
+                jobs += planned
+            else:
+                out += self._decide(st, flush, None)
+        size = int(self.cfg.batch_size)
+        for i in range(0, len(jobs), size):
+            chunk = jobs[i : i + size]
+            outputs = self._predict(np.stack([self._window(j.st, j.start) for j in chunk]))
+            for k, job in enumerate(chunk):
+                edge = self._apply(job, [o[k] for o in outputs])
+                if job.last:
+                    out += self._decide(job.st, flush, edge)
+        return out
 
     def _commit(self, st: _Station, flush: bool) -> None:
         """Move the committed mark over received samples; fill a gap once data `max_delay_s`
@@ -480,37 +701,77 @@ class StreamEngine:
                 iso_utc(st.origin + start / SAMPLING_RATE),
             )
 
-    def _run_windows(self, st: _Station) -> None:
-        starts = []
+    def _plan(self, st: _Station, flush: bool) -> list[_Job]:
+        """The windows due on `st`: regular ones (multiples of `stride` fully committed), then
+        at the stream's end a tail window right-aligned on the newest sample, else (early
+        picking) a right-edge window when `early_every_s` of new data arrived."""
+        jobs = []
         a = st.next_window
         while a + WINDOW <= st.committed:
-            starts.append(a)
+            jobs.append(_Job(st, "regular", a, False))
             a += self.cfg.stride
-        for i in range(0, len(starts), self.cfg.batch_size):
-            chunk = starts[i : i + self.cfg.batch_size]
-            x = np.stack([st.raw.view(s, s + WINDOW) for s in chunk])
-            outputs = self._predict(x)
-            b = int(self.cfg.blinding)
-            for j, s in enumerate(chunk):
-                # blinding: a window's edge samples, where the model sees its zero-padded border,
-                # are left to the neighbouring windows (except at the start of the stream)
-                left = 0 if s == 0 else b
-                self._accumulate(
-                    st, s + left, s + WINDOW - b, [o[j][left : WINDOW - b] for o in outputs]
-                )
-            if b:  # the newest window's blinded edge, in case the stream ends with that window
-                tail = [o[-1][WINDOW - b :].copy() for o in outputs]
-                st.blinded_tail = (chunk[-1] + WINDOW - b, tail)
-            st.next_window = chunk[-1] + self.cfg.stride
-            st.final = st.next_window
-
-    def _run_tail(self, st: _Station) -> None:
-        """One window right-aligned to the newest sample, stacked onto the samples not yet final."""
+        final_after = a if jobs else st.final
         end = st.committed
-        if end <= st.final:
-            return
+        if end <= final_after:
+            return jobs
         start = end - WINDOW
-        if st.next_window > 0 and start == st.next_window - self.cfg.stride:
+        if flush:
+            # when the last regular window already ends at the newest sample, its outputs are
+            # all there is (`_decide` makes them final): no tail window
+            if not (a > 0 and start == a - self.cfg.stride):
+                jobs.append(_Job(st, "tail", start, False))
+        elif self.cfg.early and start >= 0 and end - st.edge_end >= self.early_every:
+            # (not before a full window of data: a padded window's border is no onset)
+            st.edge_end = end
+            jobs.append(_Job(st, "edge", start, False))
+        return jobs
+
+    def _window(self, st: _Station, start: int) -> np.ndarray:
+        """(3, 6000) raw samples [start, start + 6000); a stream shorter than a window is
+        padded on the left with each channel's mean."""
+        end = start + WINDOW
+        if start >= 0:
+            return st.raw.view(start, end)
+        have = st.raw.view(max(st.raw.base, 0), end)
+        pad = np.repeat(have.mean(axis=1, keepdims=True), WINDOW - have.shape[1], axis=1)
+        return np.concatenate([pad.astype(np.float32), have], axis=1)
+
+    def _apply(
+        self, job: _Job, outputs: list[np.ndarray]
+    ) -> tuple[int, list[np.ndarray]] | None:
+        """Stack a window's outputs (regular, tail) or hand them on (edge: provisional)."""
+        st, s = job.st, job.start
+        if job.kind == "edge":
+            self.edge_windows_run += 1
+            return s, outputs
+        self.windows_run += 1
+        if job.kind == "tail":
+            end = s + WINDOW
+            keep = end - st.final
+            self._accumulate(st, st.final, end, [o[WINDOW - keep :] for o in outputs])
+            log.info(
+                "station %s: end of stream; tail window processed (%.2f s of newest samples)",
+                st.name,
+                keep / SAMPLING_RATE,
+            )
+            st.final = end
+            return None
+        b = int(self.cfg.blinding)
+        # blinding: a window's edge samples, where the model sees its zero-padded border, are
+        # left to the neighbouring windows (except at the start of the stream)
+        left = 0 if s == 0 else b
+        self._accumulate(st, s + left, s + WINDOW - b, [o[left : WINDOW - b] for o in outputs])
+        if b:  # the newest window's blinded edge, in case the stream ends with that window
+            st.blinded_tail = (s + WINDOW - b, [o[WINDOW - b :].copy() for o in outputs])
+        st.next_window = s + self.cfg.stride
+        st.final = st.next_window
+        return None
+
+    def _decide(
+        self, st: _Station, flush: bool, edge: tuple[int, list[np.ndarray]] | None
+    ) -> list[Event]:
+        """Final events (and retractions) from the final samples, then provisional picks."""
+        if flush and st.final < st.committed:
             log.info(
                 "station %s: end of stream; the last window already ends at the newest sample",
                 st.name,
@@ -518,40 +779,32 @@ class StreamEngine:
             if st.blinded_tail is not None:  # only kept when blinding
                 at, outputs = st.blinded_tail
                 self._accumulate(st, at, at + outputs[0].shape[-1], outputs)
-            st.final = end  # that window's outputs are all there is: they become final
-            return
-        if start >= 0:
-            x = st.raw.view(start, end)
-        else:  # stream shorter than a window: pad on the left with each channel's mean
-            have = st.raw.view(max(st.raw.base, 0), end)
-            pad = np.repeat(have.mean(axis=1, keepdims=True), WINDOW - have.shape[1], axis=1)
-            x = np.concatenate([pad.astype(np.float32), have], axis=1)
-        outputs = self._predict(x[None])
-        keep = end - st.final
-        self._accumulate(st, st.final, end, [o[0][WINDOW - keep :] for o in outputs])
-        log.info(
-            "station %s: end of stream; tail window processed (%.2f s of newest samples)",
-            st.name,
-            keep / SAMPLING_RATE,
-        )
-        st.final = end
+            st.final = st.committed
+        emitted: list[Event] = []
+        self._scan(st, flush, emitted)
+        if edge is not None:
+            self._provisional(st, edge[0], edge[1], emitted)
+        self._trim(st)
+        st.events.extend(emitted)
+        return emitted
 
     def _predict(self, x: np.ndarray) -> list[np.ndarray]:
         out = self.predict(normalize(x))
         out = [np.asarray(o, dtype=np.float32).reshape(x.shape[0], -1) for o in out]
         if len(out) not in (3, 6):
             raise DataError(f"predictor returned {len(out)} arrays, expected 3 (or 6 in MC mode)")
-        self.windows_run += x.shape[0]
+        self.predict_calls += 1
         return out
 
     def _accumulate(self, st: _Station, start: int, stop: int, outputs: list[np.ndarray]) -> None:
-        for series in (st.prob, st.count) + ((st.spread,) if st.spread is not None else ()):
+        for series in st.probability_series():
             series.ensure(stop)
-        prob, count = st.prob.view(start, stop), st.count.view(start, stop)
+        prob = st.prob.view(start, stop)
         combine = np.maximum if self.cfg.combine == "max" else np.add
         for row in range(3):
             combine(prob[row], outputs[row], out=prob[row])
-        count += 1.0
+        if st.count is not None:
+            st.count.view(start, stop)[:] += 1.0
         if st.spread is not None and len(outputs) == 6:
             spread = st.spread.view(start, stop)
             np.maximum(spread, np.stack(outputs[3:]), out=spread)
@@ -564,7 +817,7 @@ class StreamEngine:
         return prob
 
     # ------------------------------------------------------------------ events
-    def _scan(self, st: _Station, flush: bool) -> None:
+    def _scan(self, st: _Station, flush: bool, emitted: list[Event]) -> None:
         """Decode the triggers whose evidence is final with the evaluation's own decoder.
 
         `st.scan` is the start of the undecided region: the start of a trigger still running
@@ -572,32 +825,37 @@ class StreamEngine:
         found on the final samples from there; each one that has ended (plus the protocol's
         look-ahead, or the stream's end) is decoded by `decode.decode_triggers` on the final
         probabilities from `context` samples before the region, exactly as
-        `decode.decode_record` decodes the whole record offline.
+        `decode.decode_record` decodes the whole record offline. Provisional events the final
+        decoding does not contain are then retracted.
         """
-        if st.final <= st.scan:
-            return
-        lo = max(st.scan - self.decoding.context, st.prob.base, 0)
-        probs = self.probabilities(st, lo, st.final)
-        n = probs.shape[1]
-        start = st.scan - lo
-        runs = [
-            (on + start, off + start)
-            for on, off in find_triggers(probs[0, start:], self.th_det, self.decoding.protocol)
-        ]
-        ready = []
-        for on, off in runs:
-            if not flush and (off >= n or off + self.decoding.lookahead > n):
-                st.scan = lo + on  # this trigger (and any later one) waits for more samples
-                break
-            ready.append((on, off))
-        else:
-            st.scan = st.final
-        for det in decode_triggers(probs[0], probs[1], probs[2], ready, self.thresholds,
-                                   self.decoding):
-            self._emit(st, det.shifted(lo))
+        if st.final > st.scan:
+            lo = max(st.scan - self.decoding.context, st.prob.base, 0)
+            probs = self.probabilities(st, lo, st.final)
+            n = probs.shape[1]
+            start = st.scan - lo
+            runs = [
+                (on + start, off + start)
+                for on, off in find_triggers(probs[0, start:], self.th_det, self.decoding.protocol)
+            ]
+            ready = []
+            for on, off in runs:
+                if not flush and (off >= n or off + self.decoding.lookahead > n):
+                    st.scan = lo + on  # this trigger (and any later one) waits for more samples
+                    break
+                ready.append((on, off))
+            else:
+                st.scan = st.final
+            for det in decode_triggers(
+                probs[0], probs[1], probs[2], ready, self.thresholds, self.decoding
+            ):
+                self._final(st, det.shifted(lo), emitted)
+        for ev in [e for e in st.open if e.off <= st.scan]:  # decided, and not final
+            st.open.remove(ev)
+            emitted.append(self._retraction(st, ev))
 
-    def _emit(self, st: _Station, det: Detection) -> None:
-        """One decoded detection -> an Event (engine flags, MC spread, require_pick)."""
+    def _final(self, st: _Station, det: Detection, emitted: list[Event]) -> None:
+        """A decoded final detection: `final`, under the id of the provisional event it
+        overlaps most (the oldest on a tie), else under a new id."""
         if self.cfg.require_pick and det.p_sample is None and det.s_sample is None:
             log.info(
                 "station %s: detection at %s without a P or S pick; dropped (require_pick)",
@@ -605,17 +863,93 @@ class StreamEngine:
                 iso_utc(st.origin + det.on / SAMPLING_RATE),
             )
             return
+        best, overlap = None, 0
+        for ev in st.open:
+            o = min(ev.off, det.off) - max(ev.on, det.on)
+            if o > overlap:
+                best, overlap = ev, o
+        if best is not None:
+            st.open.remove(best)
+        event_id = best.event_id if best is not None else st.new_id()
+        emitted.append(self._event(st, det, "final", event_id, st.final))
+
+    def _provisional(
+        self, st: _Station, start: int, outputs: list[np.ndarray], emitted: list[Event]
+    ) -> None:
+        """Decode the undecided region on provisional probabilities: the final ones, then the
+        regular windows' partial stack combined with the right-edge window's outputs. Every
+        trigger with a P or S pick is a provisional event: new -> `pick`; a pick of a known
+        one moved by more than `update_s`, or a phase appeared -> `update`. A phase that a
+        later window no longer shows keeps its last pick (no update: the final decides)."""
+        end = start + WINDOW
+        if end <= st.scan:
+            return
+        for series in st.probability_series():
+            series.ensure(end)
+        lo = max(st.scan - self.decoding.context, st.prob.base, 0)
+        part = st.prob.view(st.final, end)
+        edge = np.stack(outputs[:3])[:, st.final - start :]
+        if self.cfg.combine == "max":
+            recent = np.maximum(part, edge)
+        else:
+            recent = (part + edge) / (st.count.view(st.final, end) + 1.0)
+        settled = self.probabilities(st, lo, st.final)
+        protocol = self.decoding.protocol
+        if not (
+            above_threshold(recent[0], self.th_det, protocol).any()
+            or above_threshold(settled[0, st.scan - lo :], self.th_det, protocol).any()
+        ):
+            return  # no trigger in the undecided region (the common case: a quiet station)
+        probs = np.concatenate([settled, recent], axis=1)
+        first = st.scan - lo
+        runs = [
+            (on + first, off + first)
+            for on, off in find_triggers(probs[0, first:], self.th_det, self.decoding.protocol)
+        ]
+        if not runs:
+            return
+        matched: set[str] = set()
+        tolerance = self.cfg.update_s * SAMPLING_RATE
+        for det in decode_triggers(probs[0], probs[1], probs[2], runs, self.thresholds,
+                                   self.decoding):  # fmt: skip
+            if det.p_sample is None and det.s_sample is None:
+                continue  # a pick needs a P or S peak
+            det = det.shifted(lo)
+            ev = max(
+                (e for e in st.open if e.event_id not in matched),
+                key=lambda e: min(e.off, det.off) - max(e.on, det.on),
+                default=None,
+            )
+            if ev is None or min(ev.off, det.off) - max(ev.on, det.on) <= 0:
+                ev = _Open(st.new_id(), det.on, det.off, det.p_sample, det.s_sample,
+                           det.p_prob, det.s_prob)  # fmt: skip
+                st.open.append(ev)
+                matched.add(ev.event_id)
+                emitted.append(self._event(st, det, "pick", ev.event_id, end))
+                continue
+            matched.add(ev.event_id)
+            ev.on, ev.off = det.on, det.off
+            if _moved(ev.p, det.p_sample, tolerance) or _moved(ev.s, det.s_sample, tolerance):
+                if det.p_sample is not None:
+                    ev.p, ev.p_prob = det.p_sample, det.p_prob
+                if det.s_sample is not None:
+                    ev.s, ev.s_prob = det.s_sample, det.s_prob
+                det = Detection(det.on, det.off, det.det_prob, ev.p, ev.p_prob, ev.s, ev.s_prob)
+                emitted.append(self._event(st, det, "update", ev.event_id, end))
+
+    def _event(self, st: _Station, det: Detection, kind: str, event_id: str, hi: int) -> Event:
+        """One decoded detection -> an emitted object (engine flags, MC spread for finals)."""
         lo = max(det.on - self.decoding.context, st.prob.base, 0)
-        hi = min(det.off + self.decoding.lookahead, st.final)
+        hi = min(det.off + self.decoding.lookahead, hi)
         flags = []
-        if st.filled.view(lo, hi).any():
+        if st.filled.view(lo, max(lo, min(hi, st.filled.end))).any():
             flags.append("gap_filled")
         if not all(st.seen):
             flags.append("missing_component")
         if st.resamplers:
             flags.append("resampled")
         spread = None
-        if st.spread is not None:
+        if st.spread is not None and kind == "final":
             sp = st.spread.view(det.on, det.off)
             spread = {"det": float(sp[0].max())}
             for row, phase, at in ((1, "p", det.p_sample), (2, "s", det.s_sample)):
@@ -625,20 +959,43 @@ class StreamEngine:
         def t(i: int | None) -> float | None:
             return None if i is None else st.origin + i / SAMPLING_RATE
 
-        st.events.append(
-            Event(
-                station=st.name,
-                detection_start=t(det.on),
-                detection_end=t(det.off),
-                det_prob=det.det_prob,
-                p_time=t(det.p_sample),
-                p_prob=det.p_prob,
-                s_time=t(det.s_sample),
-                s_prob=det.s_prob,
-                model=self.model_name,
-                flags=tuple(flags),
-                spread=spread,
-            )
+        return Event(
+            station=st.name,
+            detection_start=t(det.on),
+            detection_end=t(det.off),
+            det_prob=det.det_prob,
+            p_time=t(det.p_sample),
+            p_prob=det.p_prob,
+            s_time=t(det.s_sample),
+            s_prob=det.s_prob,
+            model=self.model_name,
+            flags=tuple(flags),
+            spread=spread,
+            kind=kind,
+            event_id=event_id,
+            emitted_at=self.clock,
+        )
+
+    def _retraction(self, st: _Station, ev: _Open) -> Event:
+        """`retract` of a provisional event the final decoding does not contain (its last
+        provisional picks, so a reader sees what is withdrawn)."""
+
+        def t(i: int | None) -> float | None:
+            return None if i is None else st.origin + i / SAMPLING_RATE
+
+        return Event(
+            station=st.name,
+            detection_start=t(ev.on),
+            detection_end=t(ev.off),
+            det_prob=0.0,
+            p_time=t(ev.p),
+            p_prob=None,
+            s_time=t(ev.s),
+            s_prob=None,
+            model=self.model_name,
+            kind="retract",
+            event_id=ev.event_id,
+            emitted_at=self.clock,
         )
 
     def _trim(self, st: _Station) -> None:
@@ -651,9 +1008,9 @@ class StreamEngine:
         if keep <= 0:
             return
         for series in (st.raw, st.present, st.filled):
-            series.trim(keep)
-        for series in (st.prob, st.count) + ((st.spread,) if st.spread is not None else ()):
-            series.trim(keep)
+            series.trim(keep, _TRIM_STEP)
+        for series in st.probability_series():
+            series.trim(keep, _TRIM_STEP)
 
     # ------------------------------------------------------------------ views
     def history_view(self, station: str, seconds: float | None = None) -> dict[str, Any]:
@@ -681,3 +1038,16 @@ class StreamEngine:
             "prob": self.probabilities(st, start, stop).copy(),
             "events": list(st.events),
         }
+
+
+def finals(objects: Iterable[Event]) -> list[Event]:
+    """The final events among emitted objects (what the offline windows give)."""
+    return [e for e in objects if e.kind == "final"]
+
+
+def _moved(old: int | None, new: int | None, tolerance: float) -> bool:
+    """A pick appeared or moved by more than `tolerance` samples (one that vanished did not)."""
+    if new is None:
+        return False
+    return old is None or abs(new - old) > tolerance
+

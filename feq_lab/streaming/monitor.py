@@ -1,4 +1,9 @@
-"""The monitor loop (source → engine → outputs, display) and the replay scenario's scoring."""
+"""The monitor loop (source → engine → outputs, display) and the replay scenario's scoring.
+
+Latency (issue #16) is scored on the stream's own clock: an emitted object's `emitted_at` is the
+stream time of the newest sample the engine had when it emitted it, so a replay at simulated
+real time measures onset-to-pick latency exactly, without sleeping.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ class MonitorStats:
     pick_delays_s: list[float] = field(
         default_factory=list
     )  # arrival -> events out (blocks with events)
+    kinds: dict[str, int] = field(default_factory=dict)  # emitted objects per lifecycle kind
+    objects: list[Event] | None = None  # every emitted object, in order (when asked to keep)
 
     def summary(self) -> dict[str, Any]:
         def ms(values: list[float], how: Any) -> float | None:
@@ -42,7 +49,15 @@ class MonitorStats:
             "block_delay_ms_p50": ms(self.block_delays_s, np.median),
             "block_delay_ms_max": ms(self.block_delays_s, np.max),
             "pick_delay_ms_max": ms(self.pick_delays_s, np.max),
+            "kinds": dict(self.kinds),
         }
+
+    def count(self, objects: Sequence[Event]) -> None:
+        for obj in objects:
+            kind = getattr(obj, "kind", "final")
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if self.objects is not None:
+            self.objects.extend(objects)
 
 
 def run_monitor(
@@ -51,9 +66,11 @@ def run_monitor(
     sink: EventSink,
     display: Any | None = None,
     refresh_s: float = 1.0,
+    keep_objects: bool = False,
 ) -> MonitorStats:
-    """Feed every block as it arrives; flush at the end (or on Ctrl-C) so the tail is processed."""
-    stats = MonitorStats()
+    """Feed every block as it arrives; flush at the end (or on Ctrl-C) so the tail is processed.
+    `keep_objects`: keep every emitted object in `stats.objects` (replay scoring)."""
+    stats = MonitorStats(objects=[] if keep_objects else None)
     started = time.perf_counter()
     last_draw: dict[str, float] = {}
     try:
@@ -63,6 +80,7 @@ def run_monitor(
             sink.emit(events)
             done = time.perf_counter()
             stats.blocks += 1
+            stats.count(events)
             stats.block_delays_s.append(done - arrived)
             if events:
                 stats.pick_delays_s.append(done - arrived)
@@ -76,6 +94,7 @@ def run_monitor(
         log.warning("interrupted: flushing the stations' buffers")
     events = engine.flush()
     sink.emit(events)
+    stats.count(events)
     stats.events += len(events)
     if display is not None:
         for station in engine.stations:
@@ -85,10 +104,29 @@ def run_monitor(
     return stats
 
 
+def first_pick_latency(
+    objects: Sequence[Any], phase: str, truth: float, tolerance_s: float = 0.5
+) -> float | None:
+    """Seconds from the true arrival to the `emitted_at` of the first emitted object (a
+    provisional pick, an update or a final event, never a retraction) whose `phase` pick lies
+    within `tolerance_s` of it; None when no object ever picked it."""
+    for obj in objects:
+        if getattr(obj, "kind", "final") == "retract" or obj.emitted_at is None:
+            continue
+        t = getattr(obj, f"{phase}_time")
+        if t is not None and abs(t - truth) <= tolerance_s:
+            return round(float(obj.emitted_at - truth), 3)
+    return None
+
+
 def score_scenario(
-    events: Sequence[Event], scenario: Scenario, tolerance_s: float = 0.5
+    events: Sequence[Event],
+    scenario: Scenario,
+    tolerance_s: float = 0.5,
+    objects: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """Compare a replay's events with its ground truth.
+    """Compare a replay's final events with its ground truth; with `objects` (every emitted
+    object, in order) also the P and S latency and the lifecycle's counts.
 
     The earthquake is detected by an event whose detection interval overlaps
     [P − tolerance, S + 0.4 (S − P)] (the detection label's span); every other event is false,
@@ -108,7 +146,7 @@ def score_scenario(
     s_err = None if best is None or best.s_time is None else best.s_time - scenario.s_time
     p_ok = p_err is not None and abs(p_err) <= tolerance_s
     s_ok = s_err is not None and abs(s_err) <= tolerance_s
-    return {
+    out: dict[str, Any] = {
         "seed": scenario.seed,
         "earthquake_trace": scenario.earthquake_trace,
         "detected": best is not None,
@@ -122,6 +160,14 @@ def score_scenario(
         "s_within_tolerance": s_ok,
         "passed": len(events) == 1 and best is not None and p_ok and s_ok and not in_noise,
     }
+    if objects is not None:
+        kinds = [getattr(o, "kind", "final") for o in objects]
+        out["p_latency_s"] = first_pick_latency(objects, "p", scenario.p_time, tolerance_s)
+        out["s_latency_s"] = first_pick_latency(objects, "s", scenario.s_time, tolerance_s)
+        out["provisional_picks"] = kinds.count("pick")
+        out["updates"] = kinds.count("update")
+        out["retractions"] = kinds.count("retract")
+    return out
 
 
 def summarise_scenarios(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -145,4 +191,33 @@ def summarise_scenarios(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out[f"{phase}_picks"] = int(e.size)
         out[f"{phase}_error_mean_s"] = round(float(e.mean()), 3) if e.size else None
         out[f"{phase}_error_mae_s"] = round(float(np.abs(e).mean()), 3) if e.size else None
+    if scores and "p_latency_s" in scores[0]:
+        for phase in ("p", "s"):
+            lat = errs(f"{phase}_latency_s")
+            out[f"{phase}_latency_n"] = int(lat.size)
+            for q in (50, 95):
+                value = round(float(np.percentile(lat, q)), 3) if lat.size else None
+                out[f"{phase}_latency_s_p{q}"] = value
+        for key in ("provisional_picks", "updates", "retractions"):
+            out[key] = sum(s[key] for s in scores)
     return out
+
+
+# the summary's keys logged to the model's MLflow run (`stream/<key>`): selection and searches
+# can use the latency as an objective or a constraint
+LATENCY_METRICS = (
+    "p_latency_s_p50",
+    "p_latency_s_p95",
+    "s_latency_s_p50",
+    "s_latency_s_p95",
+    "p_within_0.5s",
+    "false_events",
+    "retractions",
+)
+
+
+def latency_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """`stream/*` metrics of a scenarios summary (missing values left out)."""
+    return {
+        f"stream/{k}": float(summary[k]) for k in LATENCY_METRICS if summary.get(k) is not None
+    }

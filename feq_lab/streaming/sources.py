@@ -160,13 +160,16 @@ def record_blocks(
     station: str,
     starttime: float,
     data: np.ndarray,
-    block_s: float = 60.0,
+    block_s: float = 1.0,
     speed: float = 0.0,
     channel_prefix: str = "HH",
+    key: str = "source.record_s",
 ) -> Iterator[Block]:
-    """Play a (3, n) E, N, Z record in blocks; `speed` > 0 paces them (1 = real time)."""
+    """Play a (3, n) E, N, Z record in records of `block_s` seconds (1 s: like SeedLink's);
+    `speed` > 0 paces them (1 = real time). With speed 0 the replay runs at simulated real
+    time: the engine's clock is the stream time of the newest sample fed, no sleeping."""
     if block_s <= 0:
-        raise ConfigError("source.block_s", f"must be > 0, got {block_s}")
+        raise ConfigError(key, f"must be > 0, got {block_s}")
     if speed < 0:
         raise ConfigError("source.speed", f"must be >= 0, got {speed}")
     step = max(int(round(block_s * SAMPLING_RATE)), 1)
@@ -383,11 +386,13 @@ def make_source(
             iso_utc(scenario.p_time),
             iso_utc(scenario.s_time),
         )
+        if "block_s" in cfg:
+            raise ConfigError("source.block_s", "the replay's record length is source.record_s")
         return record_blocks(
             scenario.station,
             scenario.starttime,
             scenario.data,
-            float(cfg.get("block_s", 60.0)),
+            float(cfg.get("record_s", 1.0)),
             float(cfg.get("speed", 0.0)),
         ), scenario
     if kind == "files":

@@ -459,6 +459,21 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike) 
         raise FileNotFoundError(f"run {run_id} has no artifact {path!r}") from exc
 
 
+def log_model_run_metrics(uri: str, name: str, alias: str,
+                          metrics: Mapping[str, Any]) -> str | None:
+    """Log `metrics` on the run of the registered `name@alias` (e.g. the monitor's `stream/*`
+    latency over replay scenarios, so selection can use it); returns that run's id, or None
+    when the version has no run."""
+    client = open_store(uri)
+    mv = with_retry(client.get_model_version_by_alias, name, alias)
+    if not mv.run_id:
+        return None
+    now = int(time.time() * 1000)
+    items = [Metric(str(k), _float(v), now, 0) for k, v in metrics.items()]
+    with_retry(client.log_batch, mv.run_id, metrics=items)
+    return mv.run_id
+
+
 def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str | None,
                      name: str | None, tags: Mapping[str, Any]) -> str:
     """A FINISHED child that stands for `original_run_id` in a resumed sweep (same metrics)."""
@@ -471,7 +486,7 @@ def copy_run_pointer(tracker: Tracker, original_run_id: str, parent_run_id: str 
 
 
 __all__ = [
-    "Tracker", "load_runs", "download_artifact",
+    "Tracker", "load_runs", "download_artifact", "log_model_run_metrics",
     "latest_parent_run_id", "with_retry", "PARENT_RUN_FILE", "PARENT_RUN_ENV",
     "MODEL_ARTIFACT_PATH", "TAG_CONFIG_HASH", "TAG_DATA_VERSION", "TAG_ERROR", "TAG_RESUMED_FROM",
     "TAG_EVALUATED_RUN", "TAG_CODE_VERSION", "TAG_STUDY",

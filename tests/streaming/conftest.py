@@ -91,6 +91,16 @@ def blocks_of(
     return out
 
 
+def final_content(objects) -> list[dict]:
+    """The final events' JSON objects without what depends on the records' sizes and on
+    early picking (when they were emitted, and their ids): the offline-window content."""
+    return [
+        {k: v for k, v in e.to_dict().items() if k not in ("emitted_at", "event_id")}
+        for e in objects
+        if e.kind == "final"
+    ]
+
+
 @pytest.fixture
 def record() -> np.ndarray:
     return make_record()

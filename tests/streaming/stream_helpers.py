@@ -8,7 +8,8 @@ from feq_lab.streaming.engine import Block, Event, StreamEngine
 
 
 def run_blocks(engine: StreamEngine, blocks: Iterable[Block]) -> list[Event]:
-    """Feed every block, flush at the end; all events in emission order."""
+    """Feed every block, flush at the end; all emitted objects (pick/update/final/retract) in
+    emission order (`engine.finals` keeps the final events)."""
     events: list[Event] = []
     for block in blocks:
         events += engine.feed(block)

@@ -89,7 +89,10 @@ def test_cli_files_with_a_local_checkpoint(checkpoint, tmp_path):
     assert "end of stream" in proc.stderr  # logs go to stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["windows"] == 3 and summary["events"] == len(events)
-    assert len(obspy.read_events(str(out / "picks.xml"))) == len(events)
+    finals = [e for e in events if e["kind"] == "final"]
+    assert finals and all(e["emitted_at"].endswith("Z") for e in events)
+    assert len({e["event_id"] for e in finals}) == len(finals)  # never a duplicate final
+    assert len(obspy.read_events(str(out / "picks.xml"))) == len(finals)
     assert (out / "monitor_XX.STA.png").stat().st_size > 10_000
 
 
@@ -125,10 +128,35 @@ def test_replay_on_the_registered_champion(tiny_subset, checkpoint, tmp_path):
     assert (out / "model.onnx").exists()  # the onnxruntime backend exported the champion
     truth = json.loads((out / "scenario.json").read_text())
     assert truth["p_time"] < truth["s_time"] and len(truth["noise_intervals"]) == 1
-    assert result["blocks"] == 4 and result["windows"] == 7  # 0, 30, ..., 180 s
-    assert result["scenario"]["n_events"] == result["events"]
+    # 1-s records (source.record_s) at simulated real time; regular windows 0, 30, ..., 180 s
+    assert result["blocks"] == 240 and result["windows"] == 7
+    assert set(result["kinds"]) <= {"pick", "update", "final", "retract"}
+    for key in ("p_latency_s", "s_latency_s", "provisional_picks", "retractions"):
+        assert key in result["scenario"]
+    assert result["scenario"]["n_events"] == result["kinds"].get("final", 0)
     assert (out / "picks.csv").exists() and (out / "picks.xml").exists()
     assert len(list(out.glob("monitor_*.png"))) == 1
+
+    # seeded scenarios: their latency summary goes to the champion's own run (stream/*)
+    summary = run(
+        compose(
+            [
+                f"source.subset_dir={tiny_subset}",
+                f"tracking.uri={uri}",
+                "display=none",
+                "scenarios=2",
+                "source.record_s=7",  # fewer right-edge windows: a faster test
+                f"out_dir={tmp_path / 'many'}",
+            ]
+        )
+    )
+    metrics = tracker.get_record(run_id).metrics
+    assert metrics["stream/p_within_0.5s"] == summary["p_within_0.5s"]
+    assert metrics["stream/false_events"] == summary["false_events"]
+    for key in ("p_latency_s_p50", "p_latency_s_p95", "s_latency_s_p50", "s_latency_s_p95"):
+        assert key in summary
+        if summary[key] is not None:  # an untrained model may pick nothing within 0.5 s
+            assert metrics[f"stream/{key}"] == pytest.approx(summary[key])
 
 
 def test_seeded_scenarios_are_summarised(checkpoint, tiny_subset, tmp_path, capsys):

@@ -6,20 +6,35 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import EVENT_P_S, EVENT_S_S, T0, blocks_of, make_record, standin_predict
+from conftest import (
+    EVENT_P_S,
+    EVENT_S_S,
+    T0,
+    blocks_of,
+    final_content,
+    make_record,
+    standin_predict,
+)
 from stream_helpers import run_blocks
 
 from feq_lab.errors import ConfigError
-from feq_lab.streaming.engine import Block, EngineConfig, StreamEngine, iso_utc
+from feq_lab.streaming.engine import (
+    Block,
+    EngineConfig,
+    StreamEngine,
+    finals,
+    iso_utc,
+)
 
 
 def run(blocks, **cfg):
+    """Final events only (early picking's provisional objects have tests of their own)."""
     engine = StreamEngine(standin_predict, "standin", cfg or None)
-    return run_blocks(engine, blocks), engine
+    return finals(run_blocks(engine, blocks)), engine
 
 
 def dicts(events):
-    return [e.to_dict() for e in events]
+    return final_content(events)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +64,9 @@ def test_events_are_emitted_once_when_complete_not_at_the_end():
     engine = StreamEngine(standin_predict, "standin")
     emitted_at = []
     for k, block in enumerate(blocks_of(make_record(), 1.0)):
-        for ev in engine.feed(block):
+        for ev in finals(engine.feed(block)):
             emitted_at.append(k)
-    emitted_at += ["flush"] * len(engine.flush())
+    emitted_at += ["flush"] * len(finals(engine.flush()))
     assert len(emitted_at) == 1
     assert emitted_at[0] != "flush"
     # evidence completes when every window covering the event ran: before the stream ends
@@ -126,9 +141,9 @@ def test_tail_is_processed():
     rec[2] += np.where(p >= 0, 25.0, 0.0) * rng.normal(0, 1, n)
     rec[:2] += np.where(s >= 0, 40.0, 0.0) * rng.normal(0, 1, (2, n))
     engine = StreamEngine(standin_predict, "standin")
-    during = [ev for b in blocks_of(rec, 60.0) for ev in engine.feed(b)]
+    during = [ev for b in blocks_of(rec, 60.0) for ev in finals(engine.feed(b))]
     assert during == []  # the last regular window ends at 270 s: only the tail sees the event
-    tail = engine.flush()
+    tail = finals(engine.flush())
     assert len(tail) == 1
     assert abs(tail[0].p_time - (T0 + 275.0)) <= 0.05
     assert abs(tail[0].s_time - (T0 + 278.0)) <= 0.05
@@ -212,24 +227,29 @@ def test_blinding_drops_window_edge_artefacts_but_keeps_the_event(reference, blo
     end = T0 + rec.shape[1] / 100.0
 
     def interior(events):  # away from the stream's own edges, where no neighbour window exists
-        return [
-            e.to_dict()
-            for e in events
-            if T0 + 2.0 < e.detection_start and e.detection_end < end - 2.0
-        ]
+        return final_content(
+            e for e in events if T0 + 2.0 < e.detection_start and e.detection_end < end - 2.0
+        )
 
-    plain = run_blocks(StreamEngine(edge_artefact_predict, "standin"), blocks_of(rec, block_s))
-    blind = run_blocks(
-        StreamEngine(edge_artefact_predict, "standin", {"blinding": 500}), blocks_of(rec, block_s)
+    plain = finals(
+        run_blocks(StreamEngine(edge_artefact_predict, "standin"), blocks_of(rec, block_s))
+    )
+    blind = finals(
+        run_blocks(
+            StreamEngine(edge_artefact_predict, "standin", {"blinding": 500}),
+            blocks_of(rec, block_s),
+        )
     )
     assert len(interior(plain)) > len(interior(reference))  # the artefacts make false events
     assert interior(blind) == interior(reference)
     # the stream's last edge remains; its first edge (a plateau from the record's first sample)
     # has no P/S local maximum, so EQT's rules (the default protocol) make it no detection
     assert len(blind) == len(interior(reference)) + 1
-    lab = run_blocks(
-        StreamEngine(edge_artefact_predict, "standin", {"blinding": 500, "protocol": "lab"}),
-        blocks_of(rec, block_s),
+    lab = finals(
+        run_blocks(
+            StreamEngine(edge_artefact_predict, "standin", {"blinding": 500, "protocol": "lab"}),
+            blocks_of(rec, block_s),
+        )
     )
     assert len(lab) == len(interior(reference)) + 2
 
@@ -376,7 +396,7 @@ def test_engine_and_offline_decoding_agree_on_a_10_minute_record(protocol, predi
     assert len(offline) >= 5  # the record's five events (the rough picker splits some)
     for block_s in (0.37, 7.0, 60.0):
         engine = StreamEngine(predict, "standin", {"thresholds": th, "protocol": protocol})
-        events = run_blocks(engine, blocks_of(rec, block_s))
+        events = finals(run_blocks(engine, blocks_of(rec, block_s)))
         streamed = [(e.detection_start, e.detection_end, e.p_time, e.s_time, e.det_prob,
                      e.p_prob, e.s_prob) for e in events]
         assert streamed == pytest.approx(offline, abs=1e-6), f"block {block_s} s"
