@@ -1,0 +1,111 @@
+"""Window-edge artefact on replayed noise (issue 16 acceptance: on 10 minutes of replayed noise,
+no P or S probability above its threshold at any window edge).
+
+    python bench/edges.py --checkpoint runs/x/model.pt [--checkpoint other.pt ...]
+                          [--minutes 10] [--seed 0] [--data data/subset] [--every 1]
+
+For each checkpoint, on the noise part of the replay scenario (`streaming.sources.
+build_scenario`: `--minutes` test-split noise traces joined, amplitude-matched, as the monitor's
+replay plays them):
+1. the engine as configured (stride 3000, max stacking, no blinding; 60-s blocks): the stacked
+   P/S maxima within +-0.5 s of a regular window edge and away from the edges;
+2. the monitor's right-aligned windows: one window ending at every `--every` s of the record
+   (after the first minute), raw outputs: maxima over their last 0.5 s (where an early pick
+   would read the newest samples), first 0.5 s, and the rest.
+Prints one JSON object per checkpoint; `pass` says whether every P/S edge maximum of both
+views stays below the thresholds (`--p-threshold`, `--s-threshold`, default 0.1 as the study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from feq_lab.data.labels import normalize  # noqa: E402
+from feq_lab.evaluation.edges import edge_maxima, regular_edges, window_end_maxima  # noqa: E402
+from feq_lab.streaming.engine import (  # noqa: E402
+    WINDOW,
+    EngineConfig,
+    StreamEngine,
+    run_blocks,
+)
+from feq_lab.streaming.sources import build_scenario, record_blocks  # noqa: E402
+
+RATE = 100
+
+
+def noise_record(data_dir: Path, minutes: int, seed: int) -> tuple[str, float, np.ndarray]:
+    """(station, start time, (3, n) record) of the first `minutes` of a replay scenario: the
+    noise the monitor's replay plays before its earthquake."""
+    sc = build_scenario(data_dir, seed=seed, noise_minutes=minutes)
+    return sc.station, sc.starttime, sc.data[:, : minutes * 60 * RATE]
+
+
+def stacked(predict, station: str, start: float, data: np.ndarray, stride: int,
+            combine: str) -> np.ndarray:
+    """The engine's combined (3, n) det/P/S of the whole record."""
+    cfg = EngineConfig(stride=stride, combine=combine, history_s=data.shape[1] / RATE + 600)
+    engine = StreamEngine(predict, "bench", cfg)
+    run_blocks(engine, record_blocks(station, start, data, block_s=60.0))
+    st = engine.stations[station]
+    return engine.probabilities(st, 0, st.final)
+
+
+def right_aligned(predict, data: np.ndarray, every_s: float, batch: int = 32) -> list[np.ndarray]:
+    """Raw det/P/S (B, WINDOW) of windows ending every `every_s` seconds after the first minute."""
+    ends = np.arange(WINDOW, data.shape[1] + 1, max(int(every_s * RATE), 1))
+    outs: list[list[np.ndarray]] = [[], [], []]
+    for a in range(0, len(ends), batch):
+        x = np.stack([data[:, e - WINDOW:e] for e in ends[a:a + batch]])
+        for k, o in enumerate(predict(normalize(x))[:3]):
+            outs[k].append(np.asarray(o, np.float32).reshape(x.shape[0], -1))
+    return [np.concatenate(o) for o in outs]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", action="append", required=True)
+    ap.add_argument("--data", default="data/subset")
+    ap.add_argument("--minutes", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--every", type=float, default=1.0)
+    ap.add_argument("--stride", type=int, default=3000)
+    ap.add_argument("--combine", default="max")
+    ap.add_argument("--half-width-s", type=float, default=0.5)
+    ap.add_argument("--p-threshold", type=float, default=0.1)
+    ap.add_argument("--s-threshold", type=float, default=0.1)
+    args = ap.parse_args()
+
+    from feq_lab.models import load_checkpoint
+    from feq_lab.streaming.predictors import torch_predictor
+
+    station, start, data = noise_record(Path(args.data), args.minutes, args.seed)
+    half = int(round(args.half_width_s * RATE))
+    for path in args.checkpoint:
+        predict = torch_predictor(load_checkpoint(path), threads=1)
+        prob = stacked(predict, station, start, data, args.stride, args.combine)
+        edges = regular_edges(prob.shape[1], args.stride, WINDOW)
+        engine_view = edge_maxima(prob, edges, half)
+        window_view = window_end_maxima(right_aligned(predict, data, args.every), half)
+        worst_p = max(engine_view["p_edge_max"], window_view["p_left_max"],
+                      window_view["p_right_max"])
+        worst_s = max(engine_view["s_edge_max"], window_view["s_left_max"],
+                      window_view["s_right_max"])
+        print(json.dumps({
+            "checkpoint": path, "minutes": args.minutes, "seed": args.seed,
+            "n_edges": int(len(edges)),
+            "engine": {k: round(v, 4) for k, v in engine_view.items()},
+            "right_aligned_windows": {k: round(v, 4) for k, v in window_view.items()},
+            "pass": bool(worst_p < args.p_threshold and worst_s < args.s_threshold),
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

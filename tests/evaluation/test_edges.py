@@ -1,0 +1,35 @@
+"""Window-edge artefact measures (issue 16): maxima near window edges vs elsewhere."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from feq_lab.evaluation.edges import edge_maxima, regular_edges, window_end_maxima
+
+
+def test_regular_edges_of_half_overlapping_windows():
+    # 3 minutes, 60-s windows every 30 s: starts 0, 30, 60, 90, 120 s; ends 60 ... 180 s
+    edges = regular_edges(18000, 3000, 6000)
+    np.testing.assert_array_equal(edges, [3000, 6000, 9000, 12000, 15000])
+
+
+def test_edge_maxima_separates_spikes_at_edges_from_the_rest():
+    prob = np.zeros((3, 18000), np.float32)
+    prob[1, 6000 + 49] = 0.27  # a P spike 0.49 s after an edge: counted as at the edge
+    prob[1, 7000] = 0.05  # 10 s from any edge
+    prob[2, 9000 - 51] = 0.3  # an S value 0.51 s before an edge: not at the edge
+    m = edge_maxima(prob, regular_edges(18000, 3000, 6000), half_width=50)
+    assert m["p_edge_max"] == np.float32(0.27) and m["p_inner_max"] == np.float32(0.05)
+    assert m["s_edge_max"] == 0.0 and m["s_inner_max"] == np.float32(0.3)
+    assert m["det_edge_max"] == 0.0
+
+
+def test_window_end_maxima_reads_both_ends_of_every_window():
+    p = np.zeros((2, 6000), np.float32)
+    p[0, -1] = 0.4  # the newest sample of a right-aligned window
+    p[1, 10] = 0.2
+    p[1, 3000] = 0.1
+    zeros = np.zeros_like(p)
+    m = window_end_maxima([zeros, p, zeros], half_width=50)
+    assert m["p_right_max"] == np.float32(0.4) and m["p_left_max"] == np.float32(0.2)
+    assert m["p_inner_max"] == np.float32(0.1) and m["s_right_max"] == 0.0
