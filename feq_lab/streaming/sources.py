@@ -73,6 +73,33 @@ def _start_time(value: Any) -> float | None:
         return None
 
 
+JOIN_FADE = 200  # samples (2 s) over which one replayed piece fades into the next
+
+
+def join_pieces(pieces: Sequence[np.ndarray], fades: Sequence[int]) -> np.ndarray:
+    """Concatenate (3, n) pieces; the first `fades[k]` samples of piece k + 1 fade in
+    (equal-power sine/cosine) over the previous piece's last samples, mirrored in time.
+
+    Why: pieces of different traces meet with a step in waveform, level and spectrum, which a
+    picker rightly reads as an onset; the replay's pieces are whole minutes, so every join fell
+    on an edge of the engine's 30-s window grid and looked like a window-edge artefact (issue
+    16: P ~0.17-0.27 at the joins, from the window whose middle held the join, while the windows
+    ending or starting there stayed below 0.01). A continuous record has no such steps. Lengths
+    are kept, so the pieces' times (the earthquake's P and S) do not move.
+    """
+    out = [np.asarray(pieces[0], np.float64)]
+    for piece, fade in zip(pieces[1:], fades):
+        piece = np.array(piece, np.float64)
+        prev = out[-1]
+        c = int(min(fade, piece.shape[1], prev.shape[1]))
+        if c > 0:
+            up = np.sin(0.5 * np.pi * (np.arange(c) + 0.5) / c)
+            back = prev[:, ::-1][:, :c]  # the previous samples, newest first: no jump at the join
+            piece[:, :c] = np.sqrt(1.0 - up**2) * back + up * piece[:, :c]
+        out.append(piece)
+    return np.concatenate(out, axis=1)
+
+
 def build_scenario(
     subset_dir: str | Path,
     seed: int = 0,
@@ -132,7 +159,9 @@ def build_scenario(
             scaled.append(np.where(std > 0, piece / np.where(std > 0, std, 1.0) * level, 0.0))
         pieces = scaled
     before, after = pieces[:noise_minutes], pieces[noise_minutes:]
-    data = np.concatenate(before + [eq_wave] + after, axis=1).astype(np.float32)
+    guard = max(int(p_sample) - JOIN_FADE, 0)  # the earthquake's fade stays clear of its P
+    fades = [JOIN_FADE] * (noise_minutes - 1) + [min(JOIN_FADE, guard)] + [JOIN_FADE] * len(after)
+    data = join_pieces(before + [eq_wave] + after, fades).astype(np.float32)
     trace_start = _start_time(meta["trace_start_time"].iat[eq]) or DEFAULT_START + 3600.0 * seed
     start = round(trace_start - noise_minutes * 60.0, 2)
     eq_start = start + noise_minutes * 60.0
