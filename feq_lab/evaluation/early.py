@@ -51,8 +51,8 @@ class EarlySettings:
     first ones in split order) so the evaluation stays cheap on a large test set."""
 
     seconds: tuple[float, ...] = EARLY_SECONDS
-    max_earthquakes: int = 200
-    max_noise: int = 50
+    max_earthquakes: int = 100
+    max_noise: int = 25
     enabled: bool = True
 
     @classmethod
@@ -69,7 +69,7 @@ class EarlySettings:
                 from None
         if not seconds or not all(math.isfinite(t) and t > 0 for t in seconds):
             raise ConfigError(f"{key}.seconds", f"must be seconds > 0, got {seconds!r}")
-        out = cls(seconds, int(cfg.get("max_earthquakes", 200)), int(cfg.get("max_noise", 50)),
+        out = cls(seconds, int(cfg.get("max_earthquakes", 100)), int(cfg.get("max_noise", 25)),
                   bool(cfg.get("enabled", True)))
         for name in ("max_earthquakes", "max_noise"):
             if getattr(out, name) < 0:
