@@ -28,15 +28,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from feq_lab.data.labels import normalize  # noqa: E402
-from feq_lab.evaluation.edges import edge_maxima, regular_edges, window_end_maxima  # noqa: E402
-from feq_lab.streaming.engine import (  # noqa: E402
+from feq_lab.data.labels import normalize
+from feq_lab.evaluation.edges import edge_maxima, regular_edges, window_end_maxima
+from feq_lab.streaming.engine import (
     WINDOW,
     EngineConfig,
     StreamEngine,
     run_blocks,
 )
-from feq_lab.streaming.sources import build_scenario, record_blocks  # noqa: E402
+from feq_lab.streaming.sources import build_scenario, record_blocks
 
 RATE = 100
 
@@ -87,7 +87,7 @@ def main() -> None:
     from feq_lab.streaming.predictors import torch_predictor
 
     station, start, data = noise_record(Path(args.data), args.minutes, args.seed)
-    half = int(round(args.half_width_s * RATE))
+    half = round(args.half_width_s * RATE)
     for path in args.checkpoint:
         predict = torch_predictor(load_checkpoint(path), threads=1)
         prob = stacked(predict, station, start, data, args.stride, args.combine)
@@ -100,7 +100,7 @@ def main() -> None:
                       window_view["s_right_max"])
         print(json.dumps({
             "checkpoint": path, "minutes": args.minutes, "seed": args.seed,
-            "n_edges": int(len(edges)),
+            "n_edges": len(edges),
             "engine": {k: round(v, 4) for k, v in engine_view.items()},
             "right_aligned_windows": {k: round(v, 4) for k, v in window_view.items()},
             "pass": bool(worst_p < args.p_threshold and worst_s < args.s_threshold),

@@ -60,7 +60,7 @@ class EarlySettings:
         cfg = dict(cfg or {})
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key (known: "
+            raise ConfigError(f"{key}.{min(unknown)}", "unknown key (known: "
                               f"{sorted(cls.__dataclass_fields__)})")
         try:
             seconds = tuple(float(t) for t in cfg.get("seconds", EARLY_SECONDS))

@@ -13,8 +13,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from feq_lab.errors import ConfigError
 from feq_lab.data.labels import normalize
+from feq_lab.errors import ConfigError
 from feq_lab.evaluation.decode import DEFAULT_PROTOCOL
 from feq_lab.evaluation.early import EarlySettings, Trace, predict_early, score_early
 from feq_lab.evaluation.metrics import evaluate, score
