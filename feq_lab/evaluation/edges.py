@@ -9,6 +9,10 @@ Two views, both plain functions of probabilities (the bench `bench/edges.py` fee
 - `window_end_maxima`: the raw outputs of single windows (what the monitor's right-aligned
   newest window reports): the maximum over their first and last `half_width` samples, and over
   the rest.
+- `right_edge_excess`: how much higher a right-aligned window's last `half_width` samples are
+  than the same record samples in the stacked regular windows, where they sit inside a window.
+  Why: on noise that itself triggers the model (spikes, bursts), a high value at the edge is no
+  artefact; the edge's own contribution is the excess over the interior view.
 """
 
 from __future__ import annotations
@@ -58,4 +62,23 @@ def window_end_maxima(outputs: Sequence[np.ndarray], half_width: int) -> dict[st
         out[f"{name}_left_max"] = float(a[:, :half_width].max(initial=0.0))
         out[f"{name}_right_max"] = float(a[:, a.shape[-1] - half_width:].max(initial=0.0))
         out[f"{name}_inner_max"] = float(a[:, half_width:a.shape[-1] - half_width].max(initial=0.0))
+    return out
+
+
+def right_edge_excess(outputs: Sequence[np.ndarray], ends: Sequence[int] | np.ndarray,
+                      stacked: np.ndarray, half_width: int) -> dict[str, float]:
+    """`<output>_right_excess`: the largest (window value - stacked value) over the last
+    `half_width` samples of every window, each window (B, T) ending at record sample `ends[b]`
+    (exclusive); `stacked` is the (3, n) record of the regular windows."""
+    out = {}
+    for row, (name, arr) in enumerate(zip(OUTPUTS, outputs)):
+        a = np.asarray(arr, np.float32)
+        worst = -np.inf
+        for b, end in enumerate(np.asarray(ends, int)):
+            lo = max(end - half_width, 0)
+            if end > stacked.shape[-1] or end - lo <= 0:
+                continue
+            edge = a[b, a.shape[-1] - (end - lo):]
+            worst = max(worst, float(np.max(edge - stacked[row, lo:end])))
+        out[f"{name}_right_excess"] = worst if np.isfinite(worst) else 0.0
     return out

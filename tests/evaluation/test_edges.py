@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from feq_lab.evaluation.edges import edge_maxima, regular_edges, window_end_maxima
+from feq_lab.evaluation.edges import (
+    edge_maxima,
+    regular_edges,
+    right_edge_excess,
+    window_end_maxima,
+)
 
 
 def test_regular_edges_of_half_overlapping_windows():
@@ -33,3 +39,16 @@ def test_window_end_maxima_reads_both_ends_of_every_window():
     m = window_end_maxima([zeros, p, zeros], half_width=50)
     assert m["p_right_max"] == np.float32(0.4) and m["p_left_max"] == np.float32(0.2)
     assert m["p_inner_max"] == np.float32(0.1) and m["s_right_max"] == 0.0
+
+
+def test_right_edge_excess_is_the_edge_over_the_interior_view():
+    stacked = np.zeros((3, 9000), np.float32)
+    stacked[1, 7950:8000] = 0.3  # noise the model fires on anyway, seen inside a window
+    p = np.zeros((2, 6000), np.float32)
+    p[0, -10] = 0.35  # window ending at 8000: 0.05 above what the interior view says there
+    p[1, -1] = 0.2  # window ending at 9000: 0.2 above a quiet interior view -> an artefact
+    zeros = np.zeros_like(p)
+    m = right_edge_excess([zeros, p, zeros], [8000, 9000], stacked, half_width=50)
+    assert m["p_right_excess"] == pytest.approx(0.2)
+    m = right_edge_excess([zeros, p[:1], zeros], [8000], stacked, half_width=50)
+    assert m["p_right_excess"] == pytest.approx(0.05, abs=1e-6) and m["s_right_excess"] == 0.0
