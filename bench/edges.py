@@ -13,7 +13,9 @@ replay plays them):
    (after the first minute), raw outputs: maxima over their last 0.5 s (where an early pick
    would read the newest samples), first 0.5 s, and the rest; and the right edge's excess over
    the stacked regular windows on the same samples (the edge's own contribution: noise that
-   triggers the model inside a window is no edge artefact).
+   triggers the model inside a window is no edge artefact), for the newest 0.5 s and for the
+   0.5 s before them (`*_right_skip_excess`: what an early picker that confirms a peak 0.5 s
+   later reads).
 Prints one JSON object per checkpoint; `pass` (the acceptance) says whether the stacked P/S
 within +-0.5 s of the regular window edges stays below the thresholds (`--p-threshold`,
 `--s-threshold`, default 0.1 as the study); `right_edge_pass` the same for the right-aligned
@@ -111,6 +113,8 @@ def main() -> None:
         windows = right_aligned(predict, data, ends)
         window_view = window_end_maxima(windows, half)
         window_view.update(right_edge_excess(windows, ends, prob, half))
+        later = right_edge_excess(windows, ends, prob, half, skip=half)  # read 0.5 s later
+        window_view.update({k.replace("right", "right_skip"): v for k, v in later.items()})
         ok = (engine_view["p_edge_max"] < args.p_threshold
               and engine_view["s_edge_max"] < args.s_threshold)
         right_ok = (window_view["p_right_max"] < args.p_threshold

@@ -66,19 +66,23 @@ def window_end_maxima(outputs: Sequence[np.ndarray], half_width: int) -> dict[st
 
 
 def right_edge_excess(outputs: Sequence[np.ndarray], ends: Sequence[int] | np.ndarray,
-                      stacked: np.ndarray, half_width: int) -> dict[str, float]:
-    """`<output>_right_excess`: the largest (window value - stacked value) over the last
-    `half_width` samples of every window, each window (B, T) ending at record sample `ends[b]`
-    (exclusive); `stacked` is the (3, n) record of the regular windows."""
+                      stacked: np.ndarray, half_width: int, skip: int = 0) -> dict[str, float]:
+    """`<output>_right_excess`: the largest (window value - stacked value) over `half_width`
+    samples of every window that end `skip` samples before its last one (skip = 0: its newest
+    samples; skip = 50: what a reader that waits 0.5 s after a peak sees), each window (B, T)
+    ending at record sample `ends[b]` (exclusive); `stacked` is the (3, n) record of the
+    regular windows."""
     out = {}
     for row, (name, arr) in enumerate(zip(OUTPUTS, outputs)):
         a = np.asarray(arr, np.float32)
+        t = a.shape[-1]
         worst = -np.inf
         for b, end in enumerate(np.asarray(ends, int)):
-            lo = max(end - half_width, 0)
-            if end > stacked.shape[-1] or end - lo <= 0:
+            hi = end - skip
+            lo = max(hi - half_width, 0)
+            if end > stacked.shape[-1] or hi - lo <= 0:
                 continue
-            edge = a[b, a.shape[-1] - (end - lo):]
-            worst = max(worst, float(np.max(edge - stacked[row, lo:end])))
+            edge = a[b, t - skip - (hi - lo):t - skip]
+            worst = max(worst, float(np.max(edge - stacked[row, lo:hi])))
         out[f"{name}_right_excess"] = worst if np.isfinite(worst) else 0.0
     return out

@@ -52,3 +52,13 @@ def test_right_edge_excess_is_the_edge_over_the_interior_view():
     assert m["p_right_excess"] == pytest.approx(0.2)
     m = right_edge_excess([zeros, p[:1], zeros], [8000], stacked, half_width=50)
     assert m["p_right_excess"] == pytest.approx(0.05, abs=1e-6) and m["s_right_excess"] == 0.0
+
+
+def test_right_edge_excess_can_skip_the_newest_samples():
+    stacked = np.zeros((3, 8000), np.float32)
+    p = np.zeros((1, 6000), np.float32)
+    p[0, -1] = 0.4  # the newest sample: skipped
+    p[0, -60] = 0.15  # 0.6 s before the end: read
+    zeros = np.zeros_like(p)
+    m = right_edge_excess([zeros, p, zeros], [8000], stacked, half_width=50, skip=50)
+    assert m["p_right_excess"] == pytest.approx(0.15)
