@@ -51,3 +51,21 @@ def test_replay_scenario_keeps_the_earthquake_untouched(tiny_subset):
     eq = eq - eq.mean(axis=1, keepdims=True)
     p = int(ds.metadata["p_arrival_sample"].iloc[i])
     np.testing.assert_allclose(sc.data[:, 12000 + p:18000], eq[:, p:], rtol=1e-5, atol=1e-3)
+
+
+def test_level_to_meets_the_level_at_both_ends_and_keeps_the_inside():
+    from feq_lab.streaming.sources import LEVEL_WINDOW, level_to
+
+    x = _noise(1.0, 3)
+    x[:, :3000] *= 3.0  # non-stationary: loud first half, quiet end
+    level = np.array([[10.0], [10.0], [10.0]])
+    y = level_to(x, level)
+    w = LEVEL_WINDOW
+    np.testing.assert_allclose(np.sqrt((y[:, :w] ** 2).mean(axis=1)), 10.0, rtol=0.05)
+    np.testing.assert_allclose(np.sqrt((y[:, -w:] ** 2).mean(axis=1)), 10.0, rtol=0.05)
+    # the inside keeps its own shape: the loud half stays ~3x the quiet one next to it
+    ratio = np.sqrt((y[:, 2800:3000] ** 2).mean()) / np.sqrt((y[:, 3000:3200] ** 2).mean())
+    assert 2.5 < ratio < 3.5
+    flat = x.copy()
+    flat[1] = 5.0
+    assert np.all(level_to(flat, level)[1] == 0.0)
