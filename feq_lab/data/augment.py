@@ -21,7 +21,8 @@ Facts from EQTransformer's DataGenerator (``EqT_utils.py``; Mousavi et al. 2020,
 
 Plus one lab augmentation, off by default (issue 16): `RightEdge` puts P within the last
 0.5-4 s of the window (S possibly beyond it, labels cut there), as a continuous stream's newest
-window sees an event that has just begun.
+window sees an event that has just begun; a fraction of those windows (`right_edge_before`)
+ends 0.5-4 s before P instead (pre-P noise cut mid-signal, labels zero).
 
 A sample is a dict: `waveform` float32 (3, T) channel-first E,N,Z (raw, before normalisation),
 `p`, `s`, `coda_end` floats (NaN for noise), `is_earthquake` bool, `snr_ok` bool (all three
