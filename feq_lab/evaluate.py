@@ -73,8 +73,11 @@ def evaluate_variant(stage_dir: Path, cfg: DictConfig, work: Path) -> tuple[dict
     for path in (val, test):
         if not path.is_file():
             raise DataError("a trained variant without stored probabilities", path=str(path))
+    early = {split: load_probabilities(stage_dir / f"{split}_early_probabilities.npz")
+             for split in ("val", "test")
+             if (stage_dir / f"{split}_early_probabilities.npz").is_file()}
     result = evaluate_splits(load_probabilities(val), load_probabilities(test),
-                             dict(cfg.thresholds), cfg.eval, work / stage_dir.name)
+                             dict(cfg.thresholds), cfg.eval, work / stage_dir.name, early=early)
     result.metrics.update(training_metrics(info.get("metrics") or {}))
     return info, result
 

@@ -96,6 +96,11 @@ def test_sweep_logs_parent_with_finished_children(lab):
         missing = [k for k in HEADLINE_KEYS if k not in run.metrics]
         assert not missing, missing
         assert 0.0 <= run.metrics["test/detection_f1"] <= 1.0
+        for split in ("val", "test"):  # early picking (issue 16): the same keys for both splits
+            for t in ("0.5s", "1s", "2s", "4s"):
+                assert 0.0 <= run.metrics[f"{split}/early_p_recall_{t}"] <= 1.0
+                assert f"{split}/early_p_precision_{t}" in run.metrics
+        assert run.params["eval.early.seconds"] == "[0.5, 1.0, 2.0, 4.0]"
         assert run.metrics["params/total_paper"] > 20_000
         assert run.metrics["latency/window_ms_p50"] > 0
         for key in ("train/loss", "val/loss"):
@@ -108,7 +113,8 @@ def test_sweep_logs_parent_with_finished_children(lab):
         assert run.params["data_version"].endswith(".dir")
         top = {a.path for a in tracker.client.list_artifacts(run.run_id)}
         assert {"config.yaml", "threshold_grid.csv", "test_probabilities.npz", "weights",
-                "plots", "model"} <= top
+                "plots", "model", "test_early_probabilities.npz",
+                "val_early_probabilities.npz"} <= top
         weights = {a.path for a in tracker.client.list_artifacts(run.run_id, "weights")}
         assert weights == {"weights/model.pt", "weights/model.onnx"}
         plots = {a.path for a in tracker.client.list_artifacts(run.run_id, "plots")}
@@ -137,7 +143,8 @@ def test_rerun_of_a_trained_grid_trains_nothing_and_re_evaluates(lab):
     for r in again:  # the same numbers: same stored probabilities, same evaluation settings
         (orig,) = [o for o in load_runs(uri, EXPERIMENT, parent_run_id=parent_id(cwd / "sweep1"))
                    if o.run_id == r.tags[TAG_EVALUATED_RUN]]
-        for key in ("val/s_f1", "test/p_f1", "test/detection_fn", "latency/onnx_window_ms_p50"):
+        for key in ("val/s_f1", "test/p_f1", "test/detection_fn", "latency/onnx_window_ms_p50",
+                    "test/early_p_recall_2s", "val/early_p_precision_1s"):
             assert r.metrics[key] == orig.metrics[key], key
 
 

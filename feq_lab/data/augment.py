@@ -21,7 +21,8 @@ Facts from EQTransformer's DataGenerator (``EqT_utils.py``; Mousavi et al. 2020,
 
 Plus one lab augmentation, off by default (issue 16): `RightEdge` puts P within the last
 0.5-4 s of the window (S possibly beyond it, labels cut there), as a continuous stream's newest
-window sees an event that has just begun.
+window sees an event that has just begun; a fraction of those windows (`right_edge_before`)
+ends 0.5-4 s before P instead (pre-P noise cut mid-signal, labels zero).
 
 A sample is a dict: `waveform` float32 (3, T) channel-first E,N,Z (raw, before normalisation),
 `p`, `s`, `coda_end` floats (NaN for noise), `is_earthquake` bool, `snr_ok` bool (all three
@@ -50,6 +51,9 @@ ADD_EVENT_ROOM = 20  # EQT: an event is added only when more than 20 samples of 
 GAP_START_MAX = 4000  # EQT: gap start randint(0, 4000)
 GAP_END_MAX = 5500  # EQT: gap end randint(start, 5500)
 MAX_SCALE_DIVISOR = 10  # EQT: added event scaled by 1 / randint(1, 10)
+# Samples before a labelled P left out of the pre-P noise that fills a moved trace: a label may
+# be late by a few tenths of a second (STEAD's manual picks; the synthetic set imitates them).
+NOISE_GUARD = 50
 
 
 def _has_event(sample: Sample) -> bool:
@@ -198,19 +202,45 @@ class AddGap:
         return out
 
 
+def extend_with_noise(wave: np.ndarray, before: int, noise_end: int) -> np.ndarray:
+    """`wave` (C, T) with `before` samples prepended, made of its own first `noise_end` samples
+    (pre-P noise) mirrored back in time, as often as needed.
+
+    Why mirrored: the prepended samples meet the trace (and each other) without a jump, so
+    the network never sees an artificial step that would look like an onset. Used by
+    `RightEdge` and by the early-pick evaluation (`feq_lab.evaluation.early`), which both need
+    more past than a 60-s trace holds before its P.
+    """
+    if before <= 0:
+        return wave
+    if not 0 < noise_end <= wave.shape[-1]:
+        raise ValueError(f"noise_end must be in (0, {wave.shape[-1]}], got {noise_end}")
+    noise = wave[:, :noise_end]
+    fill = np.pad(noise, ((0, 0), (before, 0)), mode="symmetric")[:, :before]
+    return np.concatenate([fill, wave], axis=-1).astype(wave.dtype, copy=False)
+
+
 @dataclass
 class RightEdge:
     """Put P within the last `min_s`-`max_s` seconds of the window; S may fall beyond the
     window's end and the labels are cut there (issue 16: the newest window of a continuous
     stream sees events that have just begun). The trace moves right; the samples it leaves at
-    the start are filled with its own pre-P noise, repeated. Earthquakes only; off by default.
+    the start are filled with its own pre-P noise, mirrored (`extend_with_noise`). Earthquakes
+    only; off by default.
+
+    With probability `before` the window instead ends `min_s`-`max_s` seconds *before* P: noise
+    cut mid-signal at the right edge, all labels zero. Why: the monitor's newest window ends in
+    noise almost always; a model shown P near the right edge but never noise ending there
+    learns that the edge itself announces an onset (measured: right_edge without these windows
+    raised the S probability in the last 0.5 s of noise windows to 0.14).
     """
 
     prob: float = 0.0
     min_s: float = 0.5
     max_s: float = 4.0
+    before: float = 0.0
     sampling_rate: float = 100.0
-    noise_guard: int = 20  # samples before P left out of the noise used for filling
+    noise_guard: int = NOISE_GUARD
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         if not _has_event(sample) or rng.random() >= self.prob:
@@ -222,11 +252,12 @@ class RightEdge:
         if noise_end < 10:  # no pre-P noise to fill with
             return sample
         lead = rng.uniform(self.min_s, self.max_s) * self.sampling_rate
+        if self.before > 0 and rng.random() < self.before:
+            lead = -lead  # the window ends before P: pre-P noise only
         shift = round(t - lead) - p
         if shift <= 0:  # P is already that close to the end
             return sample
-        fill = np.resize(wave[:, :noise_end], (wave.shape[0], shift))
-        moved = np.concatenate([fill, wave[:, : t - shift]], axis=-1).astype(np.float32)
+        moved = extend_with_noise(wave, shift, noise_end)[:, :t].astype(np.float32)
         out = _moved(sample, moved, shift)
         out["coda_end"] = float(t)  # nothing after this event fits: no shift, no added event
         return out
@@ -272,7 +303,8 @@ def from_config(augment: Mapping[str, Any] | None) -> Augmentation | None:
 
     Keys (probabilities, EQT's defaults): shift_event 0.99, shift_original (the original half's
     shift; default shift_event / 2 as EQT), add_event 0.6, add_noise 0.3, drop_channel 0.5,
-    add_gap 0.2, right_edge 0 (with right_edge_s [0.5, 4.0]).
+    add_gap 0.2, right_edge 0 (with right_edge_s [0.5, 4.0] and right_edge_before 0.25, the
+    fraction of those windows that end before P instead).
     """
     if not augment or not augment.get("enabled", True):
         return None
@@ -286,7 +318,8 @@ def from_config(augment: Mapping[str, Any] | None) -> Augmentation | None:
     return Augmentation(
         original=Compose([ShiftEvent(shift_original)]),
         augmented=Compose([
-            RightEdge(_prob(augment, "right_edge", 0.0), float(edge[0]), float(edge[1])),
+            RightEdge(_prob(augment, "right_edge", 0.0), float(edge[0]), float(edge[1]),
+                      _prob(augment, "right_edge_before", 0.25)),
             ShiftEvent(shift),
             AddEvent(_prob(augment, "add_event", 0.6)),
             AddNoise(_prob(augment, "add_noise", 0.3)),

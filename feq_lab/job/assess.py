@@ -12,8 +12,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from feq_lab.data.labels import normalize
 from feq_lab.errors import ConfigError
 from feq_lab.evaluation.decode import DEFAULT_PROTOCOL
+from feq_lab.evaluation.early import EarlySettings, Trace, predict_early, score_early
 from feq_lab.evaluation.metrics import evaluate, score
 from feq_lab.evaluation.picks import THRESHOLD_KEYS, TracePicks, extract_picks
 from feq_lab.evaluation.probabilities import (
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PROBABILITIES_FILE = "test_probabilities.npz"
 VAL_PROBABILITIES_FILE = "val_probabilities.npz"
+EARLY_PROBABILITIES_FILE = "{split}_early_probabilities.npz"  # evaluation/early.py's windows
 OUTCOMES_FILE = "{split}_outcomes.npz"
 THRESHOLD_GRID_FILE = "threshold_grid.csv"
 VAL_THRESHOLD_GRID_FILE = "val_threshold_grid.csv"
@@ -77,6 +80,44 @@ def predict_splits(model: torch.nn.Module, loaders: Sequence[Any],
             collector.add(batch, det, p, s)
         results.append(collector.result())
     return results
+
+
+@torch.no_grad()
+def predict_early_splits(model: torch.nn.Module, splits: Mapping[str, Any],
+                         eval_cfg: Mapping[str, Any],
+                         device: torch.device | str = "cpu") -> dict[str, Probabilities]:
+    """The early-pick windows (`evaluation/early.py`) of each split, predicted once.
+
+    `splits` maps a split name to its `WaveformDataset` (raw waveforms + truth). Empty when
+    `eval.early.enabled` is false. Cost: (earthquakes x seconds + noise) windows per split,
+    capped by `eval.early.max_earthquakes` / `max_noise` (quick data: ~1,000 windows in all).
+    """
+    settings = EarlySettings.from_mapping(eval_cfg.get("early"))
+    if not settings.enabled:
+        return {}
+    frozen = compile_for_inference(model.to(device).eval(), target="eager")
+
+    def predict(x: np.ndarray) -> list[np.ndarray]:
+        out = frozen(torch.from_numpy(normalize(x)).to(device))
+        return [o.float().cpu().numpy() for o in out]
+
+    rate = float(eval_cfg.get("sampling_rate", 100))
+    result = {}
+    for name, ds in splits.items():
+        traces = [Trace(ds.trace_name[i], ds.data.get_waveform_at(i).T, bool(ds.is_eq[i]),
+                        float(ds.p[i]), float(ds.s[i])) for i in _early_positions(ds, settings)]
+        probs = predict_early(predict, traces, settings, sampling_rate=rate)
+        if probs is not None:
+            result[name] = probs
+    return result
+
+
+def _early_positions(ds: Any, settings: EarlySettings) -> list[int]:
+    """The positions of the first `max_earthquakes` earthquakes and `max_noise` noise traces:
+    only those waveforms are read."""
+    eq = np.flatnonzero(ds.is_eq)[: settings.max_earthquakes]
+    noise = np.flatnonzero(~ds.is_eq)[: settings.max_noise]
+    return sorted(int(i) for i in np.concatenate([eq, noise]))
 
 
 def prefixed(metrics: Mapping[str, float], prefix: str = "test/") -> dict[str, float]:
@@ -152,11 +193,14 @@ def evaluate_splits(
     eval_cfg: Mapping[str, Any],
     out_dir: Path,
     waveforms: Any | None = None,
+    early: Mapping[str, Probabilities] | None = None,
 ) -> Assessment:
     """Store both splits' probabilities, choose thresholds on val, score val and test alike.
 
     Logged: `val/*` and `test/*` with the same keys (+ `_ci_low`/`_ci_high`), `thresholds/*`,
-    `val_eqt/*` and `test_eqt/*` at EQT's fixed thresholds. Scores are computed from exactly what
+    `val_eqt/*` and `test_eqt/*` at EQT's fixed thresholds; with `early` (split -> the
+    early-pick windows' probabilities, stored too) `<split>/early_p_recall_<t>s` and
+    `<split>/early_p_precision_<t>s` at the same thresholds. Scores are computed from exactly what
     is stored (float16), so a re-evaluation from the stored files gives the same numbers.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +222,10 @@ def evaluate_splits(
         result.add("", save_outcomes(out_dir / OUTCOMES_FILE.format(split=name), outcomes))
         scored[name] = (metrics, picks)
     kw = eval_settings(eval_cfg)
+    for name, probs in (early or {}).items():
+        result.add("", save_probabilities(out_dir / EARLY_PROBABILITIES_FILE.format(split=name),
+                                          probs))
+        result.metrics.update(prefixed(score_early(as_stored(probs), chosen, **kw), f"{name}/"))
     table = None
     grid = eval_cfg.get("threshold_grid")
     if grid:

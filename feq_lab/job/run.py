@@ -160,7 +160,13 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     """Lightning training on the subset (per-epoch metrics to `loggers`), then validation- and
     test-set evaluation (probabilities of both stored) and measurements, as plain results."""
     from feq_lab.data.stead import open_dataset
-    from feq_lab.job.assess import evaluate_splits, latency_context, measure, predict_splits
+    from feq_lab.job.assess import (
+        evaluate_splits,
+        latency_context,
+        measure,
+        predict_early_splits,
+        predict_splits,
+    )
     from feq_lab.models import save_checkpoint
 
     module, trainer, checkpoint, dm = fit(plan, cfg, data_dir, run_dir, loggers)
@@ -170,10 +176,12 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     device = trainer.strategy.root_device
     val_probs, test_probs = predict_splits(
         model, [dm.val_dataloader(), dm.test_dataloader()], device)
+    early = predict_early_splits(model, {"val": dm.split("val"), "test": dm.split("test")},
+                                 cfg.get("eval") or {}, device)
     result = evaluate_splits(
         val_probs, test_probs,
         plan.thresholds or {}, cfg.get("eval") or {}, run_dir / "evaluation",
-        waveforms=dataset.get_waveform)
+        waveforms=dataset.get_waveform, early=early)
     model = model.cpu().eval()
     weights = run_dir / WEIGHTS_DIR
     ckpt_path = save_checkpoint(model, weights / "model.pt")
@@ -204,7 +212,12 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
     evaluation settings (seconds, no training). None when the run stored no validation
     probabilities (trained before they were stored): the caller trains instead."""
     from feq_lab.evaluation.probabilities import load_probabilities
-    from feq_lab.job.assess import PROBABILITIES_FILE, VAL_PROBABILITIES_FILE, evaluate_splits
+    from feq_lab.job.assess import (
+        EARLY_PROBABILITIES_FILE,
+        PROBABILITIES_FILE,
+        VAL_PROBABILITIES_FILE,
+        evaluate_splits,
+    )
     from feq_lab.tracking.mlflow import download_artifact
 
     source = out_dir / "source"
@@ -214,10 +227,18 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
     except (FileNotFoundError, OSError) as exc:
         log.warning("run %s cannot be re-evaluated (%s): training again", training_run_id, exc)
         return None
+    early = {}
+    for split in ("val", "test"):  # runs trained before the early-pick evaluation have none
+        name = EARLY_PROBABILITIES_FILE.format(split=split)
+        try:
+            early[split] = load_probabilities(
+                download_artifact(tracker.uri, training_run_id, name, source))
+        except (FileNotFoundError, OSError):
+            log.info("run %s stored no %s: no early-pick metrics", training_run_id, name)
     result = evaluate_splits(load_probabilities(files[VAL_PROBABILITIES_FILE]),
                              load_probabilities(files[PROBABILITIES_FILE]),
                              to_plain(cfg.get("thresholds") or {}), cfg.get("eval") or {},
-                             out_dir / "evaluation")
+                             out_dir / "evaluation", early=early)
     training = tracker.get_record(training_run_id)
     result.metrics.update(training_metrics(training.metrics))
     return result
@@ -358,6 +379,7 @@ def variant_name(plan: JobPlan) -> str:
 
 
 STAGE_FILES = ("model.pt", "model.onnx", "val_probabilities.npz", "test_probabilities.npz",
+               "val_early_probabilities.npz", "test_early_probabilities.npz",
                "val_outcomes.npz", "test_outcomes.npz")
 STAGE_RUN_FILE = "run.json"
 

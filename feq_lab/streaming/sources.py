@@ -73,6 +73,57 @@ def _start_time(value: Any) -> float | None:
         return None
 
 
+JOIN_FADE = 200  # samples (2 s) over which one replayed piece fades into the next
+
+
+LEVEL_WINDOW = 200  # samples (2 s) at each end of a noise piece that meet `level`
+
+
+def level_to(piece: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """A demeaned (3, n) noise piece times a gain that runs linearly from `level` / (RMS of its
+    first `LEVEL_WINDOW` samples) to `level` / (RMS of its last ones), per channel.
+
+    Why not one number (its overall std): non-stationary noise scaled by one number starts and
+    ends at other levels than `level`, so two pieces met with a level step of 2-3x, which a
+    picker reads as an arrival (issue 16). With the ramp every join meets at `level` on both
+    sides, while the piece keeps its own variations inside. Flat channels stay 0.
+    """
+    piece = piece - piece.mean(axis=1, keepdims=True)
+    w = min(LEVEL_WINDOW, piece.shape[1])
+
+    def gain(rms: np.ndarray) -> np.ndarray:
+        return np.where(rms > 0, level / np.where(rms > 0, rms, 1.0), 0.0)
+
+    g0 = gain(np.sqrt((piece[:, :w] ** 2).mean(axis=1, keepdims=True)))
+    g1 = gain(np.sqrt((piece[:, -w:] ** 2).mean(axis=1, keepdims=True)))
+    ramp = np.linspace(0.0, 1.0, piece.shape[1])[None, :]
+    return piece * (g0 + (g1 - g0) * ramp)
+
+
+def join_pieces(pieces: Sequence[np.ndarray], fades: Sequence[int]) -> np.ndarray:
+    """Concatenate (3, n) pieces; the first `fades[k]` samples of piece k + 1 fade in
+    (equal-power sine/cosine) over the previous piece's last samples, mirrored in time.
+
+    Why: pieces of different traces meet with a step in waveform, level and spectrum, which a
+    picker rightly reads as an onset; the replay's pieces are whole minutes, so every join fell
+    on an edge of the engine's 30-s window grid and looked like a window-edge artefact (issue
+    16: P ~0.17-0.27 at the joins, from the window whose middle held the join, while the windows
+    ending or starting there stayed below 0.01). A continuous record has no such steps. Lengths
+    are kept, so the pieces' times (the earthquake's P and S) do not move.
+    """
+    out = [np.asarray(pieces[0], np.float64)]
+    for piece, fade in zip(pieces[1:], fades):
+        piece = np.array(piece, np.float64)
+        prev = out[-1]
+        c = int(min(fade, piece.shape[1], prev.shape[1]))
+        if c > 0:
+            up = np.sin(0.5 * np.pi * (np.arange(c) + 0.5) / c)
+            back = prev[:, ::-1][:, :c]  # the previous samples, newest first: no jump at the join
+            piece[:, :c] = np.sqrt(1.0 - up**2) * back + up * piece[:, :c]
+        out.append(piece)
+    return np.concatenate(out, axis=1)
+
+
 def build_scenario(
     subset_dir: str | Path,
     seed: int = 0,
@@ -125,14 +176,11 @@ def build_scenario(
         eq_wave = eq_wave - eq_wave.mean(axis=1, keepdims=True)
         pre = eq_wave[:, : max(int(p_sample) - 50, 100)]
         level = pre.std(axis=1, keepdims=True)
-        scaled = []
-        for piece in pieces:
-            piece = piece - piece.mean(axis=1, keepdims=True)
-            std = piece.std(axis=1, keepdims=True)
-            scaled.append(np.where(std > 0, piece / np.where(std > 0, std, 1.0) * level, 0.0))
-        pieces = scaled
+        pieces = [level_to(piece, level) for piece in pieces]
     before, after = pieces[:noise_minutes], pieces[noise_minutes:]
-    data = np.concatenate(before + [eq_wave] + after, axis=1).astype(np.float32)
+    guard = max(int(p_sample) - JOIN_FADE, 0)  # the earthquake's fade stays clear of its P
+    fades = [JOIN_FADE] * (noise_minutes - 1) + [min(JOIN_FADE, guard)] + [JOIN_FADE] * len(after)
+    data = join_pieces(before + [eq_wave] + after, fades).astype(np.float32)
     trace_start = _start_time(meta["trace_start_time"].iat[eq]) or DEFAULT_START + 3600.0 * seed
     start = round(trace_start - noise_minutes * 60.0, 2)
     eq_start = start + noise_minutes * 60.0

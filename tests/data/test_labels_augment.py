@@ -181,6 +181,36 @@ def test_right_edge_puts_p_near_the_end_and_cuts_the_labels():
     assert 6000 - 400 <= out["p"] <= 6000 - 50 and out["extra_events"] == []
 
 
+def test_right_edge_before_ends_the_window_in_pre_p_noise_with_zero_labels():
+    sample = _sample(p=700.0, s=1500.0, coda=2500.0)
+    sample["waveform"][:, 700:] *= 50.0  # the event: far louder than the noise
+    ends_before = 0
+    for seed in range(100):
+        out = aug.RightEdge(1.0, before=0.5)(sample, _rng(seed))
+        if out["p"] < 6000:
+            assert 6000 - 400 <= out["p"] <= 6000 - 50  # the usual right-edge case
+            continue
+        ends_before += 1
+        assert 6000 + 50 <= out["p"] <= 6000 + 400  # P 0.5-4 s after the window's end
+        assert np.abs(out["waveform"]).max() <= np.abs(sample["waveform"][:, :700]).max()
+        item = to_item(out, "x")
+        assert item["y_det"].sum() == 0 and item["y_p"].sum() == 0 and item["y_s"].sum() == 0
+    assert 30 <= ends_before <= 70
+    assert aug.from_config({"right_edge": 1.0}).augmented.transforms[0].before == 0.25
+    with pytest.raises(ConfigError, match="data.augment.right_edge_before"):
+        aug.from_config({"right_edge_before": 2.0})
+
+
+def test_extend_with_noise_mirrors_the_pre_p_noise_without_a_step():
+    w = np.arange(30, dtype=np.float32).reshape(3, 10)
+    out = aug.extend_with_noise(w, 7, noise_end=4)
+    assert out.shape == (3, 17)
+    np.testing.assert_array_equal(out[:, 7:], w)
+    # newest fill sample = the trace's first, then its next ones, back and forth
+    np.testing.assert_array_equal(out[0, :7], [1, 2, 3, 3, 2, 1, 0])
+    assert aug.extend_with_noise(w, 0, 4) is w
+
+
 def test_from_config_probabilities_and_disable():
     chain = aug.from_config({"enabled": True, "shift_event": 0.0, "add_event": 0.6,
                              "add_noise": 0.3, "drop_channel": 0.5, "add_gap": 0.2})
