@@ -64,7 +64,7 @@ def profile_variant(model_name: str, cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "model": model_name,
         "overrides": {k: v for k, v in knobs.items() if v is not None},
-        "spec": model.spec.to_dict(),
+        "spec": model.to_config(),
         "params": parameter_report(model),
         "size_mb": model_size_mb(model),
         "latency": [],

@@ -23,7 +23,6 @@ from feq_lab.job.config import (
     config_yaml,
     effective_config,
     flatten,
-    model_kind,
     model_name,
     run_params,
     to_plain,
@@ -36,15 +35,24 @@ CONFIG_ARTIFACT = "config.yaml"
 WEIGHTS_DIR = "weights"
 
 
+LEARNED = "learned"
+
+
 @dataclass
 class JobPlan:
-    """What a validated config will run: a built model (learned) or the baseline settings."""
+    """What a validated config will run: a built `LearnedModel` or a `Detector` (baseline)."""
 
     name: str
-    kind: str                    # "learned" | "stalta"
-    model: Any = None            # PickerModel for learned runs
-    spec: Any = None
+    kind: str                    # "learned" | the detector's name ("stalta")
+    model: Any = None            # LearnedModel or Detector, built from the `_target_`
     thresholds: dict[str, float | None] | None = None   # None = tuned on validation
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        """A learned model's effective config (`_target_` + `to_config()`); None for a baseline."""
+        if self.kind != LEARNED:
+            return None
+        return {"_target_": self.model.target, **self.model.to_config()}
 
 
 def _rank() -> int:
@@ -75,11 +83,12 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     from feq_lab.evaluation.thresholds import check_grid
     from feq_lab.training.recipe import train_settings
 
+    from feq_lab.models import LearnedModel, instantiate
+
     if cfg.get("model") is None:
         raise ConfigError("model", "missing: choose a preset (model=feq3) or model=stalta")
     model_cfg = to_plain(cfg.model)
     name = model_name(model_cfg)
-    kind = model_kind(model_cfg)
     seed_everything(cfg.get("seed", 0))
     eval_cfg = cfg.get("eval") or {}
     if eval_cfg.get("threshold_grid"):
@@ -89,18 +98,13 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         raise ConfigError("eval.tune_thresholds_on", f"must be null or 'val', got {tune_on!r}")
     if tune_on and not eval_cfg.get("threshold_grid"):
         raise ConfigError("eval.tune_thresholds_on", "needs eval.threshold_grid to choose from")
-    if kind == "stalta":
-        from feq_lab.evaluation.baseline import stalta_config
-
-        stalta_config(model_cfg)
-        return JobPlan(name=name, kind=kind)
+    # the family or baseline the config's `_target_` names (models/protocol.py)
+    model = instantiate(model_cfg, **{knob: cfg.get(knob) for knob in KNOBS})
+    if not isinstance(model, LearnedModel):
+        return JobPlan(name=name, kind=model.name, model=model)
     thresholds = check_open_thresholds(to_plain(cfg.get("thresholds") or {}), tune_on)
     train_settings(to_plain(cfg.train))  # every train.* key checked before any data work
-    from feq_lab.models import build_model
-
-    overrides = {knob: cfg.get(knob) for knob in KNOBS}
-    model = build_model(model_cfg, **overrides)
-    return JobPlan(name=name, kind=kind, model=model, spec=model.spec, thresholds=thresholds)
+    return JobPlan(name=name, kind=LEARNED, model=model, thresholds=thresholds)
 
 
 def check_open_thresholds(thresholds: Mapping[str, Any], tune_on: Any) -> dict[str, float | None]:
@@ -258,10 +262,10 @@ def export_onnx_safely(model: Any, path: Path, tracker: Any, run_id: str) -> Pat
 
 def assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path, tracker: Any,
            run_id: str) -> Assessment:
-    if plan.kind == "stalta":
+    if plan.kind != LEARNED:
         from feq_lab.job.baseline import assess_baseline
 
-        return assess_baseline(to_plain(cfg.model), data_dir, cfg.get("eval") or {},
+        return assess_baseline(plan.model, data_dir, cfg.get("eval") or {},
                                run_dir / "evaluation")
     return train_and_assess(plan, cfg, data_dir, run_dir, tracker, run_id)
 
@@ -303,7 +307,7 @@ def run_job(
     quiet_logs()
     if _rank() > 0:  # a DDP worker started by Lightning: join the training, log nothing
         plan = plan_job(cfg)
-        if plan.kind == "learned":
+        if plan.kind == LEARNED:
             data_dir, _ = prepare_data(cfg)
             fit(plan, cfg, data_dir, Path(run_dir or tempfile.mkdtemp(prefix="feq-rank-")), [])
         return {}
@@ -325,7 +329,7 @@ def run_job(
             parent_run_id = tracker.study_parent(str(cfg.study), f"training · {cfg.study} study")
         result = None
         found = (tracker.find_finished(chash, version, tags[TAG_CODE_VERSION])
-                 if cfg.get("resume") and plan.kind == "learned" else None)
+                 if cfg.get("resume") and plan.kind == LEARNED else None)
         if found:
             result = reevaluate(tracker, found, cfg, run_dir)
         if result is not None:
@@ -356,12 +360,12 @@ def run_job(
 def variant_name(plan: JobPlan) -> str:
     """The variant as a reader names it: the preset, plus the knobs that differ from it."""
     if plan.spec is None:
-        return "STA/LTA" if plan.kind == "stalta" else plan.name
+        return getattr(plan.model, "display_name", plan.name)
     from feq_lab.models import build_model
 
-    own = plan.spec.to_dict()
+    own = plan.model.to_config()
     try:
-        preset = build_model(plan.name).spec.to_dict()
+        preset = build_model(plan.name).to_config()
     except (ConfigError, OSError):  # a model config that is no preset file: name its knobs
         preset = {}
     extra = [f"{k}={own[k]}" for k in KNOBS if own.get(k) != preset.get(k)]

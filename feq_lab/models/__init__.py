@@ -1,16 +1,13 @@
-"""One builder for EQT, LEQ and FEQ1–3 (REFERENCE §5): presets in conf/model/*.yaml."""
+"""Learned model families behind one protocol (`protocol.LearnedModel`): the EQT family
+(EQT, LEQ, FEQ1–3, REFERENCE §5; `picker.PickerModel`) and PhaseNet (`phasenet.PhaseNet`);
+presets in conf/model/*.yaml name their family by `_target_`."""
 
+from feq_lab.models.checkpoint import load_checkpoint, save_checkpoint
 from feq_lab.models.compile import InferenceModel, InferenceOptions, compile_for_inference
 from feq_lab.models.options import ModelOptions
 from feq_lab.models.params import count_parameters, parameter_report
-from feq_lab.models.picker import (
-    PickerModel,
-    build_model,
-    load_checkpoint,
-    mc_dropout,
-    mc_predict,
-    save_checkpoint,
-)
+from feq_lab.models.picker import PickerModel, build_model, mc_dropout, mc_predict
+from feq_lab.models.protocol import Detector, LearnedModel, OnnxSignature, instantiate
 from feq_lab.models.spec import ModelSpec, available_presets, load_preset, spec_from_config
 
 PRESETS = ("eqt", "leq", "feq1", "feq2", "feq3")
@@ -19,6 +16,10 @@ __all__ = [
     "PRESETS",
     "InferenceModel",
     "InferenceOptions",
+    "Detector",
+    "LearnedModel",
+    "OnnxSignature",
+    "instantiate",
     "ModelOptions",
     "ModelSpec",
     "PickerModel",

@@ -274,6 +274,7 @@ def spec_from_config(model_cfg: Mapping[str, Any] | str, **overrides: Any) -> Mo
         raise ConfigError(
             "model", f"expected a mapping or a preset name, got {type(model_cfg).__name__}"
         )
+    data.pop("_target_", None)  # the family's locator (conf/model/*.yaml), not a spec field
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise ConfigError(
