@@ -46,6 +46,7 @@ class JobPlan:
     kind: str                    # "learned" | the detector's name ("stalta")
     model: Any = None            # LearnedModel or Detector, built from the `_target_`
     thresholds: dict[str, float | None] | None = None   # None = tuned on validation
+    lineage: Any = None          # training.finetune.Lineage when `init_from` gave the weights
 
     @property
     def spec(self) -> dict[str, Any] | None:
@@ -104,7 +105,20 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         return JobPlan(name=name, kind=model.name, model=model)
     thresholds = check_open_thresholds(to_plain(cfg.get("thresholds") or {}), tune_on)
     train_settings(to_plain(cfg.train))  # every train.* key checked before any data work
-    return JobPlan(name=name, kind=LEARNED, model=model, thresholds=thresholds)
+    lineage = None
+    if cfg.get("init_from"):  # fine-tuning: the parent's architecture and weights
+        from feq_lab.training.finetune import load_parent
+
+        model, lineage = load_parent(str(cfg.init_from), (cfg.get("tracking") or {}).get("uri"))
+        if model.name != name:
+            log.warning("init_from=%s is a %s: training that, not model=%s", cfg.init_from,
+                        model.name, name)
+        name = model.name
+    if cfg.get("freeze"):
+        from feq_lab.training.finetune import freeze_sections
+
+        freeze_sections(model, list(cfg.freeze))
+    return JobPlan(name=name, kind=LEARNED, model=model, thresholds=thresholds, lineage=lineage)
 
 
 def check_open_thresholds(thresholds: Mapping[str, Any], tune_on: Any) -> dict[str, float | None]:
@@ -166,7 +180,8 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
         augment=to_plain(cfg.data.get("augment") or {}),
         seed=seed,
     )
-    module = PickerModule(plan.model, train_settings(to_plain(train)))
+    # a fine-tune keeps its parent's weights: no recipe init (he / prior) on the first batch
+    module = PickerModule(plan.model, train_settings(to_plain(train)), fresh=plan.lineage is None)
     trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir, callbacks,
                                         optuna_cfg=to_plain(cfg.optuna) if cfg.get("optuna") else None)
     trainer.fit(module, datamodule=dm)
@@ -320,10 +335,13 @@ def run_job(
         plan = plan_job(cfg)
         data_dir, version = prepare_data(cfg)
         effective = effective_config(cfg, plan.spec)
+        if plan.lineage is not None:  # the identity is the parent version, not a moving alias
+            effective["init_from"] = plan.lineage.parent_model
         chash = config_hash(effective)
         tags = {TAG_CONFIG_HASH: chash, TAG_DATA_VERSION: version, "feq.model": plan.name,
                 "feq.kind": plan.kind, TAG_CODE_VERSION: code_version(),
-                "feq.variant": variant_name(plan)}
+                "feq.variant": variant_name(plan),
+                **(plan.lineage.tags() if plan.lineage is not None else {})}
         name = job_name or default_name(plan)
         if parent_run_id is None and cfg.get("study"):
             parent_run_id = tracker.study_parent(str(cfg.study), f"training · {cfg.study} study")

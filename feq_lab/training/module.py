@@ -38,9 +38,12 @@ class PickerModule(pl.LightningModule):
     """Trains any `LearnedModel` with its own loss (`model.losses`); `settings` defaults to EQT's
     protocol."""
 
-    def __init__(self, model: nn.Module, settings: TrainSettings | None = None):
+    def __init__(self, model: nn.Module, settings: TrainSettings | None = None, fresh: bool = True):
         super().__init__()
         self.model = model
+        # False for a fine-tune (`init_from`): the recipe's start state (he / prior init) would
+        # overwrite the parent's weights
+        self.fresh = fresh
         self.settings = settings or TrainSettings()
         self.loss_weights = dict(self.settings.loss_weights)
         self.pos_weight = dict(self.settings.pos_weight)
@@ -79,7 +82,8 @@ class PickerModule(pl.LightningModule):
             self.model.set_output_priors(priors)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.trainer.global_step == 0 and batch_idx == 0 and self.trainer.current_epoch == 0:
+        if (self.fresh and self.trainer.global_step == 0 and batch_idx == 0
+                and self.trainer.current_epoch == 0):
             self.initialise(batch)
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
