@@ -82,9 +82,8 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     Runs before any data is prepared or any run is opened, so a typo fails in milliseconds.
     """
     from feq_lab.evaluation.thresholds import check_grid
-    from feq_lab.training.recipe import train_settings
-
     from feq_lab.models import LearnedModel, instantiate
+    from feq_lab.training.recipe import train_settings
 
     if cfg.get("model") is None:
         raise ConfigError("model", "missing: choose a preset (model=feq3) or model=stalta")
@@ -269,7 +268,7 @@ def export_onnx_safely(model: Any, path: Path, tracker: Any, run_id: str) -> Pat
 
     try:
         return export_onnx(model, path)
-    except Exception as exc:  # noqa: BLE001 - recorded on the run
+    except Exception as exc:
         log.warning("ONNX export failed: %s: %s", type(exc).__name__, exc)
         tracker.set_tags({"feq.onnx_error": f"{type(exc).__name__}: {exc}"}, run_id)
         return None
@@ -434,7 +433,7 @@ def _record_failure(tracker: Any, cfg: DictConfig, plan: JobPlan | None, run_id:
         else:
             tracker.mark_failed(exc, run_id)
             log.error("run %s FAILED: %s: %s", run_id, type(exc).__name__, exc, exc_info=exc)
-    except Exception as inner:  # noqa: BLE001 - never hide the original error
+    except Exception as inner:
         log.error("could not record the failure in MLflow (%s); original error: %s", inner, exc)
 
 

@@ -25,16 +25,16 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "PRESETS",
+    "Detector",
     "InferenceModel",
     "InferenceOptions",
-    "Detector",
     "LearnedModel",
-    "OnnxSignature",
-    "instantiate",
     "ModelOptions",
     "ModelSpec",
+    "OnnxSignature",
     "PhaseNet",
     "PickerModel",
     "available_presets",
@@ -42,6 +42,7 @@ __all__ = [
     "compile_for_inference",
     "count_parameters",
     "from_seisbench",
+    "instantiate",
     "load_checkpoint",
     "load_preset",
     "mc_dropout",

@@ -15,6 +15,7 @@ from torch import nn
 from feq_lab.errors import ConfigError
 from feq_lab.models.layers import KerasGRU
 from feq_lab.models.protocol import SECTIONS
+
 CONVENTIONS = ("paper", "torch")
 
 

@@ -181,7 +181,7 @@ def locate(target: str, key: str = "model._target_") -> Any:
     """The callable a `_target_` names; one ConfigError naming the key when it does not exist."""
     try:
         return get_method(str(target))
-    except Exception as exc:  # noqa: BLE001 - hydra raises ImportError/ValueError variants
+    except Exception as exc:
         raise ConfigError(key, f"cannot locate {target!r}: {exc}") from exc
 
 

@@ -137,7 +137,7 @@ def test_output_priors_start_each_family_at_the_label_prior():
                 head.weight.zero_()
         model.set_output_priors(priors)
         with torch.no_grad():
-            det, p, s = model(x)
+            _, p, s = model(x)
         assert float(p.mean()) == pytest.approx(0.01, rel=1e-4)
         assert float(s.mean()) == pytest.approx(0.02, rel=1e-4)
 
