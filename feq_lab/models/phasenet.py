@@ -18,9 +18,18 @@ gain: the fixed paddings below keep every level aligned for 6000 as for 3001 (a 
 `_merge` says so if a length ever is not).
 
 Detection. PhaseNet has no detection head. The lab's detection trace for it is set in the config
-(`detection`): "noise_complement" (default) = 1 − P(noise) = P(P) + P(S), high wherever the model
-sees a phase arrival; "max_phase" = max(P(P), P(S)). Detection thresholds are then tuned on
-validation like every family's.
+(`detection`):
+- "phase_span" (default): min(max of P(P) up to t, max of P(S) from t on) — high from a P
+  arrival to the S arrival that follows it, the span EQTransformer's detection label covers
+  (P to S + 0.4 (S − P), REFERENCE §2) without its coda tail;
+- "noise_complement": 1 − P(noise) = P(P) + P(S), high only around each arrival;
+- "max_phase": max(P(P), P(S)).
+Why "phase_span" is the default: the lab scores with EQTransformer's protocol (REFERENCE §3),
+which scores only a trace's first detection trigger and takes S inside it. With
+"noise_complement" the P and S bumps are two triggers and every S falls outside the first one:
+measured on the quick experiment (4 epochs, test split, synthetic v-default data), P F1 0.98 but
+S F1 0.02, although the S probability peaked within ±10 samples of the true S on 80% of the
+earthquake traces. Detection thresholds are tuned on validation like every family's.
 
 Training. The loss is PhaseNet's: cross-entropy between the softmax and P/S/noise target traces
 (`data.labels.phase_targets`: the lab's Gaussian P and S labels, noise = 1 − P − S). The EQT
@@ -43,7 +52,7 @@ from feq_lab.data.labels import phase_targets
 from feq_lab.errors import ConfigError
 from feq_lab.models.protocol import OUTPUTS, TARGETS, LearnedModel
 
-DETECTIONS = ("noise_complement", "max_phase")
+DETECTIONS = ("phase_span", "noise_complement", "max_phase")
 BN_EPS = 1e-3  # as the TensorFlow original (Keras' BatchNormalization default)
 
 
@@ -63,7 +72,7 @@ class PhaseNetConfig:
     # the levels aligned for 3001 and 6000 samples alike)
     down_padding: tuple[tuple[int, int], ...] = ((3, 3), (2, 3), (1, 3), (2, 3))
     up_crop: tuple[int, int] = (1, 2)  # samples dropped after each transposed conv
-    detection: str = "noise_complement"
+    detection: str = "phase_span"
 
     def validate(self) -> PhaseNetConfig:
         def fail(key: str, msg: str) -> None:
@@ -192,7 +201,12 @@ class PhaseNet(LearnedModel):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         probs = torch.softmax(self.forward_logits(x), dim=1)
         noise, p, s = (probs[:, self._index[c]] for c in "NPS")
-        detection = 1.0 - noise if self.config.detection == "noise_complement" else torch.maximum(p, s)
+        if self.config.detection == "phase_span":
+            detection = torch.minimum(running_max(p), running_max(s, reverse=True))
+        elif self.config.detection == "noise_complement":
+            detection = 1.0 - noise
+        else:
+            detection = torch.maximum(p, s)
         return detection, p, s
 
     def losses(self, batch: Mapping[str, torch.Tensor], weights: Mapping[str, float],
@@ -242,6 +256,20 @@ class PhaseNet(LearnedModel):
         decoder = the up levels + head; PhaseNet has no recurrent/attention section."""
         return {"encoder": [self.stem, *self.down[:-1]], "bottleneck": [self.down[-1]],
                 "rnn_transformer": [], "decoder": [*self.up, self.head]}
+
+
+def running_max(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """max(x[..., :t + 1]) at each t (from the end when `reverse`) for x ≥ 0, by doubling
+    shifts (log2(T) elementwise maxima): exact, and exportable to ONNX, which has no CumMax."""
+    y, shift, length = x, 1, int(x.shape[-1])
+    while shift < length:
+        if reverse:
+            shifted = F.pad(y[..., shift:], (0, shift))
+        else:
+            shifted = F.pad(y[..., :-shift], (shift, 0))
+        y = torch.maximum(y, shifted)
+        shift *= 2
+    return y
 
 
 def _plain(value: Any) -> Any:

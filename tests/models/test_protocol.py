@@ -115,14 +115,22 @@ def test_phasenet_loss_is_softmax_cross_entropy_on_phase_targets():
 def test_phasenet_detection_is_defined_in_the_config():
     torch.manual_seed(3)
     x = batch_of()["x"]
-    complement = build_model("phasenet").eval()
-    max_phase = build_model("phasenet", detection="max_phase").eval()
-    max_phase.load_state_dict(complement.state_dict())
+    span = build_model("phasenet").eval()
+    assert span.config.detection == "phase_span"  # conf/model/phasenet.yaml's choice
+    others = {kind: build_model("phasenet", detection=kind).eval()
+              for kind in ("noise_complement", "max_phase")}
     with torch.no_grad():
-        d1, p, s = complement(x)
-        d2, _, _ = max_phase(x)
-    torch.testing.assert_close(d1, p + s)  # 1 − noise
-    torch.testing.assert_close(d2, torch.maximum(p, s))
+        d, p, s = span(x)
+        for model in others.values():
+            model.load_state_dict(span.state_dict())
+        d_complement, _, _ = others["noise_complement"](x)
+        d_max, _, _ = others["max_phase"](x)
+    p_np, s_np = p.numpy(), s.numpy()
+    expected = np.minimum(np.maximum.accumulate(p_np, axis=1),
+                          np.maximum.accumulate(s_np[:, ::-1], axis=1)[:, ::-1])
+    np.testing.assert_allclose(d.numpy(), expected, atol=1e-7)
+    torch.testing.assert_close(d_complement, p + s)  # 1 − noise
+    torch.testing.assert_close(d_max, torch.maximum(p, s))
 
 
 def test_output_priors_start_each_family_at_the_label_prior():

@@ -17,6 +17,7 @@ from torch import nn
 from feq_lab.data.labels import normalize
 from feq_lab.models import PhaseNet, PickerModel, build_model, from_seisbench, to_seisbench
 from feq_lab.models.params import count_parameters
+from feq_lab.models.phasenet import running_max
 
 ENZ_FROM_ZNE = [2, 1, 0]  # SeisBench's default component order is ZNE, the lab's E, N, Z
 
@@ -73,7 +74,10 @@ def test_seisbench_phasenet_loads_with_equal_outputs(samples):
     assert float(p.std()) > 5e-3 and float(s.std()) > 5e-3
     assert torch.allclose(p_ours, p, atol=1e-4, rtol=0)
     assert torch.allclose(s_ours, s, atol=1e-4, rtol=0)
-    assert torch.allclose(det, 1 - noise, atol=1e-4, rtol=0)  # the config's detection
+    # the config's detection (phase_span) from SeisBench's own P and S
+    span = torch.minimum(running_max(p), running_max(s, reverse=True))
+    assert torch.allclose(det, span, atol=1e-4, rtol=0)
+    assert torch.allclose(1 - noise, p + s, atol=1e-6)  # noise_complement's identity
 
 
 @pytest.mark.parametrize("family", ["eqt", "phasenet"])
