@@ -268,7 +268,7 @@ def export_onnx_safely(model: Any, path: Path, tracker: Any, run_id: str) -> Pat
 
     try:
         return export_onnx(model, path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - recorded on the run
         log.warning("ONNX export failed: %s: %s", type(exc).__name__, exc)
         tracker.set_tags({"feq.onnx_error": f"{type(exc).__name__}: {exc}"}, run_id)
         return None
