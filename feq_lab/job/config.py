@@ -41,8 +41,8 @@ def to_plain(cfg: Any, resolve: bool = True) -> dict[str, Any]:
             out = OmegaConf.to_container(cfg, resolve=False)
             for key in list(out):  # resolve what can be resolved, section by section
                 try:
-                    out[key] = OmegaConf.to_container(cfg[key], resolve=True) if isinstance(
-                        cfg[key], DictConfig) else cfg[key]
+                    out[key] = OmegaConf.to_container(cfg[key], resolve=True) if (
+                        OmegaConf.is_config(cfg[key])) else cfg[key]  # a mapping or a list
                 except Exception:  # noqa: BLE001
                     pass
             return out  # type: ignore[return-value]
