@@ -386,7 +386,8 @@ def variant_name(plan: JobPlan) -> str:
     except (ConfigError, OSError):  # a model config that is no preset file: name its knobs
         preset = {}
     extra = [f"{k}={own[k]}" for k in KNOBS if own.get(k) != preset.get(k)]
-    return " ".join([plan.name.upper()] + extra)
+    name = " ".join([plan.name.upper()] + extra)
+    return name if plan.lineage is None else f"{name} (from {plan.lineage.short})"
 
 
 STAGE_FILES = ("model.pt", "model.onnx", "val_probabilities.npz", "test_probabilities.npz",

@@ -40,6 +40,12 @@ class Lineage:
     parent_model: str  # registry NAME/VERSION, or the resolved file path
     parent_run: str | None = None  # the registered version's MLflow run
 
+    @property
+    def short(self) -> str:
+        """The parent as a table row names it: NAME/VERSION, or the file's name."""
+        registry = self.init_from.startswith(REGISTRY_PREFIX)
+        return self.parent_model if registry else Path(self.parent_model).name
+
     def tags(self) -> dict[str, str]:
         tags = {TAG_INIT_FROM: self.init_from, TAG_PARENT_MODEL: self.parent_model}
         if self.parent_run:

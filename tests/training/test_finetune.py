@@ -104,6 +104,7 @@ def test_init_from_a_registered_model_starts_from_its_weights_and_records_lineag
                                       f"tags.`{TAG_PARENT_MODEL}` = 'feq-picker/{registered['version']}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags[TAG_PARENT_RUN] == registered["run_id"]
+    assert runs[0].data.tags["feq.variant"] == f"FEQ3 (from feq-picker/{registered['version']})"
 
 
 def test_init_from_a_lab_checkpoint_or_seisbench_weights(tmp_path):
