@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from feq_lab.data.labels import make_labels, phase_targets
 from feq_lab.evaluation.baseline import StaLtaDetector, stalta_picks
@@ -32,6 +34,14 @@ MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 LEARNED = ("feq3", "phasenet")
 
 
+def model_entry(name: str) -> DictConfig:
+    """`conf/model/<name>.yaml` as the job composes it (its defaults list applied: FEQ1-3 are LEQ
+    deltas, `stalta` an alias of `conf/baseline/stalta.yaml`)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"model={name}"]).model
+
+
 def batch_of(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed)
     labels = [make_labels(700.0 + 50 * i, 1400.0 + 80 * i) for i in range(n)]
@@ -42,8 +52,8 @@ def batch_of(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_every_model_config_names_its_family_and_instantiates(name):
-    cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
-    assert "_target_" in cfg, f"conf/model/{name}.yaml has no _target_"
+    cfg = model_entry(name)
+    assert "_target_" in cfg, f"conf/model/{name}.yaml composes no _target_"
     built = hydra_instantiate(cfg)  # Hydra's own instantiate, as a config test would call it
     ours = instantiate(OmegaConf.to_container(cfg))
     assert type(built) is type(ours)
@@ -153,7 +163,7 @@ def test_output_priors_start_each_family_at_the_label_prior():
 def test_stalta_is_a_detector_with_the_baseline_s_picks(tiny_subset):
     from feq_lab.job.baseline import load_split
 
-    detector = instantiate(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "stalta.yaml")),
+    detector = instantiate(OmegaConf.to_container(model_entry("stalta")),
                            rnn="gru")  # grid knobs do not apply to a detector
     assert isinstance(detector, StaLtaDetector) and isinstance(detector, Detector)
     _, waveforms, _, names = load_split(tiny_subset, "test")
