@@ -148,9 +148,9 @@ def objectives(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
-        loggers: list[Any]) -> tuple[Any, Any, Any, Any]:
-    """Train `plan.model` (per-epoch metrics to `loggers`); returns (module with the best weights
-    loaded, trainer, checkpoint callback, datamodule)."""
+        loggers: list[Any], callbacks: list[Any] | None = None) -> tuple[Any, Any, Any, Any]:
+    """Train `plan.model` (per-epoch metrics to `loggers`; extra Lightning `callbacks`); returns
+    (module with the best weights loaded, trainer, checkpoint callback, datamodule)."""
     import torch
 
     from feq_lab.data.datamodule import SteadDataModule
@@ -169,7 +169,7 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
     )
     # a fine-tune keeps its parent's weights: no recipe init (he / prior) on the first batch
     module = PickerModule(plan.model, train_settings(to_plain(train)), fresh=plan.lineage is None)
-    trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir,
+    trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir, callbacks or (),
                                         optuna_cfg=to_plain(cfg.optuna) if cfg.get("optuna") else None,
                                         loggers=loggers)
     trainer.fit(module, datamodule=dm)

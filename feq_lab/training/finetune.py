@@ -81,8 +81,8 @@ def _is_lab_checkpoint(path: Path) -> bool:
 
 
 def _from_registry(uri: str, tracking_uri: str | None) -> tuple[LearnedModel, Lineage]:
-    from feq_lab.tracking.mlflow import download_model
     from feq_lab.tracking.pyfunc import model_files
+    from feq_lab.tracking.registry import Registry
 
     if not tracking_uri:
         raise ConfigError("tracking.uri", f"init_from={uri} needs a tracking store")
@@ -91,12 +91,12 @@ def _from_registry(uri: str, tracking_uri: str | None) -> tuple[LearnedModel, Li
         raise ConfigError("init_from", f"{uri!r}: expected {REGISTRY_PREFIX}NAME@ALIAS "
                           f"(e.g. {REGISTRY_PREFIX}feq-picker@champion)")
     try:
-        local, version = download_model(tracking_uri, name, alias)
+        files = Registry(str(tracking_uri)).download(name, alias)
     except ConfigError as exc:
         raise ConfigError("init_from", str(exc)) from exc
-    checkpoint, _ = model_files(local)
+    checkpoint, _ = model_files(files.directory)
     model = load_checkpoint(checkpoint).train()
-    return model, Lineage(uri, f"{name}/{version.version}", version.run_id or None)
+    return model, Lineage(uri, f"{name}/{files.version}", files.run_id)
 
 
 def freeze_sections(model: LearnedModel, sections: Sequence[str]) -> list[str]:

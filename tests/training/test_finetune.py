@@ -16,6 +16,7 @@ from feq_lab.job.run import fit, plan_job, prepare_data, run_job
 from feq_lab.models import build_model, save_checkpoint
 from feq_lab.paths import CONF_DIR
 from feq_lab.tracking.mlflow import Tracker
+from feq_lab.tracking.registry import Registry
 from feq_lab.training.finetune import TAG_PARENT_MODEL, TAG_PARENT_RUN, freeze_sections, load_parent
 from feq_lab.training.module import PickerModule
 from feq_lab.training.recipe import train_settings
@@ -70,7 +71,7 @@ def registered(tmp_path):
     run_id = tracker.start_run("parent", {}, {})
     tracker.log_pyfunc_model(save_checkpoint(parent, tmp_path / "parent.pt"), None, run_id)
     tracker.end_run(run_id, "FINISHED")
-    version = tracker.register(run_id, "feq-picker", "champion")
+    version = Registry(uri).register(run_id, "feq-picker", "champion")
     return {"uri": uri, "parent": parent.eval(), "run_id": run_id, "version": version}
 
 
@@ -91,7 +92,7 @@ def test_init_from_a_registered_model_starts_from_its_weights_and_records_lineag
         assert torch.equal(plan.model.state_dict()[key], value), key
     data_dir, _ = prepare_data(cfg)
     first = FirstStepLoss()
-    fit(plan, cfg, data_dir, tmp_path / "fit", [first])
+    fit(plan, cfg, data_dir, tmp_path / "fit", [], callbacks=[first])
     expected = loss_without_dropout(PickerModule(parent, train_settings({})), first.batch)
     assert first.loss == pytest.approx(expected, rel=1e-6)
     fresh = loss_without_dropout(PickerModule(build_model("feq3"), train_settings({})), first.batch)
