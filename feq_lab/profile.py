@@ -86,7 +86,7 @@ def profile_variant(variant: str | Mapping[str, Any], cfg: DictConfig) -> dict[s
     result: dict[str, Any] = {
         "model": variant_name(variant),
         "overrides": {k: v for k, v in knobs.items() if v is not None},
-        "spec": model.spec.to_dict(),
+        "spec": model.to_config(),
         "params": parameter_report(model),
         "size_mb": model_size_mb(model),
         "latency": [],

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from feq_lab.job.config import config_hash, effective_config
 from feq_lab.job.run import plan_job
-from feq_lab.models import PRESETS, build_model, load_preset
+from feq_lab.models import PRESETS, Detector, LearnedModel, build_model, load_preset
 from feq_lab.models.spec import GRID_KNOBS
 from feq_lab.paths import CONF_DIR, PROJECT_ROOT
 
@@ -105,11 +105,11 @@ def test_every_option_of_the_main_job_composes_plans_and_instantiates(group, opt
         assert cfg.hydra.launcher._target_
     plan = plan_job(cfg)  # every check of the job, and the network built
     if group == "baseline" or (group == "model" and option == "stalta"):
-        assert plan.kind == "stalta" and plan.model is None
+        assert plan.kind == "stalta" and isinstance(plan.model, Detector) and plan.spec is None
     else:
-        assert plan.kind == "learned" and plan.model is not None
-        if group == "model":
-            assert plan.spec.name == option
+        assert plan.kind == "learned" and isinstance(plan.model, LearnedModel)
+        if group == "model":  # built from the preset's `_target_` (models/protocol.py)
+            assert plan.spec["name"] == option and plan.spec["_target_"] == plan.model.target
     n = instantiate_all(cfg)
     assert n >= 1  # at least the MLflow sweep callback (hydra.callbacks)
 
@@ -152,8 +152,10 @@ def test_every_preset_builds_exactly_the_spec_it_built_as_a_full_copy(preset):
     before = json.loads(FIXTURE.read_text())[preset]
     assert build_model(preset).spec.to_dict() == before
     composed = compose_cfg("config", f"model={preset}")
-    assert plan_job(composed).spec.to_dict() == before
+    assert plan_job(composed).model.spec.to_dict() == before
     assert {**load_preset(preset)} == OmegaConf.to_container(composed.model)
+    # FEQ1-3 inherit LEQ's family locator through the defaults list
+    assert composed.model._target_ == "feq_lab.models.picker.PickerModel.from_config"
 
 
 def test_feq_presets_are_leq_plus_the_fields_that_differ():

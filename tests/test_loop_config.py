@@ -52,7 +52,10 @@ def test_params_are_flat_with_effective_knobs_and_preset_name():
 def test_stalta_is_planned_without_a_network_and_ignores_the_knobs():
     cfg = cfg_of("model=stalta", "rnn=gru")
     plan = plan_job(cfg)
-    assert plan.kind == "stalta" and plan.model is None and plan.name == "stalta"
+    from feq_lab.models import Detector, LearnedModel
+
+    assert plan.kind == "stalta" and plan.name == "stalta" and plan.spec is None
+    assert isinstance(plan.model, Detector) and not isinstance(plan.model, LearnedModel)
     assert effective_config(cfg, None)["rnn"] is None
     assert effective_hash("model=stalta", "rnn=gru") == effective_hash("model=stalta")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -73,3 +74,10 @@ def make_labels(p_sample: float | None, s_sample: float | None,
     """(y_det, y_p, y_s), each float32 (n_samples,)."""
     return (detection_label(p_sample, s_sample, n_samples), pick_label(p_sample, n_samples),
             pick_label(s_sample, n_samples))
+
+
+def phase_targets(y_p: Any, y_s: Any) -> tuple[Any, Any, Any]:
+    """PhaseNet's class targets (Zhu & Beroza 2019) from the lab's P and S label traces:
+    (noise, P, S) with noise = 1 − P − S clipped to [0, 1], so the three sum to 1 wherever the
+    P and S Gaussians do not overlap. Works on NumPy arrays and torch tensors alike."""
+    return (1.0 - y_p - y_s).clip(0.0, 1.0), y_p, y_s

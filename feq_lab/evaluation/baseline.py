@@ -176,3 +176,20 @@ def stalta_picks(
             name = trace_names[i] if trace_names else f"index {i}"
             raise DataError(str(exc), trace=name) from exc
     return out
+
+
+class StaLtaDetector:
+    """The STA/LTA baseline as a `models.protocol.Detector` (`_target_` of
+    conf/model/stalta.yaml): the settings are validated once, at construction."""
+
+    name = "stalta"
+    display_name = "STA/LTA"
+
+    def __init__(self, **settings: Any):
+        self.settings = stalta_config(settings)
+
+    def picks(self, waveforms: np.ndarray, trace_names: list[str] | None = None) -> list[TracePicks]:
+        return stalta_picks(waveforms, self.settings, trace_names=trace_names)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, **self.settings}

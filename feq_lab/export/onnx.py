@@ -1,5 +1,6 @@
-"""ONNX export of a PickerModel: inputs `waveform` (B, 3, 6000), outputs `detection`, `p`, `s`
-(probabilities), dynamic batch, opset ≥ 17. Written atomically."""
+"""ONNX export of any learned model (`models.protocol.LearnedModel`): the names and dynamic
+axes are the model's `onnx_signature()` — input `waveform` (B, 3, 6000), outputs `detection`,
+`p`, `s` (probabilities), dynamic batch — opset ≥ 17. Written atomically."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ MIN_OPSET = 17
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> Path:
-    """Export `model` (a PickerModel; its eval-mode function) to `path`; the batch axis is
+    """Export `model` (a LearnedModel; its eval-mode function) to `path`; the batch axis is
     dynamic. What is traced is `compile_for_inference(model, target="onnx")`, the forms written
     for onnxruntime; the model itself is left as it was.
 
@@ -39,18 +40,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> P
     """
     if opset < MIN_OPSET:
         raise ConfigError("opset", f"must be >= {MIN_OPSET} (LayerNormalization), got {opset}")
-    spec = model.spec  # type: ignore[attr-defined]
+    signature = model.onnx_signature()  # type: ignore[operator]
     frozen = compile_for_inference(model, target="onnx")  # type: ignore[arg-type]
-    example = torch.zeros(2, spec.in_channels, spec.in_samples)
+    example = torch.zeros(2, model.in_channels, model.in_samples)  # type: ignore[arg-type]
     with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             frozen,
             (example,),
             str(tmp),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            input_names=list(signature.input_names),
+            output_names=list(signature.output_names),
+            dynamic_axes={k: dict(v) for k, v in signature.dynamic_axes.items()},
             opset_version=opset,
             dynamo=False,
             do_constant_folding=True,

@@ -1,4 +1,4 @@
-"""The classical reference row (`model=stalta`): obspy STA/LTA + AR picker on the same test
+"""The classical reference row (`model=stalta`, any `Detector`): obspy STA/LTA + AR picker on the same test
 and validation splits, scored by the same `metrics.score`, logged with the same `val/` and
 `test/` keys (+ bootstrap intervals) as every learned run."""
 
@@ -10,7 +10,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from feq_lab.evaluation.baseline import stalta_picks
 from feq_lab.evaluation.metrics import score
 from feq_lab.evaluation.significance import interval_metrics, outcomes_from_picks, save_outcomes
 from feq_lab.evaluation.truth import Truth
@@ -42,10 +41,11 @@ def load_split(data_dir: str | Path, split: str = "test") -> tuple[Any, np.ndarr
     return test, waveforms, Truth.from_metadata(test), names
 
 
-def assess_baseline(model_cfg: Mapping[str, Any], data_dir: str | Path, eval_cfg: Mapping[str, Any],
+def assess_baseline(detector: Any, data_dir: str | Path, eval_cfg: Mapping[str, Any],
                     out_dir: Path) -> Assessment:
-    """Metrics and figures of the STA/LTA baseline; `latency/window_ms_p50` is its median
-    time per window (one trace at a time, this process, on the test split)."""
+    """Metrics and figures of a classical baseline (a `models.protocol.Detector`, e.g. STA/LTA);
+    `latency/window_ms_p50` is its median time per window (one trace at a time, this process,
+    on the test split)."""
     kw = eval_settings(eval_cfg)
     boot = dict(eval_cfg.get("bootstrap") or {})
     result = Assessment()
@@ -54,7 +54,7 @@ def assess_baseline(model_cfg: Mapping[str, Any], data_dir: str | Path, eval_cfg
         picks, times_ms = [], []
         for i, name in enumerate(names):  # one window at a time, as the latency key means
             start = time.perf_counter()
-            picks.extend(stalta_picks(waveforms[i:i + 1], model_cfg, trace_names=[name]))
+            picks.extend(detector.picks(waveforms[i:i + 1], trace_names=[name]))
             times_ms.append((time.perf_counter() - start) * 1e3)
         scores = score(picks, truth, kw["sampling_rate"], kw["tolerance_s"])
         outcomes = outcomes_from_picks(picks, truth, kw["sampling_rate"], kw["tolerance_s"], names)

@@ -27,7 +27,6 @@ VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "tra
                  "measure", "thresholds", "eval", "stage_out", "study", "seeds")
 # The code a trained model depends on: a change here makes earlier trainings stale for reuse.
 TRAINING_CODE = ("data", "models", "training")
-BASELINE_KINDS = ("stalta",)
 
 
 def model_config(cfg: Any) -> Any:
@@ -38,13 +37,6 @@ def model_config(cfg: Any) -> Any:
     """
     baseline = cfg.get("baseline")
     return baseline if baseline else cfg.get("model")
-
-
-def model_kind(model_cfg: Mapping[str, Any]) -> str:
-    """'stalta' for the classical baseline, else 'learned'."""
-    kind = str(model_cfg.get("kind") or "").lower()
-    name = str(model_cfg.get("name") or "").lower()
-    return "stalta" if kind in BASELINE_KINDS or name in BASELINE_KINDS else "learned"
 
 
 def model_name(model_cfg: Mapping[str, Any]) -> str:
@@ -65,17 +57,19 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
         node.pop(parts[-1], None)
 
 
-def effective_config(cfg: Any, spec: Any | None) -> dict[str, Any]:
-    """The composed config with the grid knobs (and `model`) replaced by what is really built."""
+def effective_config(cfg: Any, model_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The composed config with the grid knobs (and `model`) replaced by what is really built:
+    `model_config` is the learned model's `_target_` + `to_config()` (`JobPlan.spec`); a knob
+    the family does not have is null. None: a classical baseline, taken as configured."""
     plain = to_plain(cfg)
     baseline = plain.pop("baseline", None)
     if baseline:  # baseline=stalta is recorded like model=stalta
         plain["model"] = baseline
-    if spec is not None:
-        model = spec.to_dict()
+    if model_config is not None:
+        model = dict(model_config)
         plain["model"] = model
         for knob in KNOBS:
-            plain[knob] = model[knob]
+            plain[knob] = model.get(knob)
     else:  # the classical baseline: the network knobs do not apply
         for knob in KNOBS:
             plain[knob] = None

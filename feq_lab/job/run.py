@@ -25,7 +25,6 @@ from feq_lab.job.config import (
     effective_config,
     flatten,
     model_config,
-    model_kind,
     model_name,
     run_params,
     to_plain,
@@ -39,15 +38,25 @@ CONFIG_ARTIFACT = "config.yaml"
 WEIGHTS_DIR = "weights"
 
 
+LEARNED = "learned"
+
+
 @dataclass
 class JobPlan:
-    """What a validated config will run: a built model (learned) or the baseline settings."""
+    """What a validated config will run: a built `LearnedModel` or a `Detector` (baseline)."""
 
     name: str
-    kind: str                    # "learned" | "stalta"
-    model: Any = None            # PickerModel for learned runs
-    spec: Any = None
+    kind: str                    # "learned" | the detector's name ("stalta")
+    model: Any = None            # LearnedModel or Detector, built from the `_target_`
     thresholds: dict[str, float | None] | None = None   # None = tuned on validation
+    lineage: Any = None          # training.finetune.Lineage when `init_from` gave the weights
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        """A learned model's effective config (`_target_` + `to_config()`); None for a baseline."""
+        if self.kind != LEARNED:
+            return None
+        return {"_target_": self.model.target, **self.model.to_config()}
 
 
 def _rank() -> int:
@@ -76,6 +85,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     Runs before any store, run or subset is opened (`run_job`), so a typo fails in milliseconds
     and leaves nothing behind.
     """
+    from feq_lab.models import LearnedModel, instantiate
     from feq_lab.training.recipe import train_settings
 
     if model_config(cfg) is None:
@@ -83,21 +93,35 @@ def plan_job(cfg: DictConfig) -> JobPlan:
                           "(baseline=stalta)")
     model_cfg = to_plain(model_config(cfg))
     name = model_name(model_cfg)
-    kind = model_kind(model_cfg)
     seed_everything(cfg.get("seed", 0))
     check_data(cfg.data)
-    thresholds = check_evaluation(cfg, thresholds=kind != "stalta")
-    if kind == "stalta":
-        from feq_lab.evaluation.baseline import stalta_config
-
-        stalta_config(model_cfg, "baseline" if cfg.get("baseline") else "model")
-        return JobPlan(name=name, kind=kind)
+    group = "baseline" if cfg.get("baseline") else "model"
+    try:  # the family or baseline the config's `_target_` names (models/protocol.py)
+        model = instantiate(model_cfg, **{knob: cfg.get(knob) for knob in KNOBS})
+    except ConfigError as exc:  # errors name the group the settings came from
+        if group == "model" or not exc.key.startswith("model."):
+            raise
+        raise ConfigError(group + exc.key[len("model"):],
+                          str(exc)[len(exc.key) + 2:]) from exc
+    if not isinstance(model, LearnedModel):
+        check_evaluation(cfg, thresholds=False)  # a detector has no thresholds
+        return JobPlan(name=name, kind=model.name, model=model)
+    thresholds = check_evaluation(cfg)
     train_settings(to_plain(cfg.train))  # every train.* key checked before any data work
-    from feq_lab.models import build_model
+    lineage = None
+    if cfg.get("init_from"):  # fine-tuning: the parent's architecture and weights
+        from feq_lab.training.finetune import load_parent
 
-    overrides = {knob: cfg.get(knob) for knob in KNOBS}
-    model = build_model(model_cfg, **overrides)
-    return JobPlan(name=name, kind=kind, model=model, spec=model.spec, thresholds=thresholds)
+        model, lineage = load_parent(str(cfg.init_from), (cfg.get("tracking") or {}).get("uri"))
+        if model.name != name:
+            log.warning("init_from=%s is a %s: training that, not model=%s", cfg.init_from,
+                        model.name, name)
+        name = model.name
+    if cfg.get("freeze"):
+        from feq_lab.training.finetune import freeze_sections
+
+        freeze_sections(model, list(cfg.freeze))
+    return JobPlan(name=name, kind=LEARNED, model=model, thresholds=thresholds, lineage=lineage)
 
 
 def prepare_data(cfg: DictConfig) -> tuple[Path, str]:
@@ -124,9 +148,9 @@ def objectives(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
-        loggers: list[Any]) -> tuple[Any, Any, Any, Any]:
-    """Train `plan.model` (per-epoch metrics to `loggers`); returns (module with the best weights
-    loaded, trainer, checkpoint callback, datamodule)."""
+        loggers: list[Any], callbacks: list[Any] | None = None) -> tuple[Any, Any, Any, Any]:
+    """Train `plan.model` (per-epoch metrics to `loggers`; extra Lightning `callbacks`); returns
+    (module with the best weights loaded, trainer, checkpoint callback, datamodule)."""
     import torch
 
     from feq_lab.data.datamodule import SteadDataModule
@@ -143,8 +167,9 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
         augment=to_plain(cfg.data.get("augment") or {}),
         seed=seed,
     )
-    module = PickerModule(plan.model, train_settings(to_plain(train)))
-    trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir,
+    # a fine-tune keeps its parent's weights: no recipe init (he / prior) on the first batch
+    module = PickerModule(plan.model, train_settings(to_plain(train)), fresh=plan.lineage is None)
+    trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir, callbacks or (),
                                         optuna_cfg=to_plain(cfg.optuna) if cfg.get("optuna") else None,
                                         loggers=loggers)
     trainer.fit(module, datamodule=dm)
@@ -259,10 +284,10 @@ def export_onnx_safely(model: Any, path: Path, tags: dict[str, str]) -> Path | N
 
 def assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
            loggers: list[Any]) -> Assessment:
-    if plan.kind == "stalta":
+    if plan.kind != LEARNED:
         from feq_lab.job.baseline import assess_baseline
 
-        return assess_baseline(to_plain(model_config(cfg)), data_dir, cfg.get("eval") or {},
+        return assess_baseline(plan.model, data_dir, cfg.get("eval") or {},
                                run_dir / "evaluation")
     return train_and_assess(plan, cfg, data_dir, run_dir, loggers)
 
@@ -310,7 +335,7 @@ def run_job(
             raise
         invalid = exc  # a sweep's point: recorded as a FAILED child of the sweep's parent
     if _rank() > 0:  # a DDP worker started by Lightning: join the training, log nothing
-        if plan is not None and plan.kind == "learned":
+        if plan is not None and plan.kind == LEARNED:
             data_dir, _ = prepare_data(cfg)
             fit(plan, cfg, data_dir, Path(run_dir or tempfile.mkdtemp(prefix="feq-rank-")), [])
         return {}
@@ -324,16 +349,19 @@ def run_job(
         assert plan is not None
         data_dir, version = prepare_data(cfg)
         effective = effective_config(cfg, plan.spec)
+        if plan.lineage is not None:  # the identity is the parent version, not a moving alias
+            effective["init_from"] = plan.lineage.parent_model
         chash = config_hash(effective)
         tags = {TAG_CONFIG_HASH: chash, TAG_DATA_VERSION: version, "feq.model": plan.name,
                 "feq.kind": plan.kind, TAG_CODE_VERSION: code_version(),
-                "feq.variant": variant_name(plan), TAG_RUN_DIR: str(run_dir.resolve())}
+                "feq.variant": variant_name(plan), TAG_RUN_DIR: str(run_dir.resolve()),
+                **(plan.lineage.tags() if plan.lineage is not None else {})}
         name = job_name or default_name(plan)
         if parent_run_id is None and cfg.get("study"):
             parent_run_id = tracker.study_parent(str(cfg.study), f"training · {cfg.study} study")
         result = None
         found = (tracker.find_finished(chash, version, tags[TAG_CODE_VERSION])
-                 if cfg.get("resume") and plan.kind == "learned" else None)
+                 if cfg.get("resume") and plan.kind == LEARNED else None)
         if found:
             result = reevaluate(tracker, found, cfg, run_dir)
         if result is not None:
@@ -366,16 +394,17 @@ def run_job(
 def variant_name(plan: JobPlan) -> str:
     """The variant as a reader names it: the preset, plus the knobs that differ from it."""
     if plan.spec is None:
-        return "STA/LTA" if plan.kind == "stalta" else plan.name
+        return getattr(plan.model, "display_name", plan.name)
     from feq_lab.models import build_model
 
-    own = plan.spec.to_dict()
+    own = plan.model.to_config()
     try:
-        preset = build_model(plan.name).spec.to_dict()
+        preset = build_model(plan.name).to_config()
     except (ConfigError, OSError):  # a model config that is no preset file: name its knobs
         preset = {}
     extra = [f"{k}={own[k]}" for k in KNOBS if own.get(k) != preset.get(k)]
-    return " ".join([plan.name.upper()] + extra)
+    name = " ".join([plan.name.upper()] + extra)
+    return name if plan.lineage is None else f"{name} (from {plan.lineage.short})"
 
 
 STAGE_FILES = ("model.pt", "model.onnx", "val_probabilities.npz", "test_probabilities.npz",

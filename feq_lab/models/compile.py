@@ -21,6 +21,7 @@ convs, the head as a 1×1 conv plus shifted adds; see `export.layout`).
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ from feq_lab.models.layers import (
     same_max_pool1d,
 )
 from feq_lab.models.picker import PickerModel, check_input
+from feq_lab.models.protocol import FrozenModel, LearnedModel
 from feq_lab.models.spec import ModelSpec
 
 TARGETS = ("eager", "onnx")
@@ -64,17 +66,30 @@ class InferenceOptions:
 
 
 def compile_for_inference(
-    model: PickerModel, target: str = "eager", options: InferenceOptions | None = None
-) -> InferenceModel:
+    model: LearnedModel, target: str = "eager", options: InferenceOptions | None = None
+) -> nn.Module:
     """A frozen inference object for `model`'s current weights (eval-mode semantics: BatchNorm
     running statistics, no dropout). Calling it returns (det, p, s) probabilities like
-    `model(x)`; `forward_logits` the pre-sigmoid traces. The model itself is left untouched."""
+    `model(x)`; `forward_logits` the pre-sigmoid traces. The model itself is left untouched.
+
+    The one way every caller (evaluation, latency, export, pyfunc, monitor) runs any family:
+    a family with faster inference forms registers them (`inference_form.register`); any other
+    `LearnedModel` runs as an eval-mode snapshot (`protocol.FrozenModel`)."""
     if target not in TARGETS:
         raise ConfigError("target", f"unknown target {target!r}; expected eager or onnx")
-    options = options or InferenceOptions()
-    kernels_ok = target == "eager" and options.kernels and kernels.library() is not None
     with torch.no_grad():
-        return InferenceModel(model, target, kernels_ok)
+        return inference_form(model, target, options or InferenceOptions())
+
+
+@functools.singledispatch
+def inference_form(model: LearnedModel, target: str, options: InferenceOptions) -> nn.Module:
+    return FrozenModel(model)
+
+
+@inference_form.register
+def _(model: PickerModel, target: str, options: InferenceOptions) -> nn.Module:
+    kernels_ok = target == "eager" and options.kernels and kernels.library() is not None
+    return InferenceModel(model, target, kernels_ok)
 
 
 class InferenceModel(nn.Module):

@@ -14,8 +14,8 @@ from torch import nn
 
 from feq_lab.errors import ConfigError
 from feq_lab.models.layers import KerasGRU
+from feq_lab.models.protocol import SECTIONS
 
-SECTIONS = ("encoder", "bottleneck", "rnn_transformer", "decoder")
 CONVENTIONS = ("paper", "torch")
 
 
@@ -47,14 +47,18 @@ def _count(roots: Iterable[nn.Module], convention: str, seen: set[int]) -> int:
 
 
 def count_parameters(model: nn.Module, convention: str = "paper") -> dict[str, int]:
-    """{encoder, bottleneck, rnn_transformer, decoder, total} for a PickerModel."""
+    """{encoder, bottleneck, rnn_transformer, decoder, total} for any `LearnedModel` (a section
+    the family does not have counts 0)."""
     if convention not in CONVENTIONS:
         raise ConfigError(
             "convention", f"unknown counting convention {convention!r}; expected paper or torch"
         )
     sections = model.section_modules()  # type: ignore[operator]
     seen: set[int] = set()
-    counts = {name: _count(sections[name], convention, seen) for name in SECTIONS}
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise RuntimeError(f"{type(model).__name__}: unknown section {unknown[0]!r}")
+    counts = {name: _count(sections.get(name, ()), convention, seen) for name in SECTIONS}
     counts["total"] = sum(counts[name] for name in SECTIONS)
     leftover = _count([model], convention, seen)
     if leftover:  # a module outside every section would silently skew the report

@@ -13,18 +13,16 @@ transposes; decoders go back to channel-first.
 
 from __future__ import annotations
 
-import os
-import pickle
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feq_lab.errors import ConfigError, DataError
+from feq_lab.errors import ConfigError
 from feq_lab.models.fastdecode import build_stacked, grouped_decoders
 from feq_lab.models.layers import (
     BottleneckBlock,
@@ -40,10 +38,8 @@ from feq_lab.models.layers import (
     separable_stage,
 )
 from feq_lab.models.options import ModelOptions
-from feq_lab.models.spec import ModelSpec, layer_indices, spec_from_config, spec_from_dict
-from feq_lab.paths import atomic_path
-
-CHECKPOINT_FORMAT = "feq-lab-checkpoint/1"
+from feq_lab.models.protocol import OUTPUTS, LearnedModel, instantiate
+from feq_lab.models.spec import ModelSpec, layer_indices, load_preset, spec_from_config
 
 
 class Encoder(nn.Module):
@@ -80,7 +76,7 @@ class Encoder(nn.Module):
         return x
 
 
-class PickerModel(nn.Module):
+class PickerModel(LearnedModel):
     """(B, 3, 6000) waveforms → detection, P, S traces (B, 6000) each.
 
     `forward` returns probabilities, `forward_logits` the pre-sigmoid values (for a BCE-with-logits
@@ -178,6 +174,37 @@ class PickerModel(nn.Module):
         det, p, s = self.forward_logits(x)
         return torch.sigmoid(det), torch.sigmoid(p), torch.sigmoid(s)
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def in_channels(self) -> int:
+        return self.spec.in_channels
+
+    @property
+    def in_samples(self) -> int:
+        return self.spec.in_samples
+
+    def to_config(self) -> dict[str, Any]:
+        return self.spec.to_dict()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None = None, /,
+                    options: ModelOptions | None = None, **fields: Any) -> PickerModel:
+        """A preset mapping (`cfg.model`, `to_config()`) with knob overrides, or the preset's
+        fields as keywords (`hydra.utils.instantiate(cfg.model)`); see `spec_from_config`."""
+        if config is None:
+            config, fields = fields, {}
+        return cls(spec_from_config(config, **fields), options)
+
+    @torch.no_grad()
+    def set_output_priors(self, priors: Mapping[str, float]) -> None:
+        """Each decoder head's bias = logit(prior): the initial output equals the label prior."""
+        for name, decoder in zip(OUTPUTS, self.decoders):
+            p = float(priors[name])
+            decoder.head.conv.bias.fill_(math.log(p / (1.0 - p)))
+
     def section_modules(self) -> dict[str, list[nn.Module]]:
         """Modules per report section (REFERENCE §5.1): decoder stages before the first crop
         belong to "RNN & transformer"; a shared layer goes where it is first used."""
@@ -213,22 +240,26 @@ def build_model(
     preset: str | ModelSpec | Mapping[str, Any],
     options: ModelOptions | None = None,
     **overrides: Any,
-) -> PickerModel:
-    """Build a family member from a preset name, a preset mapping (`cfg.model`) or a spec.
+) -> LearnedModel:
+    """Build a model from a preset name (`conf/model/<name>.yaml`), a model-group mapping
+    (`cfg.model`; its `_target_` names the family, none = the EQT family) or a `ModelSpec`.
 
     Overrides (`rnn`, `picker_rnn`, `cnn_blocks`, `rnn_blocks`, `gru_impl`, `dropout`, or any
-    other spec field) equal to None keep the preset's value. Bad values raise ConfigError
-    naming the key, before any module is built. `options`: implementations (`ModelOptions`).
+    other field of the family) equal to None keep the preset's value. Bad values raise
+    ConfigError naming the key, before any module is built. `options`: implementations.
     """
     if isinstance(preset, ModelSpec):
-        spec = spec_from_config(preset.to_dict(), **overrides)
-    elif isinstance(preset, (str, Mapping)) or hasattr(preset, "items"):
-        spec = spec_from_config(preset, **overrides)
-    else:
+        return PickerModel(spec_from_config(preset.to_dict(), **overrides), options)
+    if isinstance(preset, str):
+        preset = load_preset(preset)
+    if not (isinstance(preset, Mapping) or hasattr(preset, "items")):
         raise ConfigError(
             "model", f"expected a preset name, mapping or ModelSpec, got {type(preset).__name__}"
         )
-    return PickerModel(spec, options)
+    model = instantiate(preset, options, **overrides)
+    if not isinstance(model, LearnedModel):
+        raise ConfigError("model", f"{type(model).__name__} is a baseline, not a learned model")
+    return model
 
 
 @contextmanager
@@ -259,35 +290,3 @@ def mc_predict(
     mean = tuple(t.mean(dim=0) for t in stacked)
     std = tuple(t.std(dim=0, unbiased=False) for t in stacked)
     return mean, std
-
-
-def save_checkpoint(model: PickerModel, path: str | os.PathLike) -> Path:
-    """Spec (plain dict) + state dict in one torch file, written atomically."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "spec": model.spec.to_dict(),
-        "state_dict": model.state_dict(),
-    }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    map_location: str | torch.device = "cpu",
-    options: ModelOptions | None = None,
-) -> PickerModel:
-    """Rebuild the model from its stored spec and load the weights (eval mode). Checkpoints
-    hold no implementation choices: `options` are this process's."""
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise DataError(f"cannot read checkpoint: {exc}", path=str(path)) from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(
-            f"not a feq-lab checkpoint (expected format {CHECKPOINT_FORMAT})", path=str(path)
-        )
-    model = PickerModel(spec_from_dict(payload["spec"]), options)
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()

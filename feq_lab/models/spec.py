@@ -287,7 +287,7 @@ def spec_from_config(model_cfg: Mapping[str, Any] | str, **overrides: Any) -> Mo
         raise ConfigError(
             "model", f"expected a mapping or a preset name, got {type(model_cfg).__name__}"
         )
-    data.pop(TARGET_KEY, None)  # how Hydra finds the family's builder; not a field of the spec
+    data.pop(TARGET_KEY, None)  # the family's locator (conf/model/*.yaml), not a spec field
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         raise ConfigError(

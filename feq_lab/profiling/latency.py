@@ -113,10 +113,9 @@ def measure_latency(
             raise ConfigError(key, f"must be an integer >= {low}, got {value!r}")
     if mc_passes and backend != "torch":
         raise ConfigError("mc_passes", "Monte-Carlo dropout is timed on the torch backend only")
-    spec = model.spec  # type: ignore[attr-defined]
     x = torch.from_numpy(
         np.random.default_rng(seed)
-        .standard_normal((batch, spec.in_channels, spec.in_samples))
+        .standard_normal((batch, model.in_channels, model.in_samples))  # type: ignore[attr-defined]
         .astype(np.float32)
     )
     previous_threads = torch.get_num_threads()

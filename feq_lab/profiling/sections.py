@@ -23,7 +23,11 @@ SECTIONS = ("encoder", "bottleneck", "rnn blocks", "transformers", "picker rnn",
 
 def section_calls(model: PickerModel, x: torch.Tensor) -> dict[str, Callable[[], object]]:
     """One zero-argument call per section of the model compiled for eager inference (what
-    streaming and evaluation run), bound to that section's real input."""
+    streaming and evaluation run), bound to that section's real input. The sections are the EQT
+    family's stages (`PickerModel`); other families are timed whole (`latency.measure_latency`)."""
+    if not isinstance(model, PickerModel):
+        raise TypeError(f"per-section timing follows the EQT family's stages; "
+                        f"{type(model).__name__} is timed whole (profiling.latency)")
     model.eval()  # as before: the caller's model is left in eval mode
     model = compile_for_inference(model, target="eager")  # type: ignore[assignment]
     with torch.inference_mode():

@@ -71,7 +71,7 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
 def load_model(
     cfg: Mapping[str, Any],
 ) -> tuple[Any, Path | None, str, dict[str, float] | None]:
-    """(PickerModel, ONNX path or None, model label, thresholds or None) from the stream config.
+    """(LearnedModel, ONNX path or None, model label, thresholds or None) from the stream config.
 
     Precedence: `model=<preset>` (+ `checkpoint=PATH`, else seeded untrained weights, warned),
     then `checkpoint=PATH` alone, then `model_uri` (default: the registered champion). Only a
@@ -84,28 +84,28 @@ def load_model(
 
         if checkpoint:
             model = load_checkpoint(checkpoint)
-            return model, None, f"{model.spec.name}:{Path(checkpoint).name}", None
+            return model, None, f"{model.name}:{Path(checkpoint).name}", None
         import torch
 
         torch.manual_seed(int(cfg.get("seed", 0)))
         model = build_model(dict(preset)).eval()
         log.warning(
             "model: %s with UNTRAINED seeded weights (give checkpoint=PATH for trained ones)",
-            model.spec.name,
+            model.name,
         )
-        return model, None, f"{model.spec.name}:untrained", None
+        return model, None, f"{model.name}:untrained", None
     if checkpoint:
         from feq_lab.models import load_checkpoint
 
         model = load_checkpoint(checkpoint)
-        return model, None, f"{model.spec.name}:{Path(checkpoint).name}", None
+        return model, None, f"{model.name}:{Path(checkpoint).name}", None
     uri = cfg.get("model_uri") or "models:/feq-picker@champion"
     name, alias = parse_model_uri(uri)
     from feq_lab.tracking.pyfunc import load_champion
 
     tracking = cfg.get("tracking") or {}
     model, onnx_path, thresholds = load_champion(tracking.get("uri"), name=name, alias=alias)
-    return model, onnx_path, f"{model.spec.name}:{name}@{alias}", thresholds
+    return model, onnx_path, f"{model.name}:{name}@{alias}", thresholds
 
 
 def make_predictor(

@@ -1,8 +1,10 @@
-"""The LightningModule: a training recipe (`TrainSettings`, recipe.py) around any `PickerModel`.
+"""The LightningModule: a training recipe (`TrainSettings`, recipe.py) around any learned model
+(`models.protocol.LearnedModel`).
 
-Loss = weighted sum of three binary cross-entropies on the pre-sigmoid outputs
-(detection 0.05, P 0.40, S 0.55 by default; `train.loss_weights`), computed with
-`binary_cross_entropy_with_logits` for numerical safety. The optimiser, the schedule (EQT's
+Loss = the model's own `losses` with `train.loss_weights` (detection 0.05, P 0.40, S 0.55 by
+default): for the EQT family the weighted sum of three binary cross-entropies on the pre-sigmoid
+outputs (`binary_cross_entropy_with_logits` for numerical safety), for PhaseNet its softmax
+cross-entropy. The optimiser, the schedule (EQT's
 reduce-on-plateau on the validation loss, or warm-up + cosine per step), the He conv init and
 the heads' label-prior bias are the recipe's (recipe.py says why each exists).
 """
@@ -14,10 +16,10 @@ from typing import Any, Mapping
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from feq_lab.errors import ConfigError
+from feq_lab.models.protocol import TARGETS
 from feq_lab.tracking import keys
 from feq_lab.training.recipe import (
     OUTPUTS,
@@ -25,23 +27,24 @@ from feq_lab.training.recipe import (
     check_loss_weights,
     he_init,
     label_priors,
-    set_head_priors,
     warmup_cosine,
 )
 
 __all__ = ["MONITOR", "OUTPUTS", "TARGETS", "PickerModule", "check_loss_weights"]
 
-TARGETS = {"detection": "y_det", "p": "y_p", "s": "y_s"}
 MONITOR = keys.VAL_LOSS
 
 
 class PickerModule(pl.LightningModule):
-    """Trains a detector/picker with EQT's weighted BCE; `model` is any (det, p, s) network
-    exposing `forward_logits(x)`. `settings` defaults to EQT's protocol."""
+    """Trains any `LearnedModel` with its own loss (`model.losses`); `settings` defaults to EQT's
+    protocol."""
 
-    def __init__(self, model: nn.Module, settings: TrainSettings | None = None):
+    def __init__(self, model: nn.Module, settings: TrainSettings | None = None, fresh: bool = True):
         super().__init__()
         self.model = model
+        # False for a fine-tune (`init_from`): the recipe's start state (he / prior init) would
+        # overwrite the parent's weights
+        self.fresh = fresh
         self.settings = settings or TrainSettings()
         self.loss_weights = dict(self.settings.loss_weights)
         self.pos_weight = dict(self.settings.pos_weight)
@@ -52,17 +55,10 @@ class PickerModule(pl.LightningModule):
         return self.model(x)
 
     def losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-output BCE (positive term weighted by `pos_weight`) and their weighted sum (`loss`)."""
-        logits = dict(zip(OUTPUTS, self.model.forward_logits(batch["x"])))
-        parts = {}
-        for name in OUTPUTS:
-            z = logits[name]
-            w = self.pos_weight[name]
-            parts[name] = F.binary_cross_entropy_with_logits(
-                z, batch[TARGETS[name]].to(z.dtype),
-                pos_weight=None if w == 1.0 else torch.tensor(w, dtype=z.dtype, device=z.device))
-        parts["loss"] = sum(self.loss_weights[n] * parts[n] for n in OUTPUTS)
-        return parts
+        """Per-output terms and their weighted sum (`loss`), as the model's family defines them
+        (`LearnedModel.losses`; the EQT family: BCE with the positive term weighted by
+        `pos_weight`)."""
+        return self.model.losses(batch, self.loss_weights, self.pos_weight)
 
     def initialise(self, batch: Mapping[str, torch.Tensor]) -> None:
         """The recipe's start state, applied in place before the first optimiser step of a fresh
@@ -84,10 +80,11 @@ class PickerModule(pl.LightningModule):
                 values = trainer.strategy.reduce(values, reduce_op="mean")
                 priors = {n: float(v) for n, v in zip(OUTPUTS, values)}
             self.initial_priors = priors
-            set_head_priors(self.model, priors)
+            self.model.set_output_priors(priors)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.trainer.global_step == 0 and batch_idx == 0 and self.trainer.current_epoch == 0:
+        if (self.fresh and self.trainer.global_step == 0 and batch_idx == 0
+                and self.trainer.current_epoch == 0):
             self.initialise(batch)
 
     def on_train_epoch_start(self) -> None:

@@ -345,7 +345,8 @@ def test_options_are_validated_and_not_in_checkpoints(tmp_path):
     model = build_model("feq3", options=ModelOptions.reference())
     path = save_checkpoint(model, tmp_path / "m.pt")
     payload = torch.load(path, weights_only=True)
-    assert set(payload) == {"format", "spec", "state_dict"}
+    assert set(payload) == {"format", "target", "config", "state_dict"}  # no options
+    assert payload["target"] == "feq_lab.models.picker.PickerModel.from_config"
     assert load_checkpoint(path).options == ModelOptions()
 
 
