@@ -18,6 +18,7 @@ from feq_lab.data.labels import detection_end
 from feq_lab.streaming.engine import Block, Event, StreamEngine
 from feq_lab.streaming.outputs import EventSink
 from feq_lab.streaming.sources import Scenario
+from feq_lab.tracking import keys
 
 log = logging.getLogger("feq_lab.streaming")
 
@@ -205,19 +206,12 @@ def summarise_scenarios(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 # the summary's keys logged to the model's MLflow run (`stream/<key>`): selection and searches
 # can use the latency as an objective or a constraint
-LATENCY_METRICS = (
-    "p_latency_s_p50",
-    "p_latency_s_p95",
-    "s_latency_s_p50",
-    "s_latency_s_p95",
-    "p_within_0.5s",
-    "false_events",
-    "retractions",
-)
+LATENCY_METRICS = tuple(k.removeprefix(keys.STREAM_PREFIX) for k in keys.STREAM_KEYS)
 
 
 def latency_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """`stream/*` metrics of a scenarios summary (missing values left out)."""
     return {
-        f"stream/{k}": float(summary[k]) for k in LATENCY_METRICS if summary.get(k) is not None
+        keys.STREAM_PREFIX + k: float(summary[k]) for k in LATENCY_METRICS
+        if summary.get(k) is not None
     }

@@ -100,14 +100,35 @@ def _known() -> frozenset[str]:
     return frozenset(keys)
 
 
-KNOWN_KEYS = _known()
-# Parameter counts per section: a family names its own sections (`params/<section>_paper|torch`).
+# The monitor's replay summary, logged on the model's run (`python -m feq_lab.stream scenarios=N`
+# with a registered model): onset-to-pick latency and pick quality, usable as objectives.
+STREAM_PREFIX = "stream/"
+STREAM_KEYS = tuple(STREAM_PREFIX + k for k in (
+    "p_latency_s_p50", "p_latency_s_p95", "s_latency_s_p50", "s_latency_s_p95",
+    "p_within_0.5s", "false_events", "retractions"))
+STREAM_P_LATENCY_P50 = STREAM_KEYS[0]
+# Early picking (evaluation/early.py): P recall/precision t seconds after the onset.
+EARLY_SECONDS = ("0.5s", "1s", "2s", "4s")
+
+
+def early_key(split: str, stat: str, seconds: str) -> str:
+    """`<split>/early_p_<recall|precision>_<t>s`."""
+    return f"{split}/early_p_{stat}_{seconds}"
+
+
+KNOWN_KEYS = _known() | set(STREAM_KEYS) | {
+    early_key(split, stat, t) for split in SPLITS for stat in ("recall", "precision")
+    for t in EARLY_SECONDS}
+# Parameter counts per section: a family names its own sections (`params/<section>_paper|torch`);
+# early-pick keys at other `eval.early.seconds` than the default ones.
 _PARAMS_PATTERN = re.compile(r"params/[a-z0-9_]+_(paper|torch)")
+_EARLY_PATTERN = re.compile(r"(val|test)/early_p_(recall|precision)_[0-9.]+s")
 
 
 def is_known(key: str) -> bool:
     """Whether a run can log `key` (so a config may name it)."""
-    return key in KNOWN_KEYS or bool(_PARAMS_PATTERN.fullmatch(key))
+    return (key in KNOWN_KEYS or bool(_PARAMS_PATTERN.fullmatch(key))
+            or bool(_EARLY_PATTERN.fullmatch(key)))
 
 
 def check_metric_key(key: object, where: str) -> str:

@@ -51,3 +51,14 @@ def test_shipped_optuna_objectives_are_known_and_a_typo_is_refused(search):
         cfg.hydra.sweeper.objectives[0].metric = "val/s_f1x"
     with pytest.raises(ConfigError, match=r"hydra.sweeper.objectives\[0\].metric"):
         check_search_keys(cfg)
+
+
+def test_stream_and_early_pick_keys_are_known_so_policies_can_name_them():
+    from feq_lab.streaming.monitor import latency_metrics
+    from feq_lab.tracking import keys
+
+    assert keys.is_known(keys.STREAM_P_LATENCY_P50) and keys.is_known("val/early_p_recall_1s")
+    assert keys.is_known("test/early_p_precision_0.5s") and not keys.is_known("stream/nope")
+    logged = latency_metrics({"p_latency_s_p50": 1.2, "false_events": 3, "s_latency_s_p95": None})
+    assert set(logged) == {keys.STREAM_P_LATENCY_P50, "stream/false_events"}
+    assert all(keys.is_known(k) for k in logged)
