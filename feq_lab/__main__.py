@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from feq_lab.errors import FeqLabError
+from feq_lab.errors import FeqLabError, one_line_errors
 from feq_lab.paths import CONF_DIR
 
 CONFIG = CONF_DIR / "config.yaml"
@@ -26,12 +26,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    try:
+    with one_line_errors("feq_lab"):  # a single run's bad input: one line, exit code 2
         return run_job(cfg, run_dir=Path(hc.runtime.output_dir),
                        parent_run_id=parent_run_id_for_job(), reraise=not multirun)
-    except FeqLabError as err:  # single run: one clear line, exit code 2 (the run is FAILED)
-        print(f"feq_lab: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def expand_seeds(argv: list[str]) -> list[str]:
@@ -63,11 +60,8 @@ def expand_seeds(argv: list[str]) -> list[str]:
 
 def cli() -> None:
     """Console entry point: `seeds=N` expanded, then the Hydra app."""
-    try:
+    with one_line_errors("feq_lab"):
         sys.argv = expand_seeds(sys.argv)
-    except FeqLabError as err:
-        print(f"feq_lab: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     main()
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class FeqLabError(Exception):
     """Base class: every error the lab raises on purpose."""
@@ -27,3 +31,14 @@ class DataError(FeqLabError):
 
 class SelectionError(FeqLabError):
     """A sweep from which no model can be chosen: no runs, missing metrics, infeasible policy."""
+
+
+@contextmanager
+def one_line_errors(app: str) -> Iterator[None]:
+    """Around an entry point's body: expected bad input (a FeqLabError) ends the program with
+    one stderr line, `<app>: error: <what and where>`, and exit code 2 — never a traceback."""
+    try:
+        yield
+    except FeqLabError as err:
+        print(f"{app}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from feq_lab.errors import ConfigError, DataError, FeqLabError
+from feq_lab.errors import ConfigError, DataError, one_line_errors
 from feq_lab.evaluation.probabilities import load_probabilities
 from feq_lab.job.assess import Assessment, evaluate_splits, latency_context, measure_latencies
 from feq_lab.job.checks import check_evaluation
@@ -134,11 +133,8 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("feq_lab.evaluate"):
         run_evaluate(cfg)
-    except FeqLabError as err:
-        print(f"feq_lab.evaluate: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ against Peterson's (1993) NLNM/NHNM, so a look tells whether the data look like 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from feq_lab.errors import FeqLabError
+from feq_lab.errors import one_line_errors
 
 FIGURE_NAME = "summary.png"
 
@@ -183,11 +182,8 @@ def main(cfg: DictConfig) -> None:
     from feq_lab.data.subset import prepare
 
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    try:
+    with one_line_errors("feq_lab.prepare"):
         out_dir = prepare(data_cfg)
-    except FeqLabError as err:  # one line on stderr, exit code 2, no traceback
-        print(f"feq_lab.prepare: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     summary = json.loads((out_dir / "summary.json").read_text())
     print(format_summary(summary, out_dir))
     figure = out_dir / FIGURE_NAME

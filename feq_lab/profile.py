@@ -10,7 +10,6 @@ A Hydra app (conf/profile.yaml): `model=` is the conf/model/ group, composed as 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from feq_lab.errors import ConfigError, FeqLabError
+from feq_lab.errors import ConfigError, one_line_errors
 from feq_lab.job.config import to_plain
 from feq_lab.models import PRESETS, build_model
 from feq_lab.models.spec import GRID_KNOBS
@@ -186,11 +185,8 @@ def run(cfg: DictConfig) -> str:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="profile", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("feq_lab.profile"):
         print(run(cfg))
-    except FeqLabError as exc:  # one line on stderr, exit code 2, no traceback
-        print(f"feq_lab.profile: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

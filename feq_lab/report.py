@@ -22,9 +22,9 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from feq_lab.errors import ConfigError, DataError, FeqLabError, SelectionError
+from feq_lab.errors import ConfigError, DataError, FeqLabError, SelectionError, one_line_errors
 from feq_lab.paths import CONF_DIR
-from feq_lab.select import fail, gather_runs, load_outcomes_of
+from feq_lab.select import gather_runs, load_outcomes_of
 from feq_lab.selection.report import ReportInputs, build_report
 from feq_lab.selection.tables import unique_runs
 from feq_lab.tracking.keys import check_metric_key
@@ -124,10 +124,8 @@ def run_report(cfg: DictConfig) -> list[Path]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="select", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("feq_lab.report"):
         run_report(cfg)
-    except FeqLabError as err:
-        fail("feq_lab.report", err)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from feq_lab.errors import ConfigError, FeqLabError
+from feq_lab.errors import ConfigError, one_line_errors
 from feq_lab.paths import CONF_DIR, atomic_write_text
 from feq_lab.tracking.mlflow import Tracker
 
@@ -193,11 +193,8 @@ def _fail(runs: list[StageRun], t0: float, logs: Path) -> list[StageRun]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="repro", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("feq_lab.repro"):
         reproduce(cfg)
-    except FeqLabError as err:
-        print(f"feq_lab.repro: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from feq_lab.errors import ConfigError, FeqLabError, SelectionError
+from feq_lab.errors import ConfigError, FeqLabError, SelectionError, one_line_errors
 from feq_lab.paths import CONF_DIR, atomic_write_text
 from feq_lab.selection import policy
 from feq_lab.selection.tables import param, unique_runs
@@ -165,18 +164,10 @@ def run_select(cfg: DictConfig) -> dict[str, Any]:
     return payload
 
 
-def fail(app: str, err: Exception) -> None:
-    """One clear line on stderr and exit code 2 (no traceback for expected bad input)."""
-    print(f"{app}: error: {err}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 @hydra.main(config_path=str(CONF_DIR), config_name="select", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("feq_lab.select"):
         run_select(cfg)
-    except FeqLabError as err:
-        fail("feq_lab.select", err)
 
 
 if __name__ == "__main__":

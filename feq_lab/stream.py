@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from feq_lab.errors import ConfigError, FeqLabError
+from feq_lab.errors import ConfigError, one_line_errors
 from feq_lab.paths import CONF_DIR, atomic_write_text
 
 log = logging.getLogger("feq_lab.stream")
@@ -196,11 +195,8 @@ def _log_latency(cfg: Mapping[str, Any], summary: dict[str, Any]) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="stream", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
-    try:
+    with one_line_errors("feq_lab.stream"):  # one line on stderr, not also a log record
         run(plain)
-    except FeqLabError as exc:  # one line on stderr (not also a log record), no traceback
-        print(f"feq_lab.stream: error: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from feq_lab.errors import ConfigError, FeqLabError, SelectionError
+from feq_lab.errors import ConfigError, SelectionError, one_line_errors
 from feq_lab.paths import CONF_DIR, atomic_write_text
 
 PARENT_ID_FILE = "mlflow_parent_run_id"
@@ -70,13 +70,10 @@ def run_sweeps(grids: Sequence[str], common: str, out: Path,
 
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("feq_lab.selection.sweep"):
         grids = list(cfg.grids) if not isinstance(cfg.grids, str) else cfg.grids
         out = Path(str(cfg.out))
         summary = run_sweeps(grids, cfg.common, out, Path(str(cfg.work_dir)))
-    except FeqLabError as err:  # one line on stderr, exit code 2, no traceback
-        print(f"feq_lab.selection.sweep: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"wrote {out}: parent runs {', '.join(summary['parent_run_ids'])}")
 
 
