@@ -43,6 +43,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -956,8 +957,7 @@ class StreamEngine:
                 if at is not None:
                     spread[phase] = float(st.spread.view(at, at + 1)[row, 0])
 
-        def t(i: int | None) -> float | None:
-            return None if i is None else st.origin + i / SAMPLING_RATE
+        t = partial(_stream_time, st.origin)
 
         return Event(
             station=st.name,
@@ -980,8 +980,7 @@ class StreamEngine:
         """`retract` of a provisional event the final decoding does not contain (its last
         provisional picks, so a reader sees what is withdrawn)."""
 
-        def t(i: int | None) -> float | None:
-            return None if i is None else st.origin + i / SAMPLING_RATE
+        t = partial(_stream_time, st.origin)
 
         return Event(
             station=st.name,
@@ -1038,6 +1037,11 @@ class StreamEngine:
             "prob": self.probabilities(st, start, stop).copy(),
             "events": list(st.events),
         }
+
+
+def _stream_time(origin: float, sample: int | None) -> float | None:
+    """POSIX time of a station's sample index (None stays None)."""
+    return None if sample is None else origin + sample / SAMPLING_RATE
 
 
 def finals(objects: Iterable[Event]) -> list[Event]:
