@@ -291,7 +291,6 @@ def measure(model: torch.nn.Module, measure_cfg: Mapping[str, Any] | None,
     """Parameters per section (both conventions), size and batch-1/1-thread latency, eager
     PyTorch and onnxruntime (the monitor's backend: what selection reads)."""
     from feq_lab.models.params import count_parameters
-    from feq_lab.profiling.latency import measure_latency
     from feq_lab.profiling.size import model_size_mb
 
     cfg = dict(measure_cfg or {})
@@ -305,19 +304,34 @@ def measure(model: torch.nn.Module, measure_cfg: Mapping[str, Any] | None,
     out[keys.LATENCY_EAGER_P50] = out[keys.LATENCY_ONNX_P50] = math.nan
     if not cfg.get("latency", True):
         return out
-    threads = int(cfg.get("latency_threads", 1))
-    timing = {"batch": 1, "threads": threads, "warmup": int(cfg.get("latency_warmup", 5)),
-              "repeats": int(cfg.get("latency_repeats", 20))}
-    eager = measure_latency(model, backend="torch", **timing)
-    out[keys.LATENCY_EAGER_P50] = float(eager.p50_ms)
-    out[keys.LATENCY_EAGER_P90] = float(eager.p90_ms)
+    timing = _timing(cfg, int(cfg.get("latency_repeats", 20)))
+    out.update(_timed(model, "torch", timing))
     try:
-        onnx = measure_latency(model, backend="onnxruntime", onnx_path=onnx_path, **timing)
-        out[keys.LATENCY_ONNX_P50] = float(onnx.p50_ms)
-        out[keys.LATENCY_ONNX_P90] = float(onnx.p90_ms)
+        out.update(_timed(model, "onnxruntime", timing, onnx_path))
     except Exception as exc:  # noqa: BLE001 - no onnxruntime / failed export: NaN, said once
         log.warning("onnxruntime latency not measured: %s: %s", type(exc).__name__, exc)
     return out
+
+
+# The p50/p90 keys each latency backend logs.
+LATENCY_KEYS = {"torch": (keys.LATENCY_EAGER_P50, keys.LATENCY_EAGER_P90),
+                "onnxruntime": (keys.LATENCY_ONNX_P50, keys.LATENCY_ONNX_P90)}
+
+
+def _timing(cfg: Mapping[str, Any], repeats: int) -> dict[str, int]:
+    """`measure_latency`'s keyword arguments from `cfg.measure`: batch 1, its threads/warmup."""
+    return {"batch": 1, "threads": int(cfg.get("latency_threads", 1)),
+            "warmup": int(cfg.get("latency_warmup", 5)), "repeats": repeats}
+
+
+def _timed(model: torch.nn.Module, backend: str, timing: Mapping[str, int],
+           onnx_path: Path | None = None) -> dict[str, float]:
+    """One timing of `model` on `backend`: its p50/p90 keys (ms per window)."""
+    from feq_lab.profiling.latency import measure_latency
+
+    result = measure_latency(model, backend=backend, onnx_path=onnx_path, **timing)
+    p50, p90 = LATENCY_KEYS[backend]
+    return {p50: float(result.p50_ms), p90: float(result.p90_ms)}
 
 
 def measure_latencies(models: Mapping[str, tuple[torch.nn.Module, Path | None]],
@@ -329,27 +343,18 @@ def measure_latencies(models: Mapping[str, tuple[torch.nn.Module, Path | None]],
     The DVC training stages may run two at a time; timing each inside its own stage would
     measure the neighbour's load. The `evaluate` stage runs alone and calls this once.
     """
-    from feq_lab.profiling.latency import measure_latency
-
     cfg = dict(measure_cfg or {})
     passes = max(int(cfg.get("latency_passes", 4)), 1)
-    threads = int(cfg.get("latency_threads", 1))
-    repeats = max(int(cfg.get("latency_repeats", 20)) // passes, 3)
-    timing = {"batch": 1, "threads": threads, "warmup": int(cfg.get("latency_warmup", 5)),
-              "repeats": repeats}
+    timing = _timing(cfg, max(int(cfg.get("latency_repeats", 20)) // passes, 3))
     samples: dict[str, dict[str, list[float]]] = {name: {} for name in models}
     for _ in range(passes):
         for name, (model, onnx_path) in models.items():
             model = model.cpu().eval()
-            got = samples[name]
-            eager = measure_latency(model, backend="torch", **timing)
-            got.setdefault("latency/window_ms_p50", []).append(eager.p50_ms)
-            got.setdefault("latency/window_ms_p90", []).append(eager.p90_ms)
-            if onnx_path is None or not Path(onnx_path).is_file():
-                continue
-            onnx = measure_latency(model, backend="onnxruntime", onnx_path=onnx_path, **timing)
-            got.setdefault("latency/onnx_window_ms_p50", []).append(onnx.p50_ms)
-            got.setdefault("latency/onnx_window_ms_p90", []).append(onnx.p90_ms)
+            timed = _timed(model, "torch", timing)
+            if onnx_path is not None and Path(onnx_path).is_file():
+                timed.update(_timed(model, "onnxruntime", timing, onnx_path))
+            for key, value in timed.items():
+                samples[name].setdefault(key, []).append(value)
     return {name: {key: float(np.median(values)) for key, values in got.items()}
             for name, got in samples.items()}
 
