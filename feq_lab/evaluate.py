@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,20 @@ def evaluate_variant(stage_dir: Path, cfg: DictConfig, work: Path) -> tuple[dict
     return info, result
 
 
+def score_variants(dirs: list[Path], cfg: DictConfig, work: Path,
+                   workers: int) -> list[tuple[Path, dict, Any]]:
+    """`evaluate_variant` for every stage folder, `workers` at a time (forked processes).
+
+    Why: scoring is numpy decoding, bootstrap intervals and figures, ~2 s per variant on one
+    core, and it is the serial tail of `dvc repro` after the trainings; the variants are
+    independent, so a 2-core machine scores two at once. Latency is timed afterwards, alone."""
+    if workers <= 1 or len(dirs) <= 1:
+        return [(d, *evaluate_variant(d, cfg, work)) for d in dirs]
+    with ProcessPoolExecutor(min(workers, len(dirs)), mp_context=get_context("fork")) as pool:
+        done = list(pool.map(evaluate_variant, dirs, [cfg] * len(dirs), [work] * len(dirs)))
+    return [(d, *result) for d, result in zip(dirs, done)]
+
+
 def stage_latencies(dirs: list[Path], measure_cfg: Any) -> dict[str, dict[str, float]]:
     """Latency of every learned variant's stored weights (eager and its stored ONNX export),
     timed round-robin in this one process (`measure_latencies` says why)."""
@@ -110,7 +127,8 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                                 tags={TAG_STUDY + ".evaluation": study})
     rows = []
     with tempfile.TemporaryDirectory(prefix="feq-evaluate-") as tmp:
-        scored = [(d, *evaluate_variant(d, cfg, Path(tmp))) for d in dirs]
+        workers = int(ev.get("workers") or os.cpu_count() or 1)
+        scored = score_variants(dirs, cfg, Path(tmp), workers)
         latencies = stage_latencies(dirs, cfg.get("measure")) if ev.get("latency", True) else {}
         for d, info, result in scored:
             tags = {**(info.get("tags") or {}), TAG_EVALUATED_RUN: info["run_id"]}

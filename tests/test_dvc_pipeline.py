@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -146,6 +147,20 @@ def test_repro_caches_per_variant_and_evaluation_never_retrains(clone):
         det, _p, _s = model(torch.from_numpy(np.random.default_rng(0).standard_normal(
             (1, 3, 6000)).astype(np.float32)))
     assert det.shape == (1, 6000) and float(det.min()) >= 0 and float(det.max()) <= 1
+
+    # the stage scores variants in parallel (one process per core): one at a time gives the same
+    serial = clone / "outputs" / "evaluation_serial.json"
+    _run(clone, sys.executable, "-m", "feq_lab.evaluate", "++evaluate.runs_dir=runs",
+         f"++evaluate.out={serial}", "++evaluate.workers=1", "++evaluate.latency=false")
+    one_by_one = {r.name: r.metrics for r in load_runs(
+        uri, "feq-lab", parent_run_id=json.loads(serial.read_text())["parent_run_ids"][0])}
+
+    def scores(metrics: dict) -> dict:  # NaN (a metric undefined on tiny data) as a string
+        return {k: "nan" if math.isnan(v) else v for k, v in metrics.items()
+                if not k.startswith("latency/")}
+
+    assert {r.name: scores(r.metrics) for r in runs} == {
+        name: scores(m) for name, m in one_by_one.items()}
 
     # nothing changed: nothing runs
     assert ran_stages(dvc(clone, "repro")) == set()
