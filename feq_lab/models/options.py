@@ -41,6 +41,7 @@ from feq_lab.models.kernels import autograd as fused_kernels
 GRU_BACKENDS = ("auto", "reference", "aten", "fused")
 SEPARABLE_BACKENDS = ("auto", "reference", "fused")  # also the attention scores' backends
 DECODER_FORMS = ("auto", "fused", "stacked", "per_decoder")
+DECODER_LAYOUTS = ("auto", "channels_first", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,19 @@ class ModelOptions:
     gradients; they differ in speed only. "auto" = "fused" for separable decoders when the
     separable stage is the fused kernel (measured 2x faster than "stacked" for FEQ3's
     decoders, forward + backward, bench/training.py), else "stacked" (dense decoders: oneDNN's
-    polyphase convs beat the C conv; reference separable stages: folding them wins)."""
+    polyphase convs beat the C conv; reference separable stages: folding them wins).
+    `decoder_layout` (the "stacked" form only): "channels_first" runs its grouped convs on
+    (B, C, T); "channels_last" holds the signal time-major (B, T, C), the layout the recurrent
+    middle hands over, and runs every conv as a 2-D conv in NHWC (`fastdecode`,
+    `StackedDecoders._time_major`); "auto" = "channels_last" (EQT's decoders, batch 16,
+    1 thread, forward + backward: ~235 → ~176 ms; oneDNN's backward gains most)."""
 
     gru_backend: str | GruFn = "auto"
     separable_backend: str | SeparableFn = "auto"
     attention_backend: str | ScoresFn = "auto"
     conv_backend: str | ConvFn = "auto"
     decoders: str = "auto"
+    decoder_layout: str = "auto"
 
     @classmethod
     def reference(cls) -> ModelOptions:
@@ -88,6 +95,7 @@ class ModelOptions:
             ("attention_backend", self.attention_backend, SEPARABLE_BACKENDS),
             ("conv_backend", self.conv_backend, SEPARABLE_BACKENDS),
             ("decoders", self.decoders, DECODER_FORMS),
+            ("decoder_layout", self.decoder_layout, DECODER_LAYOUTS),
         ):
             if not callable(value) and value not in allowed:
                 raise ConfigError(
@@ -139,6 +147,11 @@ class ModelOptions:
         if self.decoders != "auto":
             return self.decoders
         return "fused" if separable_decoders and self.uses_fused_separable() else "stacked"
+
+
+    def decoder_channels_last(self) -> bool:
+        """Whether the "stacked" decoders run time-major in NHWC ("auto" resolved)."""
+        return self.decoder_layout != "channels_first"
 
 
 def _resolve(backend: str, name: str, fallback: Callable, key: str) -> Callable:

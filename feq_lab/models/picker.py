@@ -95,6 +95,7 @@ class PickerModel(LearnedModel):
         # reference stage is all there is (fewer, larger ops than depthwise + pointwise)
         self._stacked_separable_fn = separable_fn if options.uses_fused_separable() else None
         self._decoder_form = options.decoder_form(spec.decoder_conv == "separable")
+        self._decoder_channels_last = options.decoder_channels_last()
         self._separable_fn, self._conv_fn = separable_fn, options.conv_fn()
         self.encoder = Encoder(spec, separable_fn)
         width = spec.encoder_filters[-1]
@@ -165,7 +166,12 @@ class PickerModel(LearnedModel):
             features = torch.cat([h, p, s], dim=2).transpose(1, 2)
             return grouped_decoders(self.decoders, features, self._separable_fn, self._conv_fn)
         if self._decoder_form == "stacked":
-            stacked = build_stacked(list(self.decoders), "train", self._stacked_separable_fn)
+            stacked = build_stacked(
+                list(self.decoders),
+                "train",
+                self._stacked_separable_fn,
+                channels_last=self._decoder_channels_last,
+            )
             return stacked(torch.cat([h, p, s], dim=2).transpose(1, 2))
         det_dec, p_dec, s_dec = self.decoders
         return det_dec(h.transpose(1, 2)), p_dec(p.transpose(1, 2)), s_dec(s.transpose(1, 2))

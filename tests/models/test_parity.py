@@ -109,10 +109,16 @@ def _cached_reference(references, case):
 
 
 # each decoder form with the backends the options can pair it with, beyond what "auto" picks:
-# "fused" on dense decoders (EQT: stages through the conv seam) and with torch's ops throughout
+# "fused" on dense decoders (EQT: stages through the conv seam) and with torch's ops throughout;
+# "stacked" in both layouts: channel-first, and time-major (NHWC) with dense, folded separable
+# (reference backend) and fused separable stages (layout copies around the C kernel)
 DECODER_CASES = [
     (("eqt", {}, False), ModelOptions(decoders="fused")),
+    (("eqt", {}, False), ModelOptions(decoders="stacked", decoder_layout="channels_first")),
     (("feq3", {}, False), ModelOptions(decoders="stacked")),
+    (("leq", {}, False), ModelOptions(
+        decoders="stacked", decoder_layout="channels_last", separable_backend="reference"
+    )),
     (("leq", {}, False), ModelOptions(
         decoders="fused", separable_backend="reference", conv_backend="reference"
     )),
@@ -122,7 +128,8 @@ DECODER_CASES = [
 @pytest.mark.parametrize(
     "case, options",
     [(case, None) for case in CASES] + DECODER_CASES,
-    ids=[_case_id(c) for c in CASES] + [f"{_case_id(c)}-{o.decoders}" for c, o in DECODER_CASES],
+    ids=[_case_id(c) for c in CASES]
+    + [f"{_case_id(c)}-{o.decoders}-{o.decoder_layout}" for c, o in DECODER_CASES],
 )
 def test_training_path_outputs_and_gradients(case, options, references):
     """Outputs in train mode; gradients with BatchNorm on its running statistics. Why: at batch
