@@ -105,6 +105,7 @@ class _Stage:
     form: str
     separable: tuple[torch.Tensor, torch.Tensor] | None = None
     separable_fn: SeparableFn | None = None  # "train" with a fused separable stage
+    phases: int = 1  # time-major "train" form: `conv` is the polyphase form of the stage
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "onnx":
@@ -132,6 +133,14 @@ class _Stage:
         stage runs channel-first, with a layout copy either side."""
         if self.separable is not None:
             return self(y.transpose(1, 2).contiguous()).transpose(1, 2).contiguous()
+        if self.phases > 1:
+            # polyphase (module docstring): the conv at the low rate, no upsampled copy; its
+            # (decoder, phase, filter) channels interleaved back to time-major in one copy
+            z = F.relu(self.conv.time_major(y))
+            batch, length, channels = z.shape
+            f = self.phases
+            z = z.reshape(batch, length, 3, f, channels // (3 * f)).transpose(2, 3)
+            return z.reshape(batch, length * f, channels // f)
         left, right = self.crop
         y = _upsample_time_major(y, self.upsample)
         if left or right:
@@ -355,6 +364,7 @@ def build_stacked(
     polyphase = n > 0 and first.upsample[-1] > 1 and not any(last_crop)
     plain_stages = n - 1 if polyphase else n
     keep_separable = {"train": separable_fn is not None, "eager": kernels_ok, "onnx": True}[form]
+    time_major = channels_last and form == "train"
     stages = []
     for i in range(plain_stages):
         convs = [d.layers[d.layer_of_stage[i]] for d in decoders]
@@ -370,6 +380,12 @@ def build_stacked(
             _grouped(c.conv.bias for c in convs),
             same_padding(int(weights[0].shape[-1])),
         )
+        phases = 1
+        if time_major and separable is None and first.upsample[i] > 1 and not any(first.crops[i]):
+            # time-major training: interleaving phases is one copy, so every uncropped
+            # upsampling stage runs polyphase (fewer multiply-adds: k taps at f·T → f·D at T)
+            phases = first.upsample[i]
+            conv = _polyphase_conv(convs, phases)
         stages.append(
             _Stage(
                 first.upsample[i],
@@ -378,19 +394,14 @@ def build_stacked(
                 form,
                 separable,
                 separable_fn if form == "train" else None,
+                phases,
             )
         )
     heads = [d.head for d in decoders]
     f, tail = 1, None
     if polyphase:
         f = first.upsample[-1]
-        convs = [d.layers[d.layer_of_stage[-1]] for d in decoders]
-        parts = [polyphase_weight(c.dense_weight(), f) for c in convs]
-        tail = _Conv(
-            _grouped(w for w, _ in parts),
-            _grouped(c.conv.bias.repeat(f) for c in convs),
-            parts[0][1],
-        )
+        tail = _polyphase_conv([d.layers[d.layer_of_stage[-1]] for d in decoders], f)
     if tail is not None:
         head_parts = [polyphase_head(h.conv.weight, f) for h in heads]
         head = _Conv(
@@ -407,4 +418,15 @@ def build_stacked(
     if form == "eager":
         tail = None if tail is None else _with_taps(tail)
         head = _with_taps(head)
-    return StackedDecoders(tuple(stages), f, tail, head, form, channels_last and form == "train")
+    return StackedDecoders(tuple(stages), f, tail, head, form, time_major)
+
+
+def _polyphase_conv(convs: Sequence, f: int) -> _Conv:
+    """The three decoders' convs of one stage after upsampling by f, in polyphase form
+    (`polyphase_weight`), grouped; output channels ordered (decoder, phase, filter)."""
+    parts = [polyphase_weight(c.dense_weight(), f) for c in convs]
+    return _Conv(
+        _grouped(w for w, _ in parts),
+        _grouped(c.conv.bias.repeat(f) for c in convs),
+        parts[0][1],
+    )
