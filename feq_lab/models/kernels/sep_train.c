@@ -145,6 +145,46 @@ static inline void depthwise_tile(float *dt, float *useg, const float *xg, const
     }
 }
 
+/* rows r[q * rs + i] (q < 4, i < n) = bias[q] + sum_c w[q * C + c] dt[c][i], ReLU'd if relu:
+ * four pointwise outputs of one tile at once (one load of each depthwise block feeds four
+ * multiply-adds) */
+static inline void pointwise_rows4(float *restrict r, int rs, const float *restrict w, int C,
+                                   const float *restrict bias, const float *restrict dt, int n,
+                                   int relu)
+{
+    for (int i0 = 0; i0 < n; i0 += LANES) {
+        float a0[LANES], a1[LANES], a2[LANES], a3[LANES];
+        for (int i = 0; i < LANES; ++i) {
+            a0[i] = bias ? bias[0] : 0.0f;
+            a1[i] = bias ? bias[1] : 0.0f;
+            a2[i] = bias ? bias[2] : 0.0f;
+            a3[i] = bias ? bias[3] : 0.0f;
+        }
+        for (int c = 0; c < C; ++c) {
+            const float *d = dt + (size_t)c * TILE + i0;
+            const float w0 = w[c], w1 = w[C + c], w2 = w[2 * C + c], w3 = w[3 * C + c];
+            for (int i = 0; i < LANES; ++i) {
+                a0[i] += w0 * d[i];
+                a1[i] += w1 * d[i];
+                a2[i] += w2 * d[i];
+                a3[i] += w3 * d[i];
+            }
+        }
+        if (relu)
+            for (int i = 0; i < LANES; ++i) {
+                a0[i] = a0[i] > 0.0f ? a0[i] : 0.0f;
+                a1[i] = a1[i] > 0.0f ? a1[i] : 0.0f;
+                a2[i] = a2[i] > 0.0f ? a2[i] : 0.0f;
+                a3[i] = a3[i] > 0.0f ? a3[i] : 0.0f;
+            }
+        const size_t m = (size_t)(n - i0 < LANES ? n - i0 : LANES);
+        memcpy(r + i0, a0, sizeof(float) * m);
+        memcpy(r + (size_t)rs + i0, a1, sizeof(float) * m);
+        memcpy(r + 2 * (size_t)rs + i0, a2, sizeof(float) * m);
+        memcpy(r + 3 * (size_t)rs + i0, a3, sizeof(float) * m);
+    }
+}
+
 /* ga[j][lane] += sum over the block's samples h of g[h] us[h + j] (lanes: h mod LANES): one
  * block's share of the depthwise weight gradient, from the gd block g and the padded input row */
 static inline void depthwise_grad_block(float *restrict ga, const float *restrict g,
@@ -184,7 +224,11 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                 const int n = L - t0 < TILE ? L - t0 : TILE;
                 depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
                                crop_left, kernel, left, t0, n);
-                for (int o = 0; o < O; ++o) {
+                int o = 0;
+                for (; o + 4 <= O; o += 4) /* 4 outputs per pass: each d load feeds 4 */
+                    pointwise_rows4(yg + (size_t)o * L + t0, L, pw + (size_t)(g * O + o) * C, C,
+                                    bias ? bias + g * O + o : NULL, dt, n, relu && pool == 1);
+                for (; o < O; ++o) {
                     const float *w = pw + (size_t)(g * O + o) * C;
                     const float bo = bias ? bias[g * O + o] : 0.0f;
                     float *r = yg + (size_t)o * L + t0;
