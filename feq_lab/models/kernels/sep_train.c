@@ -185,6 +185,29 @@ static inline void pointwise_rows4(float *restrict r, int rs, const float *restr
     }
 }
 
+/* acc[e][i] = sum_o p[o C + e] gy[o gys + i], e < 4, i < BLK: four channels' block of the
+ * pointwise half's input gradient at once (each gy load feeds four multiply-adds) */
+static inline void transpose_pointwise4(float acc[4][BLK], const float *restrict p, int C, int O,
+                                        const float *restrict gy, size_t gys)
+{
+    float a0[BLK] = {0}, a1[BLK] = {0}, a2[BLK] = {0}, a3[BLK] = {0};
+    for (int o = 0; o < O; ++o) {
+        const float *r = gy + (size_t)o * gys;
+        const float *w = p + (size_t)o * C;
+        const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+        for (int i = 0; i < BLK; ++i) {
+            a0[i] += w0 * r[i];
+            a1[i] += w1 * r[i];
+            a2[i] += w2 * r[i];
+            a3[i] += w3 * r[i];
+        }
+    }
+    memcpy(acc[0], a0, sizeof(a0));
+    memcpy(acc[1], a1, sizeof(a1));
+    memcpy(acc[2], a2, sizeof(a2));
+    memcpy(acc[3], a3, sizeof(a3));
+}
+
 /* ga[j][lane] += sum over the block's samples h of g[h] us[h + j] (lanes: h mod LANES): one
  * block's share of the depthwise weight gradient, from the gd block g and the padded input row */
 static inline void depthwise_grad_block(float *restrict ga, const float *restrict g,
@@ -371,20 +394,31 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                 }
                 /* gd[c] = sum_o pw[o, c] gy[o]; and while this tile's gd and padded input rows
                  * are in L1, the depthwise weight gradient's lanes gacc[c, j] */
-                for (int c = 0; c < C; ++c) {
-                    float *q = gd + (size_t)c * gds + (kernel - 1) + t0;
-                    const float *us = useg + (size_t)c * ustride;
-                    float *ga = gacc + (size_t)c * kernel * LANES;
+                for (int c = 0; c < C; c += 4) {
+                    const int nc = C - c < 4 ? C - c : 4;
                     for (int i0 = 0; i0 < n; i0 += BLK) {
-                        float acc[BLK] = {0};
-                        for (int o = 0; o < O; ++o) {
-                            const float wc = pw[(size_t)(g * O + o) * C + c];
-                            const float *r = gy + (size_t)o * gys + t0 + i0;
-                            for (int i = 0; i < BLK; ++i) acc[i] += wc * r[i];
+                        float acc[4][BLK];
+                        if (nc == 4) /* each gy load feeds 4 channels */
+                            transpose_pointwise4(acc, pw + (size_t)g * O * C + c, C, O,
+                                                 gy + t0 + i0, gys);
+                        else
+                            for (int e = 0; e < nc; ++e) {
+                                for (int i = 0; i < BLK; ++i) acc[e][i] = 0.0f;
+                                for (int o = 0; o < O; ++o) {
+                                    const float wc = pw[(size_t)(g * O + o) * C + c + e];
+                                    const float *r = gy + (size_t)o * gys + t0 + i0;
+                                    for (int i = 0; i < BLK; ++i) acc[e][i] += wc * r[i];
+                                }
+                            }
+                        const size_t m = (size_t)(n - i0 < BLK ? n - i0 : BLK);
+                        for (int e = 0; e < nc; ++e) {
+                            memcpy(gd + (size_t)(c + e) * gds + (kernel - 1) + t0 + i0, acc[e],
+                                   sizeof(float) * m);
+                            /* acc is zero past n (gy is); useg rows are readable BLK past the
+                             * span */
+                            depthwise_grad_block(gacc + (size_t)(c + e) * kernel * LANES, acc[e],
+                                                 useg + (size_t)(c + e) * ustride + i0, kernel);
                         }
-                        memcpy(q + i0, acc, sizeof(float) * (size_t)(n - i0 < BLK ? n - i0 : BLK));
-                        /* acc is zero past n (gy is); useg rows are readable BLK past the span */
-                        depthwise_grad_block(ga, acc, us + i0, kernel);
                     }
                 }
             }
