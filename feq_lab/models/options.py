@@ -67,8 +67,9 @@ class ModelOptions:
     `decoder_layout` (the "stacked" form only): "channels_first" runs its grouped convs on
     (B, C, T); "channels_last" holds the signal time-major (B, T, C), the layout the recurrent
     middle hands over, and runs every conv as a 2-D conv in NHWC (`fastdecode`,
-    `StackedDecoders._time_major`); "auto" = "channels_last" (EQT's decoders, batch 16,
-    1 thread, forward + backward: ~235 → ~176 ms; oneDNN's backward gains most).
+    `StackedDecoders._time_major`, where every uncropped upsampling stage also runs
+    polyphase); "auto" = "channels_last" (EQT's decoders, batch 16, 1 thread, forward +
+    backward: ~240 → ~122 ms; oneDNN's backward gains most).
     `encoder_layout` (plain, non-separable encoder stages): "channels_first" runs conv → ReLU →
     pool on (B, C, T); "channels_last" on (B, C, 1, T) in NHWC, converted in and out once;
     "auto" = "channels_last" (EQT's encoder, batch 16, 1 thread, forward + backward:
