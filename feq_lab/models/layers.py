@@ -46,10 +46,15 @@ def pool_padding(length: int, pool: int) -> tuple[int, int]:
 def same_conv1d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1
 ) -> torch.Tensor:
-    """Stride-1 conv with TF "same" padding (an even kernel's extra zero goes on the right)."""
+    """Stride-1 conv with TF "same" padding (an even kernel's extra zero goes on the right).
+    x (B, C, T), or (B, C, 1, T): then the same conv as a 2-D one, which keeps x's memory format
+    (channels_last: oneDNN's NHWC kernels, faster for long, thin signals; `ModelOptions`)."""
     left, right = same_padding(int(weight.shape[-1]))
     if right > left:
         x = F.pad(x, (0, right - left))
+    if x.dim() == 4:
+        weight = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, bias, padding=(0, left), groups=groups)
     return F.conv1d(x, weight, bias, padding=left, groups=groups)
 
 
@@ -70,17 +75,26 @@ def same_conv(
 
 
 def same_max_pool1d(x: torch.Tensor, pool: int) -> torch.Tensor:
-    """Max-pool with stride = size and TF "same" padding (`pool_padding`; pads count as −inf)."""
+    """Max-pool with stride = size and TF "same" padding (`pool_padding`; pads count as −inf),
+    over the last axis of x (B, C, T) or (B, C, 1, T) (as `same_conv1d`: a 2-D pool keeping x's
+    memory format)."""
     if pool == 1:
         return x
+    if x.dim() == 4:
+        def max_pool(y: torch.Tensor, **kw) -> torch.Tensor:
+            padding = kw.pop("padding", 0)
+            return F.max_pool2d(y, (1, pool), padding=(0, padding), **kw)
+    else:
+        def max_pool(y: torch.Tensor, **kw) -> torch.Tensor:
+            return F.max_pool1d(y, pool, **kw)
     left, right = pool_padding(int(x.shape[-1]), pool)
     if left == 0 and right == 0:
-        return F.max_pool1d(x, pool)
+        return max_pool(x)
     if left == 0:  # a partial window at the end: ceil_mode ignores the missing samples
-        return F.max_pool1d(x, pool, ceil_mode=True)
+        return max_pool(x, ceil_mode=True)
     if left == right and 2 * left <= pool:
-        return F.max_pool1d(x, pool, padding=left)
-    return F.max_pool1d(F.pad(x, (left, right), value=-math.inf), pool)
+        return max_pool(x, padding=left)
+    return max_pool(F.pad(x, (left, right), value=-math.inf))
 
 
 def upsample_nearest(x: torch.Tensor, factor: int) -> torch.Tensor:

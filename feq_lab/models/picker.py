@@ -44,9 +44,16 @@ from feq_lab.models.spec import ModelSpec, layer_indices, load_preset, spec_from
 
 class Encoder(nn.Module):
     """[Conv + ReLU → MaxPool] stages with TF "same" padding; stages may share a conv.
-    Separable stages run whole through `separable_fn` (conv halves + ReLU + pool)."""
+    Separable stages run whole through `separable_fn` (conv halves + ReLU + pool).
+    `channels_last` (plain stages): the signal is held as (B, C, 1, T) in NHWC memory format
+    through all stages (converted in and out once), the same convs and pools as 2-D ops."""
 
-    def __init__(self, spec: ModelSpec, separable_fn: SeparableFn = separable_stage):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        separable_fn: SeparableFn = separable_stage,
+        channels_last: bool = False,
+    ):
         super().__init__()
         self.layer_of_stage = layer_indices(len(spec.encoder_filters), spec.encoder_shared)
         self.layers = nn.ModuleList()
@@ -62,8 +69,14 @@ class Encoder(nn.Module):
             self.pools.append(pool)
             channels, length = f, pool.out_length
         self.separable_fn = separable_fn
+        self.channels_last = channels_last and not separable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            for j, pool in zip(self.layer_of_stage, self.pools):
+                x = pool(F.relu(self.layers[j](x)))
+            return x.squeeze(2).contiguous()
         for j, pool in zip(self.layer_of_stage, self.pools):
             conv = self.layers[j]
             if conv.separable:
@@ -95,8 +108,9 @@ class PickerModel(LearnedModel):
         # reference stage is all there is (fewer, larger ops than depthwise + pointwise)
         self._stacked_separable_fn = separable_fn if options.uses_fused_separable() else None
         self._decoder_form = options.decoder_form(spec.decoder_conv == "separable")
+        self._decoder_channels_last = options.decoder_channels_last()
         self._separable_fn, self._conv_fn = separable_fn, options.conv_fn()
-        self.encoder = Encoder(spec, separable_fn)
+        self.encoder = Encoder(spec, separable_fn, options.encoder_channels_last())
         width = spec.encoder_filters[-1]
         if spec.block == "residual":
             blocks = [ResidualBlock(width, k, spec.dropout) for k in spec.residual_kernels]
@@ -165,7 +179,12 @@ class PickerModel(LearnedModel):
             features = torch.cat([h, p, s], dim=2).transpose(1, 2)
             return grouped_decoders(self.decoders, features, self._separable_fn, self._conv_fn)
         if self._decoder_form == "stacked":
-            stacked = build_stacked(list(self.decoders), "train", self._stacked_separable_fn)
+            stacked = build_stacked(
+                list(self.decoders),
+                "train",
+                self._stacked_separable_fn,
+                channels_last=self._decoder_channels_last,
+            )
             return stacked(torch.cat([h, p, s], dim=2).transpose(1, 2))
         det_dec, p_dec, s_dec = self.decoders
         return det_dec(h.transpose(1, 2)), p_dec(p.transpose(1, 2)), s_dec(s.transpose(1, 2))

@@ -9,15 +9,20 @@ import torch
 from torch import nn
 
 from feq_lab.models import build_model, compile_for_inference, kernels
+from feq_lab.models.kernels import autograd as ka
 
 
 @pytest.fixture
 def kernel_cache(tmp_path, monkeypatch):
-    """A private kernel cache; the loader's memo is reset before and after."""
+    """A private kernel cache; the loaders' memos (the library's and the training kernels'
+    declarations, `ka._lib`) are reset before and after, so a library that failed to build
+    here is not what later tests see."""
     monkeypatch.setenv("FEQ_LAB_KERNEL_CACHE", str(tmp_path / "kernels"))
     kernels.library.cache_clear()
+    ka._lib.cache_clear()
     yield tmp_path / "kernels"
     kernels.library.cache_clear()
+    ka._lib.cache_clear()
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")

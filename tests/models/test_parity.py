@@ -109,10 +109,19 @@ def _cached_reference(references, case):
 
 
 # each decoder form with the backends the options can pair it with, beyond what "auto" picks:
-# "fused" on dense decoders (EQT: stages through the conv seam) and with torch's ops throughout
+# "fused" on dense decoders (EQT: stages through the conv seam) and with torch's ops throughout;
+# "stacked" in both layouts: channel-first, and time-major (NHWC) with dense, folded separable
+# (reference backend) and fused separable stages (layout copies around the C kernel); EQT's
+# plain encoder in both layouts (NHWC is what "auto" picks, so the CASES above cover it)
 DECODER_CASES = [
     (("eqt", {}, False), ModelOptions(decoders="fused")),
+    (("eqt", {}, False), ModelOptions(
+        decoders="stacked", decoder_layout="channels_first", encoder_layout="channels_first"
+    )),
     (("feq3", {}, False), ModelOptions(decoders="stacked")),
+    (("leq", {}, False), ModelOptions(
+        decoders="stacked", decoder_layout="channels_last", separable_backend="reference"
+    )),
     (("leq", {}, False), ModelOptions(
         decoders="fused", separable_backend="reference", conv_backend="reference"
     )),
@@ -122,7 +131,8 @@ DECODER_CASES = [
 @pytest.mark.parametrize(
     "case, options",
     [(case, None) for case in CASES] + DECODER_CASES,
-    ids=[_case_id(c) for c in CASES] + [f"{_case_id(c)}-{o.decoders}" for c, o in DECODER_CASES],
+    ids=[_case_id(c) for c in CASES]
+    + [f"{_case_id(c)}-{o.decoders}-{o.decoder_layout}-{o.encoder_layout}" for c, o in DECODER_CASES],
 )
 def test_training_path_outputs_and_gradients(case, options, references):
     """Outputs in train mode; gradients with BatchNorm on its running statistics. Why: at batch
@@ -315,3 +325,23 @@ def test_auto_decoder_form_runs_heads_through_the_conv_seam():
     assert calls == [((3, model.spec.decoder_filters[-1], model.spec.head_kernel), 3)]
     assert options.decoder_form(separable_decoders=False) == "stacked"
     assert ModelOptions.reference().decoder_form(separable_decoders=True) == "per_decoder"
+
+
+@pytest.mark.parametrize("length, pool", [(6000, 2), (375, 2), (7, 3), (8, 3), (5, 4), (9, 1)])
+def test_same_max_pool_on_nhwc_signals_matches_the_1d_pool(length, pool):
+    """The channels_last encoder's pool ((B, C, 1, T) in NHWC) is the 1-D TF "same" pool in
+    every padding case (none, partial last window, symmetric, asymmetric −inf pad): same values
+    and the same gradient (ties go to the same sample)."""
+    from feq_lab.models.layers import same_max_pool1d
+
+    base = torch.from_numpy(np.random.default_rng(length).standard_normal((2, 5, length)))
+    base = base.float()
+    x1 = base.clone().requires_grad_(True)
+    x2 = base.clone().requires_grad_(True)
+    y1 = same_max_pool1d(x1, pool)
+    y2 = same_max_pool1d(x2.unsqueeze(2).contiguous(memory_format=torch.channels_last), pool)
+    weights = torch.randn(y1.shape)
+    (y1 * weights).sum().backward()
+    (y2.squeeze(2) * weights).sum().backward()
+    assert torch.equal(y1, y2.squeeze(2))
+    assert torch.equal(x1.grad, x2.grad)

@@ -469,7 +469,7 @@ class _Conv(torch.autograd.Function):
         dims = ctx.dims
         batch = dims[0]
         grad_out = grad_out.contiguous()
-        gx = torch.zeros_like(x)
+        gx = torch.empty_like(x)  # the kernel writes every sample of it (no zeroing pass)
         chunks = _chunks(batch, _conv_work(dims))
         gw = x.new_zeros(chunks, *w.shape)
         gbias = x.new_zeros(chunks, w.shape[0])
@@ -484,6 +484,8 @@ class _Conv(torch.autograd.Function):
                     raise MemoryError("conv kernel: out of memory")
 
             _parallel(run, batch, _conv_work(dims))
+        else:
+            gx.zero_()
         return gx, gw.sum(0), gbias.sum(0) if ctx.has_bias else None, None, None
 
 

@@ -39,6 +39,39 @@ static inline float dot16(const float *a, const float *b, int n)
     return s;
 }
 
+/* s[q] += sum_t a[t] b[t + q], q < 4: four taps' weight gradients in one pass over a */
+static inline void dot16x4(float *restrict s, const float *restrict a, const float *restrict b,
+                           int n)
+{
+    float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+    int t = 0;
+    for (; t + LANES <= n; t += LANES)
+        for (int i = 0; i < LANES; ++i) {
+            const float g = a[t + i];
+            a0[i] += g * b[t + i];
+            a1[i] += g * b[t + i + 1];
+            a2[i] += g * b[t + i + 2];
+            a3[i] += g * b[t + i + 3];
+        }
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    for (; t < n; ++t) {
+        s0 += a[t] * b[t];
+        s1 += a[t] * b[t + 1];
+        s2 += a[t] * b[t + 2];
+        s3 += a[t] * b[t + 3];
+    }
+    for (int i = 0; i < LANES; ++i) {
+        s0 += a0[i];
+        s1 += a1[i];
+        s2 += a2[i];
+        s3 += a3[i];
+    }
+    s[0] += s0;
+    s[1] += s1;
+    s[2] += s2;
+    s[3] += s3;
+}
+
 /* out[o][t] = (bias ? bias[o] : 0) + sum_c sum_j w[(o * C + c) * k + j] in[c][t + j], t < n;
  * rows of `in` (stride `is`) must be readable up to n rounded up to BLOCK, plus k - 1 */
 static inline void conv_rows(const float *in, size_t is, int C, const float *w, int O, int k,
@@ -151,10 +184,14 @@ int feq_conv_bwd(const float *x, const float *w, const float *gy, float *gx, flo
                 for (; t < length_out; ++t) s += go[t];
                 for (int i = 0; i < LANES; ++i) s += acc[i];
                 gbias[g * O + o] += s;
-                for (int c = 0; c < C; ++c)
-                    for (int j = 0; j < k; ++j)
-                        gw[(((size_t)g * O + o) * C + c) * k + j] +=
-                            dot16(go, xpad + (size_t)c * xs + j, length_out);
+                for (int c = 0; c < C; ++c) {
+                    float *gwc = gw + (((size_t)g * O + o) * C + c) * k;
+                    const float *xc = xpad + (size_t)c * xs;
+                    int j = 0;
+                    for (; j + 4 <= k; j += 4) /* 4 taps per pass: each gy load feeds 4 */
+                        dot16x4(gwc + j, go, xc + j, length_out);
+                    for (; j < k; ++j) gwc[j] += dot16(go, xc + j, length_out);
+                }
             }
         }
     }

@@ -35,7 +35,7 @@
 
 #define LANES 16
 #define TILE 256 /* a multiple of BLK */
-#define BLK 32
+#define BLK 64 /* 4 independent 16-lane accumulators: hides the FMA latency */
 
 /* sum of a[t] b[t] in 16 independent partial sums: vectorises without reassociating floats */
 static inline float dot(const float *a, const float *b, int n)
@@ -145,6 +145,83 @@ static inline void depthwise_tile(float *dt, float *useg, const float *xg, const
     }
 }
 
+/* rows r[q * rs + i] (q < 4, i < n) = bias[q] + sum_c w[q * C + c] dt[c][i], ReLU'd if relu:
+ * four pointwise outputs of one tile at once (one load of each depthwise block feeds four
+ * multiply-adds) */
+static inline void pointwise_rows4(float *restrict r, int rs, const float *restrict w, int C,
+                                   const float *restrict bias, const float *restrict dt, int n,
+                                   int relu)
+{
+    for (int i0 = 0; i0 < n; i0 += LANES) {
+        float a0[LANES], a1[LANES], a2[LANES], a3[LANES];
+        for (int i = 0; i < LANES; ++i) {
+            a0[i] = bias ? bias[0] : 0.0f;
+            a1[i] = bias ? bias[1] : 0.0f;
+            a2[i] = bias ? bias[2] : 0.0f;
+            a3[i] = bias ? bias[3] : 0.0f;
+        }
+        for (int c = 0; c < C; ++c) {
+            const float *d = dt + (size_t)c * TILE + i0;
+            const float w0 = w[c], w1 = w[C + c], w2 = w[2 * C + c], w3 = w[3 * C + c];
+            for (int i = 0; i < LANES; ++i) {
+                a0[i] += w0 * d[i];
+                a1[i] += w1 * d[i];
+                a2[i] += w2 * d[i];
+                a3[i] += w3 * d[i];
+            }
+        }
+        if (relu)
+            for (int i = 0; i < LANES; ++i) {
+                a0[i] = a0[i] > 0.0f ? a0[i] : 0.0f;
+                a1[i] = a1[i] > 0.0f ? a1[i] : 0.0f;
+                a2[i] = a2[i] > 0.0f ? a2[i] : 0.0f;
+                a3[i] = a3[i] > 0.0f ? a3[i] : 0.0f;
+            }
+        const size_t m = (size_t)(n - i0 < LANES ? n - i0 : LANES);
+        memcpy(r + i0, a0, sizeof(float) * m);
+        memcpy(r + (size_t)rs + i0, a1, sizeof(float) * m);
+        memcpy(r + 2 * (size_t)rs + i0, a2, sizeof(float) * m);
+        memcpy(r + 3 * (size_t)rs + i0, a3, sizeof(float) * m);
+    }
+}
+
+/* acc[e][i] = sum_o p[o C + e] gy[o gys + i], e < 4, i < BLK: four channels' block of the
+ * pointwise half's input gradient at once (each gy load feeds four multiply-adds) */
+static inline void transpose_pointwise4(float acc[4][BLK], const float *restrict p, int C, int O,
+                                        const float *restrict gy, size_t gys)
+{
+    float a0[BLK] = {0}, a1[BLK] = {0}, a2[BLK] = {0}, a3[BLK] = {0};
+    for (int o = 0; o < O; ++o) {
+        const float *r = gy + (size_t)o * gys;
+        const float *w = p + (size_t)o * C;
+        const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+        for (int i = 0; i < BLK; ++i) {
+            a0[i] += w0 * r[i];
+            a1[i] += w1 * r[i];
+            a2[i] += w2 * r[i];
+            a3[i] += w3 * r[i];
+        }
+    }
+    memcpy(acc[0], a0, sizeof(a0));
+    memcpy(acc[1], a1, sizeof(a1));
+    memcpy(acc[2], a2, sizeof(a2));
+    memcpy(acc[3], a3, sizeof(a3));
+}
+
+/* ga[j][lane] += sum over the block's samples h of g[h] us[h + j] (lanes: h mod LANES): one
+ * block's share of the depthwise weight gradient, from the gd block g and the padded input row */
+static inline void depthwise_grad_block(float *restrict ga, const float *restrict g,
+                                        const float *restrict us, int kernel)
+{
+    for (int j = 0; j < kernel; ++j) {
+        float t[LANES];
+        for (int i = 0; i < LANES; ++i) t[i] = ga[j * LANES + i];
+        for (int h = 0; h < BLK; h += LANES)
+            for (int i = 0; i < LANES; ++i) t[i] += g[h + i] * us[j + h + i];
+        for (int i = 0; i < LANES; ++i) ga[j * LANES + i] = t[i];
+    }
+}
+
 FEQ_CLONES
 int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *bias, float *out,
                 int *idx, int batch, int groups, int channels, int outputs,
@@ -170,7 +247,11 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                 const int n = L - t0 < TILE ? L - t0 : TILE;
                 depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
                                crop_left, kernel, left, t0, n);
-                for (int o = 0; o < O; ++o) {
+                int o = 0;
+                for (; o + 4 <= O; o += 4) /* 4 outputs per pass: each d load feeds 4 */
+                    pointwise_rows4(yg + (size_t)o * L + t0, L, pw + (size_t)(g * O + o) * C, C,
+                                    bias ? bias + g * O + o : NULL, dt, n, relu && pool == 1);
+                for (; o < O; ++o) {
                     const float *w = pw + (size_t)(g * O + o) * C;
                     const float bo = bias ? bias[g * O + o] : 0.0f;
                     float *r = yg + (size_t)o * L + t0;
@@ -226,17 +307,18 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
 {
     const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
     const int padded = L + kernel - 1;
-    float *u = calloc((size_t)padded, sizeof(float));
+    const size_t ustride = (size_t)TILE + kernel - 1 + BLK; /* a useg row (depthwise_tile) */
+    float *gacc = malloc(sizeof(float) * (size_t)C * kernel * LANES);
     float *gu = malloc(sizeof(float) * (size_t)padded);
     const size_t gys = (size_t)L + BLK, gds = (size_t)L + kernel - 1 + 2 * BLK;
     float *gy = calloc((size_t)O * gys, sizeof(float)); /* zero past L */
     float *gd = calloc((size_t)C * gds, sizeof(float)); /* zero around the L samples */
-    float *useg = calloc((size_t)C * (TILE + kernel - 1 + BLK), sizeof(float));
+    float *useg = calloc((size_t)C * ustride, sizeof(float));
     float *dt = calloc((size_t)C * TILE, sizeof(float));
     (void)batch;
     (void)pool_left;
-    if (!u || !gu || !gy || !gd || !useg || !dt) {
-        free(u);
+    if (!gacc || !gu || !gy || !gd || !useg || !dt) {
+        free(gacc);
         free(gu);
         free(gy);
         free(gd);
@@ -248,6 +330,7 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
         for (int g = 0; g < groups; ++g) {
             const size_t orow = (size_t)b * GO + (size_t)g * O;
             const float *xg = x + ((size_t)b * GC + (size_t)g * C) * length_in;
+            memset(gacc, 0, sizeof(float) * (size_t)C * kernel * LANES);
             /* gy = dL/dy through pooling and ReLU */
             for (int o = 0; o < O; ++o) {
                 float *r = gy + (size_t)o * gys;
@@ -272,47 +355,82 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                 const int n = L - t0 < TILE ? L - t0 : TILE;
                 depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
                                crop_left, kernel, left, t0, n);
-                for (int o = 0; o < O; ++o) { /* gpw[o, c] += gy[o] . d[c], 4 channels at once */
-                    const float *r = gy + (size_t)o * gys + t0;
-                    float *gw = gpw + (size_t)(g * O + o) * C;
+                /* gpw[o, c] += gy[o] . d[c]: 2 outputs x 4 channels per pass (6 loads feed 8
+                 * multiply-adds) */
+                int o = 0;
+                for (; o + 2 <= O; o += 2) {
+                    const float *r0 = gy + (size_t)o * gys + t0, *r1 = r0 + gys;
+                    float *gw0 = gpw + (size_t)(g * O + o) * C, *gw1 = gw0 + C;
                     int c = 0;
                     for (; c + 4 <= C; c += 4) {
-                        float acc[4][LANES] = {{0}};
+                        float a0[4][LANES] = {{0}}, a1[4][LANES] = {{0}};
                         const float *d0 = dt + (size_t)c * TILE;
                         for (int i0 = 0; i0 < n; i0 += LANES) /* dt and gy are zero past n */
                             for (int q = 0; q < 4; ++q)
-                                for (int i = 0; i < LANES; ++i)
-                                    acc[q][i] += r[i0 + i] * d0[(size_t)q * TILE + i0 + i];
+                                for (int i = 0; i < LANES; ++i) {
+                                    const float d = d0[(size_t)q * TILE + i0 + i];
+                                    a0[q][i] += r0[i0 + i] * d;
+                                    a1[q][i] += r1[i0 + i] * d;
+                                }
                         for (int q = 0; q < 4; ++q) {
-                            float sq = 0.0f;
-                            for (int i = 0; i < LANES; ++i) sq += acc[q][i];
-                            gw[c + q] += sq;
+                            float s0 = 0.0f, s1 = 0.0f;
+                            for (int i = 0; i < LANES; ++i) {
+                                s0 += a0[q][i];
+                                s1 += a1[q][i];
+                            }
+                            gw0[c + q] += s0;
+                            gw1[c + q] += s1;
                         }
                     }
-                    for (; c < C; ++c) gw[c] += dot(r, dt + (size_t)c * TILE, n);
+                    for (; c < C; ++c) {
+                        gw0[c] += dot(r0, dt + (size_t)c * TILE, n);
+                        gw1[c] += dot(r1, dt + (size_t)c * TILE, n);
+                    }
                 }
-                for (int c = 0; c < C; ++c) { /* gd[c] = sum_o pw[o, c] gy[o] */
-                    float *q = gd + (size_t)c * gds + (kernel - 1) + t0;
+                for (; o < O; ++o) {
+                    const float *r = gy + (size_t)o * gys + t0;
+                    float *gw = gpw + (size_t)(g * O + o) * C;
+                    for (int c = 0; c < C; ++c) gw[c] += dot(r, dt + (size_t)c * TILE, n);
+                }
+                /* gd[c] = sum_o pw[o, c] gy[o]; and while this tile's gd and padded input rows
+                 * are in L1, the depthwise weight gradient's lanes gacc[c, j] */
+                for (int c = 0; c < C; c += 4) {
+                    const int nc = C - c < 4 ? C - c : 4;
                     for (int i0 = 0; i0 < n; i0 += BLK) {
-                        float acc[BLK] = {0};
-                        for (int o = 0; o < O; ++o) {
-                            const float wc = pw[(size_t)(g * O + o) * C + c];
-                            const float *r = gy + (size_t)o * gys + t0 + i0;
-                            for (int i = 0; i < BLK; ++i) acc[i] += wc * r[i];
+                        float acc[4][BLK];
+                        if (nc == 4) /* each gy load feeds 4 channels */
+                            transpose_pointwise4(acc, pw + (size_t)g * O * C + c, C, O,
+                                                 gy + t0 + i0, gys);
+                        else
+                            for (int e = 0; e < nc; ++e) {
+                                for (int i = 0; i < BLK; ++i) acc[e][i] = 0.0f;
+                                for (int o = 0; o < O; ++o) {
+                                    const float wc = pw[(size_t)(g * O + o) * C + c + e];
+                                    const float *r = gy + (size_t)o * gys + t0 + i0;
+                                    for (int i = 0; i < BLK; ++i) acc[e][i] += wc * r[i];
+                                }
+                            }
+                        const size_t m = (size_t)(n - i0 < BLK ? n - i0 : BLK);
+                        for (int e = 0; e < nc; ++e) {
+                            memcpy(gd + (size_t)(c + e) * gds + (kernel - 1) + t0 + i0, acc[e],
+                                   sizeof(float) * m);
+                            /* acc is zero past n (gy is); useg rows are readable BLK past the
+                             * span */
+                            depthwise_grad_block(gacc + (size_t)(c + e) * kernel * LANES, acc[e],
+                                                 useg + (size_t)(c + e) * ustride + i0, kernel);
                         }
-                        memcpy(q + i0, acc, sizeof(float) * (size_t)(n - i0 < BLK ? n - i0 : BLK));
                     }
                 }
             }
-            /* depthwise: gdw[c, j] += gd[c] . u[c, j:], gu[s] = sum_j w[j] gd[s - j] (gd rows
-             * carry k - 1 zeros before and BLK after), then back through crop and upsampling */
+            /* depthwise: gdw[c, j] += the lanes of gacc[c, j]; gu[s] = sum_j w[j] gd[s - j] (gd
+             * rows carry k - 1 zeros before and BLK after), then back through crop and
+             * upsampling */
             for (int c = 0; c < C; ++c) {
                 const int ch = g * C + c;
-                const float *xc = x + ((size_t)b * GC + ch) * length_in;
                 const float *w = dw + (size_t)ch * kernel;
                 const float *q = gd + (size_t)c * gds + (kernel - 1);
-                upsample_row(u + left, xc, crop_left, L, up);
-                for (int j = 0; j < kernel; ++j) gdw[(size_t)ch * kernel + j] += dot(q, u + j, L);
+                for (int j = 0; j < kernel; ++j)
+                    gdw[(size_t)ch * kernel + j] += sum(gacc + ((size_t)c * kernel + j) * LANES, LANES);
                 for (int s0 = 0; s0 < padded; s0 += BLK) {
                     float acc[BLK] = {0};
                     for (int j = 0; j < kernel; ++j) {
@@ -328,7 +446,7 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
             }
         }
     }
-    free(u);
+    free(gacc);
     free(gu);
     free(gy);
     free(gd);
