@@ -151,6 +151,13 @@ def _round(x: float | None) -> float | None:
 DEFAULT_THRESHOLDS = {"detection": 0.5, "p": 0.1, "s": 0.1}
 
 
+# Provisional thresholds = these factors x the final ones (conf/stream.yaml says how they were
+# chosen): a right-edge window's P peak and detection are lower than the full windows' at the
+# same onset; a lower S threshold made S picks earlier and wrong (EQT's rule takes the *first*
+# S peak), so S keeps its final threshold.
+DEFAULT_EARLY_SCALE = {"detection": 0.4, "p": 0.5, "s": 1.0}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Engine settings (the `engine` block of conf/stream.yaml)."""
@@ -172,6 +179,12 @@ class EngineConfig:
     early: bool = True
     early_every_s: float = 1.0
     update_s: float = 0.1
+    # provisional picks are decoded at `early_scale[k]` x the final threshold of k: a right-edge
+    # window sees an onset with no coda after it, so its P peak is lower than the full
+    # windows' (a wrong provisional pick is retracted; final events never see this setting)
+    early_scale: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_EARLY_SCALE)
+    )
     # bad input: a station silent for `silence_s` (engine clock) is reported once; a record
     # starting more than `future_tolerance_s` after the clock is flagged (clock skew)
     silence_s: float = 30.0
@@ -189,6 +202,8 @@ class EngineConfig:
             )
         if "thresholds" in cfg:
             cfg["thresholds"] = check_thresholds(cfg["thresholds"], f"{key}.thresholds")
+        if "early_scale" in cfg:
+            cfg["early_scale"] = _check_scale(cfg["early_scale"], f"{key}.early_scale")
         if cfg.get("protocol", DEFAULT_PROTOCOL) not in PROTOCOLS:
             raise ConfigError(
                 f"{key}.protocol", f"must be one of {PROTOCOLS}, got {cfg['protocol']!r}"
@@ -218,6 +233,25 @@ class EngineConfig:
         if not isinstance(out.early, bool):
             raise ConfigError(f"{key}.early", f"must be true or false, got {out.early!r}")
         return out
+
+
+def _check_scale(scale: Any, key: str) -> dict[str, float]:
+    """`early_scale`: a factor > 0 per threshold (missing ones are 1: the final threshold)."""
+    if not isinstance(scale, Mapping):
+        raise ConfigError(key, f"must be a mapping {{detection, p, s}}, got {scale!r}")
+    unknown = set(scale) - set(DEFAULT_THRESHOLDS)
+    if unknown:
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key (known: detection, p, s)")
+    out = {}
+    for name in DEFAULT_THRESHOLDS:
+        value = scale.get(name, 1.0)
+        try:
+            out[name] = float(1.0 if value is None else value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}.{name}", f"not a number: {value!r}") from None
+        if not out[name] > 0:
+            raise ConfigError(f"{key}.{name}", f"must be > 0, got {value!r}")
+    return out
 
 
 class _Resampler:
@@ -363,6 +397,9 @@ class StreamEngine:
         self.stations: dict[str, _Station] = {}
         self.thresholds = check_thresholds(self.cfg.thresholds, "engine.thresholds")
         self.th_det = self.thresholds["detection"]
+        # provisional decoding (early picking): the final thresholds scaled, capped at 1
+        scale = _check_scale(self.cfg.early_scale, "engine.early_scale")
+        self.early_thresholds = {k: min(v * scale[k], 1.0) for k, v in self.thresholds.items()}
         # the same decoder as offline evaluation (one place for the rules)
         self.decoding = DecodeSettings(
             self.cfg.protocol, SAMPLING_RATE, float(self.cfg.association_margin_s)
@@ -896,22 +933,23 @@ class StreamEngine:
             recent = (part + edge) / (st.count.view(st.final, end) + 1.0)
         settled = self.probabilities(st, lo, st.final)
         protocol = self.decoding.protocol
+        th = self.early_thresholds
         if not (
-            above_threshold(recent[0], self.th_det, protocol).any()
-            or above_threshold(settled[0, st.scan - lo :], self.th_det, protocol).any()
+            above_threshold(recent[0], th["detection"], protocol).any()
+            or above_threshold(settled[0, st.scan - lo :], th["detection"], protocol).any()
         ):
             return  # no trigger in the undecided region (the common case: a quiet station)
         probs = np.concatenate([settled, recent], axis=1)
         first = st.scan - lo
         runs = [
             (on + first, off + first)
-            for on, off in find_triggers(probs[0, first:], self.th_det, self.decoding.protocol)
+            for on, off in find_triggers(probs[0, first:], th["detection"], protocol)
         ]
         if not runs:
             return
         matched: set[str] = set()
         tolerance = self.cfg.update_s * SAMPLING_RATE
-        for det in decode_triggers(probs[0], probs[1], probs[2], runs, self.thresholds,
+        for det in decode_triggers(probs[0], probs[1], probs[2], runs, th,
                                    self.decoding):  # fmt: skip
             if det.p_sample is None and det.s_sample is None:
                 continue  # a pick needs a P or S peak
