@@ -331,6 +331,11 @@ class _Station:
         self.count = SampleSeries(1, np.float32, 0.0, cap) if cfg.combine == "mean" else None
         self.spread = SampleSeries(3, np.float32, 0.0, cap) if n_spread else None
         self.hwm = 0  # one past the newest sample received
+        # every component is present below this mark (the fast path's contiguous records);
+        # lets `_commit` skip scanning the presence flags
+        self.present_through = 0
+        self.scanned_final = -1  # `final` when the events were last decoded (see `_decide`)
+        self.layout: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # codes -> rows
         self.channel_hwm = [0, 0, 0]  # the same per component
         self.committed = 0  # raw samples below this are final (received or filled)
         self.next_window = 0  # start of the next regular window
@@ -532,29 +537,41 @@ class StreamEngine:
         exactly where the station's data end. Why: a network feeds thousands of 1-s records a
         second, and the per-channel path (resampling, NaN, overlap and disorder checks) costs
         more than the model's share. Anything else returns False and takes that path."""
-        if len(block.channels) != 3 or abs(block.sampling_rate - SAMPLING_RATE) > 1e-6:
+        channels = block.channels
+        if len(channels) != 3 or abs(block.sampling_rate - SAMPLING_RATE) > 1e-6:
             return False
-        rows = [_ORIENTATION.get(str(code)[-1:].upper()) for code in block.channels]
-        if None in rows or len(set(rows)) != 3:
-            return False
+        codes = tuple(channels)
+        if st.layout is None or st.layout[0] != codes:  # a station keeps its channel codes
+            found = tuple(_ORIENTATION.get(str(code)[-1:].upper()) for code in codes)
+            if None in found or len(set(found)) != 3:
+                return False
+            st.layout = (codes, found)  # type: ignore[assignment]
+        rows = st.layout[1]
         exact = (float(block.starttime) - st.origin) * SAMPLING_RATE
-        start = int(round(exact))
+        start = round(exact)
         if abs(exact - start) > 0.1 or start != st.hwm or st.channel_hwm != [start] * 3:
             return False
-        arrays = [np.asarray(x).ravel() for x in block.channels.values()]
-        n = len(arrays[0])
-        if n == 0 or any(len(x) != n or x.dtype.kind not in "fiu" for x in arrays):
-            return False
-        x = np.empty((3, n), np.float32)
-        for row, samples in zip(rows, arrays):
-            x[row] = samples
-        if not np.isfinite(x).all():
+        arrays = list(channels.values())
+        n = arrays[0].shape[0] if isinstance(arrays[0], np.ndarray) else 0
+        for x in arrays:  # 1-D numeric arrays of one length (anything else: the general path)
+            if not isinstance(x, np.ndarray) or x.shape != (n,) or x.dtype.kind not in "fiu":
+                return False
+        if n == 0:
             return False
         stop = start + n
-        for series in (st.raw, st.present, st.filled):
-            series.ensure(stop)
-        st.raw.view(start, stop)[:] = x
+        if stop > st.raw.end:  # raw, present and filled share base and capacity
+            for series in (st.raw, st.present, st.filled):
+                series.ensure(stop)
+        # written straight into the buffer (beyond the newest sample: nothing is lost if a
+        # NaN sends the block down the per-channel path, which rewrites these samples)
+        raw = st.raw.view(start, stop)
+        for row, samples in zip(rows, arrays):
+            raw[row] = samples
+        if not np.isfinite(raw).all():
+            return False
         st.present.view(start, stop)[:] = True
+        if st.present_through == start:
+            st.present_through = stop
         st.seen = [True, True, True]
         st.hwm = stop
         st.channel_hwm = [stop, stop, stop]
@@ -683,6 +700,16 @@ class StreamEngine:
     def _commit(self, st: _Station, flush: bool) -> None:
         """Move the committed mark over received samples; fill a gap once data `max_delay_s`
         beyond its start have arrived (late blocks may still fill it until then)."""
+        if st.present_through >= st.hwm:  # every sample received in order: nothing to check
+            st.committed = st.hwm
+            return
+        self._commit_gaps(st, flush)
+        # below `committed` every sample is received or filled: the fast path may resume
+        st.present_through = max(st.present_through, st.committed)
+
+    def _commit_gaps(self, st: _Station, flush: bool) -> None:
+        """`_commit` over missing samples: stop at a gap still waiting for late data, fill
+        one whose wait is over."""
         while st.committed < st.hwm:
             seg = st.present.view(st.committed, st.hwm).all(axis=0)
             missing = np.flatnonzero(~seg)
@@ -819,11 +846,16 @@ class StreamEngine:
                 self._accumulate(st, at, at + outputs[0].shape[-1], outputs)
             st.final = st.committed
         emitted: list[Event] = []
-        self._scan(st, flush, emitted)
+        # the final samples are all a scan reads: unchanged since the last one, it would
+        # decode the same triggers again (and find no retraction: `st.scan` did not move)
+        if flush or st.final != st.scanned_final:
+            self._scan(st, flush, emitted)
+            st.scanned_final = st.final
         if edge is not None:
             self._provisional(st, edge[0], edge[1], emitted)
         self._trim(st)
-        st.events.extend(emitted)
+        if emitted:
+            st.events.extend(emitted)
         return emitted
 
     def _predict(self, x: np.ndarray) -> list[np.ndarray]:
@@ -1042,7 +1074,7 @@ class StreamEngine:
             st.scan - self.decoding.context,
             st.committed - max(_FILL_CONTEXT, WINDOW),
         )
-        if keep <= 0:
+        if keep - st.raw.base < _TRIM_STEP:  # every series shares `base`: nothing to drop yet
             return
         for series in (st.raw, st.present, st.filled):
             series.trim(keep, _TRIM_STEP)
