@@ -1,8 +1,9 @@
 """Benchmark a whole network in one process: N stations fed as 1-s records at simulated real time.
 
     python bench/network.py [--n 10 100 1000] [--max-n 100] [--start 0] [--seconds 240]
-                            [--checkpoint PATH] [--subset data/subset] [--distinct 20]
-                            [--batch 256] [--early both|on|off] [--early-every 1.0]
+                            [--checkpoint PATH] [--thresholds DET P S] [--subset data/subset]
+                            [--distinct 20]
+                            [--batch 8] [--early both|on|off] [--early-every 1.0]
                             [--seisbench-stations 4] [--skip-seisbench]
 
 Each station replays the study's scenario generator (`streaming.sources.build_scenario`: noise
@@ -87,6 +88,7 @@ def child(args: argparse.Namespace) -> None:
             "batch_size": int(args.batch),
             "history_s": 0.0,
             "early_every_s": float(args.early_every),
+            "thresholds": dict(zip(("detection", "p", "s"), args.thresholds)),
         },
     )
     # touch the data the stations will read, so that the baseline RSS includes it
@@ -241,9 +243,13 @@ def main() -> None:
     parser.add_argument("--early-every", dest="early_every", type=float, default=1.0,
                         help="engine.early_every_s: right-edge window cadence")
     parser.add_argument("--checkpoint", default=None, help="a trained FEQ3 (else untrained)")
+    parser.add_argument("--thresholds", type=float, nargs=3, default=[0.5, 0.1, 0.1],
+                        metavar=("DET", "P", "S"),
+                        help="the model's thresholds (the champion's run: 0.5 0.2 0.2);"
+                        " default the study's 0.5 0.1 0.1")
     parser.add_argument("--subset", default=str(ROOT / "data" / "subset"))
     parser.add_argument("--distinct", type=int, default=20, help="distinct scenario seeds")
-    parser.add_argument("--batch", type=int, default=64, help="windows per predictor call")
+    parser.add_argument("--batch", type=int, default=8, help="windows per predictor call")
     parser.add_argument("--early", choices=["both", "on", "off"], default="both")
     parser.add_argument("--seisbench-stations", type=int, default=4)
     parser.add_argument("--skip-seisbench", action="store_true")
@@ -271,6 +277,7 @@ def main() -> None:
     print(f"# {k} distinct scenarios ({time.perf_counter() - t:.1f} s to build); model {label};"
           f" onnxruntime 1 thread, batch {args.batch}; seconds {args.start}+{args.seconds} of"
           f" each station's record; right-edge window every {args.early_every} s;"
+          f" thresholds det/P/S {args.thresholds};"
           f" machine: {os.cpu_count()} CPUs, shared")  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
@@ -281,7 +288,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", "--pool", str(pool_path), "--onnx",
                    str(work / "feq3.onnx"), "--child-n", str(n), "--child-early", str(early),
                    "--seconds", str(args.seconds), "--batch", str(args.batch),
-                   "--start", str(args.start), "--early-every", str(args.early_every)]  # fmt: skip
+                   "--start", str(args.start), "--early-every", str(args.early_every),
+                   "--thresholds", *map(str, args.thresholds)]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)

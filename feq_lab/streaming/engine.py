@@ -166,7 +166,7 @@ class EngineConfig:
     combine: str = "max"
     blinding: int = 0
     require_pick: bool = False
-    batch_size: int = 16
+    batch_size: int = 8
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     # The decoder's rules (feq_lab/evaluation/decode.py): eqt = EQTransformer's tester, as the
     # study's tables; lab = the lab's earlier rules, each trigger on its own (S may precede P).
@@ -958,7 +958,7 @@ class StreamEngine:
             series.ensure(end)
         lo = max(st.scan - self.decoding.context, st.prob.base, 0)
         part = st.prob.view(st.final, end)
-        edge = np.stack(outputs[:3])[:, st.final - start :]
+        edge = np.stack([o[st.final - start :] for o in outputs[:3]])  # only what is not final
         if self.cfg.combine == "max":
             recent = np.maximum(part, edge)
         else:
