@@ -16,7 +16,9 @@ torch: what a monitor needs) prints:
 - sustained throughput: station-seconds processed per wall-second (>= N = real time),
 - CPU time per station-second,
 - P latency p50/p95 over stations: emitted_at of the first object whose P lies within 0.5 s of
-  the true P, minus the true P (stations never picked are counted apart),
+  the true P, minus the true P (stations never picked are counted apart); with 20 distinct
+  scenarios each is 5% of the stations, so the p95 is one scenario's latency (the monitor's
+  `scenarios=20` interpolates over the scenarios instead),
 - peak RSS of the process (VmHWM), the RSS before the engine started (data + runtime), their
   difference per station (it includes onnxruntime's buffers for a batch of `--batch` windows),
   and the engine's own per-station buffers (KB).
