@@ -43,9 +43,10 @@ class SampleSeries:
 
     def view(self, start: int, stop: int) -> np.ndarray:
         """(rows, stop - start) view of absolute [start, stop); both must lie in storage."""
-        if start < self.base or stop > self.end or start > stop:
-            raise IndexError(f"[{start}, {stop}) outside stored [{self.base}, {self.end})")
-        return self.data[:, start - self.base : stop - self.base]
+        base = self.base  # (called for every record of every station: no property lookups)
+        if start < base or stop - base > self.data.shape[1] or start > stop:
+            raise IndexError(f"[{start}, {stop}) outside stored [{base}, {self.end})")
+        return self.data[:, start - base : stop - base]
 
     def trim(self, keep_from: int, min_drop: int = 30000) -> None:
         """Forget samples before `keep_from` once at least `min_drop` of them can go (amortised)."""

@@ -151,6 +151,13 @@ def _round(x: float | None) -> float | None:
 DEFAULT_THRESHOLDS = {"detection": 0.5, "p": 0.1, "s": 0.1}
 
 
+# Provisional thresholds = these factors x the final ones (conf/stream.yaml says how they were
+# chosen): a right-edge window's P peak and detection are lower than the full windows' at the
+# same onset; a lower S threshold made S picks earlier and wrong (EQT's rule takes the *first*
+# S peak), so S keeps its final threshold.
+DEFAULT_EARLY_SCALE = {"detection": 0.4, "p": 0.5, "s": 1.0}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Engine settings (the `engine` block of conf/stream.yaml)."""
@@ -159,7 +166,7 @@ class EngineConfig:
     combine: str = "max"
     blinding: int = 0
     require_pick: bool = False
-    batch_size: int = 16
+    batch_size: int = 8
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     # The decoder's rules (feq_lab/evaluation/decode.py): eqt = EQTransformer's tester, as the
     # study's tables; lab = the lab's earlier rules, each trigger on its own (S may precede P).
@@ -172,6 +179,12 @@ class EngineConfig:
     early: bool = True
     early_every_s: float = 1.0
     update_s: float = 0.1
+    # provisional picks are decoded at `early_scale[k]` x the final threshold of k: a right-edge
+    # window sees an onset with no coda after it, so its P peak is lower than the full
+    # windows' (a wrong provisional pick is retracted; final events never see this setting)
+    early_scale: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_EARLY_SCALE)
+    )
     # bad input: a station silent for `silence_s` (engine clock) is reported once; a record
     # starting more than `future_tolerance_s` after the clock is flagged (clock skew)
     silence_s: float = 30.0
@@ -189,6 +202,8 @@ class EngineConfig:
             )
         if "thresholds" in cfg:
             cfg["thresholds"] = check_thresholds(cfg["thresholds"], f"{key}.thresholds")
+        if "early_scale" in cfg:
+            cfg["early_scale"] = _check_scale(cfg["early_scale"], f"{key}.early_scale")
         if cfg.get("protocol", DEFAULT_PROTOCOL) not in PROTOCOLS:
             raise ConfigError(
                 f"{key}.protocol", f"must be one of {PROTOCOLS}, got {cfg['protocol']!r}"
@@ -218,6 +233,25 @@ class EngineConfig:
         if not isinstance(out.early, bool):
             raise ConfigError(f"{key}.early", f"must be true or false, got {out.early!r}")
         return out
+
+
+def _check_scale(scale: Any, key: str) -> dict[str, float]:
+    """`early_scale`: a factor > 0 per threshold (missing ones are 1: the final threshold)."""
+    if not isinstance(scale, Mapping):
+        raise ConfigError(key, f"must be a mapping {{detection, p, s}}, got {scale!r}")
+    unknown = set(scale) - set(DEFAULT_THRESHOLDS)
+    if unknown:
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key (known: detection, p, s)")
+    out = {}
+    for name in DEFAULT_THRESHOLDS:
+        value = scale.get(name, 1.0)
+        try:
+            out[name] = float(1.0 if value is None else value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}.{name}", f"not a number: {value!r}") from None
+        if not out[name] > 0:
+            raise ConfigError(f"{key}.{name}", f"must be > 0, got {value!r}")
+    return out
 
 
 class _Resampler:
@@ -297,6 +331,11 @@ class _Station:
         self.count = SampleSeries(1, np.float32, 0.0, cap) if cfg.combine == "mean" else None
         self.spread = SampleSeries(3, np.float32, 0.0, cap) if n_spread else None
         self.hwm = 0  # one past the newest sample received
+        # every component is present below this mark (the fast path's contiguous records);
+        # lets `_commit` skip scanning the presence flags
+        self.present_through = 0
+        self.scanned_final = -1  # `final` when the events were last decoded (see `_decide`)
+        self.layout: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # codes -> rows
         self.channel_hwm = [0, 0, 0]  # the same per component
         self.committed = 0  # raw samples below this are final (received or filled)
         self.next_window = 0  # start of the next regular window
@@ -363,6 +402,9 @@ class StreamEngine:
         self.stations: dict[str, _Station] = {}
         self.thresholds = check_thresholds(self.cfg.thresholds, "engine.thresholds")
         self.th_det = self.thresholds["detection"]
+        # provisional decoding (early picking): the final thresholds scaled, capped at 1
+        scale = _check_scale(self.cfg.early_scale, "engine.early_scale")
+        self.early_thresholds = {k: min(v * scale[k], 1.0) for k, v in self.thresholds.items()}
         # the same decoder as offline evaluation (one place for the rules)
         self.decoding = DecodeSettings(
             self.cfg.protocol, SAMPLING_RATE, float(self.cfg.association_margin_s)
@@ -495,29 +537,41 @@ class StreamEngine:
         exactly where the station's data end. Why: a network feeds thousands of 1-s records a
         second, and the per-channel path (resampling, NaN, overlap and disorder checks) costs
         more than the model's share. Anything else returns False and takes that path."""
-        if len(block.channels) != 3 or abs(block.sampling_rate - SAMPLING_RATE) > 1e-6:
+        channels = block.channels
+        if len(channels) != 3 or abs(block.sampling_rate - SAMPLING_RATE) > 1e-6:
             return False
-        rows = [_ORIENTATION.get(str(code)[-1:].upper()) for code in block.channels]
-        if None in rows or len(set(rows)) != 3:
-            return False
+        codes = tuple(channels)
+        if st.layout is None or st.layout[0] != codes:  # a station keeps its channel codes
+            found = tuple(_ORIENTATION.get(str(code)[-1:].upper()) for code in codes)
+            if None in found or len(set(found)) != 3:
+                return False
+            st.layout = (codes, found)  # type: ignore[assignment]
+        rows = st.layout[1]
         exact = (float(block.starttime) - st.origin) * SAMPLING_RATE
-        start = int(round(exact))
+        start = round(exact)
         if abs(exact - start) > 0.1 or start != st.hwm or st.channel_hwm != [start] * 3:
             return False
-        arrays = [np.asarray(x).ravel() for x in block.channels.values()]
-        n = len(arrays[0])
-        if n == 0 or any(len(x) != n or x.dtype.kind not in "fiu" for x in arrays):
-            return False
-        x = np.empty((3, n), np.float32)
-        for row, samples in zip(rows, arrays):
-            x[row] = samples
-        if not np.isfinite(x).all():
+        arrays = list(channels.values())
+        n = arrays[0].shape[0] if isinstance(arrays[0], np.ndarray) else 0
+        for x in arrays:  # 1-D numeric arrays of one length (anything else: the general path)
+            if not isinstance(x, np.ndarray) or x.shape != (n,) or x.dtype.kind not in "fiu":
+                return False
+        if n == 0:
             return False
         stop = start + n
-        for series in (st.raw, st.present, st.filled):
-            series.ensure(stop)
-        st.raw.view(start, stop)[:] = x
+        if stop > st.raw.end:  # raw, present and filled share base and capacity
+            for series in (st.raw, st.present, st.filled):
+                series.ensure(stop)
+        # written straight into the buffer (beyond the newest sample: nothing is lost if a
+        # NaN sends the block down the per-channel path, which rewrites these samples)
+        raw = st.raw.view(start, stop)
+        for row, samples in zip(rows, arrays):
+            raw[row] = samples
+        if not np.isfinite(raw).all():
+            return False
         st.present.view(start, stop)[:] = True
+        if st.present_through == start:
+            st.present_through = stop
         st.seen = [True, True, True]
         st.hwm = stop
         st.channel_hwm = [stop, stop, stop]
@@ -646,6 +700,16 @@ class StreamEngine:
     def _commit(self, st: _Station, flush: bool) -> None:
         """Move the committed mark over received samples; fill a gap once data `max_delay_s`
         beyond its start have arrived (late blocks may still fill it until then)."""
+        if st.present_through >= st.hwm:  # every sample received in order: nothing to check
+            st.committed = st.hwm
+            return
+        self._commit_gaps(st, flush)
+        # below `committed` every sample is received or filled: the fast path may resume
+        st.present_through = max(st.present_through, st.committed)
+
+    def _commit_gaps(self, st: _Station, flush: bool) -> None:
+        """`_commit` over missing samples: stop at a gap still waiting for late data, fill
+        one whose wait is over."""
         while st.committed < st.hwm:
             seg = st.present.view(st.committed, st.hwm).all(axis=0)
             missing = np.flatnonzero(~seg)
@@ -782,11 +846,16 @@ class StreamEngine:
                 self._accumulate(st, at, at + outputs[0].shape[-1], outputs)
             st.final = st.committed
         emitted: list[Event] = []
-        self._scan(st, flush, emitted)
+        # the final samples are all a scan reads: unchanged since the last one, it would
+        # decode the same triggers again (and find no retraction: `st.scan` did not move)
+        if flush or st.final != st.scanned_final:
+            self._scan(st, flush, emitted)
+            st.scanned_final = st.final
         if edge is not None:
             self._provisional(st, edge[0], edge[1], emitted)
         self._trim(st)
-        st.events.extend(emitted)
+        if emitted:
+            st.events.extend(emitted)
         return emitted
 
     def _predict(self, x: np.ndarray) -> list[np.ndarray]:
@@ -889,29 +958,30 @@ class StreamEngine:
             series.ensure(end)
         lo = max(st.scan - self.decoding.context, st.prob.base, 0)
         part = st.prob.view(st.final, end)
-        edge = np.stack(outputs[:3])[:, st.final - start :]
+        edge = np.stack([o[st.final - start :] for o in outputs[:3]])  # only what is not final
         if self.cfg.combine == "max":
             recent = np.maximum(part, edge)
         else:
             recent = (part + edge) / (st.count.view(st.final, end) + 1.0)
         settled = self.probabilities(st, lo, st.final)
         protocol = self.decoding.protocol
+        th = self.early_thresholds
         if not (
-            above_threshold(recent[0], self.th_det, protocol).any()
-            or above_threshold(settled[0, st.scan - lo :], self.th_det, protocol).any()
+            above_threshold(recent[0], th["detection"], protocol).any()
+            or above_threshold(settled[0, st.scan - lo :], th["detection"], protocol).any()
         ):
             return  # no trigger in the undecided region (the common case: a quiet station)
         probs = np.concatenate([settled, recent], axis=1)
         first = st.scan - lo
         runs = [
             (on + first, off + first)
-            for on, off in find_triggers(probs[0, first:], self.th_det, self.decoding.protocol)
+            for on, off in find_triggers(probs[0, first:], th["detection"], protocol)
         ]
         if not runs:
             return
         matched: set[str] = set()
         tolerance = self.cfg.update_s * SAMPLING_RATE
-        for det in decode_triggers(probs[0], probs[1], probs[2], runs, self.thresholds,
+        for det in decode_triggers(probs[0], probs[1], probs[2], runs, th,
                                    self.decoding):  # fmt: skip
             if det.p_sample is None and det.s_sample is None:
                 continue  # a pick needs a P or S peak
@@ -1004,7 +1074,7 @@ class StreamEngine:
             st.scan - self.decoding.context,
             st.committed - max(_FILL_CONTEXT, WINDOW),
         )
-        if keep <= 0:
+        if keep - st.raw.base < _TRIM_STEP:  # every series shares `base`: nothing to drop yet
             return
         for series in (st.raw, st.present, st.filled):
             series.trim(keep, _TRIM_STEP)

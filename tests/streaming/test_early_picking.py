@@ -19,6 +19,7 @@ from conftest import (
 )
 from stream_helpers import run_blocks
 
+from feq_lab.errors import ConfigError
 from feq_lab.streaming.engine import StreamEngine, finals, iso_utc
 from feq_lab.streaming.outputs import EventSink
 
@@ -116,6 +117,44 @@ def test_early_picking_off_emits_finals_only_and_the_cadence_is_configurable():
     every1 = StreamEngine(standin_predict, "m")
     run_blocks(every1, blocks_of(rec, 1.0))
     assert every5.edge_windows_run < every1.edge_windows_run / 4
+
+
+def hesitant_predict(x):
+    """The stand-in picker, but while the P onset lies in a window's last 3 s (partial
+    evidence) its P peak is 0.08 and its detection 0.3: under the final thresholds (0.1, 0.5),
+    above the default provisional ones (x 0.5, x 0.4) -- like the trained champion's
+    right-edge windows."""
+    det, p, s = (np.array(o, copy=True) for o in standin_predict(x))
+    for b in range(x.shape[0]):
+        on = int(np.argmax(p[b]))
+        if p[b, on] > 0.5 and on >= x.shape[-1] - 300:
+            p[b] *= 0.08
+            det[b] = np.minimum(det[b], 0.3)
+    return det, p, s
+
+
+def test_provisional_thresholds_pick_partial_evidence_early_and_leave_finals_alone():
+    rec = make_record()
+    first_pick = {}
+    content = {}
+    for name, scale in (("final", {"detection": 1.0, "p": 1.0, "s": 1.0}), ("default", None)):
+        engine = StreamEngine(
+            hesitant_predict, "m", {} if scale is None else {"early_scale": scale}
+        )
+        objects = run_blocks(engine, blocks_of(rec, 1.0))
+        picks = [o for o in objects if o.kind != "retract" and o.p_time is not None]
+        assert abs(picks[0].p_time - (T0 + EVENT_P_S)) <= 0.05
+        first_pick[name] = picks[0].emitted_at - (T0 + EVENT_P_S)
+        content[name] = final_content(objects)
+    assert first_pick["default"] <= 1.0 and first_pick["final"] >= 3.0
+    assert content["default"] == content["final"] and content["final"]
+
+
+def test_early_scale_is_validated_by_key():
+    with pytest.raises(ConfigError, match=r"engine\.early_scale\.p"):
+        StreamEngine(standin_predict, "m", {"early_scale": {"p": 0}})
+    with pytest.raises(ConfigError, match=r"engine\.early_scale\.q"):
+        StreamEngine(standin_predict, "m", {"early_scale": {"q": 1.0}})
 
 
 def network(n: int, seconds: float = 300.0) -> dict[str, np.ndarray]:
@@ -244,3 +283,28 @@ def test_the_contiguous_three_channel_fast_path_equals_the_per_channel_path():
     slow = run_blocks(StreamEngine(glitch_predict, "m"), apart)
     assert [o.to_dict() for o in fast] == [o.to_dict() for o in slow]
     assert {o.kind for o in fast} == {"pick", "update", "final", "retract"}
+
+
+def test_records_off_the_fast_path_give_the_same_final_events_as_on_it():
+    """Every 5th 1-s record as Python lists (the per-channel path) and two records swapped
+    (out of order, placed in their slot): the final events equal the all-array in-order
+    feed's, and the fast path's marks catch up with the newest sample afterwards."""
+    from feq_lab.streaming.engine import Block
+
+    rec = make_record(minutes=4.0)
+    plain = blocks_of(rec, 1.0)
+    mixed = [
+        Block(b.station, b.starttime, b.sampling_rate,
+              {k: v.tolist() for k, v in b.channels.items()})
+        if i % 5 == 0 else b
+        for i, b in enumerate(plain)
+    ]  # fmt: skip
+    mixed[40], mixed[41] = mixed[41], mixed[40]  # one record out of order
+    expected = run_blocks(StreamEngine(standin_predict, "m"), plain)
+    got = run_blocks(StreamEngine(standin_predict, "m"), mixed)
+    assert finals(expected)
+    assert final_content(got) == final_content(expected)
+    engine = StreamEngine(standin_predict, "m")
+    run_blocks(engine, mixed)
+    st = engine.stations["XX.STA"]
+    assert st.present_through == st.committed == st.hwm == rec.shape[1]
