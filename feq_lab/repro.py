@@ -35,6 +35,14 @@ from feq_lab.errors import ConfigError, one_line_errors
 from feq_lab.paths import CONF_DIR, atomic_write_text
 from feq_lab.tracking.mlflow import Tracker
 
+# glibc malloc, for every stage: keep freed blocks in the process instead of handing them back to
+# the kernel, so a training step stops re-mapping (and page-faulting on) the same large buffers
+# every step. Measured (1 thread, batch 16, CPU time per train step, separate processes, 3
+# rounds): EQT 0.210-0.228 -> 0.185-0.199 s, FEQ3 0.085 -> 0.071 s (2 rounds). Set through the
+# environment because the same thresholds set at run time with mallopt() measured no gain; the
+# price is a resident set that stays at its peak until a stage ends. A value already in the
+# environment wins; other C libraries ignore both.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
 UP_TO_DATE = ("didn't change, skipping", "is cached - skipping", "Data and pipelines are up to date")
 
 
@@ -73,7 +81,7 @@ def _minutes(seconds: float) -> str:
 
 
 def launch(run: StageRun, cwd: Path, threads: int | None) -> None:
-    env = dict(os.environ)
+    env = {**ALLOCATOR_ENV, **os.environ}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     args = ["dvc", "--wait-for-lock", "repro"]
