@@ -45,6 +45,7 @@ class Objective:
     key: str
     goal: str = "max"
     weight: float = 1.0
+    tolerance_rel: float = 0.0  # noise guard `prefer`: within this fraction of the best = equal
 
     def better(self, a: float, b: float) -> bool:
         """True when value `a` is strictly better than `b`."""
@@ -55,7 +56,14 @@ class Objective:
         return v if self.goal == "min" else -v
 
     def __str__(self) -> str:
-        return f"{self.key} ({self.goal})"
+        within = f", within {self.tolerance_rel:.0%} = equal" if self.tolerance_rel else ""
+        return f"{self.key} ({self.goal}{within})"
+
+    def near_best(self, values: Sequence[float]) -> list[bool]:
+        """Which `values` count as the best one: equal to it, or within `tolerance_rel` of it."""
+        best = min(values) if self.goal == "min" else max(values)
+        slack = abs(best) * self.tolerance_rel
+        return [abs(v - best) <= slack for v in values]
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,10 @@ def parse_objectives(items: Any, where: str) -> list[Objective]:
         weight = float(item.get("weight", 1.0))
         if not math.isfinite(weight) or weight < 0:
             raise ConfigError(f"{where}[{i}].weight", f"must be a finite number >= 0, got {weight}")
-        out.append(Objective(str(item["key"]), goal, weight))
+        tol = float(item.get("tolerance_rel", 0.0))
+        if not math.isfinite(tol) or not 0 <= tol < 1:
+            raise ConfigError(f"{where}[{i}].tolerance_rel", f"must lie in [0, 1), got {tol}")
+        out.append(Objective(str(item["key"]), goal, weight, tol))
     return out
 
 
@@ -453,7 +464,8 @@ def select_constraints(runs, *, objectives, constraints=(), tie_breakers=(), exc
     settings = _settings(objectives, constraints, tie_breakers)
     if guard is not None:
         settings["noise_guard"] = {"outputs": list(guard.outputs), "level": guard.level,
-                                   "prefer": [{"key": o.key, "goal": o.goal}
+                                   "prefer": [{"key": o.key, "goal": o.goal,
+                                               "tolerance_rel": o.tolerance_rel}
                                               for o in guard.prefer]}
     return Decision("constraints", champ, results, reasons, keys, settings)
 
@@ -489,9 +501,8 @@ def apply_noise_guard(ranked: Sequence[RunRecord], guard: NoiseGuard,
             tied.append(rival)
             notes[rival.run_id] = [(f"not separable from {variant_label(leader)} on "
                                     f"validation (paired tests, level {guard.level:g})")]
-    prefer_key = lexicographic_key(list(guard.prefer))
     position = {r.run_id: i for i, r in enumerate(ranked)}
-    reordered = sorted(tied, key=lambda r: prefer_key(r)[:-2] + (position[r.run_id],))
+    reordered = prefer_order(tied, guard.prefer, position)
     rest = [r for r in ranked if r not in tied]
     why = []
     if len(tied) == 1:
@@ -504,6 +515,28 @@ def apply_noise_guard(ranked: Sequence[RunRecord], guard: NoiseGuard,
                    + ", then ".join(str(o) for o in guard.prefer)
                    + f": {variant_label(reordered[0])}")
     return reordered + rest, why, notes
+
+
+def prefer_order(tied: Sequence[RunRecord], prefer: Sequence[Objective],
+                 position: Mapping[str, int]) -> list[RunRecord]:
+    """`tied` ordered by `prefer`, one key after the other: runs within a key's `tolerance_rel`
+    of its best value count as equal on it and go on to the next key (then the original rank).
+
+    Why a tolerance: a latency re-measured on the same machine moves by a few percent, so two
+    models 1% apart in latency are not "faster" and "slower" — in two clean runs of the default
+    study FEQ3 and FEQ3 rnn=gru swapped places at 1.13 vs 1.12 and 0.90 vs 0.91 ms, and with it
+    the champion. Equal within the tolerance, the next key (size) decides, the same way twice."""
+    pool, order = list(tied), []
+    while pool:
+        group = pool
+        for o in prefer:
+            near = o.near_best([r.metrics[o.key] for r in group])
+            if any(near):  # (a NaN is never near; all NaN: the key cannot decide)
+                group = [r for r, keep in zip(group, near) if keep]
+        first = min(group, key=lambda r: position[r.run_id])
+        order.append(first)
+        pool = [r for r in pool if r is not first]
+    return order
 
 
 def dominates(a: RunRecord, b: RunRecord, objectives: Sequence[Objective]) -> bool:

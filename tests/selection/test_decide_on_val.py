@@ -81,6 +81,31 @@ def test_noise_guard_prefers_the_faster_model_when_the_leader_is_within_noise():
     assert select([big, small], cfg_off).champion.run_id == big.run_id
 
 
+def test_noise_guard_latency_within_tolerance_is_a_tie_that_size_breaks():
+    cfg = policy_cfg()  # the shipped policy: latency within 5% of the fastest counts as equal
+    assert cfg["noise_guard"]["prefer"][0]["tolerance_rel"] == 0.05
+    leader = rec("feq1", **base_metrics(0, 0.92, 0.94, 0.23))   # leads on val/s_f1, 4.4% slower
+    fast = rec("feq3", **base_metrics(0, 0.91, 0.90, 0.18))     # fastest by 0.01 ms
+    small = rec("feq2", **base_metrics(0, 0.90, 0.91, 0.16))    # smallest, 1.1% slower
+    outs = {r.run_id: outcomes(0) for r in (leader, fast, small)}
+    d = select([leader, fast, small], cfg, outs)
+    assert d.champion.run_id == small.run_id, d.reasons
+    assert "within 5% = equal" in " ".join(d.reasons)
+    # the same re-measured with the two latencies swapped: the same champion
+    fast.metrics["latency/onnx_window_ms_p50"], small.metrics["latency/onnx_window_ms_p50"] = 0.91, 0.90
+    assert select([leader, fast, small], cfg, outs).champion.run_id == small.run_id
+    # no tolerance: the 0.01 ms decides
+    strict = dict(cfg, noise_guard=dict(cfg["noise_guard"], prefer=[
+        {"key": "latency/onnx_window_ms_p50", "goal": "min"}, {"key": "size/model_mb", "goal": "min"}]))
+    assert select([leader, fast, small], strict, outs).champion.run_id == small.run_id  # 0.90 now
+    fast.metrics["latency/onnx_window_ms_p50"], small.metrics["latency/onnx_window_ms_p50"] = 0.90, 0.91
+    assert select([leader, fast, small], strict, outs).champion.run_id == fast.run_id
+    with pytest.raises(ConfigError, match="tolerance_rel"):
+        bad = dict(cfg, noise_guard=dict(cfg["noise_guard"], prefer=[
+            {"key": "size/model_mb", "goal": "min", "tolerance_rel": 1.5}]))
+        select([leader, fast, small], bad, outs)
+
+
 def test_noise_guard_keeps_a_leader_that_wins_outside_the_noise():
     cfg = policy_cfg()
     good = rec("feq1", **base_metrics(1, 0.99, 12.0, 0.9))
