@@ -225,7 +225,6 @@ class StackedDecoders:
         y = _interleave(head, f, 3)  # (B, 3, samples)
         return y[:, 0], y[:, 1], y[:, 2]
 
-
     def _time_major(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The same pass with the signal held time-major, (B, T, 3·C) — the layout the
         recurrent middle already produces, so the decoders' input needs no copy — every conv a

@@ -157,7 +157,6 @@ class ModelOptions:
             return self.decoders
         return "fused" if separable_decoders and self.uses_fused_separable() else "stacked"
 
-
     def decoder_channels_last(self) -> bool:
         """Whether the "stacked" decoders run time-major in NHWC ("auto" resolved)."""
         return self.decoder_layout != "channels_first"

@@ -72,11 +72,8 @@ class Encoder(nn.Module):
         self.channels_last = channels_last and not separable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
+        if self.channels_last:  # plain stages only: the same loop on (B, C, 1, T) in NHWC
             x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            for j, pool in zip(self.layer_of_stage, self.pools):
-                x = pool(F.relu(self.layers[j](x)))
-            return x.squeeze(2).contiguous()
         for j, pool in zip(self.layer_of_stage, self.pools):
             conv = self.layers[j]
             if conv.separable:
@@ -86,7 +83,7 @@ class Encoder(nn.Module):
                 )  # fmt: skip
             else:
                 x = pool(F.relu(conv(x)))
-        return x
+        return x.squeeze(2).contiguous() if self.channels_last else x
 
 
 class PickerModel(LearnedModel):
