@@ -179,9 +179,8 @@ class EngineConfig:
     early: bool = True
     early_every_s: float = 1.0
     update_s: float = 0.1
-    # provisional picks are decoded at `early_scale[k]` x the final threshold of k: a right-edge
-    # window sees an onset with no coda after it, so its P peak is lower than the full
-    # windows' (a wrong provisional pick is retracted; final events never see this setting)
+    # provisional picks are decoded at `early_scale[k]` x the final threshold of k (why and
+    # how chosen: DEFAULT_EARLY_SCALE); final events never see this setting
     early_scale: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_EARLY_SCALE)
     )

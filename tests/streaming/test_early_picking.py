@@ -20,7 +20,7 @@ from conftest import (
 from stream_helpers import run_blocks
 
 from feq_lab.errors import ConfigError
-from feq_lab.streaming.engine import StreamEngine, finals, iso_utc
+from feq_lab.streaming.engine import Block, StreamEngine, finals, iso_utc
 from feq_lab.streaming.outputs import EventSink
 
 GLITCH_S = 100.0  # a dropout that looks like an onset while it is the newest data, not later
@@ -270,8 +270,6 @@ def test_a_subscriber_receives_exactly_the_engines_lifecycle_as_json_lines():
 
 def test_the_contiguous_three_channel_fast_path_equals_the_per_channel_path():
     """`_append` (E, N, Z at 100 Hz, appended) against the general per-channel path."""
-    from feq_lab.streaming.engine import Block
-
     rec = glitch_record()
     together = blocks_of(rec, 1.0)
     apart = [
@@ -289,8 +287,6 @@ def test_records_off_the_fast_path_give_the_same_final_events_as_on_it():
     """Every 5th 1-s record as Python lists (the per-channel path) and two records swapped
     (out of order, placed in their slot): the final events equal the all-array in-order
     feed's, and the fast path's marks catch up with the newest sample afterwards."""
-    from feq_lab.streaming.engine import Block
-
     rec = make_record(minutes=4.0)
     plain = blocks_of(rec, 1.0)
     mixed = [
@@ -301,10 +297,9 @@ def test_records_off_the_fast_path_give_the_same_final_events_as_on_it():
     ]  # fmt: skip
     mixed[40], mixed[41] = mixed[41], mixed[40]  # one record out of order
     expected = run_blocks(StreamEngine(standin_predict, "m"), plain)
-    got = run_blocks(StreamEngine(standin_predict, "m"), mixed)
+    engine = StreamEngine(standin_predict, "m")
+    got = run_blocks(engine, mixed)
     assert finals(expected)
     assert final_content(got) == final_content(expected)
-    engine = StreamEngine(standin_predict, "m")
-    run_blocks(engine, mixed)
     st = engine.stations["XX.STA"]
     assert st.present_through == st.committed == st.hwm == rec.shape[1]
