@@ -162,16 +162,24 @@ class Decision:
 # --------------------------------------------------------------------------- parsing config
 
 
-def parse_objectives(items: Any, where: str) -> list[Objective]:
-    """`[{key: test/s_f1, goal: max, weight: 1}, ...]` -> objectives (ConfigError on bad items)."""
+def parse_objectives(items: Any, where: str, tolerance: bool = False) -> list[Objective]:
+    """`[{key: test/s_f1, goal: max, weight: 1}, ...]` -> objectives (ConfigError on bad items).
+    `tolerance`: the list takes `tolerance_rel` (only the noise guard's `prefer` uses it; given
+    anywhere else it would be silently ignored, so it is refused there, as are unknown fields)."""
     if items is None:
         return []
     if isinstance(items, Mapping):  # {key: goal} shorthand
         items = [{"key": k, "goal": g} for k, g in items.items()]
+    fields = {"key", "goal", "weight"} | ({"tolerance_rel"} if tolerance else set())
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, Mapping) or "key" not in item:
             raise ConfigError(f"{where}[{i}]", f"expected a mapping with 'key', got {item!r}")
+        unknown = set(item) - fields
+        if unknown:
+            hint = " (tolerance_rel applies to select.noise_guard.prefer only)" if (
+                "tolerance_rel" in unknown) else ""
+            raise ConfigError(f"{where}[{i}]", f"unknown fields {sorted(unknown)}{hint}")
         goal = str(item.get("goal", "max"))
         if goal not in GOALS:
             raise ConfigError(f"{where}[{i}].goal", f"must be one of {GOALS}, got {goal!r}")
@@ -375,7 +383,7 @@ def parse_noise_guard(cfg: Any) -> NoiseGuard | None:
     level = float(cfg.get("level", 0.95))
     if not 0.5 <= level < 1:
         raise ConfigError("select.noise_guard.level", f"must lie in [0.5, 1), got {level}")
-    prefer = tuple(parse_objectives(cfg.get("prefer"), "select.noise_guard.prefer"))
+    prefer = tuple(parse_objectives(cfg.get("prefer"), "select.noise_guard.prefer", tolerance=True))
     if not prefer:
         raise ConfigError("select.noise_guard.prefer", "name what decides a tie (e.g. latency)")
     return NoiseGuard(outputs, level, int(cfg.get("n_boot", 1000)), prefer)

@@ -104,6 +104,12 @@ def test_noise_guard_latency_within_tolerance_is_a_tie_that_size_breaks():
         bad = dict(cfg, noise_guard=dict(cfg["noise_guard"], prefer=[
             {"key": "size/model_mb", "goal": "min", "tolerance_rel": 1.5}]))
         select([leader, fast, small], bad, outs)
+    # where a tolerance would have no effect it is refused, not silently ignored; so are typos
+    for where, item in (("tie_breakers", {"key": "size/model_mb", "goal": "min",
+                                          "tolerance_rel": 0.05}),
+                        ("objectives", {"key": "val/s_f1", "gaol": "max"})):
+        with pytest.raises(ConfigError, match=rf"select\.{where}\[0\].*unknown fields"):
+            select([leader, fast, small], dict(cfg, **{where: [item]}), outs)
 
 
 def test_noise_guard_keeps_a_leader_that_wins_outside_the_noise():
