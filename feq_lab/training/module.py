@@ -115,7 +115,12 @@ class PickerModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         s = self.settings
         kind = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
-        optimizer = kind(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        params = list(self.model.parameters())
+        # One fused update over all tensors instead of ~10 small ops per tensor: the same Adam
+        # math; FEQ3 (134 tensors, 32k weights) at batch 16 on 1 thread: 3.7-6.0 -> 0.8-1.0 ms
+        # per step, 6% of its train step (LEQ 4%, EQT 1%). Fused kernels exist for CPU and CUDA.
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        optimizer = kind(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused or None)
         if s.schedule == "constant":
             return optimizer
         if s.schedule == "plateau":

@@ -70,6 +70,7 @@ def test_a_few_adam_steps_lower_the_loss(batch):
     module = PickerModule(build_model("feq2"), train_settings({"lr": 1e-2, "schedule": "constant"}))
     module.eval()  # no dropout: the loss is a function of the weights only
     opt = module.configure_optimizers()
+    assert opt.defaults["fused"] is True  # one fused update for all tensors on the CPU
     start = module.losses(batch)["loss"].item()
     for _ in range(3):
         opt.zero_grad()
