@@ -341,6 +341,10 @@ class _Station:
         self.final = 0  # probabilities below this are final
         self.scan = 0  # start of the undecided region (a running trigger, else the unscanned)
         self.edge_end = 0  # newest sample the last right-edge window ended at
+        # newest sample whose stacked detection exceeds the provisional threshold (max
+        # combination only: stacked values never decrease); lets a quiet station skip the
+        # provisional decoding without reading its buffers
+        self.hot_last = -1
         self.seen = [False, False, False]  # component ever received
         self.resamplers: dict[int, _Resampler] = {}
         self.logged: set[str] = set()
@@ -411,6 +415,10 @@ class StreamEngine:
         self.max_delay = int(round(self.cfg.max_delay_s * SAMPLING_RATE))
         self.history = int(round(self.cfg.history_s * SAMPLING_RATE))
         self.early_every = max(int(round(self.cfg.early_every_s * SAMPLING_RATE)), 1)
+        # the quiet-station exit of `_provisional` needs max stacking (see `_Station.hot_last`)
+        self._track_hot = self.cfg.early and self.cfg.combine == "max"
+        # one batch buffer, reused: a fresh (batch, 3, 6000) array per call costs page faults
+        self._batch = np.empty((int(self.cfg.batch_size), 3, WINDOW), np.float32)
         self.windows_run = 0  # regular and tail windows
         self.edge_windows_run = 0  # right-edge (early picking) windows
         self.predict_calls = 0
@@ -689,12 +697,26 @@ class StreamEngine:
         size = int(self.cfg.batch_size)
         for i in range(0, len(jobs), size):
             chunk = jobs[i : i + size]
-            outputs = self._predict(np.stack([self._window(j.st, j.start) for j in chunk]))
+            batch = self._batch[: len(chunk)]
+            for k, job in enumerate(chunk):
+                batch[k] = self._window(job.st, job.start)
+            outputs = self._predict(batch)
+            hot = self._hot_last(outputs[0]) if self._track_hot else None
             for k, job in enumerate(chunk):
                 edge = self._apply(job, [o[k] for o in outputs])
                 if job.last:
-                    out += self._decide(job.st, flush, edge)
+                    out += self._decide(
+                        job.st, flush, edge, -1 if hot is None else int(hot[k])
+                    )
         return out
+
+    def _hot_last(self, det: np.ndarray) -> np.ndarray:
+        """Per window of a batch: the last sample whose detection exceeds the provisional
+        threshold, -1 if none (one vectorised test for the whole batch)."""
+        above = above_threshold(det, self.early_thresholds["detection"], self.decoding.protocol)
+        last = (WINDOW - 1) - np.argmax(above[:, ::-1], axis=1)
+        last[~above.any(axis=1)] = -1
+        return last
 
     def _commit(self, st: _Station, flush: bool) -> None:
         """Move the committed mark over received samples; fill a gap once data `max_delay_s`
@@ -832,9 +854,14 @@ class StreamEngine:
         return None
 
     def _decide(
-        self, st: _Station, flush: bool, edge: tuple[int, list[np.ndarray]] | None
+        self,
+        st: _Station,
+        flush: bool,
+        edge: tuple[int, list[np.ndarray]] | None,
+        edge_hot: int = -1,
     ) -> list[Event]:
-        """Final events (and retractions) from the final samples, then provisional picks."""
+        """Final events (and retractions) from the final samples, then provisional picks
+        (`edge_hot`: the right-edge window's `_hot_last`, when tracked)."""
         if flush and st.final < st.committed:
             log.info(
                 "station %s: end of stream; the last window already ends at the newest sample",
@@ -850,7 +877,7 @@ class StreamEngine:
         if flush or st.final != st.scanned_final:
             self._scan(st, flush, emitted)
             st.scanned_final = st.final
-        if edge is not None:
+        if edge is not None and not self._quiet(st, edge[0], edge_hot):
             self._provisional(st, edge[0], edge[1], emitted)
         self._trim(st)
         if emitted:
@@ -872,6 +899,13 @@ class StreamEngine:
         combine = np.maximum if self.cfg.combine == "max" else np.add
         for row in range(3):
             combine(prob[row], outputs[row], out=prob[row])
+        if self._track_hot:
+            above = np.flatnonzero(
+                above_threshold(prob[0], self.early_thresholds["detection"],
+                                self.decoding.protocol)
+            )  # fmt: skip
+            if above.size:
+                st.hot_last = max(st.hot_last, start + int(above[-1]))
         if st.count is not None:
             st.count.view(start, stop)[:] += 1.0
         if st.spread is not None and len(outputs) == 6:
@@ -941,6 +975,15 @@ class StreamEngine:
             st.open.remove(best)
         event_id = best.event_id if best is not None else st.new_id()
         emitted.append(self._event(st, det, "final", event_id, st.final))
+
+    def _quiet(self, st: _Station, start: int, edge_hot: int) -> bool:
+        """True when `_provisional` would find no trigger, known without reading buffers:
+        neither the stack from the undecided region on nor the right-edge window's not-final
+        part exceeds the provisional detection threshold (max stacking: max(a, b) > t iff
+        a > t or b > t). False means "decode", never "skip wrongly"."""
+        if not self._track_hot:
+            return False
+        return st.hot_last < st.scan and 0 <= st.final - start and edge_hot < st.final - start
 
     def _provisional(
         self, st: _Station, start: int, outputs: list[np.ndarray], emitted: list[Event]
