@@ -336,6 +336,10 @@ class _Station:
         self.scanned_final = -1  # `final` when the events were last decoded (see `_decide`)
         self.layout: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # codes -> rows
         self.channel_hwm = [0, 0, 0]  # the same per component
+        # True while the fast path wrote the newest record: every component ends at `hwm`
+        # and was seen (`channel_hwm` is then [hwm] * 3, written out when the per-channel
+        # path next needs it: one list fewer per 1-s record)
+        self.aligned = False
         self.committed = 0  # raw samples below this are final (received or filled)
         self.next_window = 0  # start of the next regular window
         self.final = 0  # probabilities below this are final
@@ -412,6 +416,10 @@ class StreamEngine:
         self.decoding = DecodeSettings(
             self.cfg.protocol, SAMPLING_RATE, float(self.cfg.association_margin_s)
         )
+        # the decoder's look-back and look-ahead (properties of frozen settings), read per
+        # record: kept as plain ints
+        self.context = self.decoding.context
+        self.lookahead = self.decoding.lookahead
         self.max_delay = int(round(self.cfg.max_delay_s * SAMPLING_RATE))
         self.history = int(round(self.cfg.history_s * SAMPLING_RATE))
         self.early_every = max(int(round(self.cfg.early_every_s * SAMPLING_RATE)), 1)
@@ -480,8 +488,10 @@ class StreamEngine:
             self._witnessed(st)
         elif st.name in self._skewed:  # back within the tolerance of the clock
             self._skewed.discard(st.name)
-        if st.name not in self._skewed and st.hwm > 0:
-            self.clock = max(self.clock or -math.inf, st.newest_time)
+        if st.hwm > 0 and st.name not in self._skewed:
+            newest = st.origin + (st.hwm - 1) / SAMPLING_RATE  # st.newest_time, inlined
+            if self.clock is None or newest > self.clock:
+                self.clock = newest
         return st
 
     def _from_the_future(self, st: _Station, start: float) -> bool:
@@ -548,15 +558,17 @@ class StreamEngine:
         if len(channels) != 3 or abs(block.sampling_rate - SAMPLING_RATE) > 1e-6:
             return False
         codes = tuple(channels)
-        if st.layout is None or st.layout[0] != codes:  # a station keeps its channel codes
+        layout = st.layout
+        if layout is None or layout[0] != codes:  # a station keeps its channel codes
             found = tuple(_ORIENTATION.get(str(code)[-1:].upper()) for code in codes)
             if None in found or len(set(found)) != 3:
                 return False
-            st.layout = (codes, found)  # type: ignore[assignment]
-        rows = st.layout[1]
+            layout = st.layout = (codes, found)  # type: ignore[assignment]
         exact = (float(block.starttime) - st.origin) * SAMPLING_RATE
         start = round(exact)
-        if abs(exact - start) > 0.1 or start != st.hwm or st.channel_hwm != [start] * 3:
+        if abs(exact - start) > 0.1 or start != st.hwm:
+            return False
+        if not st.aligned and st.channel_hwm != [start] * 3:
             return False
         arrays = list(channels.values())
         n = arrays[0].shape[0] if isinstance(arrays[0], np.ndarray) else 0
@@ -566,22 +578,27 @@ class StreamEngine:
         if n == 0:
             return False
         stop = start + n
-        if stop > st.raw.end:  # raw, present and filled share base and capacity
-            for series in (st.raw, st.present, st.filled):
+        raw = st.raw
+        if stop - raw.base > raw.data.shape[1]:  # raw, present and filled share base and size
+            for series in (raw, st.present, st.filled):
                 series.ensure(stop)
         # written straight into the buffer (beyond the newest sample: nothing is lost if a
         # NaN sends the block down the per-channel path, which rewrites these samples)
-        raw = st.raw.view(start, stop)
-        for row, samples in zip(rows, arrays):
-            raw[row] = samples
-        if not np.isfinite(raw).all():
+        at = start - raw.base
+        buf = raw.data[:, at : at + n]
+        for row, samples in zip(layout[1], arrays):
+            buf[row] = samples
+        # one reduction instead of isfinite + all: a NaN or inf makes the sum non-finite (an
+        # overflowing sum of finite samples only sends the record down the exact slow path)
+        if not math.isfinite(np.add.reduce(buf, axis=None)):
             return False
-        st.present.view(start, stop)[:] = True
+        st.present.data[:, at : at + n] = True  # (present shares raw's base)
         if st.present_through == start:
             st.present_through = stop
-        st.seen = [True, True, True]
+        if not st.aligned:
+            st.seen = [True, True, True]
+            st.aligned = True
         st.hwm = stop
-        st.channel_hwm = [stop, stop, stop]
         return True
 
     def _write_channel(self, st: _Station, code: str, t0: float, rate: float, samples: Any) -> None:
@@ -652,6 +669,9 @@ class StreamEngine:
             if stop <= st.committed:
                 return
             x, start = x[late:], st.committed
+        if st.aligned:  # leaving the fast path: its implicit per-channel marks, written out
+            st.channel_hwm = [st.hwm] * 3
+            st.aligned = False
         st.seen[row] = True
         for series in (st.raw, st.present, st.filled):
             series.ensure(stop)
@@ -692,8 +712,10 @@ class StreamEngine:
             if planned:
                 planned[-1].last = True
                 jobs += planned
-            else:
+            elif flush or st.final != st.scanned_final:
                 out += self._decide(st, flush, None)
+            # else: no window ran and no sample became final: nothing to decode (the buffers
+            # are trimmed after the station's next window; when does not change any output)
         size = int(self.cfg.batch_size)
         for i in range(0, len(jobs), size):
             chunk = jobs[i : i + size]
@@ -714,8 +736,9 @@ class StreamEngine:
         """Per window of a batch: the last sample whose detection exceeds the provisional
         threshold, -1 if none (one vectorised test for the whole batch)."""
         above = above_threshold(det, self.early_thresholds["detection"], self.decoding.protocol)
-        last = (WINDOW - 1) - np.argmax(above[:, ::-1], axis=1)
-        last[~above.any(axis=1)] = -1
+        last = np.full(len(det), -1)
+        for k in np.flatnonzero(above.any(axis=1)):  # the few windows with a trigger
+            last[k] = np.flatnonzero(above[k])[-1]
         return last
 
     def _commit(self, st: _Station, flush: bool) -> None:
@@ -932,7 +955,7 @@ class StreamEngine:
         decoding does not contain are then retracted.
         """
         if st.final > st.scan:
-            lo = max(st.scan - self.decoding.context, st.prob.base, 0)
+            lo = max(st.scan - self.context, st.prob.base, 0)
             probs = self.probabilities(st, lo, st.final)
             n = probs.shape[1]
             start = st.scan - lo
@@ -942,7 +965,7 @@ class StreamEngine:
             ]
             ready = []
             for on, off in runs:
-                if not flush and (off >= n or off + self.decoding.lookahead > n):
+                if not flush and (off >= n or off + self.lookahead > n):
                     st.scan = lo + on  # this trigger (and any later one) waits for more samples
                     break
                 ready.append((on, off))
@@ -998,7 +1021,7 @@ class StreamEngine:
             return
         for series in st.probability_series():
             series.ensure(end)
-        lo = max(st.scan - self.decoding.context, st.prob.base, 0)
+        lo = max(st.scan - self.context, st.prob.base, 0)
         part = st.prob.view(st.final, end)
         edge = np.stack([o[st.final - start :] for o in outputs[:3]])  # only what is not final
         if self.cfg.combine == "max":
@@ -1052,8 +1075,8 @@ class StreamEngine:
 
     def _event(self, st: _Station, det: Detection, kind: str, event_id: str, hi: int) -> Event:
         """One decoded detection -> an emitted object (engine flags, MC spread for finals)."""
-        lo = max(det.on - self.decoding.context, st.prob.base, 0)
-        hi = min(det.off + self.decoding.lookahead, hi)
+        lo = max(det.on - self.context, st.prob.base, 0)
+        hi = min(det.off + self.lookahead, hi)
         flags = []
         if st.filled.view(lo, max(lo, min(hi, st.filled.end))).any():
             flags.append("gap_filled")
@@ -1113,7 +1136,7 @@ class StreamEngine:
         keep = min(
             st.next_window,
             st.final - self.history,
-            st.scan - self.decoding.context,
+            st.scan - self.context,
             st.committed - max(_FILL_CONTEXT, WINDOW),
         )
         if keep - st.raw.base < _TRIM_STEP:  # every series shares `base`: nothing to drop yet

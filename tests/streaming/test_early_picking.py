@@ -303,3 +303,24 @@ def test_records_off_the_fast_path_give_the_same_final_events_as_on_it():
     assert final_content(got) == final_content(expected)
     st = engine.stations["XX.STA"]
     assert st.present_through == st.committed == st.hwm == rec.shape[1]
+
+
+def test_nan_and_huge_finite_records_leave_the_fast_path_with_the_per_channel_results():
+    """The fast path's finiteness test is one float32 sum: a NaN, and finite samples whose
+    sum overflows, both take the per-channel path, whose objects the whole feed must equal."""
+    rec = glitch_record()
+    rec[0, 3000:3010] = np.nan  # a NaN in second 30 (replaced by the block mean)
+    rec[1, 5000:5100] = 3e38  # finite, but their float32 sum is inf (second 50)
+    together = blocks_of(rec, 1.0)
+    apart = [
+        Block(b.station, b.starttime, b.sampling_rate, {k: v})
+        for b in together
+        for k, v in b.channels.items()
+    ]
+    fast_engine = StreamEngine(glitch_predict, "m")
+    fast = run_blocks(fast_engine, together)
+    slow = run_blocks(StreamEngine(glitch_predict, "m"), apart)
+    assert [o.to_dict() for o in fast] == [o.to_dict() for o in slow]
+    assert {o.kind for o in fast} == {"pick", "update", "final", "retract"}
+    st = fast_engine.stations["XX.STA"]
+    assert st.present_through == st.committed == st.hwm == rec.shape[1]
