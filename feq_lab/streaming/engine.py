@@ -59,6 +59,7 @@ from feq_lab.evaluation.decode import (
     check_thresholds,
     decode_triggers,
     find_triggers,
+    trigger_intervals,
 )
 from feq_lab.streaming.buffers import SampleSeries
 
@@ -1022,28 +1023,24 @@ class StreamEngine:
         for series in st.probability_series():
             series.ensure(end)
         lo = max(st.scan - self.context, st.prob.base, 0)
-        part = st.prob.view(st.final, end)
-        edge = np.stack([o[st.final - start :] for o in outputs[:3]])  # only what is not final
+        cut = st.final - start  # the edge window's samples from here on are not final
         if self.cfg.combine == "max":
-            recent = np.maximum(part, edge)
+            # one array, no temporaries: the final stack [lo, final), then the partial stack
+            # of [final, end) raised to the edge window's outputs
+            probs = st.prob.view(lo, end).copy()
+            recent = probs[:, st.final - lo :]
+            for row in range(3):
+                np.maximum(recent[row], outputs[row][cut:], out=recent[row])
         else:
-            recent = (part + edge) / (st.count.view(st.final, end) + 1.0)
-        settled = self.probabilities(st, lo, st.final)
-        protocol = self.decoding.protocol
+            edge = np.stack([o[cut:] for o in outputs[:3]])
+            recent = (st.prob.view(st.final, end) + edge) / (st.count.view(st.final, end) + 1.0)
+            probs = np.concatenate([self.probabilities(st, lo, st.final), recent], axis=1)
         th = self.early_thresholds
-        if not (
-            above_threshold(recent[0], th["detection"], protocol).any()
-            or above_threshold(settled[0, st.scan - lo :], th["detection"], protocol).any()
-        ):
-            return  # no trigger in the undecided region (the common case: a quiet station)
-        probs = np.concatenate([settled, recent], axis=1)
         first = st.scan - lo
-        runs = [
-            (on + first, off + first)
-            for on, off in find_triggers(probs[0, first:], th["detection"], protocol)
-        ]
-        if not runs:
-            return
+        above = above_threshold(probs[0, first:], th["detection"], self.decoding.protocol)
+        if not above.any():
+            return  # no trigger in the undecided region (a quiet station)
+        runs = [(on + first, off + first) for on, off in trigger_intervals(above)]
         matched: set[str] = set()
         tolerance = self.cfg.update_s * SAMPLING_RATE
         for det in decode_triggers(probs[0], probs[1], probs[2], runs, th,
