@@ -154,6 +154,8 @@ def child(args: argparse.Namespace) -> None:
         "feed_wall_s_max": round(float(np.max(wall_per_second)), 3),
         "windows": engine.windows_run,
         "edge_windows": engine.edge_windows_run,
+        # right-edge windows whose station needed no provisional decoding (no trigger)
+        "edge_windows_quiet": getattr(engine, "edge_windows_quiet", None),
         "predict_calls": engine.predict_calls,
         "p_picked": int(lat.size),
         "p_latency_s_p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,

@@ -430,6 +430,7 @@ class StreamEngine:
         self._batch = np.empty((int(self.cfg.batch_size), 3, WINDOW), np.float32)
         self.windows_run = 0  # regular and tail windows
         self.edge_windows_run = 0  # right-edge (early picking) windows
+        self.edge_windows_quiet = 0  # of which no provisional decoding was needed
         self.predict_calls = 0
         self.clock: float | None = None  # stream time of the newest trusted sample
         self._silence_checked: float | None = None
@@ -1007,7 +1008,11 @@ class StreamEngine:
         a > t or b > t). False means "decode", never "skip wrongly"."""
         if not self._track_hot:
             return False
-        return st.hot_last < st.scan and 0 <= st.final - start and edge_hot < st.final - start
+        cut = st.final - start
+        if st.hot_last < st.scan and 0 <= cut and edge_hot < cut:
+            self.edge_windows_quiet += 1
+            return True
+        return False
 
     def _provisional(
         self, st: _Station, start: int, outputs: list[np.ndarray], emitted: list[Event]

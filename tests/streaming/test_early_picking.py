@@ -324,3 +324,43 @@ def test_nan_and_huge_finite_records_leave_the_fast_path_with_the_per_channel_re
     assert {o.kind for o in fast} == {"pick", "update", "final", "retract"}
     st = fast_engine.stations["XX.STA"]
     assert st.present_through == st.committed == st.hwm == rec.shape[1]
+
+
+def test_quiet_stations_skip_provisional_decoding_without_changing_any_object():
+    """The quiet-station exit (a per-batch threshold test and the stack's newest hot sample)
+    against decoding every right-edge window: a network of event, glitch and noise-only
+    stations fed 1-s records together gives the same objects, and most edge windows exit."""
+    records = network(2)
+    records["XX.GL"] = glitch_record()
+    records["XX.NO"] = make_record(seed=5, event=False)
+
+    def run(track: bool) -> tuple[list[dict], StreamEngine]:
+        engine = StreamEngine(glitch_predict, "m", {"batch_size": 3})
+        engine._track_hot = track  # off: every edge window decoded (the reference)
+        objects = [o for second in per_second(records) for o in engine.feed_all(second)]
+        return [o.to_dict() for o in objects + engine.flush()], engine
+
+    fast, engine = run(True)
+    slow, reference = run(False)
+    assert fast == slow
+    assert {o["kind"] for o in fast} == {"pick", "update", "final", "retract"}
+    assert reference.edge_windows_quiet == 0
+    assert engine.edge_windows_run / 2 < engine.edge_windows_quiet < engine.edge_windows_run
+
+
+def test_a_trigger_only_the_partial_stack_shows_is_still_decoded_provisionally():
+    """A glitch in the last 3 s of a regular window ([30, 90) s) that no right-edge window
+    shows (every 7 s: they end at 88 s and 95 s): only the regular windows' partial stack
+    holds it, so the quiet exit must not skip it (its provisional pick is emitted at 95 s)."""
+    rec = make_record()
+    rec[2, 8850:8900] = 120.0  # the glitch at 88.5 s
+
+    def run(track: bool) -> list[dict]:
+        engine = StreamEngine(glitch_predict, "m", {"early_every_s": 7.0})
+        engine._track_hot = track
+        return [o.to_dict() for o in run_blocks(engine, blocks_of(rec, 1.0))]
+
+    fast = run(True)
+    assert fast == run(False)
+    glitch_pick = [o for o in fast if o["kind"] == "pick" and o["p_time"] == iso_utc(T0 + 88.5)]
+    assert glitch_pick and glitch_pick[0]["emitted_at"] == iso_utc(T0 + 94.99)
