@@ -156,6 +156,8 @@ def child(args: argparse.Namespace) -> None:
         "edge_windows": engine.edge_windows_run,
         # right-edge windows whose station needed no provisional decoding (no trigger)
         "edge_windows_quiet": getattr(engine, "edge_windows_quiet", None),
+        # right-edge windows that were a regular window too (one model run for both)
+        "edge_windows_shared": getattr(engine, "edge_windows_shared", None),
         "predict_calls": engine.predict_calls,
         "p_picked": int(lat.size),
         "p_latency_s_p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,

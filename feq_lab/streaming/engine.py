@@ -388,6 +388,9 @@ class _Job:
     kind: str
     start: int
     last: bool  # the station's last job of this round: its events are decoded after it
+    # a regular window that is also this round's right-edge window (it ends at the newest
+    # sample): its outputs are stacked and serve the provisional decoding, one model run
+    edge: bool = False
 
 
 class StreamEngine:
@@ -431,6 +434,7 @@ class StreamEngine:
         self.windows_run = 0  # regular and tail windows
         self.edge_windows_run = 0  # right-edge (early picking) windows
         self.edge_windows_quiet = 0  # of which no provisional decoding was needed
+        self.edge_windows_shared = 0  # of which a regular window's run (same samples)
         self.predict_calls = 0
         self.clock: float | None = None  # stream time of the newest trusted sample
         self._silence_checked: float | None = None
@@ -834,7 +838,10 @@ class StreamEngine:
         elif self.cfg.early and start >= 0 and end - st.edge_end >= self.early_every:
             # (not before a full window of data: a padded window's border is no onset)
             st.edge_end = end
-            jobs.append(_Job(st, "edge", start, False))
+            if jobs and jobs[-1].start == start:  # the newest regular window is that window
+                jobs[-1].edge = True
+            else:
+                jobs.append(_Job(st, "edge", start, False))
         return jobs
 
     def _window(self, st: _Station, start: int) -> np.ndarray:
@@ -850,7 +857,7 @@ class StreamEngine:
     def _apply(
         self, job: _Job, outputs: list[np.ndarray]
     ) -> tuple[int, list[np.ndarray]] | None:
-        """Stack a window's outputs (regular, tail) or hand them on (edge: provisional)."""
+        """Stack a window's outputs (regular, tail) and/or hand them on (edge: provisional)."""
         st, s = job.st, job.start
         if job.kind == "edge":
             self.edge_windows_run += 1
@@ -876,6 +883,10 @@ class StreamEngine:
             st.blinded_tail = (s + WINDOW - b, [o[WINDOW - b :].copy() for o in outputs])
         st.next_window = s + self.cfg.stride
         st.final = st.next_window
+        if job.edge:
+            self.edge_windows_run += 1
+            self.edge_windows_shared += 1
+            return s, outputs
         return None
 
     def _decide(

@@ -364,3 +364,19 @@ def test_a_trigger_only_the_partial_stack_shows_is_still_decoded_provisionally()
     assert fast == run(False)
     glitch_pick = [o for o in fast if o["kind"] == "pick" and o["p_time"] == iso_utc(T0 + 88.5)]
     assert glitch_pick and glitch_pick[0]["emitted_at"] == iso_utc(T0 + 94.99)
+
+
+def test_a_right_edge_window_equal_to_a_regular_one_runs_the_model_once():
+    """Every 30 s the newest regular window ends at the newest sample: it is that second's
+    right-edge window too, so the model sees each distinct window once."""
+    seen = []
+
+    def counting(x):
+        seen.append(x.shape[0])
+        return standin_predict(x)
+
+    engine = StreamEngine(counting, "m")
+    objects = run_blocks(engine, blocks_of(make_record(), 1.0))
+    assert engine.edge_windows_shared == 9  # the regular windows ending at 60, 90, ..., 300 s
+    assert sum(seen) == engine.windows_run + engine.edge_windows_run - 9
+    assert {o.kind for o in objects} >= {"pick", "final"}
