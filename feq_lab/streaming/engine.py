@@ -29,7 +29,13 @@ A station whose data stop is reported once per silence and never holds the other
 station's windows, finality and events depend on its own samples only.
 
 Network: `feed_all` takes the records of many stations; the windows of every station that are
-due are predicted together in batches of `batch_size` (one predictor call per batch).
+due are predicted together in batches of `batch_size` (one predictor call per batch). Why the
+cheap paths, all exact (an emitted-objects hash in bench/network.py checks it): with early
+picking a network runs one right-edge window per station per second, and most stations are
+quiet. The batch's detection outputs are tested against the provisional threshold in one
+vectorised step, and a station whose stack holds no such sample from its undecided region on
+(`_Station.hot_last`, max stacking) skips the provisional decoding; a right-edge window that is
+the newest regular window runs the model once; the batch buffer is reused.
 
 Preprocessing is causal: per-window normalisation identical to training
 (`feq_lab.data.labels.normalize`), gap filling from past samples only, and a stateful causal
