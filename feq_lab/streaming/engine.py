@@ -32,10 +32,10 @@ Network: `feed_all` takes the records of many stations; the windows of every sta
 due are predicted together in batches of `batch_size` (one predictor call per batch). Why the
 cheap paths, all exact (an emitted-objects hash in bench/network.py checks it): with early
 picking a network runs one right-edge window per station per second, and most stations are
-quiet. The batch's detection outputs are tested against the provisional threshold in one
-vectorised step, and a station whose stack holds no such sample from its undecided region on
-(`_Station.hot_last`, max stacking) skips the provisional decoding; a right-edge window that is
-the newest regular window runs the model once; the batch buffer is reused.
+quiet: a station whose stack holds no sample above the provisional detection threshold from
+its undecided region on (`_Station.hot_last`, max stacking) and whose right-edge window has
+none in its not-final part (one reduction) skips the provisional decoding; a right-edge window
+that is the newest regular window runs the model once; the batch buffer is reused.
 
 Preprocessing is causal: per-window normalisation identical to training
 (`feq_lab.data.labels.normalize`), gap filling from past samples only, and a stateful causal
@@ -735,23 +735,11 @@ class StreamEngine:
             for k, job in enumerate(chunk):
                 batch[k] = self._window(job.st, job.start)
             outputs = self._predict(batch)
-            hot = self._hot_last(outputs[0]) if self._track_hot else None
             for k, job in enumerate(chunk):
                 edge = self._apply(job, [o[k] for o in outputs])
                 if job.last:
-                    out += self._decide(
-                        job.st, flush, edge, -1 if hot is None else int(hot[k])
-                    )
+                    out += self._decide(job.st, flush, edge)
         return out
-
-    def _hot_last(self, det: np.ndarray) -> np.ndarray:
-        """Per window of a batch: the last sample whose detection exceeds the provisional
-        threshold, -1 if none (one vectorised test for the whole batch)."""
-        above = above_threshold(det, self.early_thresholds["detection"], self.decoding.protocol)
-        last = np.full(len(det), -1)
-        for k in np.flatnonzero(above.any(axis=1)):  # the few windows with a trigger
-            last[k] = np.flatnonzero(above[k])[-1]
-        return last
 
     def _commit(self, st: _Station, flush: bool) -> None:
         """Move the committed mark over received samples; fill a gap once data `max_delay_s`
@@ -900,10 +888,8 @@ class StreamEngine:
         st: _Station,
         flush: bool,
         edge: tuple[int, list[np.ndarray]] | None,
-        edge_hot: int = -1,
     ) -> list[Event]:
-        """Final events (and retractions) from the final samples, then provisional picks
-        (`edge_hot`: the right-edge window's `_hot_last`, when tracked)."""
+        """Final events (and retractions) from the final samples, then provisional picks."""
         if flush and st.final < st.committed:
             log.info(
                 "station %s: end of stream; the last window already ends at the newest sample",
@@ -919,7 +905,7 @@ class StreamEngine:
         if flush or st.final != st.scanned_final:
             self._scan(st, flush, emitted)
             st.scanned_final = st.final
-        if edge is not None and not self._quiet(st, edge[0], edge_hot):
+        if edge is not None and not self._quiet(st, edge[0], edge[1][0]):
             self._provisional(st, edge[0], edge[1], emitted)
         self._trim(st)
         if emitted:
@@ -1018,18 +1004,23 @@ class StreamEngine:
         event_id = best.event_id if best is not None else st.new_id()
         emitted.append(self._event(st, det, "final", event_id, st.final))
 
-    def _quiet(self, st: _Station, start: int, edge_hot: int) -> bool:
+    def _quiet(self, st: _Station, start: int, det: np.ndarray) -> bool:
         """True when `_provisional` would find no trigger, known without reading buffers:
-        neither the stack from the undecided region on nor the right-edge window's not-final
-        part exceeds the provisional detection threshold (max stacking: max(a, b) > t iff
-        a > t or b > t). False means "decode", never "skip wrongly"."""
+        neither the stack from the undecided region on (`hot_last`) nor the right-edge
+        window's not-final detection `det[final - start:]` exceeds the provisional detection
+        threshold (max stacking: max(a, b) > t iff a > t or b > t). One reduction: fmax
+        ignores NaN as the threshold test does. False means "decode", never "skip wrongly"."""
         if not self._track_hot:
             return False
         cut = st.final - start
-        if st.hot_last < st.scan and 0 <= cut and edge_hot < cut:
-            self.edge_windows_quiet += 1
-            return True
-        return False
+        if st.hot_last >= st.scan or cut < 0:
+            return False
+        if cut < WINDOW and above_threshold(
+            np.fmax.reduce(det[cut:]), self.early_thresholds["detection"], self.decoding.protocol
+        ):
+            return False
+        self.edge_windows_quiet += 1
+        return True
 
     def _provisional(
         self, st: _Station, start: int, outputs: list[np.ndarray], emitted: list[Event]
