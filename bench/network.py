@@ -4,7 +4,7 @@
                             [--checkpoint PATH] [--thresholds DET P S] [--subset data/subset]
                             [--distinct 100]
                             [--batch 8] [--early both|on|off] [--early-every 1.0]
-                            [--seisbench-stations 4] [--skip-seisbench]
+                            [--seisbench-stations 4] [--skip-seisbench] [--work DIR]
 
 Each station replays the study's scenario generator (`streaming.sources.build_scenario`: noise
 minutes then an earthquake trace, seeded): station k plays scenario seed k mod `--distinct`
@@ -19,6 +19,8 @@ torch: what a monitor needs) prints:
   the true P, minus the true P (stations never picked are counted apart); 100 distinct
   scenarios by default, so the p95 is not one scenario's latency (with 20, each scenario is 5%
   of the stations and the p95 is whichever scenario sits there),
+- a sha256 of every emitted object (JSON line, emission order): an engine optimisation must
+  leave it unchanged for the same N, seconds, model and thresholds,
 - peak RSS of the process (VmHWM), the RSS before the engine started (data + runtime), their
   difference per station (it includes onnxruntime's buffers for a batch of `--batch` windows),
   and the engine's own per-station buffers (KB).
@@ -31,6 +33,7 @@ wall-second. The machine is shared: compare figures of one run only.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -99,6 +102,7 @@ def child(args: argparse.Namespace) -> None:
     latency: dict[str, float] = {}
     counts: dict[str, int] = {}
     wall_per_second = []
+    emitted = []  # every object, in emission order (hashed after the timed loop)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for sec in range(first, first + seconds):
         a = sec * 100
@@ -111,6 +115,7 @@ def child(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         objects = engine.feed_all(records)
         wall_per_second.append(time.perf_counter() - t)
+        emitted += objects
         for o in objects:
             counts[o.kind] = counts.get(o.kind, 0) + 1
             if o.kind == "retract" or o.p_time is None or o.station in latency:
@@ -125,7 +130,11 @@ def child(args: argparse.Namespace) -> None:
     )
     for o in engine.flush():
         counts[o.kind] = counts.get(o.kind, 0) + 1
+        emitted.append(o)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    digest = hashlib.sha256()
+    for o in emitted:
+        digest.update(json.dumps(o.to_dict(), sort_keys=True).encode() + b"\n")
     lat = np.array(sorted(latency.values()))
     station_seconds = args.n * seconds
     out = {
@@ -145,11 +154,18 @@ def child(args: argparse.Namespace) -> None:
         "feed_wall_s_max": round(float(np.max(wall_per_second)), 3),
         "windows": engine.windows_run,
         "edge_windows": engine.edge_windows_run,
+        # right-edge windows whose station needed no provisional decoding (no trigger)
+        "edge_windows_quiet": getattr(engine, "edge_windows_quiet", None),
+        # right-edge windows that were a regular window too (one model run for both)
+        "edge_windows_shared": getattr(engine, "edge_windows_shared", None),
         "predict_calls": engine.predict_calls,
         "p_picked": int(lat.size),
         "p_latency_s_p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
         "p_latency_s_p95": round(float(np.percentile(lat, 95)), 2) if lat.size else None,
         "kinds": counts,
+        # sha256 of every emitted object's JSON line, in emission order: an engine change
+        # that must not change the output keeps it (compare runs of the same N, seconds, model)
+        "emitted_sha256": digest.hexdigest()[:16],
         "rss_before_mb": round(rss_before, 1),
         "peak_rss_mb": round(rss_mb("VmHWM"), 1),
     }
@@ -255,6 +271,8 @@ def main() -> None:
     parser.add_argument("--early", choices=["both", "on", "off"], default="both")
     parser.add_argument("--seisbench-stations", type=int, default=4)
     parser.add_argument("--skip-seisbench", action="store_true")
+    parser.add_argument("--work", default=None,
+                        help="keep the scenario pool and ONNX export here and reuse them")
     # internal: one configuration in a child process
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
@@ -270,12 +288,16 @@ def main() -> None:
     subset = Path(args.subset)
     if not (subset / "subset.csv").exists():
         sys.exit(f"no prepared subset at {subset}: run `python -m feq_lab.prepare` first")
-    work = Path(tempfile.mkdtemp(prefix="feq-network-"))
+    work = Path(args.work or tempfile.mkdtemp(prefix="feq-network-"))
+    work.mkdir(parents=True, exist_ok=True)
     pool_path = work / "pool.npy"
     k = min(max(sizes), args.distinct)
     t = time.perf_counter()
-    build_pool(subset, k, pool_path)
-    label = export_model(args.checkpoint, work / "feq3.onnx")
+    if not (pool_path.exists() and np.load(pool_path, mmap_mode="r").shape[0] == k):
+        build_pool(subset, k, pool_path)
+    label = f"FEQ3 {args.checkpoint}" if args.checkpoint else "FEQ3 untrained (seed 0)"
+    if not (args.work and (work / "feq3.onnx").exists()):
+        label = export_model(args.checkpoint, work / "feq3.onnx")
     print(f"# {k} distinct scenarios ({time.perf_counter() - t:.1f} s to build); model {label};"
           f" onnxruntime 1 thread, batch {args.batch}; seconds {args.start}+{args.seconds} of"
           f" each station's record; right-edge window every {args.early_every} s;"

@@ -29,7 +29,13 @@ A station whose data stop is reported once per silence and never holds the other
 station's windows, finality and events depend on its own samples only.
 
 Network: `feed_all` takes the records of many stations; the windows of every station that are
-due are predicted together in batches of `batch_size` (one predictor call per batch).
+due are predicted together in batches of `batch_size` (one predictor call per batch). Why the
+cheap paths, all exact (an emitted-objects hash in bench/network.py checks it): with early
+picking a network runs one right-edge window per station per second, and most stations are
+quiet: a station whose stack holds no sample above the provisional detection threshold from
+its undecided region on (`_Station.hot_last`, max stacking) and whose right-edge window has
+none in its not-final part (one reduction) skips the provisional decoding; a right-edge window
+that is the newest regular window runs the model once; the batch buffer is reused.
 
 Preprocessing is causal: per-window normalisation identical to training
 (`feq_lab.data.labels.normalize`), gap filling from past samples only, and a stateful causal
@@ -59,6 +65,7 @@ from feq_lab.evaluation.decode import (
     check_thresholds,
     decode_triggers,
     find_triggers,
+    trigger_intervals,
 )
 from feq_lab.streaming.buffers import SampleSeries
 
@@ -336,11 +343,19 @@ class _Station:
         self.scanned_final = -1  # `final` when the events were last decoded (see `_decide`)
         self.layout: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # codes -> rows
         self.channel_hwm = [0, 0, 0]  # the same per component
+        # True while the fast path wrote the newest record: every component ends at `hwm`
+        # and was seen (`channel_hwm` is then [hwm] * 3, written out when the per-channel
+        # path next needs it: one list fewer per 1-s record)
+        self.aligned = False
         self.committed = 0  # raw samples below this are final (received or filled)
         self.next_window = 0  # start of the next regular window
         self.final = 0  # probabilities below this are final
         self.scan = 0  # start of the undecided region (a running trigger, else the unscanned)
         self.edge_end = 0  # newest sample the last right-edge window ended at
+        # newest sample whose stacked detection exceeds the provisional threshold (max
+        # combination only: stacked values never decrease); lets a quiet station skip the
+        # provisional decoding without reading its buffers
+        self.hot_last = -1
         self.seen = [False, False, False]  # component ever received
         self.resamplers: dict[int, _Resampler] = {}
         self.logged: set[str] = set()
@@ -379,6 +394,9 @@ class _Job:
     kind: str
     start: int
     last: bool  # the station's last job of this round: its events are decoded after it
+    # a regular window that is also this round's right-edge window (it ends at the newest
+    # sample): its outputs are stacked and serve the provisional decoding, one model run
+    edge: bool = False
 
 
 class StreamEngine:
@@ -408,11 +426,21 @@ class StreamEngine:
         self.decoding = DecodeSettings(
             self.cfg.protocol, SAMPLING_RATE, float(self.cfg.association_margin_s)
         )
+        # the decoder's look-back and look-ahead (properties of frozen settings), read per
+        # record: kept as plain ints
+        self.context = self.decoding.context
+        self.lookahead = self.decoding.lookahead
         self.max_delay = int(round(self.cfg.max_delay_s * SAMPLING_RATE))
         self.history = int(round(self.cfg.history_s * SAMPLING_RATE))
         self.early_every = max(int(round(self.cfg.early_every_s * SAMPLING_RATE)), 1)
+        # the quiet-station exit of `_provisional` needs max stacking (see `_Station.hot_last`)
+        self._track_hot = self.cfg.early and self.cfg.combine == "max"
+        # one batch buffer, reused: a fresh (batch, 3, 6000) array per call costs page faults
+        self._batch = np.empty((int(self.cfg.batch_size), 3, WINDOW), np.float32)
         self.windows_run = 0  # regular and tail windows
         self.edge_windows_run = 0  # right-edge (early picking) windows
+        self.edge_windows_quiet = 0  # of which no provisional decoding was needed
+        self.edge_windows_shared = 0  # of which a regular window's run (same samples)
         self.predict_calls = 0
         self.clock: float | None = None  # stream time of the newest trusted sample
         self._silence_checked: float | None = None
@@ -472,8 +500,10 @@ class StreamEngine:
             self._witnessed(st)
         elif st.name in self._skewed:  # back within the tolerance of the clock
             self._skewed.discard(st.name)
-        if st.name not in self._skewed and st.hwm > 0:
-            self.clock = max(self.clock or -math.inf, st.newest_time)
+        if st.hwm > 0 and st.name not in self._skewed:
+            newest = st.origin + (st.hwm - 1) / SAMPLING_RATE  # st.newest_time, inlined
+            if self.clock is None or newest > self.clock:
+                self.clock = newest
         return st
 
     def _from_the_future(self, st: _Station, start: float) -> bool:
@@ -540,15 +570,17 @@ class StreamEngine:
         if len(channels) != 3 or abs(block.sampling_rate - SAMPLING_RATE) > 1e-6:
             return False
         codes = tuple(channels)
-        if st.layout is None or st.layout[0] != codes:  # a station keeps its channel codes
+        layout = st.layout
+        if layout is None or layout[0] != codes:  # a station keeps its channel codes
             found = tuple(_ORIENTATION.get(str(code)[-1:].upper()) for code in codes)
             if None in found or len(set(found)) != 3:
                 return False
-            st.layout = (codes, found)  # type: ignore[assignment]
-        rows = st.layout[1]
+            layout = st.layout = (codes, found)  # type: ignore[assignment]
         exact = (float(block.starttime) - st.origin) * SAMPLING_RATE
         start = round(exact)
-        if abs(exact - start) > 0.1 or start != st.hwm or st.channel_hwm != [start] * 3:
+        if abs(exact - start) > 0.1 or start != st.hwm:
+            return False
+        if not st.aligned and st.channel_hwm != [start] * 3:
             return False
         arrays = list(channels.values())
         n = arrays[0].shape[0] if isinstance(arrays[0], np.ndarray) else 0
@@ -558,22 +590,27 @@ class StreamEngine:
         if n == 0:
             return False
         stop = start + n
-        if stop > st.raw.end:  # raw, present and filled share base and capacity
-            for series in (st.raw, st.present, st.filled):
+        raw = st.raw
+        if stop - raw.base > raw.data.shape[1]:  # raw, present and filled share base and size
+            for series in (raw, st.present, st.filled):
                 series.ensure(stop)
         # written straight into the buffer (beyond the newest sample: nothing is lost if a
         # NaN sends the block down the per-channel path, which rewrites these samples)
-        raw = st.raw.view(start, stop)
-        for row, samples in zip(rows, arrays):
-            raw[row] = samples
-        if not np.isfinite(raw).all():
+        at = start - raw.base
+        buf = raw.data[:, at : at + n]
+        for row, samples in zip(layout[1], arrays):
+            buf[row] = samples
+        # one reduction instead of isfinite + all: a NaN or inf makes the sum non-finite (an
+        # overflowing sum of finite samples only sends the record down the exact slow path)
+        if not math.isfinite(np.add.reduce(buf, axis=None)):
             return False
-        st.present.view(start, stop)[:] = True
+        st.present.data[:, at : at + n] = True  # (present shares raw's base)
         if st.present_through == start:
             st.present_through = stop
-        st.seen = [True, True, True]
+        if not st.aligned:
+            st.seen = [True, True, True]
+            st.aligned = True
         st.hwm = stop
-        st.channel_hwm = [stop, stop, stop]
         return True
 
     def _write_channel(self, st: _Station, code: str, t0: float, rate: float, samples: Any) -> None:
@@ -644,6 +681,9 @@ class StreamEngine:
             if stop <= st.committed:
                 return
             x, start = x[late:], st.committed
+        if st.aligned:  # leaving the fast path: its implicit per-channel marks, written out
+            st.channel_hwm = [st.hwm] * 3
+            st.aligned = False
         st.seen[row] = True
         for series in (st.raw, st.present, st.filled):
             series.ensure(stop)
@@ -684,12 +724,17 @@ class StreamEngine:
             if planned:
                 planned[-1].last = True
                 jobs += planned
-            else:
+            elif flush or st.final != st.scanned_final:
                 out += self._decide(st, flush, None)
+            # else: no window ran and no sample became final: nothing to decode (the buffers
+            # are trimmed after the station's next window; when does not change any output)
         size = int(self.cfg.batch_size)
         for i in range(0, len(jobs), size):
             chunk = jobs[i : i + size]
-            outputs = self._predict(np.stack([self._window(j.st, j.start) for j in chunk]))
+            batch = self._batch[: len(chunk)]
+            for k, job in enumerate(chunk):
+                batch[k] = self._window(job.st, job.start)
+            outputs = self._predict(batch)
             for k, job in enumerate(chunk):
                 edge = self._apply(job, [o[k] for o in outputs])
                 if job.last:
@@ -787,7 +832,10 @@ class StreamEngine:
         elif self.cfg.early and start >= 0 and end - st.edge_end >= self.early_every:
             # (not before a full window of data: a padded window's border is no onset)
             st.edge_end = end
-            jobs.append(_Job(st, "edge", start, False))
+            if jobs and jobs[-1].start == start:  # the newest regular window is that window
+                jobs[-1].edge = True
+            else:
+                jobs.append(_Job(st, "edge", start, False))
         return jobs
 
     def _window(self, st: _Station, start: int) -> np.ndarray:
@@ -803,7 +851,7 @@ class StreamEngine:
     def _apply(
         self, job: _Job, outputs: list[np.ndarray]
     ) -> tuple[int, list[np.ndarray]] | None:
-        """Stack a window's outputs (regular, tail) or hand them on (edge: provisional)."""
+        """Stack a window's outputs (regular, tail) and/or hand them on (edge: provisional)."""
         st, s = job.st, job.start
         if job.kind == "edge":
             self.edge_windows_run += 1
@@ -829,10 +877,17 @@ class StreamEngine:
             st.blinded_tail = (s + WINDOW - b, [o[WINDOW - b :].copy() for o in outputs])
         st.next_window = s + self.cfg.stride
         st.final = st.next_window
+        if job.edge:
+            self.edge_windows_run += 1
+            self.edge_windows_shared += 1
+            return s, outputs
         return None
 
     def _decide(
-        self, st: _Station, flush: bool, edge: tuple[int, list[np.ndarray]] | None
+        self,
+        st: _Station,
+        flush: bool,
+        edge: tuple[int, list[np.ndarray]] | None,
     ) -> list[Event]:
         """Final events (and retractions) from the final samples, then provisional picks."""
         if flush and st.final < st.committed:
@@ -850,7 +905,7 @@ class StreamEngine:
         if flush or st.final != st.scanned_final:
             self._scan(st, flush, emitted)
             st.scanned_final = st.final
-        if edge is not None:
+        if edge is not None and not self._quiet(st, edge[0], edge[1][0]):
             self._provisional(st, edge[0], edge[1], emitted)
         self._trim(st)
         if emitted:
@@ -872,6 +927,13 @@ class StreamEngine:
         combine = np.maximum if self.cfg.combine == "max" else np.add
         for row in range(3):
             combine(prob[row], outputs[row], out=prob[row])
+        if self._track_hot:
+            above = np.flatnonzero(
+                above_threshold(prob[0], self.early_thresholds["detection"],
+                                self.decoding.protocol)
+            )  # fmt: skip
+            if above.size:
+                st.hot_last = max(st.hot_last, start + int(above[-1]))
         if st.count is not None:
             st.count.view(start, stop)[:] += 1.0
         if st.spread is not None and len(outputs) == 6:
@@ -898,7 +960,7 @@ class StreamEngine:
         decoding does not contain are then retracted.
         """
         if st.final > st.scan:
-            lo = max(st.scan - self.decoding.context, st.prob.base, 0)
+            lo = max(st.scan - self.context, st.prob.base, 0)
             probs = self.probabilities(st, lo, st.final)
             n = probs.shape[1]
             start = st.scan - lo
@@ -908,7 +970,7 @@ class StreamEngine:
             ]
             ready = []
             for on, off in runs:
-                if not flush and (off >= n or off + self.decoding.lookahead > n):
+                if not flush and (off >= n or off + self.lookahead > n):
                     st.scan = lo + on  # this trigger (and any later one) waits for more samples
                     break
                 ready.append((on, off))
@@ -942,6 +1004,24 @@ class StreamEngine:
         event_id = best.event_id if best is not None else st.new_id()
         emitted.append(self._event(st, det, "final", event_id, st.final))
 
+    def _quiet(self, st: _Station, start: int, det: np.ndarray) -> bool:
+        """True when `_provisional` would find no trigger, known without reading buffers:
+        neither the stack from the undecided region on (`hot_last`) nor the right-edge
+        window's not-final detection `det[final - start:]` exceeds the provisional detection
+        threshold (max stacking: max(a, b) > t iff a > t or b > t). One reduction: fmax
+        ignores NaN as the threshold test does. False means "decode", never "skip wrongly"."""
+        if not self._track_hot:
+            return False
+        cut = st.final - start
+        if st.hot_last >= st.scan or cut < 0:
+            return False
+        if cut < WINDOW and above_threshold(
+            np.fmax.reduce(det[cut:]), self.early_thresholds["detection"], self.decoding.protocol
+        ):
+            return False
+        self.edge_windows_quiet += 1
+        return True
+
     def _provisional(
         self, st: _Station, start: int, outputs: list[np.ndarray], emitted: list[Event]
     ) -> None:
@@ -955,29 +1035,25 @@ class StreamEngine:
             return
         for series in st.probability_series():
             series.ensure(end)
-        lo = max(st.scan - self.decoding.context, st.prob.base, 0)
-        part = st.prob.view(st.final, end)
-        edge = np.stack([o[st.final - start :] for o in outputs[:3]])  # only what is not final
+        lo = max(st.scan - self.context, st.prob.base, 0)
+        cut = st.final - start  # the edge window's samples from here on are not final
         if self.cfg.combine == "max":
-            recent = np.maximum(part, edge)
+            # one array, no temporaries: the final stack [lo, final), then the partial stack
+            # of [final, end) raised to the edge window's outputs
+            probs = st.prob.view(lo, end).copy()
+            recent = probs[:, st.final - lo :]
+            for row in range(3):
+                np.maximum(recent[row], outputs[row][cut:], out=recent[row])
         else:
-            recent = (part + edge) / (st.count.view(st.final, end) + 1.0)
-        settled = self.probabilities(st, lo, st.final)
-        protocol = self.decoding.protocol
+            edge = np.stack([o[cut:] for o in outputs[:3]])
+            recent = (st.prob.view(st.final, end) + edge) / (st.count.view(st.final, end) + 1.0)
+            probs = np.concatenate([self.probabilities(st, lo, st.final), recent], axis=1)
         th = self.early_thresholds
-        if not (
-            above_threshold(recent[0], th["detection"], protocol).any()
-            or above_threshold(settled[0, st.scan - lo :], th["detection"], protocol).any()
-        ):
-            return  # no trigger in the undecided region (the common case: a quiet station)
-        probs = np.concatenate([settled, recent], axis=1)
         first = st.scan - lo
-        runs = [
-            (on + first, off + first)
-            for on, off in find_triggers(probs[0, first:], th["detection"], protocol)
-        ]
-        if not runs:
-            return
+        above = above_threshold(probs[0, first:], th["detection"], self.decoding.protocol)
+        if not above.any():
+            return  # no trigger in the undecided region (a quiet station)
+        runs = [(on + first, off + first) for on, off in trigger_intervals(above)]
         matched: set[str] = set()
         tolerance = self.cfg.update_s * SAMPLING_RATE
         for det in decode_triggers(probs[0], probs[1], probs[2], runs, th,
@@ -1009,8 +1085,8 @@ class StreamEngine:
 
     def _event(self, st: _Station, det: Detection, kind: str, event_id: str, hi: int) -> Event:
         """One decoded detection -> an emitted object (engine flags, MC spread for finals)."""
-        lo = max(det.on - self.decoding.context, st.prob.base, 0)
-        hi = min(det.off + self.decoding.lookahead, hi)
+        lo = max(det.on - self.context, st.prob.base, 0)
+        hi = min(det.off + self.lookahead, hi)
         flags = []
         if st.filled.view(lo, max(lo, min(hi, st.filled.end))).any():
             flags.append("gap_filled")
@@ -1070,7 +1146,7 @@ class StreamEngine:
         keep = min(
             st.next_window,
             st.final - self.history,
-            st.scan - self.decoding.context,
+            st.scan - self.context,
             st.committed - max(_FILL_CONTEXT, WINDOW),
         )
         if keep - st.raw.base < _TRIM_STEP:  # every series shares `base`: nothing to drop yet

@@ -303,3 +303,80 @@ def test_records_off_the_fast_path_give_the_same_final_events_as_on_it():
     assert final_content(got) == final_content(expected)
     st = engine.stations["XX.STA"]
     assert st.present_through == st.committed == st.hwm == rec.shape[1]
+
+
+def test_nan_and_huge_finite_records_leave_the_fast_path_with_the_per_channel_results():
+    """The fast path's finiteness test is one float32 sum: a NaN, and finite samples whose
+    sum overflows, both take the per-channel path, whose objects the whole feed must equal."""
+    rec = glitch_record()
+    rec[0, 3000:3010] = np.nan  # a NaN in second 30 (replaced by the block mean)
+    rec[1, 5000:5100] = 3e38  # finite, but their float32 sum is inf (second 50)
+    together = blocks_of(rec, 1.0)
+    apart = [
+        Block(b.station, b.starttime, b.sampling_rate, {k: v})
+        for b in together
+        for k, v in b.channels.items()
+    ]
+    fast_engine = StreamEngine(glitch_predict, "m")
+    fast = run_blocks(fast_engine, together)
+    slow = run_blocks(StreamEngine(glitch_predict, "m"), apart)
+    assert [o.to_dict() for o in fast] == [o.to_dict() for o in slow]
+    assert {o.kind for o in fast} == {"pick", "update", "final", "retract"}
+    st = fast_engine.stations["XX.STA"]
+    assert st.present_through == st.committed == st.hwm == rec.shape[1]
+
+
+def test_quiet_stations_skip_provisional_decoding_without_changing_any_object():
+    """The quiet-station exit (a per-batch threshold test and the stack's newest hot sample)
+    against decoding every right-edge window: a network of event, glitch and noise-only
+    stations fed 1-s records together gives the same objects, and most edge windows exit."""
+    records = network(2)
+    records["XX.GL"] = glitch_record()
+    records["XX.NO"] = make_record(seed=5, event=False)
+
+    def run(track: bool) -> tuple[list[dict], StreamEngine]:
+        engine = StreamEngine(glitch_predict, "m", {"batch_size": 3})
+        engine._track_hot = track  # off: every edge window decoded (the reference)
+        objects = [o for second in per_second(records) for o in engine.feed_all(second)]
+        return [o.to_dict() for o in objects + engine.flush()], engine
+
+    fast, engine = run(True)
+    slow, reference = run(False)
+    assert fast == slow
+    assert {o["kind"] for o in fast} == {"pick", "update", "final", "retract"}
+    assert reference.edge_windows_quiet == 0
+    assert engine.edge_windows_run / 2 < engine.edge_windows_quiet < engine.edge_windows_run
+
+
+def test_a_trigger_only_the_partial_stack_shows_is_still_decoded_provisionally():
+    """A glitch in the last 3 s of a regular window ([30, 90) s) that no right-edge window
+    shows (every 7 s: they end at 88 s and 95 s): only the regular windows' partial stack
+    holds it, so the quiet exit must not skip it (its provisional pick is emitted at 95 s)."""
+    rec = make_record()
+    rec[2, 8850:8900] = 120.0  # the glitch at 88.5 s
+
+    def run(track: bool) -> list[dict]:
+        engine = StreamEngine(glitch_predict, "m", {"early_every_s": 7.0})
+        engine._track_hot = track
+        return [o.to_dict() for o in run_blocks(engine, blocks_of(rec, 1.0))]
+
+    fast = run(True)
+    assert fast == run(False)
+    glitch_pick = [o for o in fast if o["kind"] == "pick" and o["p_time"] == iso_utc(T0 + 88.5)]
+    assert glitch_pick and glitch_pick[0]["emitted_at"] == iso_utc(T0 + 94.99)
+
+
+def test_a_right_edge_window_equal_to_a_regular_one_runs_the_model_once():
+    """Every 30 s the newest regular window ends at the newest sample: it is that second's
+    right-edge window too, so the model sees each distinct window once."""
+    seen = []
+
+    def counting(x):
+        seen.append(x.shape[0])
+        return standin_predict(x)
+
+    engine = StreamEngine(counting, "m")
+    objects = run_blocks(engine, blocks_of(make_record(), 1.0))
+    assert engine.edge_windows_shared == 9  # the regular windows ending at 60, 90, ..., 300 s
+    assert sum(seen) == engine.windows_run + engine.edge_windows_run - 9
+    assert {o.kind for o in objects} >= {"pick", "final"}
