@@ -34,8 +34,45 @@
 #endif
 
 #define LANES 16
+/* 16-float vectors (GNU C vector extensions, as GCC and Clang provide): the register-blocked
+ * loops below are written with them because GCC's auto-vectoriser turns their plain-C form (a
+ * fully unrolled block of accumulators) into spilling 4-lane code */
+typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+#pragma GCC diagnostic ignored "-Wpsabi" /* vf never crosses a non-inlined call */
+
+static inline vf vload(const float *p)
+{
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void vstore(float *p, vf v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+/* dst[i] = src[i], i < min(m, full): `full` is a constant, so the common whole block is a few
+ * vector moves instead of a variable-length memcpy (a slow `rep movs` for these sizes) */
+static inline __attribute__((always_inline)) void copy_block(float *restrict dst,
+                                                             const float *restrict src, int m,
+                                                             const int full)
+{
+    if (m >= full)
+        memcpy(dst, src, sizeof(float) * (size_t)full);
+    else
+        memcpy(dst, src, sizeof(float) * (size_t)m);
+}
+
+static inline float vsum(vf v)
+{
+    float s = 0.0f;
+    for (int i = 0; i < LANES; ++i) s += v[i];
+    return s;
+}
 #define TILE 256 /* a multiple of BLK */
 #define BLK 64 /* 4 independent 16-lane accumulators: hides the FMA latency */
+#define MAX_TAPS 11 /* the largest depthwise kernel with a register-blocked gradient */
 
 /* sum of a[t] b[t] in 16 independent partial sums: vectorises without reassociating floats */
 static inline float dot(const float *a, const float *b, int n)
@@ -145,6 +182,32 @@ static inline void depthwise_tile(float *dt, float *useg, const float *xg, const
     }
 }
 
+/* rows r[q * rs + i] (q < 8, i < n) = bias[q] + sum_c w[q * C + c] dt[c][i], ReLU'd if relu:
+ * eight pointwise outputs of one tile at once, 2 x 16 samples per pass (16 accumulators: each
+ * load of a depthwise block feeds eight multiply-adds) */
+static inline void pointwise_rows8(float *restrict r, int rs, const float *restrict w, int C,
+                                   const float *restrict bias, const float *restrict dt, int n,
+                                   int relu)
+{
+    enum { W = 2 * LANES };
+    for (int i0 = 0; i0 < n; i0 += W) { /* dt rows hold TILE, a multiple of W */
+        float a[8][W];
+        for (int q = 0; q < 8; ++q)
+            for (int i = 0; i < W; ++i) a[q][i] = bias ? bias[q] : 0.0f;
+        for (int c = 0; c < C; ++c) {
+            const float *d = dt + (size_t)c * TILE + i0;
+            for (int q = 0; q < 8; ++q) {
+                const float wq = w[q * C + c];
+                for (int i = 0; i < W; ++i) a[q][i] += wq * d[i];
+            }
+        }
+        if (relu)
+            for (int q = 0; q < 8; ++q)
+                for (int i = 0; i < W; ++i) a[q][i] = a[q][i] > 0.0f ? a[q][i] : 0.0f;
+        for (int q = 0; q < 8; ++q) copy_block(r + (size_t)q * rs + i0, a[q], n - i0, W);
+    }
+}
+
 /* rows r[q * rs + i] (q < 4, i < n) = bias[q] + sum_c w[q * C + c] dt[c][i], ReLU'd if relu:
  * four pointwise outputs of one tile at once (one load of each depthwise block feeds four
  * multiply-adds) */
@@ -177,11 +240,10 @@ static inline void pointwise_rows4(float *restrict r, int rs, const float *restr
                 a2[i] = a2[i] > 0.0f ? a2[i] : 0.0f;
                 a3[i] = a3[i] > 0.0f ? a3[i] : 0.0f;
             }
-        const size_t m = (size_t)(n - i0 < LANES ? n - i0 : LANES);
-        memcpy(r + i0, a0, sizeof(float) * m);
-        memcpy(r + (size_t)rs + i0, a1, sizeof(float) * m);
-        memcpy(r + 2 * (size_t)rs + i0, a2, sizeof(float) * m);
-        memcpy(r + 3 * (size_t)rs + i0, a3, sizeof(float) * m);
+        copy_block(r + i0, a0, n - i0, LANES);
+        copy_block(r + (size_t)rs + i0, a1, n - i0, LANES);
+        copy_block(r + 2 * (size_t)rs + i0, a2, n - i0, LANES);
+        copy_block(r + 3 * (size_t)rs + i0, a3, n - i0, LANES);
     }
 }
 
@@ -208,18 +270,63 @@ static inline void transpose_pointwise4(float acc[4][BLK], const float *restrict
     memcpy(acc[3], a3, sizeof(a3));
 }
 
-/* ga[j][lane] += sum over the block's samples h of g[h] us[h + j] (lanes: h mod LANES): one
- * block's share of the depthwise weight gradient, from the gd block g and the padded input row */
-static inline void depthwise_grad_block(float *restrict ga, const float *restrict g,
-                                        const float *restrict us, int kernel)
+/* ga[j][lane] += sum over h < n of g[h] us[h + j] (lanes: h mod LANES): one tile's share of a
+ * channel's depthwise weight gradient, from its gd row g (zero from n up to the next multiple of
+ * LANES) and its padded input row us. The k tap sums stay in registers for the whole tile (a
+ * constant `kernel` after inlining): each g block is loaded once for k multiply-adds, each us
+ * load feeds one. */
+static inline __attribute__((always_inline)) void depthwise_grad_rows(
+    float *restrict ga, const float *restrict g, const float *restrict us, int n, const int kernel)
 {
-    for (int j = 0; j < kernel; ++j) {
-        float t[LANES];
-        for (int i = 0; i < LANES; ++i) t[i] = ga[j * LANES + i];
-        for (int h = 0; h < BLK; h += LANES)
-            for (int i = 0; i < LANES; ++i) t[i] += g[h + i] * us[j + h + i];
-        for (int i = 0; i < LANES; ++i) ga[j * LANES + i] = t[i];
+    vf a[MAX_TAPS];
+    for (int j = 0; j < kernel; ++j) a[j] = vload(ga + j * LANES);
+    for (int h = 0; h < n; h += LANES) {
+        const vf gh = vload(g + h);
+        for (int j = 0; j < kernel; ++j) a[j] += gh * vload(us + h + j);
     }
+    for (int j = 0; j < kernel; ++j) vstore(ga + j * LANES, a[j]);
+}
+
+/* depthwise_grad_rows with the common kernel sizes as constants (registers), any other size
+ * through the generic loop */
+static inline void depthwise_grad_tile(float *restrict ga, const float *restrict g,
+                                       const float *restrict us, int n, int kernel)
+{
+    switch (kernel) {
+    case 3: depthwise_grad_rows(ga, g, us, n, 3); break;
+    case 5: depthwise_grad_rows(ga, g, us, n, 5); break;
+    case 7: depthwise_grad_rows(ga, g, us, n, 7); break;
+    case 9: depthwise_grad_rows(ga, g, us, n, 9); break;
+    case 11: depthwise_grad_rows(ga, g, us, n, 11); break;
+    default:
+        for (int j = 0; j < kernel; ++j)
+            for (int h = 0; h < n; h += LANES)
+                for (int i = 0; i < LANES; ++i) ga[j * LANES + i] += g[h + i] * us[h + j + i];
+    }
+}
+
+/* gw[q * C + e] += sum_{i < n} r[q][i] d[e][i], q, e < 4 (r rows `rs` apart, d rows TILE apart,
+ * both zero from n to the next multiple of LANES): a 4 x 4 block of the pointwise weight
+ * gradient in 16 vector accumulators (8 loads feed 16 multiply-adds) */
+static inline void pointwise_grad4x4(float *restrict gw, int C, const float *restrict r,
+                                     size_t rs, const float *restrict d, int n)
+{
+    vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+    vf c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, e0 = {0}, e1 = {0}, e2 = {0}, e3 = {0};
+    for (int i = 0; i < n; i += LANES) {
+        const vf d0 = vload(d + i), d1 = vload(d + TILE + i), d2 = vload(d + 2 * TILE + i),
+                 d3 = vload(d + 3 * TILE + i);
+        vf v = vload(r + i);
+        a0 += v * d0, a1 += v * d1, a2 += v * d2, a3 += v * d3;
+        v = vload(r + rs + i);
+        b0 += v * d0, b1 += v * d1, b2 += v * d2, b3 += v * d3;
+        v = vload(r + 2 * rs + i);
+        c0 += v * d0, c1 += v * d1, c2 += v * d2, c3 += v * d3;
+        v = vload(r + 3 * rs + i);
+        e0 += v * d0, e1 += v * d1, e2 += v * d2, e3 += v * d3;
+    }
+    const vf acc[16] = {a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e0, e1, e2, e3};
+    for (int q = 0; q < 16; ++q) gw[(q / 4) * C + q % 4] += vsum(acc[q]);
 }
 
 FEQ_CLONES
@@ -248,6 +355,9 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                 depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
                                crop_left, kernel, left, t0, n);
                 int o = 0;
+                for (; o + 8 <= O; o += 8) /* 8 outputs per pass: each d load feeds 8 */
+                    pointwise_rows8(yg + (size_t)o * L + t0, L, pw + (size_t)(g * O + o) * C, C,
+                                    bias ? bias + g * O + o : NULL, dt, n, relu && pool == 1);
                 for (; o + 4 <= O; o += 4) /* 4 outputs per pass: each d load feeds 4 */
                     pointwise_rows4(yg + (size_t)o * L + t0, L, pw + (size_t)(g * O + o) * C, C,
                                     bias ? bias + g * O + o : NULL, dt, n, relu && pool == 1);
@@ -265,7 +375,7 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                         }
                         if (relu && pool == 1)
                             for (int i = 0; i < BLK; ++i) acc[i] = acc[i] > 0.0f ? acc[i] : 0.0f;
-                        memcpy(r + i0, acc, sizeof(float) * (size_t)(n - i0 < BLK ? n - i0 : BLK));
+                        copy_block(r + i0, acc, n - i0, BLK);
                     }
                 }
             }
@@ -358,6 +468,12 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                 /* gpw[o, c] += gy[o] . d[c]: 2 outputs x 4 channels per pass (6 loads feed 8
                  * multiply-adds) */
                 int o = 0;
+                if (C % 4 == 0)
+                    for (; o + 4 <= O; o += 4)
+                        for (int c = 0; c < C; c += 4)
+                            pointwise_grad4x4(gpw + (size_t)(g * O + o) * C + c, C,
+                                              gy + (size_t)o * gys + t0, gys,
+                                              dt + (size_t)c * TILE, n);
                 for (; o + 2 <= O; o += 2) {
                     const float *r0 = gy + (size_t)o * gys + t0, *r1 = r0 + gys;
                     float *gw0 = gpw + (size_t)(g * O + o) * C, *gw1 = gw0 + C;
@@ -392,8 +508,8 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                     float *gw = gpw + (size_t)(g * O + o) * C;
                     for (int c = 0; c < C; ++c) gw[c] += dot(r, dt + (size_t)c * TILE, n);
                 }
-                /* gd[c] = sum_o pw[o, c] gy[o]; and while this tile's gd and padded input rows
-                 * are in L1, the depthwise weight gradient's lanes gacc[c, j] */
+                /* gd[c] = sum_o pw[o, c] gy[o]; then, while this tile's gd and padded input
+                 * rows are in L1, the depthwise weight gradient's lanes gacc[c, j] */
                 for (int c = 0; c < C; c += 4) {
                     const int nc = C - c < 4 ? C - c : 4;
                     for (int i0 = 0; i0 < n; i0 += BLK) {
@@ -410,16 +526,15 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                                     for (int i = 0; i < BLK; ++i) acc[e][i] += wc * r[i];
                                 }
                             }
-                        const size_t m = (size_t)(n - i0 < BLK ? n - i0 : BLK);
-                        for (int e = 0; e < nc; ++e) {
-                            memcpy(gd + (size_t)(c + e) * gds + (kernel - 1) + t0 + i0, acc[e],
-                                   sizeof(float) * m);
-                            /* acc is zero past n (gy is); useg rows are readable BLK past the
-                             * span */
-                            depthwise_grad_block(gacc + (size_t)(c + e) * kernel * LANES, acc[e],
-                                                 useg + (size_t)(c + e) * ustride + i0, kernel);
-                        }
+                        for (int e = 0; e < nc; ++e)
+                            copy_block(gd + (size_t)(c + e) * gds + (kernel - 1) + t0 + i0, acc[e],
+                                   n - i0, BLK);
                     }
+                    /* gd rows are zero past L; useg rows are readable BLK past the span */
+                    for (int e = 0; e < nc; ++e)
+                        depthwise_grad_tile(gacc + (size_t)(c + e) * kernel * LANES,
+                                            gd + (size_t)(c + e) * gds + (kernel - 1) + t0,
+                                            useg + (size_t)(c + e) * ustride, n, kernel);
                 }
             }
             /* depthwise: gdw[c, j] += the lanes of gacc[c, j]; gu[s] = sum_j w[j] gd[s - j] (gd
@@ -438,7 +553,7 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                         const float *r = q + s0 - j;
                         for (int i = 0; i < BLK; ++i) acc[i] += wj * r[i];
                     }
-                    memcpy(gu + s0, acc, sizeof(float) * (size_t)(padded - s0 < BLK ? padded - s0 : BLK));
+                    copy_block(gu + s0, acc, padded - s0, BLK);
                 }
                 float *gxc = gx + ((size_t)b * GC + ch) * length_in;
                 memset(gxc, 0, sizeof(float) * (size_t)length_in);
