@@ -206,6 +206,7 @@ def test_separable_stage_without_bias_or_relu():
         (2, 1, 5, 3, 37, 4, None),
         (3, 2, 4, 6, 50, 3, (0, 0)),
         (1, 1, 3, 2, 20, 5, (4, 1)),
+        (2, 1, 9, 13, 300, 13, None),  # 8 + 4 + 1 output blocks both ways, a wide kernel
     ],
 )
 def test_same_conv_matches_reference(batch, groups, channels, outputs, length, kernel, padding):

@@ -32,6 +32,7 @@ from feq_lab.paths import atomic_path
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
+HEADERS = tuple(sorted(Path(__file__).parent.glob("*.h")))  # part of the build's cache key
 CFLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
 
 
@@ -45,7 +46,7 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (disabled, no compiler, or the build failed: logged once)."""
     if os.environ.get("FEQ_LAB_NO_KERNELS", "") not in ("", "0"):
         return None
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     tag = hashlib.sha256(
         source + " ".join((*CFLAGS, str(compiler), platform.machine())).encode()

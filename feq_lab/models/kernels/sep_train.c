@@ -33,49 +33,13 @@
 #define FEQ_CLONES
 #endif
 
-#define LANES 16
-/* 16-float vectors (GNU C vector extensions, as GCC and Clang provide): the register-blocked
- * loops below are written with them because GCC's auto-vectoriser turns their plain-C form (a
- * fully unrolled block of accumulators) into spilling 4-lane code */
-typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
-#pragma GCC diagnostic ignored "-Wpsabi" /* vf never crosses a non-inlined call */
+#include "simd.h"
 
-static inline vf vload(const float *p)
-{
-    vf v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void vstore(float *p, vf v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-/* dst[i] = src[i], i < min(m, full): `full` is a constant, so the common whole block is a few
- * vector moves instead of a variable-length memcpy (a slow `rep movs` for these sizes) */
-static inline __attribute__((always_inline)) void copy_block(float *restrict dst,
-                                                             const float *restrict src, int m,
-                                                             const int full)
-{
-    if (m >= full)
-        memcpy(dst, src, sizeof(float) * (size_t)full);
-    else
-        memcpy(dst, src, sizeof(float) * (size_t)m);
-}
-
-static inline float vsum(vf v)
-{
-    float s = 0.0f;
-    for (int i = 0; i < LANES; ++i) s += v[i];
-    return s;
-}
 #define TILE 256 /* a multiple of BLK */
 #define BLK 64 /* 4 independent 16-lane accumulators: hides the FMA latency */
-#define MAX_TAPS 11 /* the largest depthwise kernel with a register-blocked gradient */
 
 /* sum of a[t] b[t] in 16 independent partial sums: vectorises without reassociating floats */
-static inline float dot(const float *a, const float *b, int n)
+FEQ_INLINE float dot(const float *a, const float *b, int n)
 {
     float acc[LANES] = {0};
     int t = 0;
@@ -87,7 +51,7 @@ static inline float dot(const float *a, const float *b, int n)
     return s;
 }
 
-static inline float sum(const float *a, int n)
+FEQ_INLINE float sum(const float *a, int n)
 {
     float acc[LANES] = {0};
     int t = 0;
@@ -101,7 +65,7 @@ static inline float sum(const float *a, int n)
 
 /* row[i] = xc[(q + i) / up] for i < m (nearest upsampling, starting at upsampled index q);
  * the common factors get branch-free loops */
-static inline void upsample_row(float *row, const float *xc, int q, int m, int up)
+FEQ_INLINE void upsample_row(float *row, const float *xc, int q, int m, int up)
 {
     if (up == 1) {
         memcpy(row, xc + q, sizeof(float) * (size_t)m);
@@ -126,7 +90,7 @@ static inline void upsample_row(float *row, const float *xc, int q, int m, int u
 }
 
 /* the adjoint of upsample_row: gxc[(q + i) / up] += g[i] for i < m */
-static inline void downsample_row(float *gxc, const float *g, int q, int m, int up)
+FEQ_INLINE void downsample_row(float *gxc, const float *g, int q, int m, int up)
 {
     if (up == 1) {
         for (int i = 0; i < m; ++i) gxc[q + i] += g[i];
@@ -152,9 +116,9 @@ static inline void downsample_row(float *gxc, const float *g, int q, int m, int 
 
 /* depthwise outputs d[c][0..n) of tile [t0, t0 + n) for the C channels of one group, and the
  * padded input rows they read: useg[c][i] = u_padded[t0 + i], i < n + k - 1 */
-static inline void depthwise_tile(float *dt, float *useg, const float *xg, const float *dwg, int C,
-                                  int length_in, int L, int up, int crop_left, int kernel,
-                                  int left, int t0, int n)
+FEQ_INLINE void depthwise_tile(float *dt, float *useg, const float *xg, const float *dwg, int C,
+                               int length_in, int L, int up, int crop_left, int kernel, int left,
+                               int t0, int n)
 {
     const int span = n + kernel - 1;
     for (int c = 0; c < C; ++c) {
@@ -185,9 +149,9 @@ static inline void depthwise_tile(float *dt, float *useg, const float *xg, const
 /* rows r[q * rs + i] (q < 8, i < n) = bias[q] + sum_c w[q * C + c] dt[c][i], ReLU'd if relu:
  * eight pointwise outputs of one tile at once, 2 x 16 samples per pass (16 accumulators: each
  * load of a depthwise block feeds eight multiply-adds) */
-static inline void pointwise_rows8(float *restrict r, int rs, const float *restrict w, int C,
-                                   const float *restrict bias, const float *restrict dt, int n,
-                                   int relu)
+FEQ_INLINE void pointwise_rows8(float *restrict r, int rs, const float *restrict w, int C,
+                                const float *restrict bias, const float *restrict dt, int n,
+                                int relu)
 {
     enum { W = 2 * LANES };
     for (int i0 = 0; i0 < n; i0 += W) { /* dt rows hold TILE, a multiple of W */
@@ -211,9 +175,9 @@ static inline void pointwise_rows8(float *restrict r, int rs, const float *restr
 /* rows r[q * rs + i] (q < 4, i < n) = bias[q] + sum_c w[q * C + c] dt[c][i], ReLU'd if relu:
  * four pointwise outputs of one tile at once (one load of each depthwise block feeds four
  * multiply-adds) */
-static inline void pointwise_rows4(float *restrict r, int rs, const float *restrict w, int C,
-                                   const float *restrict bias, const float *restrict dt, int n,
-                                   int relu)
+FEQ_INLINE void pointwise_rows4(float *restrict r, int rs, const float *restrict w, int C,
+                                const float *restrict bias, const float *restrict dt, int n,
+                                int relu)
 {
     for (int i0 = 0; i0 < n; i0 += LANES) {
         float a0[LANES], a1[LANES], a2[LANES], a3[LANES];
@@ -249,8 +213,8 @@ static inline void pointwise_rows4(float *restrict r, int rs, const float *restr
 
 /* acc[e][i] = sum_o p[o C + e] gy[o gys + i], e < 4, i < BLK: four channels' block of the
  * pointwise half's input gradient at once (each gy load feeds four multiply-adds) */
-static inline void transpose_pointwise4(float acc[4][BLK], const float *restrict p, int C, int O,
-                                        const float *restrict gy, size_t gys)
+FEQ_INLINE void transpose_pointwise4(float acc[4][BLK], const float *restrict p, int C, int O,
+                                     const float *restrict gy, size_t gys)
 {
     float a0[BLK] = {0}, a1[BLK] = {0}, a2[BLK] = {0}, a3[BLK] = {0};
     for (int o = 0; o < O; ++o) {
@@ -270,46 +234,11 @@ static inline void transpose_pointwise4(float acc[4][BLK], const float *restrict
     memcpy(acc[3], a3, sizeof(a3));
 }
 
-/* ga[j][lane] += sum over h < n of g[h] us[h + j] (lanes: h mod LANES): one tile's share of a
- * channel's depthwise weight gradient, from its gd row g (zero from n up to the next multiple of
- * LANES) and its padded input row us. The k tap sums stay in registers for the whole tile (a
- * constant `kernel` after inlining): each g block is loaded once for k multiply-adds, each us
- * load feeds one. */
-static inline __attribute__((always_inline)) void depthwise_grad_rows(
-    float *restrict ga, const float *restrict g, const float *restrict us, int n, const int kernel)
-{
-    vf a[MAX_TAPS];
-    for (int j = 0; j < kernel; ++j) a[j] = vload(ga + j * LANES);
-    for (int h = 0; h < n; h += LANES) {
-        const vf gh = vload(g + h);
-        for (int j = 0; j < kernel; ++j) a[j] += gh * vload(us + h + j);
-    }
-    for (int j = 0; j < kernel; ++j) vstore(ga + j * LANES, a[j]);
-}
-
-/* depthwise_grad_rows with the common kernel sizes as constants (registers), any other size
- * through the generic loop */
-static inline void depthwise_grad_tile(float *restrict ga, const float *restrict g,
-                                       const float *restrict us, int n, int kernel)
-{
-    switch (kernel) {
-    case 3: depthwise_grad_rows(ga, g, us, n, 3); break;
-    case 5: depthwise_grad_rows(ga, g, us, n, 5); break;
-    case 7: depthwise_grad_rows(ga, g, us, n, 7); break;
-    case 9: depthwise_grad_rows(ga, g, us, n, 9); break;
-    case 11: depthwise_grad_rows(ga, g, us, n, 11); break;
-    default:
-        for (int j = 0; j < kernel; ++j)
-            for (int h = 0; h < n; h += LANES)
-                for (int i = 0; i < LANES; ++i) ga[j * LANES + i] += g[h + i] * us[h + j + i];
-    }
-}
-
 /* gw[q * C + e] += sum_{i < n} r[q][i] d[e][i], q, e < 4 (r rows `rs` apart, d rows TILE apart,
  * both zero from n to the next multiple of LANES): a 4 x 4 block of the pointwise weight
  * gradient in 16 vector accumulators (8 loads feed 16 multiply-adds) */
-static inline void pointwise_grad4x4(float *restrict gw, int C, const float *restrict r,
-                                     size_t rs, const float *restrict d, int n)
+FEQ_INLINE void pointwise_grad4x4(float *restrict gw, int C, const float *restrict r, size_t rs,
+                                  const float *restrict d, int n)
 {
     vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
     vf c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, e0 = {0}, e1 = {0}, e2 = {0}, e3 = {0};
@@ -532,9 +461,9 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                     }
                     /* gd rows are zero past L; useg rows are readable BLK past the span */
                     for (int e = 0; e < nc; ++e)
-                        depthwise_grad_tile(gacc + (size_t)(c + e) * kernel * LANES,
-                                            gd + (size_t)(c + e) * gds + (kernel - 1) + t0,
-                                            useg + (size_t)(c + e) * ustride, n, kernel);
+                        tap_sums(gacc + (size_t)(c + e) * kernel * LANES,
+                                 gd + (size_t)(c + e) * gds + (kernel - 1) + t0,
+                                 useg + (size_t)(c + e) * ustride, n, kernel);
                 }
             }
             /* depthwise: gdw[c, j] += the lanes of gacc[c, j]; gu[s] = sum_j w[j] gd[s - j] (gd
