@@ -132,6 +132,12 @@ FEQ_INLINE void depthwise_tile(float *dt, float *useg, const float *xg, const fl
             i += m;
         }
         for (; i < span; ++i) us[i] = 0.0f;
+        /* the next tile's input samples: C rows read a few cache lines at a time are too many
+         * short streams for the hardware prefetcher */
+        const int s0 = (t0 + TILE - left + crop_left) / up;
+        int s1 = (t0 + 2 * TILE + kernel - left + crop_left) / up + 1;
+        if (s1 > length_in) s1 = length_in;
+        for (int p = s0 > 0 ? s0 : 0; p < s1; p += LANES) __builtin_prefetch(xc + p);
         const float *w = dwg + (size_t)c * kernel;
         float *dc = dt + (size_t)c * TILE;
         for (int i0 = 0; i0 < n; i0 += BLK) { /* us is readable BLK past the span */
