@@ -264,6 +264,99 @@ FEQ_INLINE void pointwise_grad4x4(float *restrict gw, int C, const float *restri
     for (int q = 0; q < 16; ++q) gw[(q / 4) * C + q % 4] += vsum(acc[q]);
 }
 
+/* "same" max-pooling of one row r (L samples) with stride = size = p, the first window
+ * starting pool_left samples before r: out[i] = the window's maximum and idx[i] its first
+ * argmax, or 0 and -1 where relu and the maximum is <= 0 (its gradient is zero) */
+FEQ_INLINE void pool_window(float *out, int *idx, const float *r, int a, int e, int relu)
+{
+    float m = r[a];
+    int arg = a;
+    for (int t = a + 1; t < e; ++t) {
+        const float v = r[t];
+        arg = v > m ? t : arg;
+        m = v > m ? v : m;
+    }
+    const int keep = !relu || m > 0.0f;
+    *out = keep ? m : 0.0f;
+    *idx = keep ? arg : -1;
+}
+
+/* the windows inside [0, L): branch-free selects (data-dependent branches mispredict half the
+ * time) with p a constant after inlining */
+FEQ_INLINE void pool_inner(float *restrict out, int *restrict idx, const float *restrict r, int i0,
+                           int i1, const int p, int pool_left, int relu)
+{
+    for (int i = i0; i < i1; ++i) {
+        const int a = i * p - pool_left;
+        float m = r[a];
+        int arg = a;
+        for (int j = 1; j < p; ++j) {
+            const float v = r[a + j];
+            arg = v > m ? a + j : arg;
+            m = v > m ? v : m;
+        }
+        const int keep = !relu || m > 0.0f;
+        out[i] = keep ? m : 0.0f;
+        idx[i] = keep ? arg : -1;
+    }
+}
+
+/* the windows [i0, i1) lie inside [0, L): window i starts at i p - pool_left >= 0 (pool_left < p,
+ * so from i = 1 when pool_left > 0) and ends at i p - pool_left + p <= L */
+FEQ_INLINE void inner_windows(int *i0, int *i1, int L, int pooled, int p, int pool_left)
+{
+    *i0 = pool_left > 0 ? 1 : 0;
+    *i1 = (L + pool_left) / p;
+    if (*i1 > pooled) *i1 = pooled;
+    if (*i1 < *i0) *i1 = *i0;
+}
+
+FEQ_INLINE void pool_row(float *out, int *idx, const float *r, int L, int pooled, int p,
+                         int pool_left, int relu)
+{
+    int i0, i1;
+    inner_windows(&i0, &i1, L, pooled, p, pool_left);
+    switch (p) {
+    case 2: pool_inner(out, idx, r, i0, i1, 2, pool_left, relu); break;
+    case 3: pool_inner(out, idx, r, i0, i1, 3, pool_left, relu); break;
+    default: pool_inner(out, idx, r, i0, i1, p, pool_left, relu);
+    }
+    for (int i = 0; i < pooled; ++i) { /* the windows cut by the row's ends */
+        if (i == i0) i = i1;
+        if (i >= pooled) break;
+        int a = i * p - pool_left, e = a + p;
+        pool_window(out + i, idx + i, r, a < 0 ? 0 : a, e > L ? L : e, relu);
+    }
+}
+
+/* the adjoint of pool_row: r[t] = go[i] where t = idx[i], else 0 (windows do not overlap) */
+FEQ_INLINE void unpool_inner(float *restrict r, const float *restrict go, const int *restrict ix,
+                             int i0, int i1, const int p, int pool_left)
+{
+    for (int i = i0; i < i1; ++i) {
+        const int a = i * p - pool_left;
+        for (int j = 0; j < p; ++j) r[a + j] = ix[i] == a + j ? go[i] : 0.0f;
+    }
+}
+
+FEQ_INLINE void unpool_row(float *r, const float *go, const int *ix, int L, int pooled, int p,
+                           int pool_left)
+{
+    int i0, i1;
+    inner_windows(&i0, &i1, L, pooled, p, pool_left);
+    memset(r, 0, sizeof(float) * (size_t)L);
+    switch (p) {
+    case 2: unpool_inner(r, go, ix, i0, i1, 2, pool_left); break;
+    case 3: unpool_inner(r, go, ix, i0, i1, 3, pool_left); break;
+    default: unpool_inner(r, go, ix, i0, i1, p, pool_left);
+    }
+    for (int i = 0; i < pooled; ++i) {
+        if (i == i0) i = i1;
+        if (i >= pooled) break;
+        if (ix[i] >= 0) r[ix[i]] += go[i];
+    }
+}
+
 FEQ_CLONES
 int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *bias, float *out,
                 int *idx, int batch, int groups, int channels, int outputs,
@@ -316,24 +409,9 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
             }
             if (pool == 1) continue;
             for (int o = 0; o < O; ++o) {
-                const float *r = y + (size_t)o * L;
                 const size_t base = ((size_t)b * GO + (size_t)g * O + o) * pooled;
-                for (int i = 0; i < pooled; ++i) {
-                    int a = i * pool - pool_left, e = a + pool;
-                    if (a < 0) a = 0;
-                    if (e > L) e = L;
-                    int arg = a;
-                    for (int t = a + 1; t < e; ++t)
-                        if (r[t] > r[arg]) arg = t;
-                    const float m = r[arg];
-                    if (relu && !(m > 0.0f)) {
-                        out[base + i] = 0.0f;
-                        idx[base + i] = -1;
-                    } else {
-                        out[base + i] = m;
-                        idx[base + i] = arg;
-                    }
-                }
+                pool_row(out + base, idx + base, y + (size_t)o * L, L, pooled, pool, pool_left,
+                         relu);
             }
         }
     }
@@ -386,11 +464,8 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                     else
                         memcpy(r, go, sizeof(float) * (size_t)L);
                 } else {
-                    const float *go = gout + (orow + o) * pooled;
-                    const int *ix = idx + (orow + o) * pooled;
-                    memset(r, 0, sizeof(float) * (size_t)L);
-                    for (int i = 0; i < pooled; ++i)
-                        if (ix[i] >= 0) r[ix[i]] += go[i];
+                    unpool_row(r, gout + (orow + o) * pooled, idx + (orow + o) * pooled, L,
+                               pooled, pool, pool_left);
                 }
                 gbias[g * O + o] += sum(r, L);
             }
