@@ -62,13 +62,38 @@ FEQ_INLINE void conv_block(const float *in, size_t is, int C, const float *w, in
         }
 }
 
+/* the narrow form of conv_block (FEQ_WIDE): one output, 2 LANES samples, plain C (GCC lowers vf
+ * arrays through memory where vf spans several registers) */
+FEQ_INLINE void conv_block_narrow(const float *in, size_t is, int C, const float *w, int k,
+                                  const float *bias, float *out, int t0, int n)
+{
+    float acc[2 * LANES];
+    for (int i = 0; i < 2 * LANES; ++i) acc[i] = bias ? bias[0] : 0.0f;
+    for (int c = 0; c < C; ++c) {
+        const float *row = in + (size_t)c * is + t0;
+        for (int j = 0; j < k; ++j) {
+            const float wj = w[(size_t)c * k + j];
+            for (int i = 0; i < 2 * LANES; ++i) acc[i] += wj * row[j + i];
+        }
+    }
+    copy_block(out + t0, acc, n - t0, 2 * LANES);
+}
+
 /* out[o][t] = (bias ? bias[o] : 0) + sum_c sum_j w[(o * C + c) * k + j] in[c][t + j], t < n,
- * in blocks of 8 outputs x 32 samples, 4 x 64, or 1 x 128; rows of `in` (stride `is`) must be
- * readable up to n rounded up to ROW_PAD, plus k - 1 */
+ * wide in blocks of 8 outputs x 32 samples, 4 x 64, or 1 x 128, narrow (FEQ_WIDE) 1 x 32 (the
+ * same sums in the same order); rows of `in` (stride `is`) must be readable up to n rounded up
+ * to ROW_PAD, plus k - 1 */
 FEQ_INLINE void conv_rows(const float *in, size_t is, int C, const float *w, int O, int k,
-                          const float *bias, float *out, size_t os, int n)
+                          const float *bias, float *out, size_t os, int n, int wide)
 {
     int o = 0;
+    if (!wide) {
+        for (; o < O; ++o)
+            for (int t0 = 0; t0 < n; t0 += 2 * LANES)
+                conv_block_narrow(in, is, C, w + (size_t)o * C * k, k, bias ? bias + o : NULL,
+                                  out + (size_t)o * os, t0, n);
+        return;
+    }
     for (; o + 8 <= O; o += 8)
         for (int t0 = 0; t0 < n; t0 += 2 * LANES)
             conv_block(in, is, C, w + (size_t)o * C * k, k, bias ? bias + o : NULL,
@@ -89,6 +114,7 @@ int feq_conv_fwd(const float *x, const float *w, const float *bias, float *y, in
                  int length_out, int b0, int b1)
 {
     const int C = channels, O = outputs, k = kernel;
+    const int wide = FEQ_WIDE();
     const size_t stride = (size_t)length_out + ROW_PAD + k; /* padded row, readable past the end */
     float *pad = calloc((size_t)C * stride, sizeof(float));
     (void)batch;
@@ -105,7 +131,7 @@ int feq_conv_fwd(const float *x, const float *w, const float *bias, float *y, in
             }
             conv_rows(pad, stride, C, w + (size_t)g * O * C * k, O, k,
                       bias ? bias + (size_t)g * O : NULL,
-                      y + ((size_t)b * groups + g) * O * length_out, length_out, length_out);
+                      y + ((size_t)b * groups + g) * O * length_out, length_out, length_out, wide);
         }
     }
     free(pad);
@@ -118,6 +144,7 @@ int feq_conv_bwd(const float *x, const float *w, const float *gy, float *gx, flo
                  int kernel, int left, int length_out, int b0, int b1)
 {
     const int C = channels, O = outputs, k = kernel;
+    const int wide = FEQ_WIDE();
     /* gx[c][s] = sum_o sum_j w[o, c, j] gy[o][s + left - j]
      *          = sum_o sum_j' wt[c, o, j'] gpad[o][s + j'], wt[c, o, j'] = w[o, c, k - 1 - j'],
      * gpad[o][p] = gy[o][p - (k - 1 - left)] */
@@ -153,7 +180,7 @@ int feq_conv_bwd(const float *x, const float *w, const float *gy, float *gx, flo
                 if (m > 0) memcpy(row + lo, gyg + (size_t)o * length_out + skip, sizeof(float) * m);
             }
             conv_rows(gpad, gs, O, wt + (size_t)g * C * O * k, C, k, NULL,
-                      gx + ((size_t)b * groups + g) * C * length_in, length_in, length_in);
+                      gx + ((size_t)b * groups + g) * C * length_in, length_in, length_in, wide);
             for (int c = 0; c < C; ++c) { /* xpad[c][p] = x[c][p - left] */
                 float *row = xpad + (size_t)c * xs;
                 const int lo = left > 0 ? left : 0, skip = left < 0 ? -left : 0;
@@ -175,7 +202,7 @@ int feq_conv_bwd(const float *x, const float *w, const float *gy, float *gx, flo
                     float *gwc = gw + (((size_t)g * O + o) * C + c) * k;
                     const float *xc = xpad + (size_t)c * xs;
                     memset(taps, 0, sizeof(float) * (size_t)k * LANES);
-                    tap_sums(taps, go, xc, whole, k);
+                    tap_sums(taps, go, xc, whole, k, wide);
                     for (int j = 0; j < k; ++j) {
                         float t = vsum(vload(taps + j * LANES));
                         for (int i = whole; i < length_out; ++i) t += go[i] * xc[i + j];

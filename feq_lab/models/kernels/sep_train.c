@@ -242,10 +242,29 @@ FEQ_INLINE void transpose_pointwise4(float acc[4][BLK], const float *restrict p,
 
 /* gw[q * C + e] += sum_{i < n} r[q][i] d[e][i], q, e < 4 (r rows `rs` apart, d rows TILE apart,
  * both zero from n to the next multiple of LANES): a 4 x 4 block of the pointwise weight
- * gradient in 16 vector accumulators (8 loads feed 16 multiply-adds) */
+ * gradient, wide in 16 vector accumulators (8 loads feed 16 multiply-adds), narrow as four 2 x 2
+ * blocks (FEQ_WIDE); the same sums in the same order either way */
 FEQ_INLINE void pointwise_grad4x4(float *restrict gw, int C, const float *restrict r, size_t rs,
-                                  const float *restrict d, int n)
+                                  const float *restrict d, int n, int wide)
 {
+    if (!wide) {
+        for (int q = 0; q < 4; q += 2)
+            for (int e = 0; e < 4; e += 2) {
+                const float *r0 = r + q * rs, *r1 = r0 + rs;
+                const float *d0 = d + (size_t)e * TILE, *d1 = d0 + TILE;
+                vf a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
+                for (int i = 0; i < n; i += LANES) {
+                    const vf x0 = vload(d0 + i), x1 = vload(d1 + i);
+                    const vf v0 = vload(r0 + i), v1 = vload(r1 + i);
+                    a00 += v0 * x0, a01 += v0 * x1, a10 += v1 * x0, a11 += v1 * x1;
+                }
+                gw[q * C + e] += vsum(a00);
+                gw[q * C + e + 1] += vsum(a01);
+                gw[(q + 1) * C + e] += vsum(a10);
+                gw[(q + 1) * C + e + 1] += vsum(a11);
+            }
+        return;
+    }
     vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
     vf c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, e0 = {0}, e1 = {0}, e2 = {0}, e3 = {0};
     for (int i = 0; i < n; i += LANES) {
@@ -429,6 +448,7 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                 int pool, int pool_left, int b0, int b1, int pooled)
 {
     const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
+    const int wide = FEQ_WIDE();
     const int padded = L + kernel - 1;
     const size_t ustride = (size_t)TILE + kernel - 1 + BLK; /* a useg row (depthwise_tile) */
     float *gacc = malloc(sizeof(float) * (size_t)C * kernel * LANES);
@@ -483,7 +503,7 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                         for (int c = 0; c < C; c += 4)
                             pointwise_grad4x4(gpw + (size_t)(g * O + o) * C + c, C,
                                               gy + (size_t)o * gys + t0, gys,
-                                              dt + (size_t)c * TILE, n);
+                                              dt + (size_t)c * TILE, n, wide);
                 for (; o + 2 <= O; o += 2) {
                     const float *r0 = gy + (size_t)o * gys + t0, *r1 = r0 + gys;
                     float *gw0 = gpw + (size_t)(g * O + o) * C, *gw1 = gw0 + C;
@@ -544,7 +564,7 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                     for (int e = 0; e < nc; ++e)
                         tap_sums(gacc + (size_t)(c + e) * kernel * LANES,
                                  gd + (size_t)(c + e) * gds + (kernel - 1) + t0,
-                                 useg + (size_t)(c + e) * ustride, n, kernel);
+                                 useg + (size_t)(c + e) * ustride, n, kernel, wide);
                 }
             }
             /* depthwise: gdw[c, j] += the lanes of gacc[c, j]; gu[s] = sum_j w[j] gd[s - j] (gd

@@ -18,6 +18,18 @@
 #define FEQ_INLINE static inline __attribute__((always_inline))
 
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+
+/* Whether the CPU has 32 vector registers of 16 floats (AVX-512), so that blocks of up to 16
+ * vf accumulators stay in registers. Elsewhere (AVX2: 16 registers of 8 floats; NEON) they
+ * would spill, and every blocked loop has a narrow form with at most 4 accumulators instead.
+ * Asked at run time, once per kernel call: the preprocessor cannot tell target_clones' targets
+ * apart. */
+#if defined(FEQ_WIDE) /* given on the command line, e.g. -D'FEQ_WIDE()=0' to test the narrow forms */
+#elif defined(__x86_64__) && defined(__GNUC__)
+#define FEQ_WIDE() __builtin_cpu_supports("avx512f")
+#else
+#define FEQ_WIDE() 0
+#endif
 #pragma GCC diagnostic ignored "-Wpsabi" /* vf never crosses a non-inlined call */
 
 FEQ_INLINE vf vload(const float *p)
@@ -65,11 +77,12 @@ FEQ_INLINE void tap_sums_k(float *restrict s, const float *restrict g, const flo
     for (int j = 0; j < k; ++j) vstore(s + j * LANES, a[j]);
 }
 
-/* tap_sums_k for any k: the common odd sizes as constants, others through a plain loop */
+/* tap_sums_k for any k: wide, the common odd sizes as constants; narrow (GCC lowers vf arrays
+ * through memory where vf spans several registers) and other sizes, a plain loop */
 FEQ_INLINE void tap_sums(float *restrict s, const float *restrict g, const float *restrict u,
-                         int n, int k)
+                         int n, int k, int wide)
 {
-    switch (k) {
+    switch (wide ? k : 0) {
     case 3: tap_sums_k(s, g, u, n, 3); break;
     case 5: tap_sums_k(s, g, u, n, 5); break;
     case 7: tap_sums_k(s, g, u, n, 7); break;
