@@ -108,6 +108,12 @@ FEQ_INLINE void conv_rows(const float *in, size_t is, int C, const float *w, int
                        out + (size_t)o * os, os, t0, n, 1, 8);
 }
 
+/* whether this build on this CPU runs the wide forms (simd.h, FEQ_WIDE): for tests and benches */
+int feq_kernels_wide(void)
+{
+    return FEQ_WIDE() != 0;
+}
+
 FEQ_CLONES
 int feq_conv_fwd(const float *x, const float *w, const float *bias, float *y, int batch,
                  int groups, int channels, int outputs, int length_in, int kernel, int left,
