@@ -8,6 +8,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,9 +49,9 @@ def test_narrow_build_runs_the_narrow_forms(narrow_lib):
     default = kernels.library()
     assert default is not None
     # the default build picks the wide forms exactly where the CPU has AVX-512
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else None
-    if flags is not None and os.uname().machine == "x86_64":
-        assert default.feq_kernels_wide() == int(" avx512f" in flags)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and os.uname().machine == "x86_64":
+        assert default.feq_kernels_wide() == int(" avx512f" in cpuinfo.read_text())
 
 
 @pytest.mark.parametrize(
