@@ -2,7 +2,7 @@
 process, with the fused training kernels (feq_lab.models.kernels.autograd) on and off.
 
     python bench/training.py [--passes 4] [--block 2] [--kernels both|on|off] [--epoch]
-    python bench/training.py --kernels-only [--threads 1]   # each kernel vs torch autograd
+    python bench/training.py --kernels-only [--threads 1] [--batch 16]  # kernels vs torch autograd
 
 A train step is what the lab's training loop does per batch: batch 32 of (3, 6000) windows,
 forward (logits), weighted BCE against random targets, backward, Adam step, with
@@ -185,6 +185,39 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> dict[str, float]:
     }
 
 
+# FEQ3's separable stages: (input channels, input length, kernel, output channels, groups,
+# upsample, crop, pool), the decoders' three side by side as groups (what training runs)
+FEQ3_STAGES = {
+    "sep enc1 3->8 k11 /3": (3, 6000, 11, 8, 1, 1, (0, 0), 3),
+    "sep enc2 8->16 k9 /3": (8, 2000, 9, 16, 1, 1, (0, 0), 3),
+    "sep enc3 16->16 k7 /3": (16, 667, 7, 16, 1, 1, (0, 0), 3),
+    "sep enc4 16->16 k7 /2": (16, 223, 7, 16, 1, 1, (0, 0), 2),
+    "sep enc5 16->32 k5 /2": (16, 112, 5, 32, 1, 1, (0, 0), 2),
+    "sep dec1 3x 16->32 x2": (48, 56, 3, 96, 3, 2, (0, 0), 1),
+    "sep dec2 3x 32->16 x2": (96, 112, 5, 48, 3, 2, (1, 0), 1),
+    "sep dec3 3x 16->16 x3": (48, 223, 5, 48, 3, 3, (1, 1), 1),
+    "sep dec4 3x 16->16 x3": (48, 667, 5, 48, 3, 3, (1, 0), 1),
+    "sep dec5 3x 16->8 x3": (48, 2000, 7, 24, 3, 3, (0, 0), 1),
+}
+
+
+def _stage_leaves(leaf: Callable, batch: int, spec: tuple) -> tuple:
+    """Input, weights and options of one FEQ3_STAGES entry (weights scaled like a trained
+    model's, so ReLUs and pools see both signs)."""
+    channels, length, kernel, outputs, groups, up, crop, pool = spec
+    x = leaf(batch, channels, length)
+    dw = leaf(channels, 1, kernel, scale=0.3)
+    pw = leaf(outputs, channels // groups, 1, scale=0.3)
+    opts = {"groups": groups, "upsample": up, "crop": crop, "pool": pool}
+    return x, dw, pw, leaf(outputs, scale=0.1), opts
+
+
+def _chain(x: torch.Tensor, stages: list, native: bool) -> torch.Tensor:
+    for dw, pw, b, opts in stages:
+        x = ka.separable_stage(x, dw, pw, b, native=native, **opts)
+    return x
+
+
 def kernel_cases(batch: int) -> dict[str, tuple[Callable, Callable]]:
     """(kernel, torch) forward + backward of each kernel on FEQ3's training shapes."""
     g = torch.Generator().manual_seed(0)
@@ -213,26 +246,18 @@ def kernel_cases(batch: int) -> dict[str, tuple[Callable, Callable]]:
         cases["GRU torch (B,56,16)->16"][0],
         fwd_bwd(lambda: gru(x)[0]),
     )
-    stages = [(3, 8, 11, 3), (8, 16, 9, 3), (16, 16, 7, 3), (16, 16, 7, 2), (16, 32, 5, 2)]
     xe = leaf(batch, 3, 6000)
-    weights = [(leaf(c, 1, k), leaf(o, c, 1), leaf(o), p) for c, o, k, p in stages]
-
-    def encoder(native: bool) -> torch.Tensor:
-        y = xe
-        for dw, pw, b, p in weights:
-            y = ka.separable_stage(y, dw, pw, b, pool=p, native=native)
-        return y
-
+    enc = [_stage_leaves(leaf, batch, s)[1:] for n, s in FEQ3_STAGES.items() if "enc" in n]
     cases["FEQ3 encoder (5 stages)"] = (
-        fwd_bwd(lambda: encoder(True)),
-        fwd_bwd(lambda: encoder(False)),
+        fwd_bwd(lambda: _chain(xe, enc, True)),
+        fwd_bwd(lambda: _chain(xe, enc, False)),
     )
-    xd, dw, pw, b = leaf(batch, 48, 2000), leaf(48, 1, 7), leaf(24, 16, 1), leaf(24)
-    opts = {"groups": 3, "upsample": 3}
-    cases["decoder stage 2000->6000 x3"] = (
-        fwd_bwd(lambda: ka.separable_stage(xd, dw, pw, b, **opts)),
-        fwd_bwd(lambda: ka.separable_stage(xd, dw, pw, b, native=False, **opts)),
-    )
+    for name, spec in FEQ3_STAGES.items():
+        xs, dw, pw, b, opts = _stage_leaves(leaf, batch, spec)
+        cases[f"  {name}"] = (
+            fwd_bwd(lambda xs=xs, w=(dw, pw, b), o=opts: ka.separable_stage(xs, *w, **o)),
+            fwd_bwd(lambda xs=xs, w=(dw, pw, b), o=opts: ka.separable_stage(xs, *w, native=False, **o)),
+        )  # fmt: skip
     xh, wh, bh = leaf(batch, 24, 6000), leaf(3, 8, 11), leaf(3)
     cases["decoder heads 8->1 k11 x3"] = (
         fwd_bwd(lambda: ka.same_conv(xh, wh, bh, groups=3)),

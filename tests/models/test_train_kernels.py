@@ -157,6 +157,9 @@ STAGES = [
     (2, 3, 16, 16, 60, 5, 3, (1, 1), 1),  # decoder stage, three decoders side by side
     (2, 3, 16, 8, 50, 7, 3, (0, 0), 1),
     (1, 2, 5, 3, 17, 4, 2, (2, 1), 3),  # odd everything
+    # 8 + 4 + 1 outputs (every pointwise block width), two tiles with a ragged tail
+    (2, 2, 8, 13, 130, 9, 3, (1, 2), 1),
+    (1, 1, 4, 12, 300, 13, 1, (0, 0), 2),  # a kernel wider than the register-blocked ones
 ]
 
 
@@ -203,6 +206,7 @@ def test_separable_stage_without_bias_or_relu():
         (2, 1, 5, 3, 37, 4, None),
         (3, 2, 4, 6, 50, 3, (0, 0)),
         (1, 1, 3, 2, 20, 5, (4, 1)),
+        (2, 1, 9, 13, 300, 13, None),  # 8 + 4 + 1 output blocks both ways, a wide kernel
     ],
 )
 def test_same_conv_matches_reference(batch, groups, channels, outputs, length, kernel, padding):

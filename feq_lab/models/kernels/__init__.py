@@ -5,7 +5,8 @@ per-step loop of small ops), and its CPU depthwise conv1d is so slow at batch 1 
 separable conv into a dense one, several times the work, was faster; GRUs and separable convs
 are what FEQ3 uses to be small. `gru.c` runs the GRU recurrence,
 `sepconv.c` a whole separable conv stage (upsample, crop, depthwise, pointwise, ReLU, pool). Both
-are plain C99, built together with the system C compiler into a per-user cache
+are plain C99 (the training kernels, `*_train.c`, also use GNU C vector extensions through
+`simd.h`: GCC and Clang), built together with the system C compiler into a per-user cache
 (`$FEQ_LAB_KERNEL_CACHE`, default `~/.cache/feq_lab/kernels`), written to a temporary file and
 renamed, so concurrent first uses never load a half-written library. Without a compiler, or with
 `FEQ_LAB_NO_KERNELS=1`, every caller falls back to the torch ops (same function, slower).
@@ -32,6 +33,7 @@ from feq_lab.paths import atomic_path
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
+HEADERS = tuple(sorted(Path(__file__).parent.glob("*.h")))  # part of the build's cache key
 CFLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
 
 
@@ -45,7 +47,7 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (disabled, no compiler, or the build failed: logged once)."""
     if os.environ.get("FEQ_LAB_NO_KERNELS", "") not in ("", "0"):
         return None
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     tag = hashlib.sha256(
         source + " ".join((*CFLAGS, str(compiler), platform.machine())).encode()

@@ -6,8 +6,9 @@ nodes back); a separable conv stage is a chain of depthwise conv (slow on PyTorc
 pointwise conv, ReLU and pooling, each a full pass over the signal forward and backward; and
 oneDNN runs thin dense convs such as the decoders' 8 → 1 channel heads at ~1 GMAC/s (backward
 worst). Measured on FEQ3's shapes (batch 32, one thread, forward + backward): GRU direction 2.7×
-faster than nn.GRU, 5× than the Keras-style cell in torch; the encoder's separable stages ~3×;
-a decoder's last stage ~8× the unfolded torch ops; the head ~8× oneDNN.
+faster than nn.GRU, 5× than the Keras-style cell in torch; the encoder's separable stages ~6×,
+the decoders' 2-6× the unfolded torch ops; the heads ~12× oneDNN (`bench/training.py
+--kernels-only`; on AVX-512 the C loops are register-blocked, kernels/simd.h).
 
 - `gru_sequence`: one GRU direction, `nn.GRU` ("torch") or Keras 2.3.1 reset_after=False
   ("keras") semantics (gru_train.c).

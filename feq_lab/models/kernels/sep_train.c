@@ -33,12 +33,13 @@
 #define FEQ_CLONES
 #endif
 
-#define LANES 16
+#include "simd.h"
+
 #define TILE 256 /* a multiple of BLK */
 #define BLK 64 /* 4 independent 16-lane accumulators: hides the FMA latency */
 
 /* sum of a[t] b[t] in 16 independent partial sums: vectorises without reassociating floats */
-static inline float dot(const float *a, const float *b, int n)
+FEQ_INLINE float dot(const float *a, const float *b, int n)
 {
     float acc[LANES] = {0};
     int t = 0;
@@ -50,7 +51,7 @@ static inline float dot(const float *a, const float *b, int n)
     return s;
 }
 
-static inline float sum(const float *a, int n)
+FEQ_INLINE float sum(const float *a, int n)
 {
     float acc[LANES] = {0};
     int t = 0;
@@ -64,7 +65,7 @@ static inline float sum(const float *a, int n)
 
 /* row[i] = xc[(q + i) / up] for i < m (nearest upsampling, starting at upsampled index q);
  * the common factors get branch-free loops */
-static inline void upsample_row(float *row, const float *xc, int q, int m, int up)
+FEQ_INLINE void upsample_row(float *row, const float *xc, int q, int m, int up)
 {
     if (up == 1) {
         memcpy(row, xc + q, sizeof(float) * (size_t)m);
@@ -89,7 +90,7 @@ static inline void upsample_row(float *row, const float *xc, int q, int m, int u
 }
 
 /* the adjoint of upsample_row: gxc[(q + i) / up] += g[i] for i < m */
-static inline void downsample_row(float *gxc, const float *g, int q, int m, int up)
+FEQ_INLINE void downsample_row(float *gxc, const float *g, int q, int m, int up)
 {
     if (up == 1) {
         for (int i = 0; i < m; ++i) gxc[q + i] += g[i];
@@ -115,9 +116,9 @@ static inline void downsample_row(float *gxc, const float *g, int q, int m, int 
 
 /* depthwise outputs d[c][0..n) of tile [t0, t0 + n) for the C channels of one group, and the
  * padded input rows they read: useg[c][i] = u_padded[t0 + i], i < n + k - 1 */
-static inline void depthwise_tile(float *dt, float *useg, const float *xg, const float *dwg, int C,
-                                  int length_in, int L, int up, int crop_left, int kernel,
-                                  int left, int t0, int n)
+FEQ_INLINE void depthwise_tile(float *dt, float *useg, const float *xg, const float *dwg, int C,
+                               int length_in, int L, int up, int crop_left, int kernel, int left,
+                               int t0, int n)
 {
     const int span = n + kernel - 1;
     for (int c = 0; c < C; ++c) {
@@ -131,6 +132,12 @@ static inline void depthwise_tile(float *dt, float *useg, const float *xg, const
             i += m;
         }
         for (; i < span; ++i) us[i] = 0.0f;
+        /* the next tile's input samples: C rows read a few cache lines at a time are too many
+         * short streams for the hardware prefetcher */
+        const int s0 = (t0 + TILE - left + crop_left) / up;
+        int s1 = (t0 + 2 * TILE + kernel - left + crop_left) / up + 1;
+        if (s1 > length_in) s1 = length_in;
+        for (int p = s0 > 0 ? s0 : 0; p < s1; p += LANES) __builtin_prefetch(xc + p);
         const float *w = dwg + (size_t)c * kernel;
         float *dc = dt + (size_t)c * TILE;
         for (int i0 = 0; i0 < n; i0 += BLK) { /* us is readable BLK past the span */
@@ -145,12 +152,38 @@ static inline void depthwise_tile(float *dt, float *useg, const float *xg, const
     }
 }
 
+/* rows r[q * rs + i] (q < 8, i < n) = bias[q] + sum_c w[q * C + c] dt[c][i], ReLU'd if relu:
+ * eight pointwise outputs of one tile at once, 2 x 16 samples per pass (16 accumulators: each
+ * load of a depthwise block feeds eight multiply-adds) */
+FEQ_INLINE void pointwise_rows8(float *restrict r, int rs, const float *restrict w, int C,
+                                const float *restrict bias, const float *restrict dt, int n,
+                                int relu)
+{
+    enum { W = 2 * LANES };
+    for (int i0 = 0; i0 < n; i0 += W) { /* dt rows hold TILE, a multiple of W */
+        float a[8][W];
+        for (int q = 0; q < 8; ++q)
+            for (int i = 0; i < W; ++i) a[q][i] = bias ? bias[q] : 0.0f;
+        for (int c = 0; c < C; ++c) {
+            const float *d = dt + (size_t)c * TILE + i0;
+            for (int q = 0; q < 8; ++q) {
+                const float wq = w[q * C + c];
+                for (int i = 0; i < W; ++i) a[q][i] += wq * d[i];
+            }
+        }
+        if (relu)
+            for (int q = 0; q < 8; ++q)
+                for (int i = 0; i < W; ++i) a[q][i] = a[q][i] > 0.0f ? a[q][i] : 0.0f;
+        for (int q = 0; q < 8; ++q) copy_block(r + (size_t)q * rs + i0, a[q], n - i0, W);
+    }
+}
+
 /* rows r[q * rs + i] (q < 4, i < n) = bias[q] + sum_c w[q * C + c] dt[c][i], ReLU'd if relu:
  * four pointwise outputs of one tile at once (one load of each depthwise block feeds four
  * multiply-adds) */
-static inline void pointwise_rows4(float *restrict r, int rs, const float *restrict w, int C,
-                                   const float *restrict bias, const float *restrict dt, int n,
-                                   int relu)
+FEQ_INLINE void pointwise_rows4(float *restrict r, int rs, const float *restrict w, int C,
+                                const float *restrict bias, const float *restrict dt, int n,
+                                int relu)
 {
     for (int i0 = 0; i0 < n; i0 += LANES) {
         float a0[LANES], a1[LANES], a2[LANES], a3[LANES];
@@ -177,18 +210,17 @@ static inline void pointwise_rows4(float *restrict r, int rs, const float *restr
                 a2[i] = a2[i] > 0.0f ? a2[i] : 0.0f;
                 a3[i] = a3[i] > 0.0f ? a3[i] : 0.0f;
             }
-        const size_t m = (size_t)(n - i0 < LANES ? n - i0 : LANES);
-        memcpy(r + i0, a0, sizeof(float) * m);
-        memcpy(r + (size_t)rs + i0, a1, sizeof(float) * m);
-        memcpy(r + 2 * (size_t)rs + i0, a2, sizeof(float) * m);
-        memcpy(r + 3 * (size_t)rs + i0, a3, sizeof(float) * m);
+        copy_block(r + i0, a0, n - i0, LANES);
+        copy_block(r + (size_t)rs + i0, a1, n - i0, LANES);
+        copy_block(r + 2 * (size_t)rs + i0, a2, n - i0, LANES);
+        copy_block(r + 3 * (size_t)rs + i0, a3, n - i0, LANES);
     }
 }
 
 /* acc[e][i] = sum_o p[o C + e] gy[o gys + i], e < 4, i < BLK: four channels' block of the
  * pointwise half's input gradient at once (each gy load feeds four multiply-adds) */
-static inline void transpose_pointwise4(float acc[4][BLK], const float *restrict p, int C, int O,
-                                        const float *restrict gy, size_t gys)
+FEQ_INLINE void transpose_pointwise4(float acc[4][BLK], const float *restrict p, int C, int O,
+                                     const float *restrict gy, size_t gys)
 {
     float a0[BLK] = {0}, a1[BLK] = {0}, a2[BLK] = {0}, a3[BLK] = {0};
     for (int o = 0; o < O; ++o) {
@@ -208,17 +240,139 @@ static inline void transpose_pointwise4(float acc[4][BLK], const float *restrict
     memcpy(acc[3], a3, sizeof(a3));
 }
 
-/* ga[j][lane] += sum over the block's samples h of g[h] us[h + j] (lanes: h mod LANES): one
- * block's share of the depthwise weight gradient, from the gd block g and the padded input row */
-static inline void depthwise_grad_block(float *restrict ga, const float *restrict g,
-                                        const float *restrict us, int kernel)
+/* gw[q * C + e] += sum_{i < n} r[q][i] d[e][i], q, e < 4 (r rows `rs` apart, d rows TILE apart,
+ * both zero from n to the next multiple of LANES): a 4 x 4 block of the pointwise weight
+ * gradient, wide in 16 vector accumulators (8 loads feed 16 multiply-adds), narrow as four 2 x 2
+ * blocks (FEQ_WIDE); the same sums in the same order either way */
+FEQ_INLINE void pointwise_grad4x4(float *restrict gw, int C, const float *restrict r, size_t rs,
+                                  const float *restrict d, int n, int wide)
 {
-    for (int j = 0; j < kernel; ++j) {
-        float t[LANES];
-        for (int i = 0; i < LANES; ++i) t[i] = ga[j * LANES + i];
-        for (int h = 0; h < BLK; h += LANES)
-            for (int i = 0; i < LANES; ++i) t[i] += g[h + i] * us[j + h + i];
-        for (int i = 0; i < LANES; ++i) ga[j * LANES + i] = t[i];
+    if (!wide) {
+        for (int q = 0; q < 4; q += 2)
+            for (int e = 0; e < 4; e += 2) {
+                const float *r0 = r + q * rs, *r1 = r0 + rs;
+                const float *d0 = d + (size_t)e * TILE, *d1 = d0 + TILE;
+                vf a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
+                for (int i = 0; i < n; i += LANES) {
+                    const vf x0 = vload(d0 + i), x1 = vload(d1 + i);
+                    const vf v0 = vload(r0 + i), v1 = vload(r1 + i);
+                    a00 += v0 * x0, a01 += v0 * x1, a10 += v1 * x0, a11 += v1 * x1;
+                }
+                gw[q * C + e] += vsum(a00);
+                gw[q * C + e + 1] += vsum(a01);
+                gw[(q + 1) * C + e] += vsum(a10);
+                gw[(q + 1) * C + e + 1] += vsum(a11);
+            }
+        return;
+    }
+    vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+    vf c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, e0 = {0}, e1 = {0}, e2 = {0}, e3 = {0};
+    for (int i = 0; i < n; i += LANES) {
+        const vf d0 = vload(d + i), d1 = vload(d + TILE + i), d2 = vload(d + 2 * TILE + i),
+                 d3 = vload(d + 3 * TILE + i);
+        vf v = vload(r + i);
+        a0 += v * d0, a1 += v * d1, a2 += v * d2, a3 += v * d3;
+        v = vload(r + rs + i);
+        b0 += v * d0, b1 += v * d1, b2 += v * d2, b3 += v * d3;
+        v = vload(r + 2 * rs + i);
+        c0 += v * d0, c1 += v * d1, c2 += v * d2, c3 += v * d3;
+        v = vload(r + 3 * rs + i);
+        e0 += v * d0, e1 += v * d1, e2 += v * d2, e3 += v * d3;
+    }
+    const vf acc[16] = {a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, e0, e1, e2, e3};
+    for (int q = 0; q < 16; ++q) gw[(q / 4) * C + q % 4] += vsum(acc[q]);
+}
+
+/* "same" max-pooling of one row r (L samples) with stride = size = p, the first window
+ * starting pool_left samples before r: out[i] = the window's maximum and idx[i] its first
+ * argmax, or 0 and -1 where relu and the maximum is <= 0 (its gradient is zero) */
+FEQ_INLINE void pool_window(float *out, int *idx, const float *r, int a, int e, int relu)
+{
+    float m = r[a];
+    int arg = a;
+    for (int t = a + 1; t < e; ++t) {
+        const float v = r[t];
+        arg = v > m ? t : arg;
+        m = v > m ? v : m;
+    }
+    const int keep = !relu || m > 0.0f;
+    *out = keep ? m : 0.0f;
+    *idx = keep ? arg : -1;
+}
+
+/* the windows inside [0, L): branch-free selects (data-dependent branches mispredict half the
+ * time) with p a constant after inlining */
+FEQ_INLINE void pool_inner(float *restrict out, int *restrict idx, const float *restrict r, int i0,
+                           int i1, const int p, int pool_left, int relu)
+{
+    for (int i = i0; i < i1; ++i) {
+        const int a = i * p - pool_left;
+        float m = r[a];
+        int arg = a;
+        for (int j = 1; j < p; ++j) {
+            const float v = r[a + j];
+            arg = v > m ? a + j : arg;
+            m = v > m ? v : m;
+        }
+        const int keep = !relu || m > 0.0f;
+        out[i] = keep ? m : 0.0f;
+        idx[i] = keep ? arg : -1;
+    }
+}
+
+/* the windows [i0, i1) lie inside [0, L): window i starts at i p - pool_left >= 0 (pool_left < p,
+ * so from i = 1 when pool_left > 0) and ends at i p - pool_left + p <= L */
+FEQ_INLINE void inner_windows(int *i0, int *i1, int L, int pooled, int p, int pool_left)
+{
+    *i0 = pool_left > 0 ? 1 : 0;
+    *i1 = (L + pool_left) / p;
+    if (*i1 > pooled) *i1 = pooled;
+    if (*i1 < *i0) *i1 = *i0;
+}
+
+FEQ_INLINE void pool_row(float *out, int *idx, const float *r, int L, int pooled, int p,
+                         int pool_left, int relu)
+{
+    int i0, i1;
+    inner_windows(&i0, &i1, L, pooled, p, pool_left);
+    switch (p) {
+    case 2: pool_inner(out, idx, r, i0, i1, 2, pool_left, relu); break;
+    case 3: pool_inner(out, idx, r, i0, i1, 3, pool_left, relu); break;
+    default: pool_inner(out, idx, r, i0, i1, p, pool_left, relu);
+    }
+    for (int i = 0; i < pooled; ++i) { /* the windows cut by the row's ends */
+        if (i == i0) i = i1;
+        if (i >= pooled) break;
+        int a = i * p - pool_left, e = a + p;
+        pool_window(out + i, idx + i, r, a < 0 ? 0 : a, e > L ? L : e, relu);
+    }
+}
+
+/* the adjoint of pool_row: r[t] = go[i] where t = idx[i], else 0 (windows do not overlap) */
+FEQ_INLINE void unpool_inner(float *restrict r, const float *restrict go, const int *restrict ix,
+                             int i0, int i1, const int p, int pool_left)
+{
+    for (int i = i0; i < i1; ++i) {
+        const int a = i * p - pool_left;
+        for (int j = 0; j < p; ++j) r[a + j] = ix[i] == a + j ? go[i] : 0.0f;
+    }
+}
+
+FEQ_INLINE void unpool_row(float *r, const float *go, const int *ix, int L, int pooled, int p,
+                           int pool_left)
+{
+    int i0, i1;
+    inner_windows(&i0, &i1, L, pooled, p, pool_left);
+    memset(r, 0, sizeof(float) * (size_t)L);
+    switch (p) {
+    case 2: unpool_inner(r, go, ix, i0, i1, 2, pool_left); break;
+    case 3: unpool_inner(r, go, ix, i0, i1, 3, pool_left); break;
+    default: unpool_inner(r, go, ix, i0, i1, p, pool_left);
+    }
+    for (int i = 0; i < pooled; ++i) {
+        if (i == i0) i = i1;
+        if (i >= pooled) break;
+        if (ix[i] >= 0) r[ix[i]] += go[i];
     }
 }
 
@@ -248,6 +402,9 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                 depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
                                crop_left, kernel, left, t0, n);
                 int o = 0;
+                for (; o + 8 <= O; o += 8) /* 8 outputs per pass: each d load feeds 8 */
+                    pointwise_rows8(yg + (size_t)o * L + t0, L, pw + (size_t)(g * O + o) * C, C,
+                                    bias ? bias + g * O + o : NULL, dt, n, relu && pool == 1);
                 for (; o + 4 <= O; o += 4) /* 4 outputs per pass: each d load feeds 4 */
                     pointwise_rows4(yg + (size_t)o * L + t0, L, pw + (size_t)(g * O + o) * C, C,
                                     bias ? bias + g * O + o : NULL, dt, n, relu && pool == 1);
@@ -265,30 +422,15 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                         }
                         if (relu && pool == 1)
                             for (int i = 0; i < BLK; ++i) acc[i] = acc[i] > 0.0f ? acc[i] : 0.0f;
-                        memcpy(r + i0, acc, sizeof(float) * (size_t)(n - i0 < BLK ? n - i0 : BLK));
+                        copy_block(r + i0, acc, n - i0, BLK);
                     }
                 }
             }
             if (pool == 1) continue;
             for (int o = 0; o < O; ++o) {
-                const float *r = y + (size_t)o * L;
                 const size_t base = ((size_t)b * GO + (size_t)g * O + o) * pooled;
-                for (int i = 0; i < pooled; ++i) {
-                    int a = i * pool - pool_left, e = a + pool;
-                    if (a < 0) a = 0;
-                    if (e > L) e = L;
-                    int arg = a;
-                    for (int t = a + 1; t < e; ++t)
-                        if (r[t] > r[arg]) arg = t;
-                    const float m = r[arg];
-                    if (relu && !(m > 0.0f)) {
-                        out[base + i] = 0.0f;
-                        idx[base + i] = -1;
-                    } else {
-                        out[base + i] = m;
-                        idx[base + i] = arg;
-                    }
-                }
+                pool_row(out + base, idx + base, y + (size_t)o * L, L, pooled, pool, pool_left,
+                         relu);
             }
         }
     }
@@ -306,6 +448,7 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                 int pool, int pool_left, int b0, int b1, int pooled)
 {
     const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
+    const int wide = FEQ_WIDE();
     const int padded = L + kernel - 1;
     const size_t ustride = (size_t)TILE + kernel - 1 + BLK; /* a useg row (depthwise_tile) */
     float *gacc = malloc(sizeof(float) * (size_t)C * kernel * LANES);
@@ -341,11 +484,8 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                     else
                         memcpy(r, go, sizeof(float) * (size_t)L);
                 } else {
-                    const float *go = gout + (orow + o) * pooled;
-                    const int *ix = idx + (orow + o) * pooled;
-                    memset(r, 0, sizeof(float) * (size_t)L);
-                    for (int i = 0; i < pooled; ++i)
-                        if (ix[i] >= 0) r[ix[i]] += go[i];
+                    unpool_row(r, gout + (orow + o) * pooled, idx + (orow + o) * pooled, L,
+                               pooled, pool, pool_left);
                 }
                 gbias[g * O + o] += sum(r, L);
             }
@@ -358,6 +498,12 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                 /* gpw[o, c] += gy[o] . d[c]: 2 outputs x 4 channels per pass (6 loads feed 8
                  * multiply-adds) */
                 int o = 0;
+                if (C % 4 == 0)
+                    for (; o + 4 <= O; o += 4)
+                        for (int c = 0; c < C; c += 4)
+                            pointwise_grad4x4(gpw + (size_t)(g * O + o) * C + c, C,
+                                              gy + (size_t)o * gys + t0, gys,
+                                              dt + (size_t)c * TILE, n, wide);
                 for (; o + 2 <= O; o += 2) {
                     const float *r0 = gy + (size_t)o * gys + t0, *r1 = r0 + gys;
                     float *gw0 = gpw + (size_t)(g * O + o) * C, *gw1 = gw0 + C;
@@ -392,8 +538,8 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                     float *gw = gpw + (size_t)(g * O + o) * C;
                     for (int c = 0; c < C; ++c) gw[c] += dot(r, dt + (size_t)c * TILE, n);
                 }
-                /* gd[c] = sum_o pw[o, c] gy[o]; and while this tile's gd and padded input rows
-                 * are in L1, the depthwise weight gradient's lanes gacc[c, j] */
+                /* gd[c] = sum_o pw[o, c] gy[o]; then, while this tile's gd and padded input
+                 * rows are in L1, the depthwise weight gradient's lanes gacc[c, j] */
                 for (int c = 0; c < C; c += 4) {
                     const int nc = C - c < 4 ? C - c : 4;
                     for (int i0 = 0; i0 < n; i0 += BLK) {
@@ -410,16 +556,15 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                                     for (int i = 0; i < BLK; ++i) acc[e][i] += wc * r[i];
                                 }
                             }
-                        const size_t m = (size_t)(n - i0 < BLK ? n - i0 : BLK);
-                        for (int e = 0; e < nc; ++e) {
-                            memcpy(gd + (size_t)(c + e) * gds + (kernel - 1) + t0 + i0, acc[e],
-                                   sizeof(float) * m);
-                            /* acc is zero past n (gy is); useg rows are readable BLK past the
-                             * span */
-                            depthwise_grad_block(gacc + (size_t)(c + e) * kernel * LANES, acc[e],
-                                                 useg + (size_t)(c + e) * ustride + i0, kernel);
-                        }
+                        for (int e = 0; e < nc; ++e)
+                            copy_block(gd + (size_t)(c + e) * gds + (kernel - 1) + t0 + i0, acc[e],
+                                   n - i0, BLK);
                     }
+                    /* gd rows are zero past L; useg rows are readable BLK past the span */
+                    for (int e = 0; e < nc; ++e)
+                        tap_sums(gacc + (size_t)(c + e) * kernel * LANES,
+                                 gd + (size_t)(c + e) * gds + (kernel - 1) + t0,
+                                 useg + (size_t)(c + e) * ustride, n, kernel, wide);
                 }
             }
             /* depthwise: gdw[c, j] += the lanes of gacc[c, j]; gu[s] = sum_j w[j] gd[s - j] (gd
@@ -438,7 +583,7 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                         const float *r = q + s0 - j;
                         for (int i = 0; i < BLK; ++i) acc[i] += wj * r[i];
                     }
-                    memcpy(gu + s0, acc, sizeof(float) * (size_t)(padded - s0 < BLK ? padded - s0 : BLK));
+                    copy_block(gu + s0, acc, padded - s0, BLK);
                 }
                 float *gxc = gx + ((size_t)b * GC + ch) * length_in;
                 memset(gxc, 0, sizeof(float) * (size_t)length_in);

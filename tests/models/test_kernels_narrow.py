@@ -1,0 +1,92 @@
+"""The training kernels' narrow forms (simd.h, FEQ_WIDE: CPUs without AVX-512 run them) compute
+the same as the references: the kernels built here with -D'FEQ_WIDE()=0', run through the same
+autograd functions training uses. Without this, an AVX-512 machine would never execute them."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from feq_lab.models import kernels
+from feq_lab.models.kernels import autograd as ka
+from tests.models.test_train_kernels import STAGES, _compare
+
+COMPILER = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C compiler on this machine")
+
+
+@pytest.fixture(scope="module")
+def narrow_lib(tmp_path_factory) -> ctypes.CDLL:
+    """The kernel library with the narrow forms forced, its entry points declared as
+    autograd declares them."""
+    target = tmp_path_factory.mktemp("narrow") / "feq_kernels_narrow.so"
+    subprocess.run(
+        [COMPILER, *kernels.CFLAGS, "-DFEQ_WIDE()=0", "-o", str(target),
+         *map(str, kernels.SOURCES), "-lm"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    lib = ctypes.CDLL(str(target))
+    patch = pytest.MonkeyPatch()
+    patch.setattr(kernels, "library", lambda: lib)
+    declared = ka._lib.__wrapped__()  # the declarations, on this library
+    patch.undo()
+    return declared
+
+
+@pytest.fixture
+def narrow(narrow_lib, monkeypatch):
+    monkeypatch.setattr(ka, "_lib", lambda: narrow_lib)
+
+
+def test_narrow_build_runs_the_narrow_forms(narrow_lib):
+    assert narrow_lib.feq_kernels_wide() == 0
+    default = kernels.library()
+    assert default is not None
+    # the default build picks the wide forms exactly where the CPU has AVX-512
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and os.uname().machine == "x86_64":
+        assert default.feq_kernels_wide() == int(" avx512f" in cpuinfo.read_text())
+
+
+@pytest.mark.parametrize(
+    ("batch", "groups", "channels", "outputs", "length", "kernel", "up", "crop", "pool"), STAGES
+)
+def test_separable_stage_narrow(narrow, batch, groups, channels, outputs, length, kernel, up, crop,
+                                pool):  # fmt: skip
+    g = torch.Generator().manual_seed(3)
+    params = [
+        torch.randn(batch, groups * channels, length, generator=g),
+        torch.randn(groups * channels, 1, kernel, generator=g),
+        torch.randn(groups * outputs, channels, 1, generator=g),
+        torch.randn(groups * outputs, generator=g),
+    ]
+    opts = {"groups": groups, "upsample": up, "crop": crop, "pool": pool}
+    _compare(
+        lambda *p: ka.separable_stage(*p, **opts),
+        lambda *p: ka.separable_stage_reference(*p, **opts),
+        params,
+    )
+
+
+@pytest.mark.parametrize(
+    ("batch", "groups", "channels", "outputs", "length", "kernel"),
+    [(2, 3, 8, 1, 200, 11), (2, 1, 9, 13, 300, 13), (3, 2, 4, 6, 50, 3)],
+)
+def test_same_conv_narrow(narrow, batch, groups, channels, outputs, length, kernel):
+    g = torch.Generator().manual_seed(5)
+    params = [
+        torch.randn(batch, groups * channels, length, generator=g),
+        torch.randn(groups * outputs, channels, kernel, generator=g),
+        torch.randn(groups * outputs, generator=g),
+    ]
+    _compare(
+        lambda *p: ka.same_conv(*p, groups=groups),
+        lambda *p: ka.same_conv_reference(*p, groups=groups),
+        params,
+    )
