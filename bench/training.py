@@ -5,7 +5,7 @@ process, with the fused training kernels (feq_lab.models.kernels.autograd) on an
     python bench/training.py --kernels-only [--threads 1] [--batch 16]  # kernels vs torch autograd
 
 A train step is what the lab's training loop does per batch: batch 32 of (3, 6000) windows,
-forward (logits), weighted BCE against random targets, backward, Adam step, with
+forward (logits), weighted BCE against random targets, backward, Adam step (fused, as in training), with
 `torch.set_num_threads(2)`. Candidates are timed round-robin (per pass each runs `block` timed
 steps after one untimed one), so a shared machine slows them alike; the figure is the median.
 Wall time and process CPU time (all threads of this process: torch's and the kernels') are both
@@ -65,7 +65,8 @@ def make_step(
     model: nn.Module, logits: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], probs: bool
 ) -> Callable[[torch.Tensor, Sequence[torch.Tensor]], float]:
     """One optimiser step on (x, targets); BCE on logits (ours) or on probabilities (peer)."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # fused: as the training loop builds it (feq_lab/training/module.py), for every candidate
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     loss_fn = F.binary_cross_entropy if probs else F.binary_cross_entropy_with_logits
 
     def step(x: torch.Tensor, targets: Sequence[torch.Tensor]) -> float:
