@@ -41,12 +41,7 @@ from feq_lab.evaluation.edges import (
     right_edge_excess,
     window_end_maxima,
 )
-from feq_lab.streaming.engine import (
-    WINDOW,
-    EngineConfig,
-    StreamEngine,
-    run_blocks,
-)
+from feq_lab.streaming.engine import WINDOW, EngineConfig, StreamEngine
 from feq_lab.streaming.sources import build_scenario, record_blocks
 
 RATE = 100
@@ -64,7 +59,9 @@ def stacked(predict, station: str, start: float, data: np.ndarray, stride: int,
     """The engine's combined (3, n) det/P/S of the whole record."""
     cfg = EngineConfig(stride=stride, combine=combine, history_s=data.shape[1] / RATE + 600)
     engine = StreamEngine(predict, "bench", cfg)
-    run_blocks(engine, record_blocks(station, start, data, block_s=60.0))
+    for block in record_blocks(station, start, data, block_s=60.0):
+        engine.feed(block)
+    engine.flush()
     st = engine.stations[station]
     return engine.probabilities(st, 0, st.final)
 
