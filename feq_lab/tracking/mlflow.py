@@ -350,6 +350,29 @@ class Tracker:
                 return target
         return None
 
+    def measured_latency(self, training_run_id: str) -> tuple[dict[str, float], dict[str, str]]:
+        """Latency metrics and `feq.latency.*` tags for a training run: its own when it measured
+        them, else those of its newest FINISHED evaluation run that did ((metrics, tags); empty
+        when none did). Why: a DVC study's training stages leave latency to the evaluate stage,
+        which times every variant alone and logs it on an evaluation run of that training; a
+        later re-evaluation (a threshold grid) must carry the same figure, not NaN."""
+        def finite(metrics: Mapping[str, float]) -> dict[str, float]:
+            return {k: float(v) for k, v in metrics.items()
+                    if k.startswith("latency/") and math.isfinite(float(v))}
+
+        own = self.get_record(training_run_id)
+        if finite(own.metrics):
+            return finite(own.metrics), {}
+        filt = (f"tags.`{TAG_EVALUATED_RUN}` = '{training_run_id}' and "
+                "attributes.status = 'FINISHED'")
+        for run in with_retry(self.client.search_runs, [self.experiment_id], filt,
+                              max_results=50, order_by=["attributes.start_time DESC"]):
+            metrics = finite(run.data.metrics)
+            if metrics:
+                return metrics, {k: v for k, v in run.data.tags.items()
+                                 if k.startswith("feq.latency.")}
+        return {}, {}
+
     def study_parent(self, study: str, name: str | None = None) -> str:
         """The parent run of a named study (created once; a DVC stage's run nests under it).
 

@@ -174,3 +174,24 @@ def test_experiment_opens_as_model_training_and_finds_trainings_not_evaluations(
     assert tracker.find_finished("h", "v", "c1") == trained
     assert tracker.find_finished("h", "v", "c2") is None  # other training code: train again
     assert tracker.study_parent("s") == tracker.study_parent("s")  # one parent per study
+
+
+def test_a_re_evaluation_carries_the_latency_its_training_was_timed_at(tracker):
+    """A DVC study's training run leaves latency NaN (the evaluate stage times every variant
+    alone and logs it on an evaluation run of that training): `measured_latency` finds it there,
+    so a later threshold re-evaluation carries the figure instead of NaN; a training that timed
+    itself keeps its own figure."""
+    from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN
+
+    key = "latency/onnx_window_ms_p50"
+    with tracker.child_run(name="FEQ3") as trained:
+        tracker.log_metrics({key: float("nan")}, run_id=trained)
+    assert tracker.measured_latency(trained) == ({}, {})
+    with tracker.child_run(tags={TAG_EVALUATED_RUN: trained, "feq.latency.threads": "1"},
+                           name="FEQ3 evaluated") as evaluated:
+        tracker.log_metrics({key: 0.9, "test/p_f1": 0.95}, run_id=evaluated)
+    metrics, tags = tracker.measured_latency(trained)
+    assert metrics == {key: 0.9} and tags == {"feq.latency.threads": "1"}
+    with tracker.child_run(name="FEQ2") as timed:
+        tracker.log_metrics({key: 0.8}, run_id=timed)
+    assert tracker.measured_latency(timed) == ({key: 0.8}, {})
