@@ -11,11 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from feq_lab.models import kernels
 from feq_lab.models.kernels import autograd as ka
-from tests.models.test_train_kernels import STAGES, _compare
+from tests.models.test_train_kernels import STAGES, check_same_conv, check_separable_stage
 
 COMPILER = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C compiler on this machine")
@@ -59,19 +58,7 @@ def test_narrow_build_runs_the_narrow_forms(narrow_lib):
 )
 def test_separable_stage_narrow(narrow, batch, groups, channels, outputs, length, kernel, up, crop,
                                 pool):  # fmt: skip
-    g = torch.Generator().manual_seed(3)
-    params = [
-        torch.randn(batch, groups * channels, length, generator=g),
-        torch.randn(groups * channels, 1, kernel, generator=g),
-        torch.randn(groups * outputs, channels, 1, generator=g),
-        torch.randn(groups * outputs, generator=g),
-    ]
-    opts = {"groups": groups, "upsample": up, "crop": crop, "pool": pool}
-    _compare(
-        lambda *p: ka.separable_stage(*p, **opts),
-        lambda *p: ka.separable_stage_reference(*p, **opts),
-        params,
-    )
+    check_separable_stage(batch, groups, channels, outputs, length, kernel, up, crop, pool)
 
 
 @pytest.mark.parametrize(
@@ -79,14 +66,4 @@ def test_separable_stage_narrow(narrow, batch, groups, channels, outputs, length
     [(2, 3, 8, 1, 200, 11), (2, 1, 9, 13, 300, 13), (3, 2, 4, 6, 50, 3)],
 )
 def test_same_conv_narrow(narrow, batch, groups, channels, outputs, length, kernel):
-    g = torch.Generator().manual_seed(5)
-    params = [
-        torch.randn(batch, groups * channels, length, generator=g),
-        torch.randn(groups * outputs, channels, kernel, generator=g),
-        torch.randn(groups * outputs, generator=g),
-    ]
-    _compare(
-        lambda *p: ka.same_conv(*p, groups=groups),
-        lambda *p: ka.same_conv_reference(*p, groups=groups),
-        params,
-    )
+    check_same_conv(batch, groups, channels, outputs, length, kernel)

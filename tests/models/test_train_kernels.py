@@ -169,6 +169,12 @@ STAGES = [
 def test_separable_stage_matches_reference(
     batch, groups, channels, outputs, length, kernel, up, crop, pool
 ):
+    check_separable_stage(batch, groups, channels, outputs, length, kernel, up, crop, pool)
+
+
+def check_separable_stage(batch, groups, channels, outputs, length, kernel, up, crop, pool):
+    """`separable_stage` against its reference, outputs and gradients, with whichever library
+    `ka._lib` gives (test_kernels_narrow.py runs it on the narrow forms)."""
     g = torch.Generator().manual_seed(3)
     params = [
         torch.randn(batch, groups * channels, length, generator=g),
@@ -210,6 +216,12 @@ def test_separable_stage_without_bias_or_relu():
     ],
 )
 def test_same_conv_matches_reference(batch, groups, channels, outputs, length, kernel, padding):
+    check_same_conv(batch, groups, channels, outputs, length, kernel, padding)
+
+
+def check_same_conv(batch, groups, channels, outputs, length, kernel, padding=None):
+    """`same_conv` against its reference, outputs and gradients, with whichever library
+    `ka._lib` gives."""
     g = torch.Generator().manual_seed(5)
     params = [
         torch.randn(batch, groups * channels, length, generator=g),
