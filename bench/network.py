@@ -155,9 +155,9 @@ def child(args: argparse.Namespace) -> None:
         "windows": engine.windows_run,
         "edge_windows": engine.edge_windows_run,
         # right-edge windows whose station needed no provisional decoding (no trigger)
-        "edge_windows_quiet": getattr(engine, "edge_windows_quiet", None),
+        "edge_windows_quiet": engine.edge_windows_quiet,
         # right-edge windows that were a regular window too (one model run for both)
-        "edge_windows_shared": getattr(engine, "edge_windows_shared", None),
+        "edge_windows_shared": engine.edge_windows_shared,
         "predict_calls": engine.predict_calls,
         "p_picked": int(lat.size),
         "p_latency_s_p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
@@ -272,7 +272,7 @@ def main() -> None:
     parser.add_argument("--seisbench-stations", type=int, default=4)
     parser.add_argument("--skip-seisbench", action="store_true")
     parser.add_argument("--work", default=None,
-                        help="keep the scenario pool and ONNX export here and reuse them")
+                        help="keep the scenario pool here and reuse it (same --subset)")
     # internal: one configuration in a child process
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
@@ -295,9 +295,7 @@ def main() -> None:
     t = time.perf_counter()
     if not (pool_path.exists() and np.load(pool_path, mmap_mode="r").shape[0] == k):
         build_pool(subset, k, pool_path)
-    label = f"FEQ3 {args.checkpoint}" if args.checkpoint else "FEQ3 untrained (seed 0)"
-    if not (args.work and (work / "feq3.onnx").exists()):
-        label = export_model(args.checkpoint, work / "feq3.onnx")
+    label = export_model(args.checkpoint, work / "feq3.onnx")  # seconds: always this checkpoint
     print(f"# {k} distinct scenarios ({time.perf_counter() - t:.1f} s to build); model {label};"
           f" onnxruntime 1 thread, batch {args.batch}; seconds {args.start}+{args.seconds} of"
           f" each station's record; right-edge window every {args.early_every} s;"

@@ -6,8 +6,9 @@ process, with the fused training kernels (feq_lab.models.kernels.autograd) on an
 
 A train step is what the lab's training loop does per batch: batch 32 of (3, 6000) windows,
 forward (logits), weighted BCE against random targets, backward, Adam step (fused, as in
-training), with `torch.set_num_threads(2)`. Candidates are timed round-robin (per pass each runs `block` timed
-steps after one untimed one), so a shared machine slows them alike; the figure is the median.
+training), with `torch.set_num_threads(2)`. Candidates are timed round-robin (per pass each runs
+`block` timed steps after one untimed one), so a shared machine slows them alike; the figure is
+the median.
 Wall time and process CPU time (all threads of this process: torch's and the kernels') are both
 reported; on a shared machine the CPU figures are the steadier ones. Goals (issue 15): FEQ3 ≤
 0.25 × our EQT, every lightweight preset ≤ 0.3 × our EQT, our EQT ≤ 0.7 × the peer.
