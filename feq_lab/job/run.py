@@ -266,7 +266,7 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
                              out_dir / "evaluation", early=early)
     training = tracker.get_record(training_run_id)
     result.metrics.update(training_metrics(training.metrics))
-    latency, latency_tags = tracker.measured_latency(training_run_id)
+    latency, latency_tags = tracker.measured_latency(training)
     result.metrics.update(latency)
     result.tags.update(latency_tags)
     return result

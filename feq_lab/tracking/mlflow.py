@@ -350,7 +350,7 @@ class Tracker:
                 return target
         return None
 
-    def measured_latency(self, training_run_id: str) -> tuple[dict[str, float], dict[str, str]]:
+    def measured_latency(self, training: RunRecord) -> tuple[dict[str, float], dict[str, str]]:
         """Latency metrics and `feq.latency.*` tags for a training run: its own when it measured
         them, else those of its newest FINISHED evaluation run that did ((metrics, tags); empty
         when none did). Why: a DVC study's training stages leave latency to the evaluate stage,
@@ -360,10 +360,10 @@ class Tracker:
             return {k: float(v) for k, v in metrics.items()
                     if k.startswith("latency/") and math.isfinite(float(v))}
 
-        own = self.get_record(training_run_id)
-        if finite(own.metrics):
-            return finite(own.metrics), {}
-        filt = (f"tags.`{TAG_EVALUATED_RUN}` = '{training_run_id}' and "
+        own = finite(training.metrics)
+        if own:
+            return own, {}
+        filt = (f"tags.`{TAG_EVALUATED_RUN}` = '{training.run_id}' and "
                 "attributes.status = 'FINISHED'")
         for run in with_retry(self.client.search_runs, [self.experiment_id], filt,
                               max_results=50, order_by=["attributes.start_time DESC"]):

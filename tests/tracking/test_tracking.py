@@ -186,12 +186,12 @@ def test_a_re_evaluation_carries_the_latency_its_training_was_timed_at(tracker):
     key = "latency/onnx_window_ms_p50"
     with tracker.child_run(name="FEQ3") as trained:
         tracker.log_metrics({key: float("nan")}, run_id=trained)
-    assert tracker.measured_latency(trained) == ({}, {})
+    assert tracker.measured_latency(tracker.get_record(trained)) == ({}, {})
     with tracker.child_run(tags={TAG_EVALUATED_RUN: trained, "feq.latency.threads": "1"},
                            name="FEQ3 evaluated") as evaluated:
         tracker.log_metrics({key: 0.9, "test/p_f1": 0.95}, run_id=evaluated)
-    metrics, tags = tracker.measured_latency(trained)
+    metrics, tags = tracker.measured_latency(tracker.get_record(trained))
     assert metrics == {key: 0.9} and tags == {"feq.latency.threads": "1"}
     with tracker.child_run(name="FEQ2") as timed:
         tracker.log_metrics({key: 0.8}, run_id=timed)
-    assert tracker.measured_latency(timed) == ({key: 0.8}, {})
+    assert tracker.measured_latency(tracker.get_record(timed)) == ({key: 0.8}, {})
