@@ -501,7 +501,7 @@ class StreamEngine:
         elif st.name in self._skewed:  # back within the tolerance of the clock
             self._skewed.discard(st.name)
         if st.hwm > 0 and st.name not in self._skewed:
-            newest = st.origin + (st.hwm - 1) / SAMPLING_RATE  # st.newest_time, inlined
+            newest = st.newest_time
             if self.clock is None or newest > self.clock:
                 self.clock = newest
         return st
