@@ -9,9 +9,10 @@
 Each station replays the study's scenario generator (`streaming.sources.build_scenario`: noise
 minutes then an earthquake trace, seeded): station k plays scenario seed k mod `--distinct`
 (distinct waveforms bound the benchmark's own memory; every station still has its own state and
-windows). All stations' records of one second are fed together (`StreamEngine.feed_all`), so the
-windows due anywhere in the network go through one onnxruntime call per `--batch` windows, on 1
-thread. For each N and early picking off / on, a fresh child process (numpy + onnxruntime, no
+windows). All stations' records of one second are fed together as one (N, 3, 100) array
+(`StreamEngine.feed_array`, what a network multiplexer hands over; `feed_all` of per-station
+`Block`s gives the same objects), so the windows due anywhere in the network go through one
+onnxruntime call per `--batch` windows, on 1 thread. For each N and early picking off / on, a fresh child process (numpy + onnxruntime, no
 torch: what a monitor needs) prints:
 - sustained throughput: station-seconds processed per wall-second (>= N = real time),
 - CPU time per station-second,
@@ -64,7 +65,7 @@ def child(args: argparse.Namespace) -> None:
     """One configuration in a fresh process: feed, time, score, measure memory."""
     import onnxruntime  # noqa: F401  (loaded before the baseline RSS is read)
 
-    from feq_lab.streaming.engine import Block, StreamEngine
+    from feq_lab.streaming.engine import StreamEngine
     from feq_lab.streaming.predictors import onnx_predictor
 
     # (K, 3, n) float32 in memory (K distinct records, a few MB): slicing a memmap costs more
@@ -104,16 +105,12 @@ def child(args: argparse.Namespace) -> None:
     wall_per_second = []
     emitted = []  # every object, in emission order (hashed after the timed loop)
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    rows = np.arange(args.n) % k_pool  # station k plays scenario k mod K
     for sec in range(first, first + seconds):
         a = sec * 100
-        records = []
-        for k, name in enumerate(names):
-            seg = pool[k % k_pool, :, a : a + 100]
-            records.append(
-                Block(name, T0 + sec, 100.0, {"HHE": seg[0], "HHN": seg[1], "HHZ": seg[2]})
-            )
+        records = pool[rows, :, a : a + 100]  # (N, 3, 100): the network's second, E, N, Z
         t = time.perf_counter()
-        objects = engine.feed_all(records)
+        objects = engine.feed_array(names, T0 + sec, records)
         wall_per_second.append(time.perf_counter() - t)
         emitted += objects
         for o in objects:
@@ -146,7 +143,7 @@ def child(args: argparse.Namespace) -> None:
         "throughput": round(station_seconds / wall, 1),
         "x_real_time": round(seconds / wall, 2),
         "cpu_ms_per_station_s": round(1e3 * cpu / station_seconds, 3),
-        # of which onnxruntime (the model) and the engine's feed_all calls (the rest: this
+        # of which onnxruntime (the model) and the engine's feed_array calls (the rest: this
         # bench building the records)
         "model_cpu_ms_per_station_s": round(1e3 * model_cpu[0] / station_seconds, 3),
         "feed_wall_s": round(float(np.sum(wall_per_second)), 2),

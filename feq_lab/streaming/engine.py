@@ -462,6 +462,76 @@ class StreamEngine:
         self._check_silence()
         return self._process(list(touched.values()), flush=False)
 
+    def feed_array(
+        self,
+        stations: Sequence[str],
+        starttime: float | Sequence[float] | np.ndarray,
+        data: np.ndarray,
+        channels: Sequence[str] = ("HHE", "HHN", "HHZ"),
+        sampling_rate: float = SAMPLING_RATE,
+    ) -> list[Event]:
+        """`feed_all` for records held as one array: `data[k]` (channels x samples) is the
+        record of `stations[k]`, starting at `starttime` (one POSIX time, or one per station).
+
+        Why: a network's multiplexer hands over a second of every station at once, and a
+        thousand per-record `Block`s cost more to build, check and copy than the model's share
+        of the work. Here the checks run once per array (shape, channel codes, sampling rate,
+        NaN/inf of every record in one reduction) and each station in the common case (its
+        record starts where its data end) takes one copy into its buffer. Every other record
+        (a new, silent, skewed or misaligned station, a NaN) goes through `feed_all`'s own
+        per-record path, in the same order: the result is `feed_all` on the equivalent blocks
+        (tests/streaming/test_network_intake.py)."""
+        names = list(stations)
+        x = np.asarray(data)
+        codes = tuple(str(c) for c in channels)
+        if x.ndim != 3 or x.shape[:2] != (len(names), len(codes)):
+            raise DataError(
+                f"feed_array: data of shape {x.shape}, expected ({len(names)} stations,"
+                f" {len(codes)} channels {list(codes)}, samples)"
+            )
+        try:
+            starts = np.broadcast_to(np.asarray(starttime, dtype=np.float64), (len(names),))
+        except ValueError:
+            raise DataError(
+                f"feed_array: {np.shape(starttime)} start times for {len(names)} stations"
+            ) from None
+        rows = tuple(_ORIENTATION.get(c[-1:].upper()) for c in codes)
+        common = (
+            len(codes) == 3
+            and None not in rows
+            and len(set(rows)) == 3
+            and x.dtype.kind in "fiu"
+            and x.shape[2] > 0
+            and abs(float(sampling_rate) - SAMPLING_RATE) <= 1e-6
+        )
+        finite = [False] * len(names)
+        if common:
+            # E, N, Z order and the buffers' float32, once for the whole array; a NaN or inf
+            # (or a sum overflowing float32) sends that station's record down the exact path
+            enz = x if rows == (0, 1, 2) else x[:, np.argsort(rows)]
+            enz = np.ascontiguousarray(enz, dtype=np.float32)
+            finite = np.isfinite(np.add.reduce(enz.reshape(len(names), -1), axis=1)).tolist()
+        touched: dict[str, _Station] = {}
+        for k, (name, t0) in enumerate(zip(names, starts.tolist())):
+            st = self.stations.get(name)
+            if (
+                finite[k]
+                and st is not None
+                and not (st.ended or st.silent or self._ahead(t0))
+                and name not in self._skewed
+                and self._append_enz(st, t0, enz[k])
+            ):
+                newest = st.origin + (st.hwm - 1) / SAMPLING_RATE
+                if self.clock is None or newest > self.clock:
+                    self.clock = newest
+            else:
+                st = self._store_block(
+                    Block(name, t0, float(sampling_rate), dict(zip(codes, x[k])))
+                )
+            touched[name] = st
+        self._check_silence()
+        return self._process(list(touched.values()), flush=False)
+
     def flush(self, station: str | None = None) -> list[Event]:
         """End of stream: fill what is missing, run the tail window, close open detections."""
         names = [station] if station is not None else list(self.stations)
@@ -509,11 +579,9 @@ class StreamEngine:
     def _from_the_future(self, st: _Station, start: float) -> bool:
         """A record starting more than `future_tolerance_s` after the clock, while other
         stations define the clock (a single station's gap cannot be told from a skew)."""
-        if self.clock is None or len(self.stations) < 2:
+        if not self._ahead(start):
             return False
         ahead = start - self.clock
-        if ahead <= self.cfg.future_tolerance_s:
-            return False
         st.once(
             "future",
             "station %s: record at %s starts %.1f s after the network's newest sample (%s):"
@@ -524,6 +592,14 @@ class StreamEngine:
             iso_utc(self.clock),
         )
         return True
+
+    def _ahead(self, start: float) -> bool:
+        """`_from_the_future`'s test, without its report."""
+        return (
+            self.clock is not None
+            and len(self.stations) >= 2
+            and start - self.clock > self.cfg.future_tolerance_s
+        )
 
     def _witnessed(self, st: _Station) -> None:
         """Two flagged stations that agree (within the tolerance) are a real jump of time (the
@@ -604,14 +680,38 @@ class StreamEngine:
         # overflowing sum of finite samples only sends the record down the exact slow path)
         if not math.isfinite(np.add.reduce(buf, axis=None)):
             return False
-        st.present.data[:, at : at + n] = True  # (present shares raw's base)
+        self._appended(st, at, start, stop)
+        return True
+
+    def _append_enz(self, st: _Station, t0: float, enz: np.ndarray) -> bool:
+        """`_append` for a record already checked (`feed_array`): finite float32 (3, n) rows
+        E, N, Z. False (nothing written) when it does not start where the station's data end."""
+        exact = (t0 - st.origin) * SAMPLING_RATE
+        start = round(exact)
+        if abs(exact - start) > 0.1 or start != st.hwm:
+            return False
+        if not st.aligned and st.channel_hwm != [start] * 3:
+            return False
+        stop = start + enz.shape[1]
+        raw = st.raw
+        if stop - raw.base > raw.data.shape[1]:
+            for series in (raw, st.present, st.filled):
+                series.ensure(stop)
+        at = start - raw.base
+        raw.data[:, at : at + enz.shape[1]] = enz
+        self._appended(st, at, start, stop)
+        return True
+
+    @staticmethod
+    def _appended(st: _Station, at: int, start: int, stop: int) -> None:
+        """The marks of a record written into the buffer at `at` by the common-case paths."""
+        st.present.data[:, at : at + stop - start] = True  # (present shares raw's base)
         if st.present_through == start:
             st.present_through = stop
         if not st.aligned:
             st.seen = [True, True, True]
             st.aligned = True
         st.hwm = stop
-        return True
 
     def _write_channel(self, st: _Station, code: str, t0: float, rate: float, samples: Any) -> None:
         row = _ORIENTATION.get(str(code)[-1:].upper())
@@ -718,8 +818,14 @@ class StreamEngine:
         decode each station right after its last window (so only one batch is held)."""
         out: list[Event] = []
         jobs: list[_Job] = []
+        regular_only = not (flush or self.cfg.early)
         for st in stations:
             self._commit(st, flush)
+            # (`_plan`'s first test inline: most stations have no window due most seconds)
+            if regular_only and st.next_window + WINDOW > st.committed:
+                if st.final != st.scanned_final:
+                    out += self._decide(st, flush, None)
+                continue
             planned = self._plan(st, flush)
             if planned:
                 planned[-1].last = True
@@ -964,10 +1070,16 @@ class StreamEngine:
             probs = self.probabilities(st, lo, st.final)
             n = probs.shape[1]
             start = st.scan - lo
-            runs = [
+            det = probs[0, start:]
+            # one reduction tells a quiet region (no sample above the threshold: no trigger);
+            # fmax ignores NaN as the threshold test does
+            quiet = not det.size or not above_threshold(
+                np.fmax.reduce(det), self.th_det, self.decoding.protocol
+            )
+            runs = [] if quiet else [
                 (on + start, off + start)
-                for on, off in find_triggers(probs[0, start:], self.th_det, self.decoding.protocol)
-            ]
+                for on, off in find_triggers(det, self.th_det, self.decoding.protocol)
+            ]  # fmt: skip
             ready = []
             for on, off in runs:
                 if not flush and (off >= n or off + self.lookahead > n):
@@ -976,9 +1088,10 @@ class StreamEngine:
                 ready.append((on, off))
             else:
                 st.scan = st.final
+            # (no trigger ready, no detection: the decoder's peak search is skipped)
             for det in decode_triggers(
                 probs[0], probs[1], probs[2], ready, self.thresholds, self.decoding
-            ):
+            ) if ready else ():
                 self._final(st, det.shifted(lo), emitted)
         for ev in [e for e in st.open if e.off <= st.scan]:  # decided, and not final
             st.open.remove(ev)
