@@ -210,6 +210,7 @@ class StackedDecoders:
     head: _Conv  # on the phases when there is a tail (output channels ordered decoder, phase)
     form: str
     channels_last: bool = False  # "train": run time-major (NHWC convs), see `_time_major`
+    phase_tail: _PhaseTail | None = None  # "onnx": the polyphase tail + head in separable form
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, 3·C, T), the detection, P and S decoder inputs stacked on channels."""
@@ -218,10 +219,15 @@ class StackedDecoders:
         for stage in self.stages:
             x = stage(x)
         f = self.tail_upsample
-        if self.tail_conv is not None:
+        if self.tail_conv is not None and self.phase_tail is None:
             x = F.relu(self.tail_conv(x))
-        # ONNX: the head as a 1×1 conv over every tap plus k shifted adds (see _conv_by_shifts)
-        head = _conv_by_shifts(self.head, x) if self.form == "onnx" else self.head(x)
+        if self.form != "onnx":
+            head = self.head(x)
+        elif self.phase_tail is not None:
+            head = _sum_shifted(self.head, self.phase_tail(x))
+        else:
+            # the head as a 1×1 conv over every tap plus k shifted adds (see _sum_shifted)
+            head = _sum_shifted(self.head, _tap_products(self.head.weight, x))
         y = _interleave(head, f, 3)  # (B, 3, samples)
         return y[:, 0], y[:, 1], y[:, 2]
 
@@ -241,24 +247,119 @@ class StackedDecoders:
         return out[:, 0], out[:, 1], out[:, 2]
 
 
-def _conv_by_shifts(conv: _Conv, x: torch.Tensor) -> torch.Tensor:
-    """The grouped conv as one 1×1 conv giving every tap's product, then the k shifted products
-    summed: y[t] = b + Σ_j W_j x[t + j − left]. For the export of the head (few output channels):
+def _padded(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+def _tap_products(weight: torch.Tensor, x: torch.Tensor, block: int = 1) -> torch.Tensor:
+    """Every tap's product of a grouped (groups = 3) conv `weight` (C_out, C_in / 3, k) with x,
+    as one 1×1 conv: (B, 3·G, T), channels ordered (group, tap, filter), G = k·C_out / 3 padded
+    with zero rows to a multiple of `block`, and x's channels per group may exceed C_in / 3
+    (the extra ones meet zero columns): see `_PhaseTail` for why."""
+    c_out, c_in, k = weight.shape
+    per_group, x_in = c_out // 3, int(x.shape[1]) // 3
+    taps = weight.reshape(3, per_group, c_in, k).permute(0, 3, 1, 2).reshape(3, k * per_group, c_in)
+    rows = _padded(k * per_group, block)
+    taps = F.pad(taps, (0, x_in - c_in, 0, rows - k * per_group))
+    return F.conv1d(x, taps.reshape(3 * rows, x_in, 1), groups=3)
+
+
+def _sum_shifted(conv: _Conv, z: torch.Tensor) -> torch.Tensor:
+    """The grouped conv from its tap products z (`_tap_products`): y[t] = b + Σ_j W_j x[t + j −
+    left], the k shifted products summed. For the export of the head (few output channels):
     onnxruntime's Conv runs such a conv as im2col + a GEMM of 3 or so rows per group, which costs
     more than the 1×1 GEMM (no im2col) and k small adds."""
-    c_out, c_in, k = conv.weight.shape
+    c_out, _, k = conv.weight.shape
     left, right = conv.pad
     per_group = c_out // 3
-    # (3·k·C_out/3, C_in/3, 1): output channel (group, tap, filter)
-    taps = conv.weight.reshape(3, per_group, c_in, k).permute(0, 3, 1, 2)
-    z = F.conv1d(x, taps.reshape(3 * k * per_group, c_in, 1), groups=3)
-    length = int(x.shape[-1])  # static in the export: only the batch is dynamic
-    z = F.pad(z.reshape(-1, 3, k, per_group, length), (left, right))
+    length = int(z.shape[-1])  # static in the export: only the batch is dynamic
+    z = F.pad(z.reshape(-1, 3, int(z.shape[1]) // 3, length), (left, right))
     out = length + left + right - k + 1
-    y = conv.bias.reshape(1, 3, 1, per_group, 1)
+    y = conv.bias.reshape(1, 3, per_group, 1)
     for j in range(k):  # range slices (no Gather/Split): tap j, times j .. j + out
-        y = y + z[:, :, j : j + 1, :, j : j + out]
+        y = y + z[:, :, j * per_group : (j + 1) * per_group, j : j + out]
     return y.reshape(-1, c_out, out)
+
+
+# onnxruntime's NCHWc kernels take a grouped conv only when its channels per group are a
+# multiple of the block (8 with AVX2, 16 with AVX-512): 16 suits both
+NCHWC_GROUP_BLOCK = 16
+
+
+@dataclass(frozen=True)
+class _PhaseTail:
+    """ONNX form of a separable polyphase last stage and the head's tap products.
+
+    Nearest upsampling by f then a depthwise "same" conv is, per phase ρ, a depthwise conv of
+    the un-upsampled input with D ≈ k/f taps (`polyphase_weight` of the depthwise weight); the
+    pointwise half then runs per phase at the low rate too (FEQ: k = 7, f = 3, 48 → 72
+    channels: ~3.2 M multiply-adds per window instead of the folded dense conv's 6.9 M). The
+    phases stay separate tensors, channels (decoder, filter), and the head's 1×1 tap products
+    are summed over them (its weight split by input phase): no activation is transposed.
+
+    onnxruntime runs a grouped conv in its NCHWc kernels only when its channels per group are a
+    multiple of the block (NCHWC_GROUP_BLOCK), so each pointwise output is padded to the block,
+    and phases share a block where their filters fit (FEQ: 8 filters, two phases per block of
+    16): their pointwise convs write disjoint rows and are summed (onnxruntime fuses the Add and
+    the ReLU into the conv), so one head conv reads both phases."""
+
+    depthwise: tuple[torch.Tensor, ...]  # per phase ρ: (3·C_in, 1, D)
+    pad: tuple[int, int]
+    # per block of phases: per phase its pointwise weight (3·P, C_in, 1) writing its own rows of
+    # the block (P = the padded filters per decoder), then the block's bias (3·P,) and the
+    # head weight columns (3·F, P, D) that read it
+    blocks: tuple[tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor], ...]
+    block: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = self.pad
+        if left != right:
+            x, left = F.pad(x, (left, right)), 0
+        z, phase = None, 0
+        for pointwise, bias, head in self.blocks:
+            y = None
+            for weight in pointwise:
+                depthwise = self.depthwise[phase]
+                phase += 1
+                d = F.conv1d(x, depthwise, padding=left, groups=int(depthwise.shape[0]))
+                y = F.conv1d(d, weight, bias if y is None else None, groups=3) + (
+                    0 if y is None else y
+                )
+            products = _tap_products(head, F.relu(y), self.block)
+            z = products if z is None else z + products
+        return z
+
+
+def _phase_tail(convs: Sequence, head: _Conv, f: int, block: int) -> _PhaseTail:
+    """`_PhaseTail` of three separable decoder convs after upsampling by f; `head` is the
+    polyphase head (`polyphase_head`, input channels ordered (decoder, phase, filter))."""
+    depthwise, pad = polyphase_weight(_grouped(c.depthwise.weight for c in convs), f)
+    c_in = int(depthwise.shape[0]) // f  # 3·C_in: channels ordered (phase, channel)
+    c_out = int(convs[0].conv.weight.shape[0])
+    rows = _padded(c_out, block)
+    per_block = max(1, rows // c_out)  # phases sharing one padded block
+    weight = head.weight.reshape(head.weight.shape[0], f, c_out, -1)  # (3·F, phase, filter, D)
+    blocks = []
+    for first in range(0, f, per_block):
+        phases = range(first, min(f, first + per_block))
+        pointwise = tuple(
+            _grouped(
+                F.pad(c.conv.weight, (0, 0, 0, 0, slot * c_out, rows - (slot + 1) * c_out))
+                for c in convs
+            )
+            for slot in range(len(phases))
+        )
+        bias = _grouped(
+            F.pad(c.conv.bias.repeat(len(phases)), (0, rows - len(phases) * c_out)) for c in convs
+        )
+        columns = weight[:, first : first + len(phases)].reshape(weight.shape[0], -1, weight.shape[-1])
+        blocks.append((pointwise, bias, F.pad(columns, (0, 0, 0, rows - columns.shape[1])).contiguous()))
+    return _PhaseTail(
+        tuple(depthwise[r * c_in : (r + 1) * c_in].contiguous() for r in range(f)),
+        pad,
+        tuple(blocks),
+        block,
+    )
 
 
 def _interleave(y: torch.Tensor, phases: int, groups: int) -> torch.Tensor:
@@ -417,7 +518,12 @@ def build_stacked(
     if form == "eager":
         tail = None if tail is None else _with_taps(tail)
         head = _with_taps(head)
-    return StackedDecoders(tuple(stages), f, tail, head, form, time_major)
+    phase_tail = None
+    if form == "onnx" and tail is not None:
+        last = [d.layers[d.layer_of_stage[-1]] for d in decoders]
+        if all(c.separable for c in last):
+            phase_tail = _phase_tail(last, head, f, NCHWC_GROUP_BLOCK)
+    return StackedDecoders(tuple(stages), f, tail, head, form, time_major, phase_tail)
 
 
 def _polyphase_conv(convs: Sequence, f: int) -> _Conv:
