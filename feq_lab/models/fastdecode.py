@@ -227,7 +227,7 @@ class StackedDecoders:
             head = _sum_shifted(self.head, self.phase_tail(x))
         else:
             # the head as a 1×1 conv over every tap plus k shifted adds (see _sum_shifted)
-            head = _sum_shifted(self.head, _tap_products(self.head.weight, x))
+            head = _sum_shifted(self.head, _tap_products(self.head.weight, x, self.head.pad))
         y = _interleave(head, f, 3)  # (B, 3, samples)
         return y[:, 0], y[:, 1], y[:, 2]
 
@@ -251,34 +251,46 @@ def _padded(n: int, block: int) -> int:
     return -(-n // block) * block
 
 
-def _tap_products(weight: torch.Tensor, x: torch.Tensor, block: int = 1) -> torch.Tensor:
+def _tap_products(
+    weight: torch.Tensor, x: torch.Tensor, pad: tuple[int, int], block: int = 1
+) -> torch.Tensor:
     """Every tap's product of a grouped (groups = 3) conv `weight` (C_out, C_in / 3, k) with x,
-    as one 1×1 conv: (B, 3·G, T), channels ordered (group, tap, filter), G = k·C_out / 3 padded
-    with zero rows to a multiple of `block`, and x's channels per group may exceed C_in / 3
-    (the extra ones meet zero columns): see `_PhaseTail` for why."""
+    as one 1×1 conv zero-padded by max(pad) on each side (its padded outputs are exact zeros:
+    no bias): (B, 3·G, T + 2·max(pad)), channels ordered (group, tap, filter), then at least one
+    zero row (`_sum_shifted` reads past the last tap) up to a multiple of `block`. x's channels
+    per group may exceed C_in / 3 (the extra ones meet zero columns): see `_PhaseTail`."""
     c_out, c_in, k = weight.shape
     per_group, x_in = c_out // 3, int(x.shape[1]) // 3
     taps = weight.reshape(3, per_group, c_in, k).permute(0, 3, 1, 2).reshape(3, k * per_group, c_in)
-    rows = _padded(k * per_group, block)
+    rows = _padded(k * per_group + 1, block)
     taps = F.pad(taps, (0, x_in - c_in, 0, rows - k * per_group))
-    return F.conv1d(x, taps.reshape(3 * rows, x_in, 1), groups=3)
+    return F.conv1d(x, taps.reshape(3 * rows, x_in, 1), padding=max(pad), groups=3)
 
 
 def _sum_shifted(conv: _Conv, z: torch.Tensor) -> torch.Tensor:
     """The grouped conv from its tap products z (`_tap_products`): y[t] = b + Σ_j W_j x[t + j −
     left], the k shifted products summed. For the export of the head (few output channels):
     onnxruntime's Conv runs such a conv as im2col + a GEMM of 3 or so rows per group, which costs
-    more than the 1×1 GEMM (no im2col) and k small adds."""
+    more than the 1×1 GEMM (no im2col) and k small adds.
+
+    Each group's rows are read as one flat (rows · T') signal: tap j's C_out / 3 rows shifted by
+    j samples are the contiguous range from row j·C_out/3, sample j, one (C_out/3 · T') long —
+    a plain copy, where a slice of rows and then of samples would be two strided ones. Sample t
+    of row r of that range is row r's sample t + j only for t < T' − j (after it the next row
+    begins), which covers the `out` samples kept."""
     c_out, _, k = conv.weight.shape
     left, right = conv.pad
     per_group = c_out // 3
-    length = int(z.shape[-1])  # static in the export: only the batch is dynamic
-    z = F.pad(z.reshape(-1, 3, int(z.shape[1]) // 3, length), (left, right))
-    out = length + left + right - k + 1
-    y = conv.bias.reshape(1, 3, per_group, 1)
-    for j in range(k):  # range slices (no Gather/Split): tap j, times j .. j + out
-        y = y + z[:, :, j * per_group : (j + 1) * per_group, j : j + out]
-    return y.reshape(-1, c_out, out)
+    padded = int(z.shape[-1])  # T' = T + 2·max(pad); static: only the batch is dynamic
+    start = max(left, right) - left
+    out = padded - 2 * max(left, right) + left + right - k + 1
+    z = z.reshape(-1, 3, int(z.shape[1]) // 3 * padded)
+    span = per_group * padded
+    y = conv.bias.reshape(1, 3, per_group, 1).repeat(1, 1, 1, padded).reshape(1, 3, span)
+    for j in range(k):
+        first = j * span + j + start
+        y = y + z[:, :, first : first + span]
+    return y.reshape(-1, 3, per_group, padded)[..., :out].reshape(-1, c_out, out)
 
 
 # onnxruntime's NCHWc kernels take a grouped conv only when its channels per group are a
@@ -309,6 +321,7 @@ class _PhaseTail:
     # the block (P = the padded filters per decoder), then the block's bias (3·P,) and the
     # head weight columns (3·F, P, D) that read it
     blocks: tuple[tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor], ...]
+    head_pad: tuple[int, int]
     block: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,7 +338,7 @@ class _PhaseTail:
                 y = F.conv1d(d, weight, bias if y is None else None, groups=3) + (
                     0 if y is None else y
                 )
-            products = _tap_products(head, F.relu(y), self.block)
+            products = _tap_products(head, F.relu(y), self.head_pad, self.block)
             z = products if z is None else z + products
         return z
 
@@ -358,6 +371,7 @@ def _phase_tail(convs: Sequence, head: _Conv, f: int, block: int) -> _PhaseTail:
         tuple(depthwise[r * c_in : (r + 1) * c_in].contiguous() for r in range(f)),
         pad,
         tuple(blocks),
+        head.pad,
         block,
     )
 
