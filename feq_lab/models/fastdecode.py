@@ -461,6 +461,7 @@ def build_stacked(
     separable_fn: SeparableFn | None = None,
     kernels_ok: bool = False,
     channels_last: bool = False,
+    nchwc_block: int = NCHWC_GROUP_BLOCK,
 ) -> StackedDecoders:
     """Re-arrange three `Decoder`s' weights into a `StackedDecoders` of the given `form`.
 
@@ -469,7 +470,8 @@ def build_stacked(
     stage to run separable stages with; None folds them into dense grouped convs. `kernels_ok`
     ("eager"): the C kernels built, so separable stages keep their two halves for them.
     `channels_last` ("train" only): hold the signal time-major and run the convs in NHWC
-    (`StackedDecoders._time_major`; ModelOptions(decoder_layout=...))."""
+    (`StackedDecoders._time_major`; ModelOptions(decoder_layout=...)). `nchwc_block` ("onnx"):
+    the channel block a separable polyphase tail pads its grouped convs to (`_PhaseTail`)."""
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
     first = decoders[0]
@@ -536,7 +538,7 @@ def build_stacked(
     if form == "onnx" and tail is not None:
         last = [d.layers[d.layer_of_stage[-1]] for d in decoders]
         if all(c.separable for c in last):
-            phase_tail = _phase_tail(last, head, f, NCHWC_GROUP_BLOCK)
+            phase_tail = _phase_tail(last, head, f, nchwc_block)
     return StackedDecoders(tuple(stages), f, tail, head, form, time_major, phase_tail)
 
 
