@@ -150,11 +150,11 @@ class InferenceModel(nn.Module):
 class FrozenEncoder(nn.Module):
     """The encoder's [conv + ReLU → pool] stages, each in the fastest form for the target.
 
-    "onnx": every stage but the last has its output channels padded with zero filters to a
-    multiple of `nchwc_block` (the next stage's conv reads them with zero weights; ReLU and
-    max-pool keep them 0), so that onnxruntime keeps conv → pool → conv in its NCHWc layout: on 8
-    channels (the first stage of every preset) its max-pool left the blocked layout, a reorder
-    either side and a plain pool (FEQ3, batch 8, AVX-512: ~0.4 of ~7 ms per call)."""
+    "onnx": a stage followed by a separable one has its output channels padded with zero
+    filters to a multiple of `nchwc_block` (the next depthwise conv reads them with zero
+    weights; ReLU and max-pool keep them 0), so that onnxruntime keeps conv → pool → conv in its
+    NCHWc layout: on 8 channels (LEQ/FEQ's first stage) its max-pool left the blocked layout, a
+    reorder either side and a plain pool (FEQ3, batch 8, AVX-512: ~0.4 of ~7 ms per call)."""
 
     def __init__(
         self, ref: PickerModel, target: str, kernels_ok: bool, nchwc_block: int = NCHWC_GROUP_BLOCK
@@ -222,14 +222,17 @@ def _padded_encoder(
     enc: nn.Module, stages: Sequence[tuple[int, int, int, str]], c_first: int, block: int
 ) -> list[tuple[torch.Tensor, ...]]:
     """Per stage the export's weights, (dense weight, bias) or (depthwise, pointwise, bias),
-    with every stage's output channels but the last zero-padded to a multiple of `block` and
-    its inputs padded to match the previous stage's (`FrozenEncoder`)."""
+    the output channels of a stage followed by a depthwise one zero-padded to a multiple of
+    `block` and the next stage's inputs padded to match (`FrozenEncoder`)."""
     out: list[tuple[torch.Tensor, ...]] = []
     c_in = c_first
     for i, (j, _, _, form) in enumerate(stages):
         conv: SameConv1d = enc.layers[j]
         c_out = int(conv.conv.weight.shape[0])
-        rows = c_out if i == len(stages) - 1 else -(-c_out // block) * block
+        # pad only what a depthwise conv reads next: zero inputs cost a dense conv full price
+        # (EQT's second stage: 8 → 16 channels doubled its time, more than the pool saves)
+        pad = i + 1 < len(stages) and stages[i + 1][3] == "pair"
+        rows = -(-c_out // block) * block if pad else c_out
         grow_out, bias = rows - c_out, conv.conv.bias
         if form == "pair":
             depthwise, pointwise = conv.depthwise.weight, conv.conv.weight
