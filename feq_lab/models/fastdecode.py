@@ -299,81 +299,87 @@ NCHWC_GROUP_BLOCK = 16
 
 
 @dataclass(frozen=True)
+class _TailBlock:
+    """Phases of a `_PhaseTail` whose outputs share one padded block of P channels per decoder
+    (their filters side by side, then zero filters), and the head's weight columns that read it.
+    `depthwise` set (a block of one phase): the stage as depthwise → pointwise `weight`
+    (3·P, C_in, 1); else `weight` (3·P, C_in, D) is the folded dense polyphase conv of the
+    block's phases."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor  # (3·P,)
+    head: torch.Tensor  # (3·F, P, D_head): the polyphase head's columns for these phases
+    depthwise: torch.Tensor | None = None  # (3·C_in, 1, D): this phase's depthwise taps
+
+
+@dataclass(frozen=True)
 class _PhaseTail:
     """ONNX form of a separable polyphase last stage and the head's tap products.
 
-    Nearest upsampling by f then a depthwise "same" conv is, per phase ρ, a depthwise conv of
-    the un-upsampled input with D ≈ k/f taps (`polyphase_weight` of the depthwise weight); the
-    pointwise half then runs per phase at the low rate too (FEQ: k = 7, f = 3, 48 → 72
-    channels: ~3.2 M multiply-adds per window instead of the folded dense conv's 6.9 M). The
-    phases stay separate tensors, channels (decoder, filter), and the head's 1×1 tap products
-    are summed over them (its weight split by input phase): no activation is transposed.
+    The stage runs at the low rate per phase; the phases' outputs are kept as separate tensors
+    with channels (decoder, filter) and the head's 1×1 tap products are summed over them (its
+    weight split by input phase): no activation is transposed. onnxruntime runs a grouped conv
+    in its NCHWc kernels only when its channels per group are a multiple of the block
+    (`nchwc_block`), so the phases are packed into blocks of that many channels per decoder,
+    zero filters filling the rest (FEQ: 8 filters, f = 3: phases {0, 1} in one block, {2} in
+    another). A block of several phases runs as one dense polyphase conv (the depthwise taps
+    folded into the pointwise weight; FEQ: 16 → 16 per decoder, 3 taps); a block of one phase as
+    its depthwise conv (nearest upsampling then a depthwise "same" conv is, per phase, a
+    depthwise conv of the un-upsampled input with ~k/f taps: `polyphase_weight`) then the
+    pointwise conv. Measured with onnxruntime's profiler (FEQ3, batch 8, 1 thread, AVX-512, a
+    shared machine; per call): the dense polyphase conv with the exact 24 filters per decoder
+    (no NCHWc kernel: im2col + GEMM) ~1.7 ms plus ~0.5 ms for the head's tap products; all three
+    phases separable with phases 0 and 1 sharing a block through two summed pointwise convs
+    ~1.5 ms plus ~0.6 ms; phases 0 and 1 as one dense conv instead, ~2% of the whole model less
+    again; all three in one dense block (24 filters padded to 32) ~4% more than that."""
 
-    onnxruntime runs a grouped conv in its NCHWc kernels only when its channels per group are a
-    multiple of the block (NCHWC_GROUP_BLOCK), so each pointwise output is padded to the block,
-    and phases share a block where their filters fit (FEQ: 8 filters, two phases per block of
-    16): their pointwise convs write disjoint rows and are summed (onnxruntime fuses the Add and
-    the ReLU into the conv), so one head conv reads both phases."""
-
-    depthwise: tuple[torch.Tensor, ...]  # per phase ρ: (3·C_in, 1, D)
-    pad: tuple[int, int]
-    # per block of phases: per phase its pointwise weight (3·P, C_in, 1) writing its own rows of
-    # the block (P = the padded filters per decoder), then the block's bias (3·P,) and the
-    # head weight columns (3·F, P, D) that read it
-    blocks: tuple[tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor], ...]
+    pad: tuple[int, int]  # the stage's zero padding at the low rate
+    blocks: tuple[_TailBlock, ...]
     head_pad: tuple[int, int]
-    block: int
+    nchwc_block: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         left, right = self.pad
         if left != right:
             x, left = F.pad(x, (left, right)), 0
-        z, phase = None, 0
-        for pointwise, bias, head in self.blocks:
-            y = None
-            for weight in pointwise:
-                depthwise = self.depthwise[phase]
-                phase += 1
-                d = F.conv1d(x, depthwise, padding=left, groups=int(depthwise.shape[0]))
-                y = F.conv1d(d, weight, bias if y is None else None, groups=3) + (
-                    0 if y is None else y
-                )
-            products = _tap_products(head, F.relu(y), self.head_pad, self.block)
+        z = None
+        for block in self.blocks:
+            if block.depthwise is not None:
+                y = F.conv1d(x, block.depthwise, padding=left, groups=int(x.shape[1]))
+                y = F.conv1d(y, block.weight, block.bias, groups=3)
+            else:
+                y = F.conv1d(x, block.weight, block.bias, padding=left, groups=3)
+            products = _tap_products(block.head, F.relu(y), self.head_pad, self.nchwc_block)
             z = products if z is None else z + products
         return z
 
 
-def _phase_tail(convs: Sequence, head: _Conv, f: int, block: int) -> _PhaseTail:
+def _phase_tail(convs: Sequence, head: _Conv, f: int, nchwc_block: int) -> _PhaseTail:
     """`_PhaseTail` of three separable decoder convs after upsampling by f; `head` is the
     polyphase head (`polyphase_head`, input channels ordered (decoder, phase, filter))."""
     depthwise, pad = polyphase_weight(_grouped(c.depthwise.weight for c in convs), f)
-    c_in = int(depthwise.shape[0]) // f  # 3·C_in: channels ordered (phase, channel)
-    c_out = int(convs[0].conv.weight.shape[0])
-    rows = _padded(c_out, block)
+    depthwise = depthwise.reshape(f, -1, 1, depthwise.shape[-1])  # (phase, 3·C_in, 1, D)
+    dense = _polyphase_conv(convs, f).weight  # (3·f·C_out, C_in, D): (decoder, phase, filter)
+    c_out, c_in = int(convs[0].conv.weight.shape[0]), int(convs[0].conv.weight.shape[1])
+    dense = dense.reshape(3, f, c_out, c_in, -1)
+    rows = _padded(c_out, nchwc_block)
     per_block = max(1, rows // c_out)  # phases sharing one padded block
-    weight = head.weight.reshape(head.weight.shape[0], f, c_out, -1)  # (3·F, phase, filter, D)
+    columns = head.weight.reshape(head.weight.shape[0], f, c_out, -1)  # (3·F, phase, filter, D)
     blocks = []
     for first in range(0, f, per_block):
-        phases = range(first, min(f, first + per_block))
-        pointwise = tuple(
-            _grouped(
-                F.pad(c.conv.weight, (0, 0, 0, 0, slot * c_out, rows - (slot + 1) * c_out))
-                for c in convs
-            )
-            for slot in range(len(phases))
-        )
-        bias = _grouped(
-            F.pad(c.conv.bias.repeat(len(phases)), (0, rows - len(phases) * c_out)) for c in convs
-        )
-        columns = weight[:, first : first + len(phases)].reshape(weight.shape[0], -1, weight.shape[-1])
-        blocks.append((pointwise, bias, F.pad(columns, (0, 0, 0, rows - columns.shape[1])).contiguous()))
-    return _PhaseTail(
-        tuple(depthwise[r * c_in : (r + 1) * c_in].contiguous() for r in range(f)),
-        pad,
-        tuple(blocks),
-        head.pad,
-        block,
-    )
+        n = min(f, first + per_block) - first
+        grow = rows - n * c_out
+        bias = _grouped(F.pad(c.conv.bias.repeat(n), (0, grow)) for c in convs)
+        reads = columns[:, first : first + n].reshape(columns.shape[0], n * c_out, -1)
+        reads = F.pad(reads, (0, 0, 0, grow)).contiguous()
+        if n == 1:
+            pointwise = _grouped(F.pad(c.conv.weight, (0, 0, 0, 0, 0, grow)) for c in convs)
+            blocks.append(_TailBlock(pointwise, bias, reads, depthwise[first].contiguous()))
+        else:
+            weight = dense[:, first : first + n].reshape(3, n * c_out, c_in, -1)
+            weight = F.pad(weight, (0, 0, 0, 0, 0, grow)).reshape(3 * rows, c_in, -1)
+            blocks.append(_TailBlock(weight.contiguous(), bias, reads))
+    return _PhaseTail(pad, tuple(blocks), head.pad, nchwc_block)
 
 
 def _interleave(y: torch.Tensor, phases: int, groups: int) -> torch.Tensor:
