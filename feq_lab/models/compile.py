@@ -100,7 +100,11 @@ class InferenceModel(nn.Module):
     """The compiled model: the same sections as `PickerModel`, each in its inference form."""
 
     def __init__(
-        self, model: PickerModel, target: str, kernels_ok: bool, nchwc_block: int = NCHWC_GROUP_BLOCK
+        self,
+        model: PickerModel,
+        target: str,
+        kernels_ok: bool,
+        nchwc_block: int = NCHWC_GROUP_BLOCK,
     ):
         super().__init__()
         ref = copy.deepcopy(model).eval().requires_grad_(False)  # a snapshot of the weights
