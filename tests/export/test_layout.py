@@ -130,15 +130,20 @@ def _nchwc_misfits(model: onnx.ModelProto) -> list[str]:
     onnxruntime/core/optimizer/nchwc_transformer.cc, `TransformConv` / `TransformPool`): a
     grouped conv needs its outputs, and its inputs and outputs per group, in whole blocks (or is
     depthwise on whole blocks); a dense conv needs its inputs in whole blocks or fewer than one
-    block; a pool needs its channels in whole blocks."""
+    block; a pool needs its channels in whole blocks. A conv reading the waveform itself is
+    exempt (its 3 channels: the export runs LEQ/FEQ's first depthwise conv plainly, by choice)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {
         v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
         for v in [*inferred.graph.value_info, *inferred.graph.input]
     }
     shapes.update({i.name: list(i.dims) for i in model.graph.initializer})
+    inputs = {i.name for i in model.graph.input}
+    lifted_inputs = {n.output[0] for n in model.graph.node if n.input and n.input[0] in inputs}
     bad = []
     for node in model.graph.node:
+        if node.input and node.input[0] in inputs | lifted_inputs:
+            continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Conv":
             c_out, c_in = shapes[node.input[1]][:2]
