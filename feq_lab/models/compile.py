@@ -15,7 +15,8 @@ mode (tests/models/test_parity.py: relative error ≤ 1e-4).
 Targets: "eager" runs in PyTorch (always under `torch.no_grad`); "onnx" is what
 `export.onnx.export_onnx` traces: the forms onnxruntime runs fastest (native ONNX LSTM/GRU ops,
 units-first global attention, depthwise + pointwise pairs, upsampling as a 2-D Resize, crops as
-convs, the head as a 1×1 conv plus shifted adds; see `export.layout`).
+convs, the head as a 1×1 conv plus shifted adds, channels padded with zero filters to whole
+blocks of onnxruntime's NCHWc kernels (`InferenceOptions.nchwc_block`); see `export.layout`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ separately); outputs and gradients agree to float rounding (tests/models/test_pa
 - "eager": frozen constants for inference in PyTorch (`compile.compile_for_inference`):
   separable stages as one fused C call each where the kernels build (else the folded dense
   conv), a batch of one as tap-by-tap matmuls;
-- "onnx": frozen constants in the forms onnxruntime runs fastest (see `export.layout`).
+- "onnx": frozen constants in the forms onnxruntime runs fastest (see `export.layout`): a
+  separable polyphase last stage per phase, its convs and the head's padded to whole blocks of
+  onnxruntime's NCHWc kernels (`_PhaseTail`).
 `grouped_decoders` is the training form without the polyphase rewrite
 (`ModelOptions(decoders="fused")`): stacking alone, each stage and the heads one call of the
 fused separable / conv kernels, which at full rate cost less than the folded polyphase convs.
@@ -210,7 +212,7 @@ class StackedDecoders:
     head: _Conv  # on the phases when there is a tail (output channels ordered decoder, phase)
     form: str
     channels_last: bool = False  # "train": run time-major (NHWC convs), see `_time_major`
-    phase_tail: _PhaseTail | None = None  # "onnx": the polyphase tail + head in separable form
+    phase_tail: _PhaseTail | None = None  # "onnx", separable tail: it and the head's products
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, 3·C, T), the detection, P and S decoder inputs stacked on channels."""
@@ -257,14 +259,14 @@ def _tap_products(
     """Every tap's product of a grouped (groups = 3) conv `weight` (C_out, C_in / 3, k) with x,
     as one 1×1 conv zero-padded by max(pad) on each side (its padded outputs are exact zeros:
     no bias): (B, 3·G, T + 2·max(pad)), channels ordered (group, tap, filter), then at least one
-    zero row (`_sum_shifted` reads past the last tap) up to a multiple of `block`. x's channels
-    per group may exceed C_in / 3 (the extra ones meet zero columns): see `_PhaseTail`."""
+    zero row (`_sum_shifted` reads past the last tap) up to a multiple of `block` (whole NCHWc
+    blocks: see `_PhaseTail`)."""
     c_out, c_in, k = weight.shape
-    per_group, x_in = c_out // 3, int(x.shape[1]) // 3
+    per_group = c_out // 3
     taps = weight.reshape(3, per_group, c_in, k).permute(0, 3, 1, 2).reshape(3, k * per_group, c_in)
     rows = _padded(k * per_group + 1, block)
-    taps = F.pad(taps, (0, x_in - c_in, 0, rows - k * per_group))
-    return F.conv1d(x, taps.reshape(3 * rows, x_in, 1), padding=max(pad), groups=3)
+    taps = F.pad(taps, (0, 0, 0, rows - k * per_group))
+    return F.conv1d(x, taps.reshape(3 * rows, c_in, 1), padding=max(pad), groups=3)
 
 
 def _sum_shifted(conv: _Conv, z: torch.Tensor) -> torch.Tensor:
