@@ -113,9 +113,10 @@ def _is_axis2(consts: dict[str, np.ndarray], name: str) -> bool:
 def _squeezed_source(producers: dict, consts: dict, name: str) -> str | None:
     """The 4-D tensor `name` was squeezed from at axis 2, if it was."""
     node = producers.get(name)
-    if node is not None and node.op_type == "Squeeze" and len(node.input) == 2:
-        if _is_axis2(consts, node.input[1]):
-            return node.input[0]
+    if node is not None and node.op_type == "Squeeze" and len(node.input) == 2 and _is_axis2(
+        consts, node.input[1]
+    ):
+        return node.input[0]
     return None
 
 
