@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from feq_lab.models import ModelOptions, build_model
+from feq_lab.models import InferenceOptions, ModelOptions, build_model, compile_for_inference
 from feq_lab.models.fastdecode import (
     _Conv,
     _sum_shifted,
@@ -91,3 +91,20 @@ def test_tap_products_and_shifted_sum_equal_a_grouped_conv(pad, block):
     expected = F.conv1d(F.pad(x, pad), weight, bias, groups=3)
     got = _sum_shifted(_Conv(weight, bias, pad), _tap_products(weight, x, pad, block))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("block", [8, 16])
+@pytest.mark.parametrize("preset", ["feq3", "leq", "eqt"])
+def test_onnx_target_computes_the_model_for_either_block(preset, block):
+    """The "onnx" inference form, run in PyTorch, for the AVX2 and AVX-512 NCHWc blocks (padded
+    encoder stages and decoder tail): the model's logits."""
+    model, _ = _decoders(preset, seed=1)
+    x = torch.randn(2, 3, 6000)
+    options = InferenceOptions(nchwc_block=block)
+    with torch.no_grad():
+        expected = model.forward_logits(x)
+        got = compile_for_inference(model, target="onnx", options=options).forward_logits(x)
+    scale = max(float(e.abs().max()) for e in expected)
+    assert scale > 1.0
+    for g, e in zip(got, expected):
+        assert float((g - e).abs().max()) / scale <= 1e-4
