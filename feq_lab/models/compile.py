@@ -188,7 +188,7 @@ class FrozenEncoder(nn.Module):
                 form = "kernel"
             else:
                 form = "dense" if length <= FOLD_MAX_LENGTH or c_in <= FOLD_MAX_CHANNELS else "pair"
-            if form == "dense":
+            if form == "dense" and target != "onnx":  # "onnx": `_padded_encoder` folds
                 folded[j] = conv.dense_weight().clone()
             self.stages.append((j, pool.pool, pool.left, form))
         for j, weight in folded.items():
