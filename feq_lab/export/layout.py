@@ -7,7 +7,9 @@ as one tiny GEMM per channel. As (B, C, 1, T) tensors the same ops take the NCHW
 a run of them (conv → ReLU → pool → conv, BN, residual adds, nearest upsampling) stays in the
 blocked layout without a reorder between ops. FEQ3 on 1 thread: ~0.85× the time per window
 from this rewrite alone, ~0.6× with the export forms written for it (upsampling as a 2-D
-Resize, crops as convs; see models/compile.py and models/fastdecode.py).
+Resize, crops as convs; see models/compile.py and models/fastdecode.py), and ~0.85× of that
+again (batch 8) once every conv and pool fits the kernels' channel blocks (zero filters padding
+the encoder's first stage and the decoders' polyphase tail and head; `InferenceOptions`).
 
 The rewrite only inserts an axis of length 1 and is exact:
 - each Conv / MaxPool on a 3-D input becomes Unsqueeze(2) → the 2-D op (kernel, strides,
