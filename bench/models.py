@@ -1,8 +1,9 @@
-"""Latency of the five presets (batch 1, 1 thread; torch eager and onnxruntime) against SeisBench's
-EQTransformer(lstm_blocks=2) eager as the peer, all in one process. "eager" for our presets is
-the model compiled for inference (`compile_for_inference(model, target="eager")`).
+"""Latency of the five presets (batch 1 unless --batch, 1 thread; torch eager and onnxruntime)
+against SeisBench's EQTransformer(lstm_blocks=2) eager as the peer, all in one process. "eager"
+for our presets is the model compiled for inference (`compile_for_inference(model,
+target="eager")`).
 
-    python bench/models.py [--passes 12] [--block 5] [--sections]
+    python bench/models.py [--passes 12] [--block 5] [--batch 1] [--sections]
 
 Goals (issue 3): FEQ3 on its best backend ≤ 0.12 × peer; FEQ3 eager ≤ 0.5 × our EQT eager.
 Candidates are timed round-robin: per pass each runs one untimed call (its caches warm again
@@ -64,10 +65,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passes", type=int, default=12, help="round-robin passes")
     parser.add_argument("--block", type=int, default=5, help="timed calls per candidate per pass")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="windows per call (the monitor batches 8)"
+    )
     parser.add_argument("--sections", action="store_true", help="eager time per model section")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 6000)).astype(np.float32))
+    shape = (args.batch, 3, 6000)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
     with tempfile.TemporaryDirectory() as tmp:
         fns = candidates(Path(tmp), x)
         for fn in fns.values():
@@ -84,7 +89,7 @@ def main() -> None:
                     times["cpu"][key].append((time.thread_time() - cpu) * 1e3)
                     times["wall"][key].append((time.perf_counter() - wall) * 1e3)
     print(
-        f"device: {device_name()}; torch {torch.__version__}; 1 thread; batch 1; "
+        f"device: {device_name()}; torch {torch.__version__}; 1 thread; batch {args.batch}; "
         f"{args.passes} passes × {args.block} timed calls each (after one re-warming call)"
     )
     for clock, label in (

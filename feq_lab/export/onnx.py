@@ -23,7 +23,9 @@ INPUT_NAME = "waveform"
 # Written into every export's metadata; bump when the exported graph's form changes, so that
 # files exported earlier (same outputs, slower graph) are recognised and exported again.
 EXPORT_FORMAT_KEY = "feq_lab.export_format"
-EXPORT_FORMAT = "2"  # 2: 2-D NCHWc layout (export.layout); 1 / absent: the 1-D graph
+# 3: channels padded to whole NCHWc blocks (encoder, decoder tail and head; models/compile.py,
+# models/fastdecode.py); 2: 2-D NCHWc layout (export.layout); 1 / absent: the 1-D graph
+EXPORT_FORMAT = "3"
 OUTPUT_NAMES = ("detection", "p", "s")
 MIN_OPSET = 17
 

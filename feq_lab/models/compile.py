@@ -15,7 +15,8 @@ mode (tests/models/test_parity.py: relative error ≤ 1e-4).
 Targets: "eager" runs in PyTorch (always under `torch.no_grad`); "onnx" is what
 `export.onnx.export_onnx` traces: the forms onnxruntime runs fastest (native ONNX LSTM/GRU ops,
 units-first global attention, depthwise + pointwise pairs, upsampling as a 2-D Resize, crops as
-convs, the head as a 1×1 conv plus shifted adds; see `export.layout`).
+convs, the head as a 1×1 conv plus shifted adds, channels padded with zero filters to whole
+blocks of onnxruntime's NCHWc kernels (`InferenceOptions.nchwc_block`); see `export.layout`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import nn
 
 from feq_lab.errors import ConfigError
 from feq_lab.models import kernels
-from feq_lab.models.fastdecode import StackedDecoders, build_stacked
+from feq_lab.models.fastdecode import NCHWC_GROUP_BLOCK, StackedDecoders, build_stacked
 from feq_lab.models.fastpick import StackedLocalAttention, build_stacked_attention
 from feq_lab.models.layers import (
     GRU,
@@ -52,7 +53,11 @@ TARGETS = ("eager", "onnx")
 FOLD_MAX_LENGTH = 1000
 FOLD_MAX_CHANNELS = 4
 # onnxruntime has no NCHWc kernel for a depthwise conv on fewer channels than its block (8 with
-# AVX2) but runs a dense conv on them straight from the plain layout: the export folds those
+# AVX2) but runs a dense conv on them straight from the plain layout: the export folds those,
+# unless that dense conv's filters fill no whole number of blocks (`nchwc_block`): it computes
+# the padding filters too (8 filters in a block of 16: twice the work), and the plain
+# depthwise conv + NCHWc pointwise pair costs less (FEQ3 first stage, batch 8, AVX-512,
+# onnxruntime profiler: ~0.54 → ~0.45 ms per call; ~1.5% of the model)
 NCHWC_BLOCK = 8
 
 
@@ -63,6 +68,10 @@ class InferenceOptions:
     ops, the same function). Ignored for target "onnx"."""
 
     kernels: bool = True
+    # "onnx": the channel block of onnxruntime's NCHWc kernels on the CPU the export runs on
+    # (16 with AVX-512, 8 with AVX2); convs whose channels per group are not a multiple of it
+    # leave the blocked layout, so the export pads such channels with zero filters
+    nchwc_block: int = NCHWC_GROUP_BLOCK
 
 
 def compile_for_inference(
@@ -89,20 +98,26 @@ def inference_form(model: LearnedModel, target: str, options: InferenceOptions) 
 @inference_form.register
 def _(model: PickerModel, target: str, options: InferenceOptions) -> nn.Module:
     kernels_ok = target == "eager" and options.kernels and kernels.library() is not None
-    return InferenceModel(model, target, kernels_ok)
+    return InferenceModel(model, target, kernels_ok, options.nchwc_block)
 
 
 class InferenceModel(nn.Module):
     """The compiled model: the same sections as `PickerModel`, each in its inference form."""
 
-    def __init__(self, model: PickerModel, target: str, kernels_ok: bool):
+    def __init__(
+        self,
+        model: PickerModel,
+        target: str,
+        kernels_ok: bool,
+        nchwc_block: int = NCHWC_GROUP_BLOCK,
+    ):
         super().__init__()
         ref = copy.deepcopy(model).eval().requires_grad_(False)  # a snapshot of the weights
         spec: ModelSpec = ref.spec
         self.spec = spec
         self.target = target
         self.kernels_ok = kernels_ok
-        self.encoder = FrozenEncoder(ref, target, kernels_ok)
+        self.encoder = FrozenEncoder(ref, target, kernels_ok, nchwc_block)
         self.bottleneck = ref.bottleneck
         self.rnn_blocks = nn.ModuleList(
             FrozenRecurrentBlock(b, target, kernels_ok) for b in ref.rnn_blocks
@@ -112,7 +127,7 @@ class InferenceModel(nn.Module):
         self.transformers = ref.transformers
         self.pickers = FrozenPickers(ref.pickers, spec.encoder_lengths[-1], target, kernels_ok)
         self.decoders: StackedDecoders = build_stacked(
-            list(ref.decoders), target, kernels_ok=kernels_ok
+            list(ref.decoders), target, kernels_ok=kernels_ok, nchwc_block=nchwc_block
         )
         super().train(False)
 
@@ -142,9 +157,17 @@ class InferenceModel(nn.Module):
 
 
 class FrozenEncoder(nn.Module):
-    """The encoder's [conv + ReLU → pool] stages, each in the fastest form for the target."""
+    """The encoder's [conv + ReLU → pool] stages, each in the fastest form for the target.
 
-    def __init__(self, ref: PickerModel, target: str, kernels_ok: bool):
+    "onnx": a stage followed by a separable one has its output channels padded with zero
+    filters to a multiple of `nchwc_block` (the next depthwise conv reads them with zero
+    weights; ReLU and max-pool keep them 0), so that onnxruntime keeps conv → pool → conv in its
+    NCHWc layout: on 8 channels (LEQ/FEQ's first stage) its max-pool left the blocked layout, a
+    reorder either side and a plain pool (FEQ3, batch 8, AVX-512: ~0.4 of ~7 ms per call)."""
+
+    def __init__(
+        self, ref: PickerModel, target: str, kernels_ok: bool, nchwc_block: int = NCHWC_GROUP_BLOCK
+    ):
         super().__init__()
         enc = ref.encoder
         self.target = target
@@ -159,18 +182,24 @@ class FrozenEncoder(nn.Module):
             if not conv.separable:
                 form = "plain"
             elif target == "onnx":
-                form = "dense" if c_in < NCHWC_BLOCK else "pair"
+                whole = int(conv.conv.weight.shape[0]) % nchwc_block == 0
+                form = "dense" if c_in < NCHWC_BLOCK and whole else "pair"
             elif kernels_ok:
                 form = "kernel"
             else:
                 form = "dense" if length <= FOLD_MAX_LENGTH or c_in <= FOLD_MAX_CHANNELS else "pair"
-            if form == "dense":
+            if form == "dense" and target != "onnx":  # "onnx": `_padded_encoder` folds
                 folded[j] = conv.dense_weight().clone()
             self.stages.append((j, pool.pool, pool.left, form))
         for j, weight in folded.items():
             self.register_buffer(f"dense{j}", weight, persistent=False)
+        self.export_convs: list[tuple[torch.Tensor, ...]] = []
+        if target == "onnx":
+            self.export_convs = _padded_encoder(enc, self.stages, ref.spec.in_channels, nchwc_block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.target == "onnx":
+            return self._export_form(x)
         for j, pool, pool_left, form in self.stages:
             conv = self.layers[j]
             y = None
@@ -186,6 +215,51 @@ class FrozenEncoder(nn.Module):
                 y = F.relu(conv(x))
             x = y if form == "kernel" else same_max_pool1d(y, pool)
         return x
+
+    def _export_form(self, x: torch.Tensor) -> torch.Tensor:
+        for (_, pool, _, _), weights in zip(self.stages, self.export_convs):
+            if len(weights) == 3:  # depthwise, pointwise, bias
+                depthwise, pointwise, bias = weights
+                y = same_conv1d(x, depthwise, None, groups=int(depthwise.shape[0]))
+                y = F.conv1d(y, pointwise, bias)
+            else:
+                y = same_conv1d(x, *weights)
+            x = same_max_pool1d(F.relu(y), pool)
+        return x
+
+
+def _padded_encoder(
+    enc: nn.Module, stages: Sequence[tuple[int, int, int, str]], c_first: int, block: int
+) -> list[tuple[torch.Tensor, ...]]:
+    """Per stage the export's weights, (dense weight, bias) or (depthwise, pointwise, bias),
+    the output channels of a stage followed by a depthwise one zero-padded to a multiple of
+    `block` and the next stage's inputs padded to match (`FrozenEncoder`)."""
+    out: list[tuple[torch.Tensor, ...]] = []
+    c_in = c_first
+    for i, (j, _, _, form) in enumerate(stages):
+        conv: SameConv1d = enc.layers[j]
+        c_out = int(conv.conv.weight.shape[0])
+        # pad only what a depthwise conv reads next: zero inputs cost a dense conv full price
+        # (EQT's second stage: 8 → 16 channels doubled its time, more than the pool saves)
+        pad = i + 1 < len(stages) and stages[i + 1][3] == "pair"
+        rows = -(-c_out // block) * block if pad else c_out
+        grow_out, bias = rows - c_out, conv.conv.bias
+        if form == "pair":
+            depthwise, pointwise = conv.depthwise.weight, conv.conv.weight
+            grow_in = c_in - int(depthwise.shape[0])
+            out.append((
+                F.pad(depthwise, (0, 0, 0, 0, 0, grow_in)).clone(),
+                F.pad(pointwise, (0, 0, 0, grow_in, 0, grow_out)).clone(),
+                F.pad(bias, (0, grow_out)).clone(),
+            ))  # fmt: skip
+        else:
+            weight = conv.dense_weight()
+            grow_in = c_in - int(weight.shape[1])
+            out.append(
+                (F.pad(weight, (0, 0, 0, grow_in, 0, grow_out)).clone(), F.pad(bias, (0, grow_out)))
+            )
+        c_in = rows
+    return out
 
 
 def plain_rnn(rnn: nn.Module) -> nn.Module:

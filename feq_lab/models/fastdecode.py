@@ -20,7 +20,9 @@ separately); outputs and gradients agree to float rounding (tests/models/test_pa
 - "eager": frozen constants for inference in PyTorch (`compile.compile_for_inference`):
   separable stages as one fused C call each where the kernels build (else the folded dense
   conv), a batch of one as tap-by-tap matmuls;
-- "onnx": frozen constants in the forms onnxruntime runs fastest (see `export.layout`).
+- "onnx": frozen constants in the forms onnxruntime runs fastest (see `export.layout`): a
+  separable polyphase last stage per phase, its convs and the head's padded to whole blocks of
+  onnxruntime's NCHWc kernels (`_PhaseTail`).
 `grouped_decoders` is the training form without the polyphase rewrite
 (`ModelOptions(decoders="fused")`): stacking alone, each stage and the heads one call of the
 fused separable / conv kernels, which at full rate cost less than the folded polyphase convs.
@@ -210,6 +212,7 @@ class StackedDecoders:
     head: _Conv  # on the phases when there is a tail (output channels ordered decoder, phase)
     form: str
     channels_last: bool = False  # "train": run time-major (NHWC convs), see `_time_major`
+    phase_tail: _PhaseTail | None = None  # "onnx", separable tail: it and the head's products
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, 3·C, T), the detection, P and S decoder inputs stacked on channels."""
@@ -218,10 +221,15 @@ class StackedDecoders:
         for stage in self.stages:
             x = stage(x)
         f = self.tail_upsample
-        if self.tail_conv is not None:
+        if self.tail_conv is not None and self.phase_tail is None:
             x = F.relu(self.tail_conv(x))
-        # ONNX: the head as a 1×1 conv over every tap plus k shifted adds (see _conv_by_shifts)
-        head = _conv_by_shifts(self.head, x) if self.form == "onnx" else self.head(x)
+        if self.form != "onnx":
+            head = self.head(x)
+        elif self.phase_tail is not None:
+            head = _sum_shifted(self.head, self.phase_tail(x))
+        else:
+            # the head as a 1×1 conv over every tap plus k shifted adds (see _sum_shifted)
+            head = _sum_shifted(self.head, _tap_products(self.head.weight, x, self.head.pad))
         y = _interleave(head, f, 3)  # (B, 3, samples)
         return y[:, 0], y[:, 1], y[:, 2]
 
@@ -241,24 +249,139 @@ class StackedDecoders:
         return out[:, 0], out[:, 1], out[:, 2]
 
 
-def _conv_by_shifts(conv: _Conv, x: torch.Tensor) -> torch.Tensor:
-    """The grouped conv as one 1×1 conv giving every tap's product, then the k shifted products
-    summed: y[t] = b + Σ_j W_j x[t + j − left]. For the export of the head (few output channels):
+def _padded(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+def _tap_products(
+    weight: torch.Tensor, x: torch.Tensor, pad: tuple[int, int], block: int = 1
+) -> torch.Tensor:
+    """Every tap's product of a grouped (groups = 3) conv `weight` (C_out, C_in / 3, k) with x,
+    as one 1×1 conv zero-padded by max(pad) on each side (its padded outputs are exact zeros:
+    no bias): (B, 3·G, T + 2·max(pad)), channels ordered (group, tap, filter), then at least one
+    zero row (`_sum_shifted` reads past the last tap) up to a multiple of `block` (whole NCHWc
+    blocks: see `_PhaseTail`)."""
+    c_out, c_in, k = weight.shape
+    per_group = c_out // 3
+    taps = weight.reshape(3, per_group, c_in, k).permute(0, 3, 1, 2).reshape(3, k * per_group, c_in)
+    rows = _padded(k * per_group + 1, block)
+    taps = F.pad(taps, (0, 0, 0, rows - k * per_group))
+    return F.conv1d(x, taps.reshape(3 * rows, c_in, 1), padding=max(pad), groups=3)
+
+
+def _sum_shifted(conv: _Conv, z: torch.Tensor) -> torch.Tensor:
+    """The grouped conv from its tap products z (`_tap_products`): y[t] = b + Σ_j W_j x[t + j −
+    left], the k shifted products summed. For the export of the head (few output channels):
     onnxruntime's Conv runs such a conv as im2col + a GEMM of 3 or so rows per group, which costs
-    more than the 1×1 GEMM (no im2col) and k small adds."""
-    c_out, c_in, k = conv.weight.shape
+    more than the 1×1 GEMM (no im2col) and k small adds.
+
+    Each group's rows are read as one flat (rows · T') signal: tap j's C_out / 3 rows shifted by
+    j samples are the contiguous range from row j·C_out/3, sample j, one (C_out/3 · T') long —
+    a plain copy, where a slice of rows and then of samples would be two strided ones. Sample t
+    of row r of that range is row r's sample t + j only for t < T' − j (after it the next row
+    begins), which covers the `out` samples kept."""
+    c_out, _, k = conv.weight.shape
     left, right = conv.pad
     per_group = c_out // 3
-    # (3·k·C_out/3, C_in/3, 1): output channel (group, tap, filter)
-    taps = conv.weight.reshape(3, per_group, c_in, k).permute(0, 3, 1, 2)
-    z = F.conv1d(x, taps.reshape(3 * k * per_group, c_in, 1), groups=3)
-    length = int(x.shape[-1])  # static in the export: only the batch is dynamic
-    z = F.pad(z.reshape(-1, 3, k, per_group, length), (left, right))
-    out = length + left + right - k + 1
-    y = conv.bias.reshape(1, 3, 1, per_group, 1)
-    for j in range(k):  # range slices (no Gather/Split): tap j, times j .. j + out
-        y = y + z[:, :, j : j + 1, :, j : j + out]
-    return y.reshape(-1, c_out, out)
+    padded = int(z.shape[-1])  # T' = T + 2·max(pad); static: only the batch is dynamic
+    start = max(left, right) - left
+    out = padded - 2 * max(left, right) + left + right - k + 1
+    z = z.reshape(-1, 3, int(z.shape[1]) // 3 * padded)
+    span = per_group * padded
+    y = conv.bias.reshape(1, 3, per_group, 1).repeat(1, 1, 1, padded).reshape(1, 3, span)
+    for j in range(k):
+        first = j * span + j + start
+        y = y + z[:, :, first : first + span]
+    return y.reshape(-1, 3, per_group, padded)[..., :out].reshape(-1, c_out, out)
+
+
+# onnxruntime's NCHWc kernels take a grouped conv only when its channels per group are a
+# multiple of the block (8 with AVX2, 16 with AVX-512): 16 suits both
+NCHWC_GROUP_BLOCK = 16
+
+
+@dataclass(frozen=True)
+class _TailBlock:
+    """Phases of a `_PhaseTail` whose outputs share one padded block of P channels per decoder
+    (their filters side by side, then zero filters), and the head's weight columns that read it.
+    `depthwise` set (a block of one phase): the stage as depthwise → pointwise `weight`
+    (3·P, C_in, 1); else `weight` (3·P, C_in, D) is the folded dense polyphase conv of the
+    block's phases."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor  # (3·P,)
+    head: torch.Tensor  # (3·F, P, D_head): the polyphase head's columns for these phases
+    depthwise: torch.Tensor | None = None  # (3·C_in, 1, D): this phase's depthwise taps
+
+
+@dataclass(frozen=True)
+class _PhaseTail:
+    """ONNX form of a separable polyphase last stage and the head's tap products.
+
+    The stage runs at the low rate per phase; the phases' outputs are kept as separate tensors
+    with channels (decoder, filter) and the head's 1×1 tap products are summed over them (its
+    weight split by input phase): no activation is transposed. onnxruntime runs a grouped conv
+    in its NCHWc kernels only when its channels per group are a multiple of the block
+    (`nchwc_block`), so the phases are packed into blocks of that many channels per decoder,
+    zero filters filling the rest (FEQ: 8 filters, f = 3: phases {0, 1} in one block, {2} in
+    another). A block of several phases runs as one dense polyphase conv (the depthwise taps
+    folded into the pointwise weight; FEQ: 16 → 16 per decoder, 3 taps); a block of one phase as
+    its depthwise conv (nearest upsampling then a depthwise "same" conv is, per phase, a
+    depthwise conv of the un-upsampled input with ~k/f taps: `polyphase_weight`) then the
+    pointwise conv. Measured with onnxruntime's profiler (FEQ3, batch 8, 1 thread, AVX-512, a
+    shared machine; per call): the dense polyphase conv with the exact 24 filters per decoder
+    (no NCHWc kernel: im2col + GEMM) ~1.7 ms plus ~0.5 ms for the head's tap products; all three
+    phases separable with phases 0 and 1 sharing a block through two summed pointwise convs
+    ~1.5 ms plus ~0.6 ms; phases 0 and 1 as one dense conv instead, ~2% of the whole model less
+    again; all three in one dense block (24 filters padded to 32) ~4% more than that."""
+
+    pad: tuple[int, int]  # the stage's zero padding at the low rate
+    blocks: tuple[_TailBlock, ...]
+    head_pad: tuple[int, int]
+    nchwc_block: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = self.pad
+        if left != right:
+            x, left = F.pad(x, (left, right)), 0
+        z = None
+        for block in self.blocks:
+            if block.depthwise is not None:
+                y = F.conv1d(x, block.depthwise, padding=left, groups=int(x.shape[1]))
+                y = F.conv1d(y, block.weight, block.bias, groups=3)
+            else:
+                y = F.conv1d(x, block.weight, block.bias, padding=left, groups=3)
+            products = _tap_products(block.head, F.relu(y), self.head_pad, self.nchwc_block)
+            z = products if z is None else z + products
+        return z
+
+
+def _phase_tail(convs: Sequence, head: _Conv, f: int, nchwc_block: int) -> _PhaseTail:
+    """`_PhaseTail` of three separable decoder convs after upsampling by f; `head` is the
+    polyphase head (`polyphase_head`, input channels ordered (decoder, phase, filter))."""
+    depthwise, pad = polyphase_weight(_grouped(c.depthwise.weight for c in convs), f)
+    depthwise = depthwise.reshape(f, -1, 1, depthwise.shape[-1])  # (phase, 3·C_in, 1, D)
+    dense = _polyphase_conv(convs, f).weight  # (3·f·C_out, C_in, D): (decoder, phase, filter)
+    c_out, c_in = int(convs[0].conv.weight.shape[0]), int(convs[0].conv.weight.shape[1])
+    dense = dense.reshape(3, f, c_out, c_in, -1)
+    rows = _padded(c_out, nchwc_block)
+    per_block = max(1, rows // c_out)  # phases sharing one padded block
+    columns = head.weight.reshape(head.weight.shape[0], f, c_out, -1)  # (3·F, phase, filter, D)
+    blocks = []
+    for first in range(0, f, per_block):
+        n = min(f, first + per_block) - first
+        grow = rows - n * c_out
+        bias = _grouped(F.pad(c.conv.bias.repeat(n), (0, grow)) for c in convs)
+        reads = columns[:, first : first + n].reshape(columns.shape[0], n * c_out, -1)
+        reads = F.pad(reads, (0, 0, 0, grow)).contiguous()
+        if n == 1:
+            pointwise = _grouped(F.pad(c.conv.weight, (0, 0, 0, 0, 0, grow)) for c in convs)
+            blocks.append(_TailBlock(pointwise, bias, reads, depthwise[first].contiguous()))
+        else:
+            weight = dense[:, first : first + n].reshape(3, n * c_out, c_in, -1)
+            weight = F.pad(weight, (0, 0, 0, 0, 0, grow)).reshape(3 * rows, c_in, -1)
+            blocks.append(_TailBlock(weight.contiguous(), bias, reads))
+    return _PhaseTail(pad, tuple(blocks), head.pad, nchwc_block)
 
 
 def _interleave(y: torch.Tensor, phases: int, groups: int) -> torch.Tensor:
@@ -346,6 +469,7 @@ def build_stacked(
     separable_fn: SeparableFn | None = None,
     kernels_ok: bool = False,
     channels_last: bool = False,
+    nchwc_block: int = NCHWC_GROUP_BLOCK,
 ) -> StackedDecoders:
     """Re-arrange three `Decoder`s' weights into a `StackedDecoders` of the given `form`.
 
@@ -354,7 +478,8 @@ def build_stacked(
     stage to run separable stages with; None folds them into dense grouped convs. `kernels_ok`
     ("eager"): the C kernels built, so separable stages keep their two halves for them.
     `channels_last` ("train" only): hold the signal time-major and run the convs in NHWC
-    (`StackedDecoders._time_major`; ModelOptions(decoder_layout=...))."""
+    (`StackedDecoders._time_major`; ModelOptions(decoder_layout=...)). `nchwc_block` ("onnx"):
+    the channel block a separable polyphase tail pads its grouped convs to (`_PhaseTail`)."""
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
     first = decoders[0]
@@ -417,7 +542,12 @@ def build_stacked(
     if form == "eager":
         tail = None if tail is None else _with_taps(tail)
         head = _with_taps(head)
-    return StackedDecoders(tuple(stages), f, tail, head, form, time_major)
+    phase_tail = None
+    if form == "onnx" and tail is not None:
+        last = [d.layers[d.layer_of_stage[-1]] for d in decoders]
+        if all(c.separable for c in last):
+            phase_tail = _phase_tail(last, head, f, nchwc_block)
+    return StackedDecoders(tuple(stages), f, tail, head, form, time_major, phase_tail)
 
 
 def _polyphase_conv(convs: Sequence, f: int) -> _Conv:

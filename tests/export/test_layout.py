@@ -120,3 +120,55 @@ def _squeeze_unsqueeze_pairs(model: onnx.ModelProto) -> int:
         n.op_type == "Unsqueeze" and getattr(producers.get(n.input[0]), "op_type", "") == "Squeeze"
         for n in model.graph.node
     )
+
+
+NCHWC_BLOCK = 16  # onnxruntime's NCHWc block with AVX-512 (8 with AVX2 divides it)
+
+
+def _nchwc_misfits(model: onnx.ModelProto) -> list[str]:
+    """Conv / MaxPool nodes whose channel counts the NCHWc transformer may refuse (the rule of
+    onnxruntime/core/optimizer/nchwc_transformer.cc, `TransformConv` / `TransformPool`): a
+    grouped conv needs its outputs, and its inputs and outputs per group, in whole blocks (or is
+    depthwise on whole blocks); a dense conv needs its inputs in whole blocks or fewer than one
+    block; a pool needs its channels in whole blocks. A conv reading the waveform itself is
+    exempt (its 3 channels: the export runs LEQ/FEQ's first depthwise conv plainly, by choice)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*inferred.graph.value_info, *inferred.graph.input]
+    }
+    shapes.update({i.name: list(i.dims) for i in model.graph.initializer})
+    inputs = {i.name for i in model.graph.input}
+    lifted_inputs = {n.output[0] for n in model.graph.node if n.input and n.input[0] in inputs}
+    bad = []
+    for node in model.graph.node:
+        if node.input and node.input[0] in inputs | lifted_inputs:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            c_out, c_in = shapes[node.input[1]][:2]
+            group = attrs.get("group", 1)
+            if group > 1:
+                depthwise = c_in == 1 and c_out == group
+                whole = c_in % NCHWC_BLOCK == 0 and (c_out // group) % NCHWC_BLOCK == 0
+                ok = c_out % NCHWC_BLOCK == 0 and (depthwise or whole)
+            else:
+                ok = c_in < NCHWC_BLOCK or c_in % NCHWC_BLOCK == 0
+        elif node.op_type == "MaxPool":
+            ok = shapes[node.input[0]][1] % NCHWC_BLOCK == 0
+        else:
+            continue
+        if not ok:
+            bad.append(f"{node.op_type} {node.name}")
+    return bad
+
+
+@pytest.mark.parametrize("preset", ["feq3", "leq"])
+def test_exported_separable_presets_fit_the_nchwc_kernels(tmp_path, preset):
+    """Every conv and pool of the LEQ/FEQ exports can run in onnxruntime's blocked layout (the
+    padded encoder stage and decoder tail, models/compile.py and models/fastdecode.py): none
+    falls back to im2col or forces a reorder pair."""
+    torch.manual_seed(4)
+    model = onnx.load(str(export_onnx(build_model(preset).eval(), tmp_path / "m.onnx")))
+    assert [n for n in model.graph.node if n.op_type == "MaxPool"]  # the check sees the pools
+    assert _nchwc_misfits(model) == []

@@ -52,6 +52,8 @@ CASES = [
     ("feq2", {"rnn": "lstm", "picker_rnn": "lstm", "cnn_blocks": 3}, False),
     ("feq3", {"rnn": "gru", "rnn_blocks": 2}, False),
     ("feq3", {"rnn": "bigru", "gru_impl": "keras", "cnn_blocks": 1}, False),
+    ("feq3", {"rnn": "gru", "cnn_blocks": 2}, True),  # the monitor's champion configuration
+    ("eqt", {"rnn": "gru", "picker_rnn": "gru", "cnn_blocks": 3}, True),
 ]
 
 
