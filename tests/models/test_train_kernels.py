@@ -160,6 +160,15 @@ STAGES = [
     # 8 + 4 + 1 outputs (every pointwise block width), two tiles with a ragged tail
     (2, 2, 8, 13, 130, 9, 3, (1, 2), 1),
     (1, 1, 4, 12, 300, 13, 1, (0, 0), 2),  # a kernel wider than the register-blocked ones
+    # upsampling stages in polyphase form (sep_train.c): the samples near both ends of the
+    # cropped row at the full rate, the rest per phase, across tile boundaries
+    (2, 3, 4, 4, 56, 5, 3, (1, 1), 1),  # L_in 56 (FEQ3's first decoder input), crop (1, 1)
+    (2, 1, 4, 3, 223, 5, 3, (1, 0), 1),  # 668 samples: three tiles, crop (1, 0)
+    (1, 1, 3, 4, 700, 7, 3, (0, 0), 1),  # 2100 samples, k 7 (dec5's form)
+    (2, 2, 4, 5, 56, 6, 2, (1, 0), 1),  # even k, up 2 (4 combined taps: the run-time loops)
+    (2, 1, 4, 4, 150, 5, 2, (0, 1), 2),  # up 2, k 5, then pooled
+    (1, 1, 3, 2, 40, 9, 4, (3, 2), 1),  # up 4, k 9
+    (1, 1, 2, 2, 5, 7, 3, (1, 1), 1),  # 13 samples: every output reaches the padding
 ]
 
 
