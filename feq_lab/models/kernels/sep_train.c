@@ -6,6 +6,9 @@
  * depthwise conv1d (and its backward) is slow at these shapes, and folding the pair into one
  * dense conv multiplies the work by k C_out / (k + C_out). Here one call runs the stage per
  * sample on rows that stay in cache, as vectorisable row updates and 16-lane dot products.
+ * A decoder stage's depthwise half runs in polyphase form wherever that needs fewer taps than k
+ * (poly_plan: FEQ3's k 5 and 7 after upsampling by 3 need 3), forward and backward: the same
+ * function, chosen per call from the shapes alone.
  *
  * Shapes (row-major float32), G groups of C input and O output channels:
  *   x (B, G C, L_in); dw (G C, k); pw (G O, C) (group g's outputs see group g's channels only);
