@@ -3,6 +3,7 @@ process, with the fused training kernels (feq_lab.models.kernels.autograd) on an
 
     python bench/training.py [--passes 4] [--block 2] [--kernels both|on|off] [--epoch]
     python bench/training.py --kernels-only [--threads 1] [--batch 16]  # kernels vs torch autograd
+    python bench/training.py ... --against REV  # also the kernels built from git revision REV
 
 A train step is what the lab's training loop does per batch: batch 32 of (3, 6000) windows,
 forward (logits), weighted BCE against random targets, backward, Adam step (fused, as in
@@ -22,15 +23,23 @@ Kernels "on" is the model as training builds it, `ModelOptions()` (the fused ker
 model's seams, the "fused" decoder form for separable decoders); "off" is the same model built
 with PyTorch's ops (`OPTIONS["off"]`). Both compute the same function (the parity harness,
 tests/models/test_parity.py, checks every option against the reference).
+
+`--against REV` times a kernel change before/after in one process: the C kernels are also built
+from git revision REV's sources, and every "on" candidate (and kernel case) runs a second time
+on that build, round-robin with the others (suffix "@REV").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +49,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feq_lab.models import PRESETS, ModelOptions, build_model
+from feq_lab.models import PRESETS, ModelOptions, build_model, kernels
 from feq_lab.models.kernels import autograd as ka
 from feq_lab.profiling.latency import device_name
 
@@ -57,6 +66,58 @@ OPTIONS = {
     ),
 }
 LOSS_WEIGHTS = (0.05, 0.40, 0.55)  # detection, P, S (conf/config.yaml train.loss_weights)
+
+
+# --- kernels from another revision (before/after in one process) ----------------------------
+
+
+def revision_library(rev: str) -> ctypes.CDLL:
+    """The training kernels built from git revision `rev`'s sources, entry points declared as
+    autograd declares them."""
+    root = Path(__file__).resolve().parents[1]
+    folder = Path(kernels.__file__).parent.relative_to(root).as_posix()
+    git = ["git", "-C", str(root)]
+    names = subprocess.run([*git, "ls-tree", "--name-only", rev, f"{folder}/"],
+                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="feq-kernels-"))
+    sources = []
+    for name in (n for n in names if n.endswith((".c", ".h"))):
+        path = tmp / Path(name).name
+        path.write_bytes(subprocess.run([*git, "show", f"{rev}:{name}"], capture_output=True,
+                                        check=True).stdout)  # fmt: skip
+        if name.endswith(".c"):
+            sources.append(str(path))
+    compiler = shutil.which("cc") or shutil.which("gcc") or "cc"
+    target = tmp / "kernels.so"
+    subprocess.run([compiler, *kernels.CFLAGS, "-o", str(target), *sources, "-lm"],
+                   check=True, capture_output=True)  # fmt: skip
+    lib = ctypes.CDLL(str(target))
+    own = kernels.library
+    kernels.library = lambda: lib  # only while autograd declares the entry points on it
+    try:
+        return ka._lib.__wrapped__()
+    finally:
+        kernels.library = own
+
+
+@contextlib.contextmanager
+def _kernels_of(lib: ctypes.CDLL) -> Iterator[None]:
+    own = ka._lib
+    ka._lib = lambda: lib
+    try:
+        yield
+    finally:
+        ka._lib = own
+
+
+def on_library(fn: Callable, lib: ctypes.CDLL) -> Callable:
+    """fn, run (forward and backward) on the kernels of `lib` instead of this tree's."""
+
+    def call(*args):
+        with _kernels_of(lib):
+            return fn(*args)
+
+    return call
 
 
 # --- train steps ---------------------------------------------------------------------------
@@ -228,7 +289,17 @@ def kernel_cases(batch: int) -> dict[str, tuple[Callable, Callable]]:
         return (scale * torch.randn(*shape, generator=g)).requires_grad_()
 
     def fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        return lambda: fn().square().sum().backward()
+        """fn's forward, then its backward from a fixed output gradient (no loss ops on the
+        output, whose passes over (B, 24, 6000)-sized tensors would outweigh the kernels)"""
+        grads: dict[torch.Size, torch.Tensor] = {}
+
+        def run() -> None:
+            y = fn()
+            if y.shape not in grads:
+                grads[y.shape] = torch.randn(y.shape, generator=g)
+            y.backward(grads[y.shape])
+
+        return run
 
     cases: dict[str, tuple[Callable, Callable]] = {}
     x, u = leaf(batch, 56, 16), 16
@@ -273,26 +344,34 @@ def kernel_cases(batch: int) -> dict[str, tuple[Callable, Callable]]:
     return cases
 
 
-def bench_kernels(batch: int, repeats: int) -> None:
+def bench_kernels(batch: int, repeats: int, against: str | None = None) -> None:
     cases = kernel_cases(batch)
-    fns = {
-        f"{name}|{side}": fn
-        for name, pair in cases.items()
-        for side, fn in zip(("kernel", "torch"), pair)
-    }
+    lib = revision_library(against) if against else None
+    fns: dict[str, Callable] = {}
+    for name, (kernel, reference) in cases.items():  # a build's run next to the other's
+        fns[f"{name}|kernel"] = kernel
+        if lib is not None:
+            fns[f"{name}|rev"] = on_library(kernel, lib)
+        fns[f"{name}|torch"] = reference
     for fn in fns.values():
         fn()
     cpu: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
+    for i in range(repeats):
+        for key, fn in list(fns.items())[:: 1 if i % 2 == 0 else -1]:  # order effects cancel
             start = time.process_time()
             fn()
             cpu[key].append((time.process_time() - start) * 1e3)
     print(f"\nkernels, forward + backward, batch {batch}, process CPU ms (median of {repeats})")
-    print(f"{'case':30s} {'kernel':>8s} {'torch':>8s} {'speedup':>8s}")
+    rev = f"@{against}" if against else ""
+    extra = f" {rev:>10s} {'× ' + rev:>10s}" if against else ""
+    print(f"{'case':30s} {'kernel':>8s} {'torch':>8s} {'speedup':>8s}{extra}")
     for name in cases:
         k, t = (float(np.median(cpu[f"{name}|{side}"])) for side in ("kernel", "torch"))
-        print(f"{name:30s} {k:8.2f} {t:8.2f} {t / k:8.2f}")
+        line = f"{name:30s} {k:8.2f} {t:8.2f} {t / k:8.2f}"
+        if against:
+            r = float(np.median(cpu[f"{name}|rev"]))
+            line += f" {r:10.2f} {k / r:10.3f}"
+        print(line)
 
 
 def main() -> None:
@@ -306,16 +385,21 @@ def main() -> None:
     parser.add_argument("--epoch", action="store_true", help="also time a quick-experiment epoch")
     parser.add_argument("--epoch-batches", type=int, default=None, help="cap the epoch's batches")
     parser.add_argument("--kernels-only", action="store_true", help="only the per-kernel table")
+    parser.add_argument("--against", metavar="REV", help="also time the kernels of git REV")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.kernels_only:
-        bench_kernels(args.batch, max(args.passes, 3))
+        bench_kernels(args.batch, max(args.passes, 3), args.against)
         return
     modes = ("off", "on") if args.kernels == "both" else (args.kernels,)
     if "on" in modes and not ka.available():
         print("the C kernels are unavailable here (no compiler or FEQ_LAB_NO_KERNELS): "
               "'on' runs the torch references")  # fmt: skip
     fns = candidates(args.presets, modes)
+    if args.against:
+        lib = revision_library(args.against)
+        for key in [k for k in fns if k.endswith(" on")]:
+            fns[f"{key}@{args.against}"] = on_library(fns[key], lib)
     times = time_steps(fns, args.passes, args.block, args.batch)
     print(
         f"\ndevice: {device_name()}; torch {torch.__version__}; {args.threads} threads; "

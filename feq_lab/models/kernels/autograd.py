@@ -13,7 +13,8 @@ the decoders' 2-6× the unfolded torch ops; the heads ~12× oneDNN (`bench/train
 - `gru_sequence`: one GRU direction, `nn.GRU` ("torch") or Keras 2.3.1 reset_after=False
   ("keras") semantics (gru_train.c).
 - `separable_stage`: [upsample → crop → depthwise → pointwise + bias → ReLU → max-pool], the
-  encoder's and decoders' stages, several side by side with `groups` (sep_train.c).
+  encoder's and decoders' stages, several side by side with `groups` (sep_train.c; an
+  upsampling stage's depthwise half in polyphase form where that needs fewer taps).
 - `same_conv`: dense grouped conv with "same" padding, e.g. the decoders' heads (conv_train.c).
 
 Each is a `torch.autograd.Function` whose forward and backward are C loops (built with the other

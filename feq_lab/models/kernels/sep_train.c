@@ -6,6 +6,9 @@
  * depthwise conv1d (and its backward) is slow at these shapes, and folding the pair into one
  * dense conv multiplies the work by k C_out / (k + C_out). Here one call runs the stage per
  * sample on rows that stay in cache, as vectorisable row updates and 16-lane dot products.
+ * A decoder stage's depthwise half runs in polyphase form wherever that needs fewer taps than k
+ * (poly_plan: FEQ3's k 5 and 7 after upsampling by 3 need 3), forward and backward: the same
+ * function, chosen per call from the shapes alone.
  *
  * Shapes (row-major float32), G groups of C input and O output channels:
  *   x (B, G C, L_in); dw (G C, k); pw (G O, C) (group g's outputs see group g's channels only);
@@ -148,6 +151,248 @@ FEQ_INLINE void depthwise_tile(float *dt, float *useg, const float *xg, const fl
                 for (int i = 0; i < BLK; ++i) acc[i] += wj * uj[i];
             }
             memcpy(dc + i0, acc, sizeof(acc)); /* dt rows hold TILE, a multiple of BLK */
+        }
+    }
+}
+
+/* --- polyphase form of the upsampling stages' depthwise half (up > 1) ----------------------
+ * Output t reads u[t - left + j] = x[floor((s + j - left) / up)], s = t + crop_left = up i + rho:
+ * x[i + e] with e = floor((rho + j - left) / up) in [dmin, dmax]. Taps of one phase that land
+ * on the same x sample act as one tap of their summed weight, so an output costs D = dmax - dmin
+ * + 1 multiply-adds instead of k (k 7, up 3: 3), forward, in backward's recomputation, and in
+ * both adjoints. Since x[i + e] = U[s + up e] for every phase (U: the uncropped upsampled row),
+ * the D taps are `up` samples apart on U with weights periodic in t: the rows stay at the full
+ * rate (same layouts, same vector loops, no interleaving), a 16-sample vector's weights depend
+ * only on its first sample's phase. (The same identity as fastdecode.polyphase_weight's.)
+ * Exact only where all k taps fall inside the cropped row: the crop and the zero padding cut
+ * groups of `up` equal samples, so samples near the ends take the full-rate form. */
+#define MAX_PHASES 8 /* the largest upsampling (and polyphase tap count) in polyphase form */
+
+typedef struct {
+    int D, dmin;
+    int a0; /* U index of V[0] relative to t0: crop_left + up dmin */
+    int Ta, Tb; /* outputs [Ta, Tb) (multiples of LANES) take the polyphase form */
+    float *wv; /* (G C, up, D, LANES): tap m of a vector whose first sample has phase r */
+} poly_t;
+
+static int floordiv(int a, int b)
+{
+    return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+/* the polyphase plan of a stage, or p->wv = NULL where it saves nothing (D >= k) or does not
+ * apply; returns -1 when out of memory */
+static int poly_plan(poly_t *p, const float *dw, int GC, int kernel, int left, int up,
+                     int crop_left, int L)
+{
+    p->wv = NULL;
+    if (up < 2 || up > MAX_PHASES) return 0;
+    p->dmin = floordiv(-left, up);
+    p->D = floordiv(up - 1 + kernel - 1 - left, up) - p->dmin + 1;
+    if (p->D >= kernel || p->D > MAX_PHASES) return 0;
+    p->a0 = crop_left + up * p->dmin;
+    p->Ta = (left + LANES - 1) / LANES * LANES;
+    const int end = L - (kernel - 1 - left); /* outputs before `end` read no right padding */
+    p->Tb = end > 0 ? end / LANES * LANES : 0;
+    if (p->Tb < p->Ta) p->Tb = p->Ta;
+    const int D = p->D;
+    p->wv = malloc(sizeof(float) * (size_t)GC * up * D * LANES);
+    if (!p->wv) return -1;
+    for (int c = 0; c < GC; ++c) {
+        float comb[MAX_PHASES][MAX_PHASES] = {{0}}; /* [phase][combined tap], taps in order */
+        for (int rho = 0; rho < up; ++rho)
+            for (int j = 0; j < kernel; ++j)
+                comb[rho][floordiv(rho + j - left, up) - p->dmin] += dw[c * kernel + j];
+        for (int r = 0; r < up; ++r)
+            for (int m = 0; m < D; ++m)
+                for (int l = 0; l < LANES; ++l)
+                    p->wv[(((size_t)c * up + r) * D + m) * LANES + l] = comb[(r + l) % up][m];
+    }
+    return 0;
+}
+
+/* v[i] = U[q + i], i < m: the uncropped upsampled row U[p] = xc[p / up], zero outside
+ * [0, up length_in) (where only zero combined weights read it) */
+FEQ_INLINE void extended_row(float *v, const float *xc, int q, int m, int up, int length_in)
+{
+    int i = 0;
+    for (; i < m && q + i < 0; ++i) v[i] = 0.0f;
+    int hi = up * length_in - q;
+    if (hi > m) hi = m;
+    if (hi > i) {
+        upsample_row(v + i, xc, q + i, hi - i, up);
+        i = hi;
+    }
+    for (; i < m; ++i) v[i] = 0.0f;
+}
+
+/* the weight vectors of the `up` vectors of a group: vector q starts at phase (r0 + q LANES) %
+ * up, the same in every group of up vectors */
+FEQ_INLINE void poly_load(vf w[MAX_PHASES][MAX_PHASES], const float *wvc, int r0, const int up,
+                          const int D)
+{
+    for (int q = 0; q < up; ++q) {
+        const int rq = (r0 + q * LANES) % up;
+        for (int m = 0; m < D; ++m) w[q][m] = vload(wvc + ((size_t)rq * D + m) * LANES);
+    }
+}
+
+/* dc[i] = sum_m wv(i)[m] v[i + up m], i in [pa, pb) (whole vectors): the polyphase depthwise
+ * outputs (up, D constants after inlining, so the weight vectors stay in registers) */
+FEQ_INLINE void poly_rows_k(float *dc, const float *v, const float *wvc, int r0, int pa, int pb,
+                            const int up, const int D)
+{
+    vf w[MAX_PHASES][MAX_PHASES];
+    poly_load(w, wvc, r0, up, D);
+    int i = pa;
+    for (; i + up * LANES <= pb; i += up * LANES)
+        for (int q = 0; q < up; ++q) {
+            const float *vq = v + i + q * LANES;
+            vf a = w[q][0] * vload(vq);
+            for (int m = 1; m < D; ++m) a += w[q][m] * vload(vq + up * m);
+            vstore(dc + i + q * LANES, a);
+        }
+    for (int q = 0; i < pb; i += LANES, ++q) {
+        const float *vq = v + i;
+        vf a = w[q][0] * vload(vq);
+        for (int m = 1; m < D; ++m) a += w[q][m] * vload(vq + up * m);
+        vstore(dc + i, a);
+    }
+}
+
+/* gp[rq][m] += sum over vectors i in [pa, pb) of phase rq of g[i] v[i + up m] (lanes kept):
+ * the polyphase depthwise weight gradient's partial sums */
+FEQ_INLINE void poly_grad_k(float *gp, const float *g, const float *v, int r0, int pa, int pb,
+                            const int up, const int D)
+{
+    vf a[MAX_PHASES][MAX_PHASES];
+    for (int q = 0; q < up; ++q)
+        for (int m = 0; m < D; ++m) a[q][m] = (vf){0};
+    int i = pa;
+    for (; i + up * LANES <= pb; i += up * LANES)
+        for (int q = 0; q < up; ++q) {
+            const vf gq = vload(g + i + q * LANES);
+            const float *vq = v + i + q * LANES;
+            for (int m = 0; m < D; ++m) a[q][m] += gq * vload(vq + up * m);
+        }
+    for (int q = 0; i < pb; i += LANES, ++q) {
+        const vf gq = vload(g + i);
+        for (int m = 0; m < D; ++m) a[q][m] += gq * vload(v + i + up * m);
+    }
+    for (int q = 0; q < up; ++q) {
+        float *gq = gp + (size_t)((r0 + q * LANES) % up) * D * LANES;
+        for (int m = 0; m < D; ++m) vstore(gq + m * LANES, vload(gq + m * LANES) + a[q][m]);
+    }
+}
+
+/* gu[i] = sum_m wv(i)[m] g[i - up m], i < nq (rounded up to whole vectors; g readable up (D - 1)
+ * before 0 and LANES past nq): the adjoint of poly_rows_k on the whole row, r0 = crop_left % up */
+FEQ_INLINE void poly_adjoint_k(float *gu, const float *g, const float *wvc, int r0, int nq,
+                               const int up, const int D)
+{
+    vf w[MAX_PHASES][MAX_PHASES];
+    poly_load(w, wvc, r0, up, D);
+    int i = 0;
+    for (; i + up * LANES <= nq; i += up * LANES)
+        for (int q = 0; q < up; ++q) {
+            const float *gq = g + i + q * LANES;
+            vf a = w[q][0] * vload(gq);
+            for (int m = 1; m < D; ++m) a += w[q][m] * vload(gq - up * m);
+            vstore(gu + i + q * LANES, a);
+        }
+    for (int q = 0; i < nq; i += LANES, ++q) {
+        vf a = w[q][0] * vload(g + i);
+        for (int m = 1; m < D; ++m) a += w[q][m] * vload(g + i - up * m);
+        vstore(gu + i, a);
+    }
+}
+
+/* the polyphase loops with (up, D) constants for FEQ3's decoders (k 5 and 7 after up 2 or 3
+ * give D = 3), else as run-time loops */
+#define POLY_DISPATCH(fn, up, D, ...)                                                              \
+    do {                                                                                           \
+        if ((up) == 3 && (D) == 3)                                                                 \
+            fn(__VA_ARGS__, 3, 3);                                                                 \
+        else if ((up) == 2 && (D) == 3)                                                            \
+            fn(__VA_ARGS__, 2, 3);                                                                 \
+        else                                                                                       \
+            fn(__VA_ARGS__, up, D);                                                                \
+    } while (0)
+
+/* full-rate depthwise outputs dc[i], i in [s, e), from the padded input row us (filled here for
+ * [s, e + k - 1): us[i] = u_padded[t0 + i]; readable BLK past it) */
+FEQ_INLINE void full_rate_segment(float *dc, float *us, const float *xc, const float *w,
+                                  int L, int up, int crop_left, int kernel, int left, int t0,
+                                  int s, int e)
+{
+    if (s >= e) return;
+    const int span_end = e + kernel - 1;
+    int i = s, t = t0 + s - left;
+    for (; i < span_end && t < 0; ++i, ++t) us[i] = 0.0f;
+    const int m = (L - t < span_end - i) ? L - t : span_end - i;
+    if (m > 0) {
+        upsample_row(us + i, xc, t + crop_left, m, up);
+        i += m;
+    }
+    for (; i < span_end; ++i) us[i] = 0.0f;
+    int i0 = s;
+    for (; i0 + BLK <= e; i0 += BLK) {
+        float acc[BLK] = {0};
+        for (int j = 0; j < kernel; ++j) {
+            const float wj = w[j];
+            const float *uj = us + i0 + j;
+            for (int i = 0; i < BLK; ++i) acc[i] += wj * uj[i];
+        }
+        memcpy(dc + i0, acc, sizeof(acc));
+    }
+    for (; i0 < e; i0 += LANES) { /* the segments are short: a vector at a time */
+        vf a = {0};
+        for (int j = 0; j < kernel; ++j) a += w[j] * vload(us + i0 + j);
+        float acc[LANES];
+        vstore(acc, a);
+        copy_block(dc + i0, acc, e - i0, LANES);
+    }
+}
+
+/* the polyphase tile bounds: outputs [*pa, *pb) of tile [t0, t0 + n) take the polyphase form */
+FEQ_INLINE void poly_bounds(const poly_t *p, int t0, int n, int *pa, int *pb)
+{
+    int a = p->Ta - t0, e = p->Tb - t0;
+    a = a < 0 ? 0 : (a > n ? n : a);
+    e = e < a ? a : (e > n ? n : e);
+    *pa = a;
+    *pb = e;
+}
+
+/* depthwise_tile in polyphase form: the same outputs d[c][0..n); us rows hold the padded input
+ * only over the full-rate segments, vs rows the uncropped upsampled row over the polyphase one
+ * (vs[i] = U[t0 + a0 + i]) */
+FEQ_INLINE void depthwise_tile_poly(float *dt, float *useg, float *vseg, size_t vstride,
+                                    const float *xg, const float *dwg, const poly_t *p,
+                                    const float *wvg, int C, int length_in, int L, int up,
+                                    int crop_left, int kernel, int left, int t0, int n)
+{
+    const int D = p->D;
+    int pa, pb;
+    poly_bounds(p, t0, n, &pa, &pb);
+    const int r0 = (t0 + pa + crop_left) % up;
+    for (int c = 0; c < C; ++c) {
+        const float *xc = xg + (size_t)c * length_in;
+        float *us = useg + (size_t)c * (TILE + kernel - 1 + BLK);
+        const float *w = dwg + (size_t)c * kernel;
+        float *dc = dt + (size_t)c * TILE;
+        full_rate_segment(dc, us, xc, w, L, up, crop_left, kernel, left, t0, 0, pa);
+        full_rate_segment(dc, us, xc, w, L, up, crop_left, kernel, left, t0, pb, n);
+        /* the next tile's input samples (as depthwise_tile) */
+        const int s0 = (t0 + TILE + p->a0) / up;
+        int s1 = (t0 + 2 * TILE + p->a0 + up * D) / up + 1;
+        if (s1 > length_in) s1 = length_in;
+        for (int q = s0 > 0 ? s0 : 0; q < s1; q += LANES) __builtin_prefetch(xc + q);
+        if (pb > pa) {
+            float *vs = vseg + (size_t)c * vstride;
+            extended_row(vs + pa, xc, t0 + p->a0 + pa, pb - pa + up * (D - 1), up, length_in);
+            POLY_DISPATCH(poly_rows_k, up, D, dc, vs, wvg + (size_t)c * up * D * LANES, r0, pa,
+                          pb);
         }
     }
 }
@@ -386,11 +631,17 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
     float *useg = calloc((size_t)C * (TILE + kernel - 1 + BLK), sizeof(float));
     float *dt = calloc((size_t)C * TILE, sizeof(float));
     float *y = pool > 1 ? malloc(sizeof(float) * (size_t)O * L) : NULL;
+    poly_t pp;
+    const int planned = poly_plan(&pp, dw, GC, kernel, left, up, crop_left, L);
+    const size_t vstride = (size_t)TILE + up * MAX_PHASES + LANES;
+    float *vseg = pp.wv ? malloc(sizeof(float) * (size_t)C * vstride) : NULL;
     (void)batch;
-    if (!useg || !dt || (pool > 1 && !y)) {
+    if (!useg || !dt || (pool > 1 && !y) || planned < 0 || (pp.wv && !vseg)) {
         free(useg);
         free(dt);
         free(y);
+        free(pp.wv);
+        free(vseg);
         return -1;
     }
     for (int b = b0; b < b1; ++b) {
@@ -399,8 +650,13 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
             float *yg = pool > 1 ? y : out + ((size_t)b * GO + (size_t)g * O) * L;
             for (int t0 = 0; t0 < L; t0 += TILE) {
                 const int n = L - t0 < TILE ? L - t0 : TILE;
-                depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
-                               crop_left, kernel, left, t0, n);
+                if (pp.wv)
+                    depthwise_tile_poly(dt, useg, vseg, vstride, xg, dw + (size_t)g * C * kernel,
+                                        &pp, pp.wv + (size_t)g * C * up * pp.D * LANES, C,
+                                        length_in, L, up, crop_left, kernel, left, t0, n);
+                else
+                    depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L,
+                                   up, crop_left, kernel, left, t0, n);
                 int o = 0;
                 for (; o + 8 <= O; o += 8) /* 8 outputs per pass: each d load feeds 8 */
                     pointwise_rows8(yg + (size_t)o * L + t0, L, pw + (size_t)(g * O + o) * C, C,
@@ -437,6 +693,8 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
     free(useg);
     free(dt);
     free(y);
+    free(pp.wv);
+    free(vseg);
     return 0;
 }
 
@@ -449,24 +707,38 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
 {
     const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
     const int wide = FEQ_WIDE();
-    const int padded = L + kernel - 1;
     const size_t ustride = (size_t)TILE + kernel - 1 + BLK; /* a useg row (depthwise_tile) */
+    poly_t pp;
+    const int planned = poly_plan(&pp, dw, GC, kernel, left, up, crop_left, L);
+    const int D = pp.wv ? pp.D : 0;
+    const size_t vstride = (size_t)TILE + up * MAX_PHASES + LANES;
+    /* gd rows: `pre` zeros before the L samples (the full-rate adjoint reads k - 1 back, the
+     * polyphase one up (D - 1)) */
+    const int pre = pp.wv && up * (D - 1) > kernel - 1 ? up * (D - 1) : kernel - 1;
+    /* gu: full rate, the padded row (L + k - 1); polyphase, U from a0 on (L + up (D - 1)) */
+    const int nq = pp.wv ? L + up * (D - 1) : L + kernel - 1;
     float *gacc = malloc(sizeof(float) * (size_t)C * kernel * LANES);
-    float *gu = malloc(sizeof(float) * (size_t)padded);
-    const size_t gys = (size_t)L + BLK, gds = (size_t)L + kernel - 1 + 2 * BLK;
+    /* the polyphase weight gradient's lane sums, over the whole call (reduced at the end) */
+    float *gp = pp.wv ? calloc((size_t)GC * up * D * LANES, sizeof(float)) : NULL;
+    float *gu = malloc(sizeof(float) * ((size_t)nq + BLK));
+    const size_t gys = (size_t)L + BLK, gds = (size_t)L + pre + 2 * BLK;
     float *gy = calloc((size_t)O * gys, sizeof(float)); /* zero past L */
     float *gd = calloc((size_t)C * gds, sizeof(float)); /* zero around the L samples */
     float *useg = calloc((size_t)C * ustride, sizeof(float));
     float *dt = calloc((size_t)C * TILE, sizeof(float));
+    float *vseg = pp.wv ? malloc(sizeof(float) * (size_t)C * vstride) : NULL;
     (void)batch;
     (void)pool_left;
-    if (!gacc || !gu || !gy || !gd || !useg || !dt) {
+    if (!gacc || !gu || !gy || !gd || !useg || !dt || planned < 0 || (pp.wv && (!gp || !vseg))) {
         free(gacc);
+        free(gp);
         free(gu);
         free(gy);
         free(gd);
         free(useg);
         free(dt);
+        free(pp.wv);
+        free(vseg);
         return -1;
     }
     for (int b = b0; b < b1; ++b) {
@@ -493,8 +765,16 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
              * gd = pw^T gy */
             for (int t0 = 0; t0 < L; t0 += TILE) {
                 const int n = L - t0 < TILE ? L - t0 : TILE;
-                depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L, up,
-                               crop_left, kernel, left, t0, n);
+                int pa = n, pb = n; /* the polyphase outputs of this tile */
+                if (pp.wv) {
+                    poly_bounds(&pp, t0, n, &pa, &pb);
+                    depthwise_tile_poly(dt, useg, vseg, vstride, xg, dw + (size_t)g * C * kernel,
+                                        &pp, pp.wv + (size_t)g * C * up * D * LANES, C,
+                                        length_in, L, up, crop_left, kernel, left, t0, n);
+                } else {
+                    depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L,
+                                   up, crop_left, kernel, left, t0, n);
+                }
                 /* gpw[o, c] += gy[o] . d[c]: 2 outputs x 4 channels per pass (6 loads feed 8
                  * multiply-adds) */
                 int o = 0;
@@ -557,45 +837,96 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                                 }
                             }
                         for (int e = 0; e < nc; ++e)
-                            copy_block(gd + (size_t)(c + e) * gds + (kernel - 1) + t0 + i0, acc[e],
-                                   n - i0, BLK);
+                            copy_block(gd + (size_t)(c + e) * gds + pre + t0 + i0, acc[e],
+                                       n - i0, BLK);
                     }
-                    /* gd rows are zero past L; useg rows are readable BLK past the span */
-                    for (int e = 0; e < nc; ++e)
-                        tap_sums(gacc + (size_t)(c + e) * kernel * LANES,
-                                 gd + (size_t)(c + e) * gds + (kernel - 1) + t0,
-                                 useg + (size_t)(c + e) * ustride, n, kernel, wide);
+                    /* gd rows are zero past L; useg rows are readable BLK past the span; the
+                     * full-rate segments [0, pa) and [pb, n) start at multiples of LANES */
+                    for (int e = 0; e < nc; ++e) {
+                        float *ga = gacc + (size_t)(c + e) * kernel * LANES;
+                        const float *gdr = gd + (size_t)(c + e) * gds + pre + t0;
+                        const float *us = useg + (size_t)(c + e) * ustride;
+                        if (pa > 0) tap_sums(ga, gdr, us, pa, kernel, wide);
+                        if (pb < n) tap_sums(ga, gdr + pb, us + pb, n - pb, kernel, wide);
+                        if (pb > pa)
+                            POLY_DISPATCH(poly_grad_k, up, D,
+                                          gp + (size_t)(g * C + c + e) * up * D * LANES,
+                                          gdr, vseg + (size_t)(c + e) * vstride,
+                                          (t0 + pa + crop_left) % up, pa, pb);
+                    }
                 }
             }
-            /* depthwise: gdw[c, j] += the lanes of gacc[c, j]; gu[s] = sum_j w[j] gd[s - j] (gd
-             * rows carry k - 1 zeros before and BLK after), then back through crop and
-             * upsampling */
+            /* depthwise: gdw[c, j] += the lanes of gacc[c, j]; gx: back through the depthwise
+             * half, the crop and the upsampling */
             for (int c = 0; c < C; ++c) {
                 const int ch = g * C + c;
                 const float *w = dw + (size_t)ch * kernel;
-                const float *q = gd + (size_t)c * gds + (kernel - 1);
+                float *q = gd + (size_t)c * gds + pre;
                 for (int j = 0; j < kernel; ++j)
                     gdw[(size_t)ch * kernel + j] += sum(gacc + ((size_t)c * kernel + j) * LANES, LANES);
-                for (int s0 = 0; s0 < padded; s0 += BLK) {
-                    float acc[BLK] = {0};
-                    for (int j = 0; j < kernel; ++j) {
-                        const float wj = w[j];
-                        const float *r = q + s0 - j;
-                        for (int i = 0; i < BLK; ++i) acc[i] += wj * r[i];
-                    }
-                    copy_block(gu + s0, acc, padded - s0, BLK);
-                }
                 float *gxc = gx + ((size_t)b * GC + ch) * length_in;
                 memset(gxc, 0, sizeof(float) * (size_t)length_in);
-                downsample_row(gxc, gu + left, crop_left, L, up);
+                if (!pp.wv) {
+                    /* gu[s] = sum_j w[j] gd[s - j] (gd rows carry k - 1 zeros before and BLK
+                     * after) */
+                    for (int s0 = 0; s0 < nq; s0 += BLK) {
+                        float acc[BLK] = {0};
+                        for (int j = 0; j < kernel; ++j) {
+                            const float wj = w[j];
+                            const float *r = q + s0 - j;
+                            for (int i = 0; i < BLK; ++i) acc[i] += wj * r[i];
+                        }
+                        copy_block(gu + s0, acc, nq - s0, BLK);
+                    }
+                    downsample_row(gxc, gu + left, crop_left, L, up);
+                    continue;
+                }
+                /* the outputs whose taps reach the padding, at the full rate; then without
+                 * them (zeroed: gdw is done with gd), the polyphase adjoint on U and U's
+                 * adjoint of the upsampling */
+                const int e0 = left < L ? left : L;
+                int e1 = L - (kernel - 1 - left);
+                e1 = e1 < e0 ? e0 : e1;
+                for (int t = 0; t < L; ++t) {
+                    if (t == e0) t = e1;
+                    if (t >= L) break;
+                    const float gt = q[t];
+                    for (int j = 0; j < kernel; ++j) {
+                        const int u = t - left + j;
+                        if (u >= 0 && u < L) gxc[(u + crop_left) / up] += w[j] * gt;
+                    }
+                    q[t] = 0.0f;
+                }
+                POLY_DISPATCH(poly_adjoint_k, up, D, gu, q, pp.wv + (size_t)ch * up * D * LANES,
+                              crop_left % up, nq);
+                const int lo = pp.a0 < 0 ? -pp.a0 : 0;
+                const int hi = up * length_in - pp.a0 < nq ? up * length_in - pp.a0 : nq;
+                if (hi > lo) downsample_row(gxc, gu + lo, lo + pp.a0, hi - lo, up);
             }
         }
     }
+    /* the polyphase part of gdw: lane l of a vector whose first sample has phase r holds
+     * phase (r + l) % up; tap j of phase rho is its combined tap floor((rho + j - left) / up) */
+    for (int ch = 0; gp && ch < GC; ++ch) {
+        float P[MAX_PHASES][MAX_PHASES] = {{0}}; /* [phase][combined tap] */
+        for (int r = 0; r < up; ++r)
+            for (int m = 0; m < D; ++m)
+                for (int l = 0; l < LANES; ++l)
+                    P[(r + l) % up][m] += gp[(((size_t)ch * up + r) * D + m) * LANES + l];
+        for (int j = 0; j < kernel; ++j) {
+            float s = 0.0f;
+            for (int rho = 0; rho < up; ++rho) s += P[rho][floordiv(rho + j - left, up) - pp.dmin];
+            gdw[(size_t)ch * kernel + j] += s;
+        }
+    }
     free(gacc);
+    free(gp);
     free(gu);
     free(gy);
     free(gd);
     free(useg);
     free(dt);
+    free(pp.wv);
+    free(vseg);
     return 0;
 }
