@@ -198,7 +198,8 @@ def export_model(checkpoint: str | None, path: Path) -> str:
     from feq_lab.models import build_model, load_checkpoint
 
     if checkpoint:
-        model, label = load_checkpoint(checkpoint), f"FEQ3 {Path(checkpoint).name}"
+        model = load_checkpoint(checkpoint)
+        label = f"{getattr(model, 'name', 'model')} from {checkpoint}"
     else:
         torch.manual_seed(0)
         model, label = build_model("feq3"), "FEQ3 untrained (seed 0): latency meaningless"
@@ -263,7 +264,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=240, help="seconds of each record played")
     parser.add_argument("--early-every", dest="early_every", type=float, default=1.0,
                         help="engine.early_every_s: right-edge window cadence")
-    parser.add_argument("--checkpoint", default=None, help="a trained FEQ3 (else untrained)")
+    parser.add_argument("--checkpoint", default=None, help="a trained model, e.g. the champion (else an untrained FEQ3)")
     parser.add_argument("--thresholds", type=float, nargs=3, default=[0.5, 0.1, 0.1],
                         metavar=("DET", "P", "S"),
                         help="the model's thresholds (a champion's: its run's thresholds/*"
