@@ -264,7 +264,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=240, help="seconds of each record played")
     parser.add_argument("--early-every", dest="early_every", type=float, default=1.0,
                         help="engine.early_every_s: right-edge window cadence")
-    parser.add_argument("--checkpoint", default=None, help="a trained model, e.g. the champion (else an untrained FEQ3)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a trained model, e.g. the champion (else an untrained FEQ3)")
     parser.add_argument("--thresholds", type=float, nargs=3, default=[0.5, 0.1, 0.1],
                         metavar=("DET", "P", "S"),
                         help="the model's thresholds (a champion's: its run's thresholds/*"

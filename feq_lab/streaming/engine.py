@@ -1088,11 +1088,11 @@ class StreamEngine:
                 ready.append((on, off))
             else:
                 st.scan = st.final
-            # (no trigger ready, no detection: the decoder's peak search is skipped)
-            for det in decode_triggers(
-                probs[0], probs[1], probs[2], ready, self.thresholds, self.decoding
-            ) if ready else ():
-                self._final(st, det.shifted(lo), emitted)
+            if ready:  # (none ready: no detection, and the decoder's peak search is skipped)
+                for det in decode_triggers(
+                    probs[0], probs[1], probs[2], ready, self.thresholds, self.decoding
+                ):
+                    self._final(st, det.shifted(lo), emitted)
         for ev in [e for e in st.open if e.off <= st.scan]:  # decided, and not final
             st.open.remove(ev)
             emitted.append(self._retraction(st, ev))
