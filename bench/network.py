@@ -12,8 +12,8 @@ minutes then an earthquake trace, seeded): station k plays scenario seed k mod `
 windows). All stations' records of one second are fed together as one (N, 3, 100) array
 (`StreamEngine.feed_array`, what a network multiplexer hands over; `feed_all` of per-station
 `Block`s gives the same objects), so the windows due anywhere in the network go through one
-onnxruntime call per `--batch` windows, on 1 thread. For each N and early picking off / on, a fresh child process (numpy + onnxruntime, no
-torch: what a monitor needs) prints:
+onnxruntime call per `--batch` windows, on 1 thread. For each N and early picking off / on, a
+fresh child process (numpy + onnxruntime, no torch: what a monitor needs) prints:
 - sustained throughput: station-seconds processed per wall-second (>= N = real time),
 - CPU time per station-second,
 - P latency p50/p95 over stations: emitted_at of the first object whose P lies within 0.5 s of

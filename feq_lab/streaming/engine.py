@@ -521,9 +521,7 @@ class StreamEngine:
                 and name not in self._skewed
                 and self._append_enz(st, t0, enz[k])
             ):
-                newest = st.origin + (st.hwm - 1) / SAMPLING_RATE
-                if self.clock is None or newest > self.clock:
-                    self.clock = newest
+                self._advance_clock(st)
             else:
                 st = self._store_block(
                     Block(name, t0, float(sampling_rate), dict(zip(codes, x[k])))
@@ -571,10 +569,14 @@ class StreamEngine:
         elif st.name in self._skewed:  # back within the tolerance of the clock
             self._skewed.discard(st.name)
         if st.hwm > 0 and st.name not in self._skewed:
-            newest = st.newest_time
-            if self.clock is None or newest > self.clock:
-                self.clock = newest
+            self._advance_clock(st)
         return st
+
+    def _advance_clock(self, st: _Station) -> None:
+        """A trusted station's newest sample moves the clock forward (never back)."""
+        newest = st.newest_time
+        if self.clock is None or newest > self.clock:
+            self.clock = newest
 
     def _from_the_future(self, st: _Station, start: float) -> bool:
         """A record starting more than `future_tolerance_s` after the clock, while other
@@ -652,12 +654,6 @@ class StreamEngine:
             if None in found or len(set(found)) != 3:
                 return False
             layout = st.layout = (codes, found)  # type: ignore[assignment]
-        exact = (float(block.starttime) - st.origin) * SAMPLING_RATE
-        start = round(exact)
-        if abs(exact - start) > 0.1 or start != st.hwm:
-            return False
-        if not st.aligned and st.channel_hwm != [start] * 3:
-            return False
         arrays = list(channels.values())
         n = arrays[0].shape[0] if isinstance(arrays[0], np.ndarray) else 0
         for x in arrays:  # 1-D numeric arrays of one length (anything else: the general path)
@@ -665,47 +661,54 @@ class StreamEngine:
                 return False
         if n == 0:
             return False
-        stop = start + n
-        raw = st.raw
-        if stop - raw.base > raw.data.shape[1]:  # raw, present and filled share base and size
-            for series in (raw, st.present, st.filled):
-                series.ensure(stop)
+        at = self._slot(st, float(block.starttime), n)
+        if at is None:
+            return False
         # written straight into the buffer (beyond the newest sample: nothing is lost if a
         # NaN sends the block down the per-channel path, which rewrites these samples)
-        at = start - raw.base
-        buf = raw.data[:, at : at + n]
+        buf = st.raw.data[:, at : at + n]
         for row, samples in zip(layout[1], arrays):
             buf[row] = samples
         # one reduction instead of isfinite + all: a NaN or inf makes the sum non-finite (an
         # overflowing sum of finite samples only sends the record down the exact slow path)
         if not math.isfinite(np.add.reduce(buf, axis=None)):
             return False
-        self._appended(st, at, start, stop)
+        self._appended(st, at, n)
         return True
 
     def _append_enz(self, st: _Station, t0: float, enz: np.ndarray) -> bool:
         """`_append` for a record already checked (`feed_array`): finite float32 (3, n) rows
         E, N, Z. False (nothing written) when it does not start where the station's data end."""
-        exact = (t0 - st.origin) * SAMPLING_RATE
-        start = round(exact)
-        if abs(exact - start) > 0.1 or start != st.hwm:
+        n = enz.shape[1]
+        at = self._slot(st, t0, n)
+        if at is None:
             return False
-        if not st.aligned and st.channel_hwm != [start] * 3:
-            return False
-        stop = start + enz.shape[1]
-        raw = st.raw
-        if stop - raw.base > raw.data.shape[1]:
-            for series in (raw, st.present, st.filled):
-                series.ensure(stop)
-        at = start - raw.base
-        raw.data[:, at : at + enz.shape[1]] = enz
-        self._appended(st, at, start, stop)
+        st.raw.data[:, at : at + n] = enz
+        self._appended(st, at, n)
         return True
 
     @staticmethod
-    def _appended(st: _Station, at: int, start: int, stop: int) -> None:
-        """The marks of a record written into the buffer at `at` by the common-case paths."""
-        st.present.data[:, at : at + stop - start] = True  # (present shares raw's base)
+    def _slot(st: _Station, t0: float, n: int) -> int | None:
+        """Where the common-case paths write a record of `n` samples starting at `t0` (an
+        offset into the buffers, room ensured), or None when it does not start exactly where
+        every component of the station's data ends."""
+        exact = (t0 - st.origin) * SAMPLING_RATE
+        start = round(exact)
+        if abs(exact - start) > 0.1 or start != st.hwm:
+            return None
+        if not st.aligned and st.channel_hwm != [start] * 3:
+            return None
+        raw = st.raw
+        if start + n - raw.base > raw.data.shape[1]:  # raw, present, filled share base, size
+            for series in (raw, st.present, st.filled):
+                series.ensure(start + n)
+        return start - raw.base
+
+    @staticmethod
+    def _appended(st: _Station, at: int, n: int) -> None:
+        """The marks of a record of `n` samples written at buffer offset `at` (`_slot`)."""
+        start, stop = st.hwm, st.hwm + n  # (`_slot`: the record starts at `hwm`)
+        st.present.data[:, at : at + n] = True  # (present shares raw's base)
         if st.present_through == start:
             st.present_through = stop
         if not st.aligned:
@@ -822,11 +825,8 @@ class StreamEngine:
         for st in stations:
             self._commit(st, flush)
             # (`_plan`'s first test inline: most stations have no window due most seconds)
-            if regular_only and st.next_window + WINDOW > st.committed:
-                if st.final != st.scanned_final:
-                    out += self._decide(st, flush, None)
-                continue
-            planned = self._plan(st, flush)
+            due = not regular_only or st.next_window + WINDOW <= st.committed
+            planned = self._plan(st, flush) if due else []
             if planned:
                 planned[-1].last = True
                 jobs += planned
@@ -1071,15 +1071,13 @@ class StreamEngine:
             n = probs.shape[1]
             start = st.scan - lo
             det = probs[0, start:]
-            # one reduction tells a quiet region (no sample above the threshold: no trigger);
-            # fmax ignores NaN as the threshold test does
-            quiet = not det.size or not above_threshold(
-                np.fmax.reduce(det), self.th_det, self.decoding.protocol
+            # (a quiet region, the common case, skips the trigger search)
+            found = (
+                find_triggers(det, self.th_det, self.decoding.protocol)
+                if self._any_above(det, self.th_det)
+                else ()
             )
-            runs = [] if quiet else [
-                (on + start, off + start)
-                for on, off in find_triggers(det, self.th_det, self.decoding.protocol)
-            ]  # fmt: skip
+            runs = [(on + start, off + start) for on, off in found]
             ready = []
             for on, off in runs:
                 if not flush and (off >= n or off + self.lookahead > n):
@@ -1121,19 +1119,24 @@ class StreamEngine:
         """True when `_provisional` would find no trigger, known without reading buffers:
         neither the stack from the undecided region on (`hot_last`) nor the right-edge
         window's not-final detection `det[final - start:]` exceeds the provisional detection
-        threshold (max stacking: max(a, b) > t iff a > t or b > t). One reduction: fmax
-        ignores NaN as the threshold test does. False means "decode", never "skip wrongly"."""
+        threshold (max stacking: max(a, b) > t iff a > t or b > t). False means "decode",
+        never "skip wrongly"."""
         if not self._track_hot:
             return False
         cut = st.final - start
         if st.hot_last >= st.scan or cut < 0:
             return False
-        if cut < WINDOW and above_threshold(
-            np.fmax.reduce(det[cut:]), self.early_thresholds["detection"], self.decoding.protocol
-        ):
+        if self._any_above(det[cut:], self.early_thresholds["detection"]):
             return False
         self.edge_windows_quiet += 1
         return True
+
+    def _any_above(self, x: np.ndarray, threshold: float) -> bool:
+        """Whether any sample of `x` passes the trigger test, in one reduction (no trigger
+        without one); fmax ignores NaN as the threshold test does."""
+        return x.size > 0 and bool(
+            above_threshold(np.fmax.reduce(x), threshold, self.decoding.protocol)
+        )
 
     def _provisional(
         self, st: _Station, start: int, outputs: list[np.ndarray], emitted: list[Event]
