@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import os
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def revision_library(rev: str) -> ctypes.CDLL:
                                         check=True).stdout)  # fmt: skip
         if name.endswith(".c"):
             sources.append(str(path))
-    compiler = shutil.which("cc") or shutil.which("gcc") or "cc"
+    # the compiler `kernels.library` picks, so both builds differ in their sources only
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "cc"
     target = tmp / "kernels.so"
     subprocess.run([compiler, *kernels.CFLAGS, "-o", str(target), *sources, "-lm"],
                    check=True, capture_output=True)  # fmt: skip
