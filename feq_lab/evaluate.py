@@ -36,6 +36,7 @@ from feq_lab.job.config import flatten, run_params, to_plain
 from feq_lab.job.run import STAGE_RUN_FILE, log_assessment, training_metrics
 from feq_lab.models import load_checkpoint
 from feq_lab.paths import CONF_DIR, atomic_write_text
+from feq_lab.streaming.replay import split_metrics
 from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN, TAG_STUDY, Tracker, quiet_logs
 
 log = logging.getLogger("feq_lab.evaluate")
@@ -112,6 +113,48 @@ def stage_latencies(dirs: list[Path], measure_cfg: Any) -> dict[str, dict[str, f
     return measure_latencies(models, measure_cfg)
 
 
+def replay_variant(stage_dir: Path, thresholds: dict[str, float], replays_cfg: dict[str, Any],
+                   subset_dir: Path, work: Path) -> dict[str, Any]:
+    """One learned variant's study replays (`streaming.replay.study_replays`), 1 thread."""
+    import torch
+
+    from feq_lab.streaming.replay import study_replays
+
+    torch.set_num_threads(1)
+    onnx = stage_dir / "model.onnx"
+    return study_replays(stage_dir / "model.pt", onnx if onnx.is_file() else None, thresholds,
+                         replays_cfg, subset_dir, work / "replays" / stage_dir.name)
+
+
+def stage_replays(scored: list[tuple[Path, dict, Any]], cfg: DictConfig, work: Path,
+                  workers: int) -> dict[str, dict[str, Any]]:
+    """Every learned variant played through the monitor on `eval.replays.split` (validation by
+    default) at its tuned thresholds: the scenarios' summary per stage folder name.
+
+    Why here: selection may bound the real-time P accuracy (`val/stream_*`) of what ships, and
+    only this stage knows each variant's tuned thresholds. Variants run `workers` at a time (each
+    1 thread, onnxruntime: what the monitor runs); the scenarios are deterministic."""
+    replays = to_plain(cfg.eval.get("replays") or {})
+    n = int(replays.get("scenarios") or 0)  # checked by check_evaluation, before any run
+    jobs = [(d, {k: result.metrics[f"thresholds/{k}"] for k in ("detection", "p", "s")})
+            for d, _, result in scored
+            if n and (d / "model.pt").is_file() and "thresholds/p" in result.metrics]
+    if not jobs:
+        return {}
+    subset = Path(str(replays.get("subset_dir") or cfg.data.get("out_dir") or "data/subset"))
+    log.info("replaying %d scenarios of the %s split with %d variants (the monitor, onnxruntime, "
+             "1 thread each)", n, replays.get("split", "val"), len(jobs))
+    args = ([d for d, _ in jobs], [th for _, th in jobs], [replays] * len(jobs),
+            [subset] * len(jobs), [work] * len(jobs))
+    if workers <= 1 or len(jobs) <= 1:
+        done = list(map(replay_variant, *args))
+    else:
+        with ProcessPoolExecutor(min(workers, len(jobs)),
+                                 mp_context=get_context("fork")) as pool:
+            done = list(pool.map(replay_variant, *args))
+    return {d.name: summary for (d, _), summary in zip(jobs, done)}
+
+
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate every stage folder, log one child run each, write the evaluation JSON."""
     quiet_logs()
@@ -130,11 +173,18 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         workers = int(ev.get("workers") or os.cpu_count() or 1)
         scored = score_variants(dirs, cfg, Path(tmp), workers)
         latencies = stage_latencies(dirs, cfg.get("measure")) if ev.get("latency", True) else {}
+        replays = stage_replays(scored, cfg, Path(tmp), workers)
+        split = str((cfg.eval.get("replays") or {}).get("split", "val"))
         for d, info, result in scored:
             tags = {**(info.get("tags") or {}), TAG_EVALUATED_RUN: info["run_id"]}
             if d.name in latencies:
                 result.metrics.update(latencies[d.name])
                 tags.update(latency_context(cfg.get("measure")))
+            if d.name in replays:
+                result.metrics.update(split_metrics(replays[d.name], split))
+                summary = Path(tmp) / "replays" / d.name / f"{split}_scenarios_summary.json"
+                atomic_write_text(summary, json.dumps(replays[d.name], indent=2) + "\n")
+                result.add("replays", summary)
             name = tags.get("feq.variant") or info.get("name") or d.name
             run_id = tracker.start_run(name, evaluation_params(info, cfg), tags, parent)
             log_assessment(tracker, result, run_id)

@@ -60,11 +60,9 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run(cfg: Mapping[str, Any], output_cfg: Any, publisher: Any) -> dict[str, Any]:
     from feq_lab.streaming.display import LiveDisplay
-    from feq_lab.streaming.engine import DEFAULT_THRESHOLDS, EngineConfig, StreamEngine
-    from feq_lab.streaming.monitor import run_monitor, score_scenario, summarise_scenarios
-    from feq_lab.streaming.outputs import EventSink
+    from feq_lab.streaming.engine import DEFAULT_THRESHOLDS, EngineConfig
     from feq_lab.streaming.predictors import load_model, make_predictor
-    from feq_lab.streaming.sources import make_source
+    from feq_lab.streaming.replay import play, replay_scenarios
 
     out_dir = _out_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +99,6 @@ def _run(cfg: Mapping[str, Any], output_cfg: Any, publisher: Any) -> dict[str, A
         int(cfg.get("mc_passes") or 0),
         out_dir,
     )
-    plot = dict(cfg.get("plot") or {})
     log.info(
         "model %s, backend %s, %s thread(s); output in %s",
         label,
@@ -110,67 +107,31 @@ def _run(cfg: Mapping[str, Any], output_cfg: Any, publisher: Any) -> dict[str, A
         out_dir,
     )
 
-    runs = range(n_scenarios) if n_scenarios else [None]
-    scores = []
-    result: dict[str, Any] = {}
-    for k in runs:
-        run_dir = (
-            out_dir if k is None else out_dir / f"scenario_{int(source_cfg.get('seed', 0)) + k:03d}"
-        )
-        run_source = dict(source_cfg)
-        if k is not None:
-            run_source["seed"] = int(source_cfg.get("seed", 0)) + k
-            run_dir.mkdir(parents=True, exist_ok=True)
-        blocks, scenario = make_source(run_source, run_dir, cfg.get("data"))
-        engine = StreamEngine(predict, label, engine_cfg, mc=bool(cfg.get("mc_passes")))
-        display_mode = str(cfg.get("display", "auto"))
-        display = (
-            None
-            if display_mode == "none"
-            else LiveDisplay(
-                display_mode,
-                run_dir,
-                int(plot.get("n_blocks", 4)),
-                float(plot.get("block_s", 60)),
-                int(plot.get("dpi", 80)),
-            )
-        )
-        sink = EventSink(run_dir, config=output_cfg, publisher=publisher)
-        stats = run_monitor(
-            blocks,
-            engine,
-            sink,
-            display,
-            float(plot.get("refresh_s", 1.0)),
-            keep_objects=scenario is not None,
-        )
-        result = {
-            "type": "summary",
-            "model": label,
-            "thresholds": dict(engine_cfg.thresholds),
-            "out_dir": str(run_dir),
-            **stats.summary(),
-        }
-        if scenario is not None:
-            score = score_scenario(sink.events, scenario, objects=stats.objects)
-            scores.append(score)
-            result["scenario"] = score
-        if display is not None:
-            display.close()
-        if k is None:
-            log.info("summary: %s", json.dumps(result))
+    plot = dict(cfg.get("plot") or {})
+    display_mode = str(cfg.get("display", "auto"))
+
+    def display_for(run_dir: Path) -> Any:
+        if display_mode == "none":
+            return None
+        return LiveDisplay(display_mode, run_dir, int(plot.get("n_blocks", 4)),
+                           float(plot.get("block_s", 60)), int(plot.get("dpi", 80)))
+
+    common = {"data_cfg": cfg.get("data"), "output_cfg": output_cfg, "publisher": publisher,
+              "refresh_s": float(plot.get("refresh_s", 1.0)), "mc": bool(cfg.get("mc_passes"))}
     if n_scenarios:
-        summary = {
-            "type": "scenarios_summary",
-            "model": label,
-            "thresholds": dict(engine_cfg.thresholds),
-            **summarise_scenarios(scores),
-            "per_scenario": scores,
-        }
+        summary = replay_scenarios(n_scenarios, source_cfg, out_dir, predict, label, engine_cfg,
+                                   display_for=display_for, **common)
         atomic_write_text(out_dir / "scenarios_summary.json", json.dumps(summary, indent=2) + "\n")
         _log_latency(cfg, summary)
         print(json.dumps({k: v for k, v in summary.items() if k != "per_scenario"}), flush=True)
         return summary
+    display = display_for(out_dir)
+    try:
+        result = play(source_cfg, out_dir, predict, label, engine_cfg, display=display, **common)
+    finally:
+        if display is not None:
+            display.close()
+    log.info("summary: %s", json.dumps(result))
     atomic_write_text(out_dir / "summary.json", json.dumps(result, indent=2) + "\n")
     return result
 

@@ -63,12 +63,16 @@ def test_main_job_bad_value_is_one_line_exit_2_and_no_run(tmp_path, store, overr
     assert not (tmp_path / "subset").exists()
 
 
-def test_evaluate_checks_thresholds_before_its_parent_run(tmp_path, store):
+@pytest.mark.parametrize("override, key", [
+    ("thresholds.detection=2", "thresholds.detection"),
+    ("eval.replays.scenarios=-1", "eval.replays.scenarios"),
+])
+def test_evaluate_checks_its_settings_before_its_parent_run(tmp_path, store, override, key):
     (tmp_path / "runs").mkdir()
-    proc = command("feq_lab.evaluate", "thresholds.detection=2", f"tracking.uri={store}",
+    proc = command("feq_lab.evaluate", override, f"tracking.uri={store}",
                    f"++evaluate.runs_dir={tmp_path / 'runs'}",
                    f"++evaluate.out={tmp_path / 'evaluation.json'}", cwd=tmp_path)
-    one_error_line(proc, "feq_lab.evaluate", "thresholds.detection")
+    one_error_line(proc, "feq_lab.evaluate", key)
     assert load_runs(store, "feq-lab") == [] and not (tmp_path / "evaluation.json").exists()
 
 

@@ -91,6 +91,8 @@ def clone(tmp_path_factory) -> Path:
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
     spec["vars"] = TINY_VARS
     (repo / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    edit_yaml(repo / "conf" / "eval" / "default.yaml",  # 2 validation replays per variant
+              lambda c: c["replays"].update(scenarios=2))
     _run(repo, "git", "init", "-q")
     dvcignore = (repo / ".dvcignore").read_text()
     (repo / ".dvcignore").unlink()
@@ -139,6 +141,9 @@ def test_repro_caches_per_variant_and_evaluation_never_retrains(clone):
                for v in ("feq2", "feq3", "stalta")}
     assert {r.tags[TAG_EVALUATED_RUN] for r in runs} == trained
     assert {r.name for r in runs} == {"FEQ2", "FEQ3", "STA/LTA"}
+    # every learned variant played the validation replays through the monitor
+    assert {r.name for r in runs if "val/stream_p_within_0.5s_rate" in r.metrics} == {
+        "FEQ2", "FEQ3"}
     model, _, thresholds = load_champion(uri)
     assert thresholds is not None
     import torch

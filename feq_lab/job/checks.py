@@ -35,6 +35,23 @@ def check_data(data: Mapping[str, Any]) -> None:
         HalfAugmentedBatchSampler(0, data.get("batch_size", 32), seed=0)
 
 
+def check_replays(replays: Any) -> None:
+    """`eval.replays`: a mapping with `scenarios` >= 0, a `split` of the subset, an int `seed`."""
+    replays = to_plain(replays or {})
+    if not isinstance(replays, dict):
+        raise ConfigError("eval.replays", f"must be a mapping, got {replays!r}")
+    unknown = set(replays) - {"scenarios", "split", "seed", "subset_dir"}
+    if unknown:
+        raise ConfigError(f"eval.replays.{min(unknown)}", "unknown key")
+    for key in ("scenarios", "seed"):
+        value = replays.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"eval.replays.{key}", f"must be an integer >= 0, got {value!r}")
+    if replays.get("split", "val") not in ("train", "val", "test"):
+        raise ConfigError("eval.replays.split",
+                          f"must be train, val or test, got {replays.get('split')!r}")
+
+
 def check_evaluation(cfg: Any, thresholds: bool = True) -> dict[str, float | None]:
     """`eval` and (unless `thresholds=False`: the classical baseline has none) `thresholds`;
     returns the thresholds (None = tuned on validation)."""
@@ -46,6 +63,7 @@ def check_evaluation(cfg: Any, thresholds: bool = True) -> dict[str, float | Non
         raise ConfigError("eval.tune_thresholds_on", f"must be null or 'val', got {tune_on!r}")
     if tune_on and not eval_cfg.get("threshold_grid"):
         raise ConfigError("eval.tune_thresholds_on", "needs eval.threshold_grid to choose from")
+    check_replays(eval_cfg.get("replays"))
     if not thresholds:
         return {}
     given = to_plain(cfg.get("thresholds") or {})

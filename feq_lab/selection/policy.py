@@ -80,6 +80,11 @@ class Constraint:
     min: float | None = None
     max_rel: float | None = None
     min_rel: float | None = None
+    # soft: applied after the hard constraints, to the runs they kept; when none of those meets
+    # it, the ones nearest the bound pass instead, and when none has the metric (a sweep that
+    # did not measure it) it is skipped, each said in the reasons. Why: a requirement such as
+    # the monitor's real-time P accuracy should steer the choice, not leave a study without one.
+    soft: bool = False
 
     def bounds(self, values: Sequence[float]) -> tuple[float, float]:
         """The (low, high) interval a value must fall in, given all candidates' values."""
@@ -104,7 +109,13 @@ class Constraint:
             parts.append(f">= {_fmt(self.min_rel)} x best")
         if self.max_rel is not None:
             parts.append(f"<= {_fmt(self.max_rel)} x best")
-        return f"{self.key} " + " and ".join(parts)
+        return f"{self.key} " + " and ".join(parts) + (" (soft)" if self.soft else "")
+
+    def shortfall(self, value: float, low: float, high: float) -> float:
+        """How far `value` lies outside [low, high] (0 inside; inf when missing)."""
+        if not _finite(value):
+            return math.inf
+        return max(low - value, value - high, 0.0)
 
 
 @dataclass
@@ -201,14 +212,17 @@ def parse_constraints(items: Any, where: str = "select.constraints") -> list[Con
     for i, item in enumerate(items):
         if not isinstance(item, Mapping) or "key" not in item:
             raise ConfigError(f"{where}[{i}]", f"expected a mapping with 'key', got {item!r}")
-        unknown = set(item) - {"key", "max", "min", "max_rel", "min_rel"}
+        unknown = set(item) - {"key", "max", "min", "max_rel", "min_rel", "soft"}
         if unknown:
             raise ConfigError(f"{where}[{i}]", f"unknown fields {sorted(unknown)}")
         bounds = {k: item.get(k) for k in ("max", "min", "max_rel", "min_rel")}
         if all(v is None for v in bounds.values()):
             raise ConfigError(f"{where}[{i}]", f"constraint on {item['key']} has no bound")
+        soft = item.get("soft", False)
+        if not isinstance(soft, bool):
+            raise ConfigError(f"{where}[{i}].soft", f"must be true or false, got {soft!r}")
         out.append(Constraint(str(item["key"]), **{k: _num(v, f"{where}[{i}].{k}")
-                                                    for k, v in bounds.items()}))
+                                                    for k, v in bounds.items()}, soft=soft))
     return out
 
 
@@ -267,10 +281,13 @@ def _finite(v: Any) -> bool:
 def apply_constraints(
     runs: Sequence[RunRecord], constraints: Sequence[Constraint]
 ) -> tuple[list[RunRecord], dict[str, list[str]], list[str]]:
-    """(feasible runs, notes per rejected run id, reasons); bounds computed over all `runs`."""
+    """(feasible runs, notes per rejected run id, reasons); hard bounds computed over all
+    `runs`, then each soft constraint over the runs still feasible (`Constraint.soft`)."""
     rejected: dict[str, list[str]] = {}
     reasons = []
     for c in constraints:
+        if c.soft:
+            continue
         values = [r.metrics[c.key] for r in runs]
         low, high = c.bounds(values)
         out = []
@@ -286,7 +303,34 @@ def apply_constraints(
     if not feasible:
         detail = "; ".join(f"{_run_name(runs, rid)}: {', '.join(n)}" for rid, n in rejected.items())
         raise SelectionError(f"no run satisfies the constraints: {detail}")
+    for c in constraints:
+        if c.soft:
+            feasible, why = _apply_soft(feasible, c, rejected)
+            reasons.append(why)
     return feasible, rejected, reasons
+
+
+def _apply_soft(runs: list[RunRecord], c: Constraint,
+                rejected: dict[str, list[str]]) -> tuple[list[RunRecord], str]:
+    """(runs kept, reason) for one soft constraint (see `Constraint.soft`); notes the rejected."""
+    values = [r.metrics.get(c.key, math.nan) for r in runs]
+    measured = [v for v in values if _finite(v)]
+    if not measured:
+        return runs, f"constraint {c}: not measured on any candidate, skipped"
+    low, high = c.bounds(measured)
+    short = [c.shortfall(v, low, high) for v in values]
+    best = min(short)
+    keep = [s <= best for s in short]
+    label = f"constraint {c} (bound [{_fmt(low)}, {_fmt(high)}])"
+    if best > 0:
+        label += (f": no candidate meets it, so the nearest ({_fmt(best)} short) pass")
+    out = [f"{variant_label(r)} ({_fmt(v)})" for r, v, k in zip(runs, values, keep) if not k]
+    for r, v, k in zip(runs, values, keep):
+        if not k:
+            rejected.setdefault(r.run_id, []).append(
+                f"{c.key}={_fmt(v)} outside [{_fmt(low)}, {_fmt(high)}] (soft)")
+    kept = [r for r, k in zip(runs, keep) if k]
+    return kept, label + (f"; rejects {', '.join(out)}" if out else "; every candidate passes")
 
 
 def _run_name(runs: Sequence[RunRecord], run_id: str) -> str:
@@ -422,7 +466,8 @@ def _prepare(runs, objectives, constraints, tie_breakers, exclude, policy):
     candidates, baselines = split_candidates(runs, exclude)
     keys = list(dict.fromkeys([c.key for c in constraints] + [o.key for o in objectives]
                               + [o.key for o in tie_breakers]))
-    require_metrics(candidates, keys)
+    require_metrics(candidates, [k for k in keys if k not in {c.key for c in constraints
+                                                               if c.soft}])
     reasons = [(f"policy {policy}: {len(candidates)} candidate run(s) among {len(runs)} "
                 f"({len(baselines)} baseline(s) excluded: "
                 f"{', '.join(variant_label(b) for b in baselines) or 'none'})")]

@@ -107,6 +107,20 @@ STREAM_KEYS = tuple(STREAM_PREFIX + k for k in (
     "p_latency_s_p50", "p_latency_s_p95", "s_latency_s_p50", "s_latency_s_p95",
     "p_within_0.5s", "false_events", "retractions"))
 STREAM_P_LATENCY_P50 = STREAM_KEYS[0]
+# The study's replays on a split (`evaluate` stage, `eval.replays`): the same monitor and summary,
+# logged as `<split>/stream_<name>` on the variant's evaluation run. `val/stream_*` may decide
+# (the selection's constraint on real-time P accuracy), `test/stream_*` would be report-only.
+# `p_within_0.5s_rate`: the fraction of scenarios whose final P lies within 0.5 s of the truth
+# (a rate, so a bound does not depend on how many scenarios were played).
+STREAM_SPLIT_NAMES = ("p_within_0.5s_rate", "p_latency_s_p50", "p_latency_s_p95",
+                      "s_latency_s_p50", "false_events", "retractions", "misses")
+
+
+def stream_key(split: str, name: str) -> str:
+    """`val/stream_p_within_0.5s_rate` from ("val", "p_within_0.5s_rate")."""
+    return f"{split}/stream_{name}"
+
+
 # Early picking (evaluation/early.py): P recall/precision t seconds after the onset.
 EARLY_SECONDS = ("0.5s", "1s", "2s", "4s")
 
@@ -117,6 +131,7 @@ def early_key(split: str, stat: str, seconds: str) -> str:
 
 
 KNOWN_KEYS = _known() | set(STREAM_KEYS) | {
+    stream_key(split, name) for split in SPLITS for name in STREAM_SPLIT_NAMES} | {
     early_key(split, stat, t) for split in SPLITS for stat in ("recall", "precision")
     for t in EARLY_SECONDS}
 # Parameter counts per section: a family names its own sections (`params/<section>_paper|torch`);

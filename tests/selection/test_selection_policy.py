@@ -187,3 +187,56 @@ def test_bad_config_is_named():
         select(PARETO_RUNS, {"policy": "pareto", "objectives": [{"key": "x", "goal": "up"}]})
     with pytest.raises(ConfigError, match=r"select.constraints\[0\]"):
         select(PARETO_RUNS, {"objectives": PARETO_OBJ, "constraints": [{"key": "x"}]})
+
+
+# ---------------------------------------------------------------- soft constraints
+SOFT = {"key": "val/stream_p_within_0.5s_rate", "min": 0.95, "soft": True}
+
+
+def _with_replays(rates: dict) -> list:
+    runs = study_runs()
+    for r in runs:
+        if r.name in rates:
+            r.metrics["val/stream_p_within_0.5s_rate"] = rates[r.name]
+    return runs
+
+
+def test_soft_constraint_keeps_only_the_runs_that_meet_it():
+    cfg = {**CONSTRAINTS_CFG, "constraints": CONSTRAINTS_CFG["constraints"] + [SOFT]}
+    # feq3 would win on detection FN; it misses the real-time P goal, leq meets it
+    d = select(_with_replays({"eqt": 1.0, "leq": 0.95, "feq1": 0.9, "feq2": 0.85,
+                              "feq3": 0.9}), cfg)
+    assert d.champion.name == "leq"
+    status = {c.run.name: c.status for c in d.candidates}
+    assert status["feq3"] == "rejected" and status["eqt"] == "rejected"
+    notes = {c.run.name: c.notes for c in d.candidates}
+    assert any("(soft)" in n for n in notes["feq3"])
+    assert any("stream_p_within_0.5s_rate >= 0.95 (soft)" in r and "rejects" in r
+               for r in d.reasons)
+
+
+def test_soft_constraint_met_by_none_keeps_the_nearest():
+    """eqt meets it but the hard size bound removed it first: among the light runs the nearest
+    to the bound pass, and the reasons say so."""
+    cfg = {**CONSTRAINTS_CFG, "constraints": CONSTRAINTS_CFG["constraints"] + [SOFT]}
+    d = select(_with_replays({"eqt": 1.0, "leq": 0.8, "feq1": 0.9, "feq2": 0.9,
+                              "feq3": 0.85}), cfg)
+    assert d.champion.name == "feq1"  # feq1 and feq2 nearest (0.9); fewer detection FN
+    status = {c.run.name: c.status for c in d.candidates}
+    assert status["feq3"] == status["leq"] == "rejected" and status["feq2"] == "feasible"
+    assert any("no candidate meets it" in r for r in d.reasons)
+
+
+def test_soft_constraint_not_measured_is_skipped_and_missing_values_fail_it():
+    cfg = {**CONSTRAINTS_CFG, "constraints": CONSTRAINTS_CFG["constraints"] + [SOFT]}
+    d = select(study_runs(), cfg)  # a sweep without replays: the study's choice, said
+    assert d.champion.name == "feq3"
+    assert any("not measured on any candidate, skipped" in r for r in d.reasons)
+    d = select(_with_replays({"leq": 0.95}), cfg)  # the others lack it: they fail it
+    assert d.champion.name == "leq"
+
+
+def test_soft_must_be_a_boolean():
+    cfg = {**CONSTRAINTS_CFG, "constraints": [{**SOFT, "soft": "yes"}]}
+    with pytest.raises(ConfigError, match=r"select.constraints\[0\].soft"):
+        select(study_runs(), cfg)

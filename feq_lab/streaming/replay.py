@@ -1,0 +1,137 @@
+"""Play a source through the monitor, and seeded replay scenarios summarised.
+
+One place for "feed a record to the engine, write its events, score it against the scenario's
+truth": `python -m feq_lab.stream` (one monitor run or `scenarios=N`) and the study's
+validation replays (`feq_lab.evaluate`, `eval.replays`) both call it, so the replays a champion
+is chosen on run the very code, decoder and backend that ship.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from feq_lab.streaming.engine import EngineConfig, Predictor, StreamEngine
+from feq_lab.streaming.monitor import run_monitor, score_scenario, summarise_scenarios
+from feq_lab.streaming.outputs import EventSink, OutputConfig
+from feq_lab.streaming.sources import make_source
+from feq_lab.tracking import keys
+
+
+def play(
+    source_cfg: Mapping[str, Any],
+    run_dir: Path,
+    predict: Predictor,
+    label: str,
+    engine_cfg: EngineConfig,
+    *,
+    data_cfg: Mapping[str, Any] | None,
+    output_cfg: OutputConfig,
+    publisher: Any | None = None,
+    display: Any | None = None,
+    refresh_s: float = 1.0,
+    mc: bool = False,
+    lines: TextIO | None = None,
+) -> dict[str, Any]:
+    """One monitor run of `source_cfg` into `run_dir`: its summary, with `scenario` (the score
+    against the truth) when the source is a replay scenario. The JSON lines go to `lines`
+(default: stdout)."""
+    blocks, scenario = make_source(dict(source_cfg), run_dir, data_cfg)
+    engine = StreamEngine(predict, label, engine_cfg, mc=mc)
+    sink = EventSink(run_dir, stream=lines, config=output_cfg, publisher=publisher)
+    stats = run_monitor(blocks, engine, sink, display, refresh_s,
+                        keep_objects=scenario is not None)
+    result = {"type": "summary", "model": label, "thresholds": dict(engine_cfg.thresholds),
+              "out_dir": str(run_dir), **stats.summary()}
+    if scenario is not None:
+        result["scenario"] = score_scenario(sink.events, scenario, objects=stats.objects)
+    return result
+
+
+def replay_scenarios(
+    n: int,
+    source_cfg: Mapping[str, Any],
+    out_dir: Path,
+    predict: Predictor,
+    label: str,
+    engine_cfg: EngineConfig,
+    *,
+    data_cfg: Mapping[str, Any] | None,
+    output_cfg: OutputConfig,
+    publisher: Any | None = None,
+    display_for: Callable[[Path], Any] | None = None,
+    refresh_s: float = 1.0,
+    mc: bool = False,
+    lines: TextIO | None = None,
+) -> dict[str, Any]:
+    """`n` replay scenarios with seeds `source.seed`, +1, ... (one folder each under `out_dir`),
+    summarised (`monitor.summarise_scenarios`) with every scenario's score in `per_scenario`."""
+    first = int(source_cfg.get("seed", 0))
+    scores = []
+    for seed in range(first, first + int(n)):
+        run_dir = Path(out_dir) / f"scenario_{seed:03d}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        display = display_for(run_dir) if display_for is not None else None
+        try:
+            result = play({**source_cfg, "seed": seed}, run_dir, predict, label, engine_cfg,
+                          data_cfg=data_cfg, output_cfg=output_cfg, publisher=publisher,
+                          display=display, refresh_s=refresh_s, mc=mc, lines=lines)
+        finally:
+            if display is not None:
+                display.close()
+        scores.append(result["scenario"])
+    return {"type": "scenarios_summary", "model": label,
+            "thresholds": dict(engine_cfg.thresholds), **summarise_scenarios(scores),
+            "per_scenario": scores}
+
+
+def split_metrics(summary: Mapping[str, Any], split: str) -> dict[str, float]:
+    """`<split>/stream_*` metrics of a scenarios summary (keys.STREAM_SPLIT_NAMES; a latency
+    with no pick within 0.5 s in any scenario is left out)."""
+    n = int(summary.get("scenarios") or 0)
+    values = {name: summary.get(name) for name in keys.STREAM_SPLIT_NAMES}
+    values["p_within_0.5s_rate"] = summary["p_within_0.5s"] / n if n else None
+    return {keys.stream_key(split, k): float(v) for k, v in values.items() if v is not None}
+
+
+def monitor_defaults() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(`engine`, replay `source`) as conf/stream.yaml and conf/source/replay.yaml set them: the
+    settings the monitor ships with, read without Hydra (the study's stages are other apps)."""
+    from omegaconf import OmegaConf
+
+    from feq_lab.paths import CONF_DIR
+
+    stream = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "stream.yaml"))
+    source = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "source" / "replay.yaml"))
+    return dict(stream["engine"]), dict(source)
+
+
+def study_replays(
+    checkpoint: Path,
+    onnx_path: Path | None,
+    thresholds: Mapping[str, float],
+    replays_cfg: Mapping[str, Any],
+    subset_dir: Path,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """A trained variant's replays for the study (`eval.replays`): `scenarios` seeded scenarios
+    drawn from `split` of the subset, through the monitor's default engine on onnxruntime with
+    1 thread (the monitor's backend) at the variant's own tuned `thresholds`."""
+    from feq_lab.models import load_checkpoint
+    from feq_lab.streaming.predictors import make_predictor
+
+    engine_map, source = monitor_defaults()
+    engine_map["thresholds"] = {k: float(thresholds[k]) for k in ("detection", "p", "s")}
+    engine_cfg = EngineConfig.from_mapping(engine_map)
+    source.update(kind="replay", subset_dir=str(subset_dir),
+                  split=str(replays_cfg.get("split", "val")),
+                  seed=int(replays_cfg.get("seed", 0)))
+    model = load_checkpoint(checkpoint)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    predict = make_predictor(model, onnx_path, "onnxruntime", 1, 0, work_dir)
+    with open(os.devnull, "w") as lines:  # the events are scored, not printed
+        return replay_scenarios(int(replays_cfg.get("scenarios", 20)), source, work_dir, predict,
+                                model.name, engine_cfg, data_cfg=None,
+                                output_cfg=OutputConfig(files=()), lines=lines)
