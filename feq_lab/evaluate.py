@@ -36,7 +36,6 @@ from feq_lab.job.config import flatten, run_params, to_plain
 from feq_lab.job.run import STAGE_RUN_FILE, log_assessment, training_metrics
 from feq_lab.models import load_checkpoint
 from feq_lab.paths import CONF_DIR, atomic_write_text
-from feq_lab.streaming.replay import split_metrics
 from feq_lab.tracking.mlflow import TAG_EVALUATED_RUN, TAG_STUDY, Tracker, quiet_logs
 
 log = logging.getLogger("feq_lab.evaluate")
@@ -114,22 +113,23 @@ def stage_latencies(dirs: list[Path], measure_cfg: Any) -> dict[str, dict[str, f
 
 
 def replay_variant(stage_dir: Path, thresholds: dict[str, float], replays_cfg: dict[str, Any],
-                   subset_dir: Path, work: Path) -> dict[str, Any]:
-    """One learned variant's study replays (`streaming.replay.study_replays`), 1 thread."""
+                   subset_dir: Path, work: Path) -> tuple[dict[str, float], Path]:
+    """One learned variant's study replays (`streaming.replay.study_replay_metrics`), 1 thread."""
     import torch
 
-    from feq_lab.streaming.replay import study_replays
+    from feq_lab.streaming.replay import study_replay_metrics
 
     torch.set_num_threads(1)
     onnx = stage_dir / "model.onnx"
-    return study_replays(stage_dir / "model.pt", onnx if onnx.is_file() else None, thresholds,
-                         replays_cfg, subset_dir, work / "replays" / stage_dir.name)
+    return study_replay_metrics(stage_dir / "model.pt", onnx if onnx.is_file() else None,
+                                thresholds, replays_cfg, subset_dir,
+                                work / "replays" / stage_dir.name)
 
 
 def stage_replays(scored: list[tuple[Path, dict, Any]], cfg: DictConfig, work: Path,
-                  workers: int) -> dict[str, dict[str, Any]]:
+                  workers: int) -> dict[str, tuple[dict[str, float], Path]]:
     """Every learned variant played through the monitor on `eval.replays.split` (validation by
-    default) at its tuned thresholds: the scenarios' summary per stage folder name.
+    default) at its tuned thresholds: (metrics, summary file) per stage folder name.
 
     Why here: selection may bound the real-time P accuracy (`val/stream_*`) of what ships, and
     only this stage knows each variant's tuned thresholds. Variants run `workers` at a time (each
@@ -152,7 +152,7 @@ def stage_replays(scored: list[tuple[Path, dict, Any]], cfg: DictConfig, work: P
         with ProcessPoolExecutor(min(workers, len(jobs)),
                                  mp_context=get_context("fork")) as pool:
             done = list(pool.map(replay_variant, *args))
-    return {d.name: summary for (d, _), summary in zip(jobs, done)}
+    return {d.name: result for (d, _), result in zip(jobs, done)}
 
 
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -174,16 +174,14 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         scored = score_variants(dirs, cfg, Path(tmp), workers)
         latencies = stage_latencies(dirs, cfg.get("measure")) if ev.get("latency", True) else {}
         replays = stage_replays(scored, cfg, Path(tmp), workers)
-        split = str((cfg.eval.get("replays") or {}).get("split", "val"))
         for d, info, result in scored:
             tags = {**(info.get("tags") or {}), TAG_EVALUATED_RUN: info["run_id"]}
             if d.name in latencies:
                 result.metrics.update(latencies[d.name])
                 tags.update(latency_context(cfg.get("measure")))
             if d.name in replays:
-                result.metrics.update(split_metrics(replays[d.name], split))
-                summary = Path(tmp) / "replays" / d.name / f"{split}_scenarios_summary.json"
-                atomic_write_text(summary, json.dumps(replays[d.name], indent=2) + "\n")
+                metrics, summary = replays[d.name]
+                result.metrics.update(metrics)
                 result.add("replays", summary)
             name = tags.get("feq.variant") or info.get("name") or d.name
             run_id = tracker.start_run(name, evaluation_params(info, cfg), tags, parent)

@@ -40,7 +40,7 @@ TINY = [
     "trainer.max_epochs=1", "train.limit_train_batches=2", "train.progress_bar=false",
     "measure.latency_warmup=0", "measure.latency_repeats=2", "eval.n_plot_traces=2",
     "eval.threshold_grid.detection=[0.3,0.5]", "eval.threshold_grid.p=[0.1,0.3]",
-    "eval.threshold_grid.s=[0.1]",
+    "eval.threshold_grid.s=[0.1]", "eval.replays.scenarios=2",
 ]
 
 
@@ -103,6 +103,11 @@ def test_sweep_logs_parent_with_finished_children(lab):
         assert run.params["eval.early.seconds"] == "[0.5, 1.0, 2.0, 4.0]"
         assert run.metrics["params/total_paper"] > 20_000
         assert run.metrics["latency/window_ms_p50"] > 0
+        # the monitor's replays of the validation split, at the run's tuned thresholds
+        assert 0.0 <= run.metrics["val/stream_p_within_0.5s_rate"] <= 1.0
+        assert run.metrics["val/stream_misses"] + run.metrics["val/stream_false_events"] >= 0
+        assert [a.path for a in tracker.client.list_artifacts(run.run_id, "replays")] == [
+            "replays/val_scenarios_summary.json"]
         for key in ("train/loss", "val/loss"):
             history = tracker.client.get_metric_history(run.run_id, key)
             assert [m.step for m in history] == [0] and math.isfinite(history[0].value)

@@ -313,6 +313,29 @@ def measure(model: torch.nn.Module, measure_cfg: Mapping[str, Any] | None,
     return out
 
 
+def measure_replays(cfg: Mapping[str, Any], checkpoint: Path, onnx_path: Path | None,
+                    metrics: Mapping[str, float], subset_dir: Path,
+                    run_dir: Path) -> tuple[dict[str, float], Path] | None:
+    """The study's replays (`eval.replays`, `streaming.replay.study_replay_metrics`) of a freshly
+    trained model at its tuned thresholds, when `measure.replays` and `measure.latency` are on:
+    both measure the model as it ships (the DVC training stages turn latency off and leave both
+    to the `evaluate` stage). Why in the job: a grid or an Optuna search then has `val/stream_*`
+    per run for the selection's constraint or as an objective. None when off."""
+    measure_cfg = dict(cfg.get("measure") or {})
+    replays = dict((cfg.get("eval") or {}).get("replays") or {})
+    wanted = measure_cfg.get("latency", True) and measure_cfg.get("replays", False)
+    if not wanted or int(replays.get("scenarios") or 0) <= 0 or "thresholds/p" not in metrics:
+        return None
+    from feq_lab.streaming.replay import study_replay_metrics
+
+    thresholds = {k: float(metrics[f"thresholds/{k}"]) for k in ("detection", "p", "s")}
+    subset = Path(str(replays.get("subset_dir") or subset_dir))
+    log.info("replaying %d scenarios of the %s split through the monitor", int(replays["scenarios"]),
+             replays.get("split", "val"))
+    return study_replay_metrics(checkpoint, onnx_path, thresholds, replays, subset,
+                                run_dir / "replays")
+
+
 # The p50/p90 keys each latency backend logs.
 LATENCY_KEYS = {"torch": (keys.LATENCY_EAGER_P50, keys.LATENCY_EAGER_P90),
                 "onnxruntime": (keys.LATENCY_ONNX_P50, keys.LATENCY_ONNX_P90)}

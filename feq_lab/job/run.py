@@ -189,6 +189,7 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
         evaluate_splits,
         latency_context,
         measure,
+        measure_replays,
         predict_early_splits,
         predict_splits,
     )
@@ -215,6 +216,10 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     result.add(WEIGHTS_DIR, onnx_path)
     result.metrics.update(measure(model, cfg.get("measure"), onnx_path))
     result.tags.update(latency_context(cfg.get("measure")))
+    replayed = measure_replays(cfg, ckpt_path, onnx_path, result.metrics, data_dir, run_dir)
+    if replayed is not None:
+        result.metrics.update(replayed[0])
+        result.add("replays", replayed[1])
     result.metrics[keys.TRAIN_EPOCHS] = float(trainer.current_epoch)
     if checkpoint.best_model_score is not None:
         result.metrics[keys.VAL_BEST_LOSS] = float(checkpoint.best_model_score)
@@ -232,9 +237,11 @@ def training_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
             if k.startswith(TRAINING_METRIC_PREFIXES) or k in TRAINING_METRIC_KEYS}
 
 
-def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Path) -> Assessment | None:
+def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Path,
+               data_dir: Path) -> Assessment | None:
     """Evaluate a FINISHED training run's stored val/test probabilities at this config's
-    evaluation settings (seconds, no training). None when the run stored no validation
+    evaluation settings (seconds, no training), and play its stored weights through the replays
+    at the thresholds chosen now (`measure.replays`). None when the run stored no validation
     probabilities (trained before they were stored): the caller trains instead."""
     from feq_lab.evaluation.probabilities import load_probabilities
     from feq_lab.job.assess import (
@@ -242,6 +249,7 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
         PROBABILITIES_FILE,
         VAL_PROBABILITIES_FILE,
         evaluate_splits,
+        measure_replays,
     )
     from feq_lab.tracking.mlflow import download_artifact
 
@@ -269,6 +277,20 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
     latency, latency_tags = tracker.measured_latency(training)
     result.metrics.update(latency)
     result.tags.update(latency_tags)
+    weights: dict[str, Path | None] = {}
+    for name in ("model.pt", "model.onnx"):  # no ONNX file (a failed export): exported again
+        try:
+            weights[name] = download_artifact(tracker.uri, training_run_id, name, source)
+        except (FileNotFoundError, OSError):
+            weights[name] = None
+    if weights["model.pt"] is None:
+        log.info("run %s stored no weights: no replays", training_run_id)
+        return result
+    replayed = measure_replays(cfg, weights["model.pt"], weights["model.onnx"], result.metrics,
+                               data_dir, out_dir)
+    if replayed is not None:
+        result.metrics.update(replayed[0])
+        result.add("replays", replayed[1])
     return result
 
 
@@ -366,7 +388,7 @@ def run_job(
         found = (tracker.find_finished(chash, version, tags[TAG_CODE_VERSION])
                  if cfg.get("resume") and plan.kind == LEARNED else None)
         if found:
-            result = reevaluate(tracker, found, cfg, run_dir)
+            result = reevaluate(tracker, found, cfg, run_dir, data_dir)
         if result is not None:
             log.info("%s: training identity %s (data %s) already trained as run %s; "
                      "re-evaluated only, nothing trained", name, chash, version, found)

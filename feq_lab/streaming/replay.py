@@ -8,6 +8,7 @@ is chosen on run the very code, decoder and backend that ship.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -135,3 +136,23 @@ def study_replays(
         return replay_scenarios(int(replays_cfg.get("scenarios", 20)), source, work_dir, predict,
                                 model.name, engine_cfg, data_cfg=None,
                                 output_cfg=OutputConfig(files=()), lines=lines)
+
+
+def study_replay_metrics(
+    checkpoint: Path,
+    onnx_path: Path | None,
+    thresholds: Mapping[str, float],
+    replays_cfg: Mapping[str, Any],
+    subset_dir: Path,
+    work_dir: Path,
+) -> tuple[dict[str, float], Path]:
+    """`study_replays` as a run logs it: (`<split>/stream_*` metrics, the summary JSON written
+    to `work_dir/<split>_scenarios_summary.json`, the run's artifact). The `evaluate` stage and
+    the main job (`measure.replays`) both call this."""
+    from feq_lab.paths import atomic_write_text
+
+    summary = study_replays(checkpoint, onnx_path, thresholds, replays_cfg, subset_dir, work_dir)
+    split = str(replays_cfg.get("split", "val"))
+    path = Path(work_dir) / f"{split}_scenarios_summary.json"
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+    return split_metrics(summary, split), path

@@ -34,7 +34,7 @@ def tiny_job_overrides(data_dir: Path) -> list[str]:
         "data.n_earthquakes=32", "data.n_noise=8", f"data.out_dir={data_dir}",
         "data.batch_size=8", "trainer.max_epochs=1", "train.limit_train_batches=1",
         "train.progress_bar=false", "eval.n_plot_traces=0",
-        "measure.latency_warmup=1", "measure.latency_repeats=3",
+        "measure.latency_warmup=1", "measure.latency_repeats=3", "measure.replays=false",
     ]
 
 
