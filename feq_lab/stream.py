@@ -62,7 +62,7 @@ def _run(cfg: Mapping[str, Any], output_cfg: Any, publisher: Any) -> dict[str, A
     from feq_lab.streaming.display import LiveDisplay
     from feq_lab.streaming.engine import DEFAULT_THRESHOLDS, EngineConfig
     from feq_lab.streaming.predictors import load_model, make_predictor
-    from feq_lab.streaming.replay import play, replay_scenarios
+    from feq_lab.streaming.replay import Monitor
 
     out_dir = _out_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,18 +116,18 @@ def _run(cfg: Mapping[str, Any], output_cfg: Any, publisher: Any) -> dict[str, A
         return LiveDisplay(display_mode, run_dir, int(plot.get("n_blocks", 4)),
                            float(plot.get("block_s", 60)), int(plot.get("dpi", 80)))
 
-    common = {"data_cfg": cfg.get("data"), "output_cfg": output_cfg, "publisher": publisher,
-              "refresh_s": float(plot.get("refresh_s", 1.0)), "mc": bool(cfg.get("mc_passes"))}
+    monitor = Monitor(predict, label, engine_cfg, output_cfg, data_cfg=cfg.get("data"),
+                      publisher=publisher, refresh_s=float(plot.get("refresh_s", 1.0)),
+                      mc=bool(cfg.get("mc_passes")))
     if n_scenarios:
-        summary = replay_scenarios(n_scenarios, source_cfg, out_dir, predict, label, engine_cfg,
-                                   display_for=display_for, **common)
+        summary = monitor.replay(n_scenarios, source_cfg, out_dir, display_for=display_for)
         atomic_write_text(out_dir / "scenarios_summary.json", json.dumps(summary, indent=2) + "\n")
         _log_latency(cfg, summary)
         print(json.dumps({k: v for k, v in summary.items() if k != "per_scenario"}), flush=True)
         return summary
     display = display_for(out_dir)
     try:
-        result = play(source_cfg, out_dir, predict, label, engine_cfg, display=display, **common)
+        result = monitor.play(source_cfg, out_dir, display)
     finally:
         if display is not None:
             display.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,71 +22,58 @@ from feq_lab.streaming.sources import make_source
 from feq_lab.tracking import keys
 
 
-def play(
-    source_cfg: Mapping[str, Any],
-    run_dir: Path,
-    predict: Predictor,
-    label: str,
-    engine_cfg: EngineConfig,
-    *,
-    data_cfg: Mapping[str, Any] | None,
-    output_cfg: OutputConfig,
-    publisher: Any | None = None,
-    display: Any | None = None,
-    refresh_s: float = 1.0,
-    mc: bool = False,
-    lines: TextIO | None = None,
-) -> dict[str, Any]:
-    """One monitor run of `source_cfg` into `run_dir`: its summary, with `scenario` (the score
-    against the truth) when the source is a replay scenario. The JSON lines go to `lines`
-(default: stdout)."""
-    blocks, scenario = make_source(dict(source_cfg), run_dir, data_cfg)
-    engine = StreamEngine(predict, label, engine_cfg, mc=mc)
-    sink = EventSink(run_dir, stream=lines, config=output_cfg, publisher=publisher)
-    stats = run_monitor(blocks, engine, sink, display, refresh_s,
-                        keep_objects=scenario is not None)
-    result = {"type": "summary", "model": label, "thresholds": dict(engine_cfg.thresholds),
-              "out_dir": str(run_dir), **stats.summary()}
-    if scenario is not None:
-        result["scenario"] = score_scenario(sink.events, scenario, objects=stats.objects)
-    return result
+@dataclass(frozen=True)
+class Monitor:
+    """What every monitor run of one model shares: its predict function and label, the engine
+    settings, where the events go (`lines`: the JSON lines, default stdout; the picks files;
+    the publisher) and the display refresh."""
 
+    predict: Predictor
+    label: str
+    engine_cfg: EngineConfig
+    output_cfg: OutputConfig
+    data_cfg: Mapping[str, Any] | None = None
+    publisher: Any | None = None
+    refresh_s: float = 1.0
+    mc: bool = False
+    lines: TextIO | None = None
 
-def replay_scenarios(
-    n: int,
-    source_cfg: Mapping[str, Any],
-    out_dir: Path,
-    predict: Predictor,
-    label: str,
-    engine_cfg: EngineConfig,
-    *,
-    data_cfg: Mapping[str, Any] | None,
-    output_cfg: OutputConfig,
-    publisher: Any | None = None,
-    display_for: Callable[[Path], Any] | None = None,
-    refresh_s: float = 1.0,
-    mc: bool = False,
-    lines: TextIO | None = None,
-) -> dict[str, Any]:
-    """`n` replay scenarios with seeds `source.seed`, +1, ... (one folder each under `out_dir`),
-    summarised (`monitor.summarise_scenarios`) with every scenario's score in `per_scenario`."""
-    first = int(source_cfg.get("seed", 0))
-    scores = []
-    for seed in range(first, first + int(n)):
-        run_dir = Path(out_dir) / f"scenario_{seed:03d}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        display = display_for(run_dir) if display_for is not None else None
-        try:
-            result = play({**source_cfg, "seed": seed}, run_dir, predict, label, engine_cfg,
-                          data_cfg=data_cfg, output_cfg=output_cfg, publisher=publisher,
-                          display=display, refresh_s=refresh_s, mc=mc, lines=lines)
-        finally:
-            if display is not None:
-                display.close()
-        scores.append(result["scenario"])
-    return {"type": "scenarios_summary", "model": label,
-            "thresholds": dict(engine_cfg.thresholds), **summarise_scenarios(scores),
-            "per_scenario": scores}
+    def play(self, source_cfg: Mapping[str, Any], run_dir: Path,
+             display: Any | None = None) -> dict[str, Any]:
+        """One monitor run of `source_cfg` into `run_dir`: its summary, with `scenario` (the
+        score against the truth) when the source is a replay scenario."""
+        blocks, scenario = make_source(dict(source_cfg), run_dir, self.data_cfg)
+        engine = StreamEngine(self.predict, self.label, self.engine_cfg, mc=self.mc)
+        sink = EventSink(run_dir, stream=self.lines, config=self.output_cfg,
+                         publisher=self.publisher)
+        stats = run_monitor(blocks, engine, sink, display, self.refresh_s,
+                            keep_objects=scenario is not None)
+        result = {"type": "summary", "model": self.label,
+                  "thresholds": dict(self.engine_cfg.thresholds), "out_dir": str(run_dir),
+                  **stats.summary()}
+        if scenario is not None:
+            result["scenario"] = score_scenario(sink.events, scenario, objects=stats.objects)
+        return result
+
+    def replay(self, n: int, source_cfg: Mapping[str, Any], out_dir: Path,
+               display_for: Callable[[Path], Any] | None = None) -> dict[str, Any]:
+        """`n` replay scenarios with seeds `source.seed`, +1, ... (one folder each under
+        `out_dir`), summarised (`monitor.summarise_scenarios`), every score in `per_scenario`."""
+        first = int(source_cfg.get("seed", 0))
+        scores = []
+        for seed in range(first, first + int(n)):
+            run_dir = Path(out_dir) / f"scenario_{seed:03d}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            display = display_for(run_dir) if display_for is not None else None
+            try:
+                scores.append(self.play({**source_cfg, "seed": seed}, run_dir,
+                                        display)["scenario"])
+            finally:
+                if display is not None:
+                    display.close()
+        return {"type": "scenarios_summary", "model": self.label,
+                "thresholds": dict(self.engine_cfg.thresholds), **summarise_scenarios(scores),
+                "per_scenario": scores}
 
 
 def split_metrics(summary: Mapping[str, Any], split: str) -> dict[str, float]:
@@ -109,35 +97,6 @@ def monitor_defaults() -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(stream["engine"]), dict(source)
 
 
-def study_replays(
-    checkpoint: Path,
-    onnx_path: Path | None,
-    thresholds: Mapping[str, float],
-    replays_cfg: Mapping[str, Any],
-    subset_dir: Path,
-    work_dir: Path,
-) -> dict[str, Any]:
-    """A trained variant's replays for the study (`eval.replays`): `scenarios` seeded scenarios
-    drawn from `split` of the subset, through the monitor's default engine on onnxruntime with
-    1 thread (the monitor's backend) at the variant's own tuned `thresholds`."""
-    from feq_lab.models import load_checkpoint
-    from feq_lab.streaming.predictors import make_predictor
-
-    engine_map, source = monitor_defaults()
-    engine_map["thresholds"] = {k: float(thresholds[k]) for k in ("detection", "p", "s")}
-    engine_cfg = EngineConfig.from_mapping(engine_map)
-    source.update(kind="replay", subset_dir=str(subset_dir),
-                  split=str(replays_cfg.get("split", "val")),
-                  seed=int(replays_cfg.get("seed", 0)))
-    model = load_checkpoint(checkpoint)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    predict = make_predictor(model, onnx_path, "onnxruntime", 1, 0, work_dir)
-    with open(os.devnull, "w") as lines:  # the events are scored, not printed
-        return replay_scenarios(int(replays_cfg.get("scenarios", 20)), source, work_dir, predict,
-                                model.name, engine_cfg, data_cfg=None,
-                                output_cfg=OutputConfig(files=()), lines=lines)
-
-
 def study_replay_metrics(
     checkpoint: Path,
     onnx_path: Path | None,
@@ -146,13 +105,28 @@ def study_replay_metrics(
     subset_dir: Path,
     work_dir: Path,
 ) -> tuple[dict[str, float], Path]:
-    """`study_replays` as a run logs it: (`<split>/stream_*` metrics, the summary JSON written
-    to `work_dir/<split>_scenarios_summary.json`, the run's artifact). The `evaluate` stage and
-    the main job (`measure.replays`) both call this."""
+    """A trained variant's replays for the study (`eval.replays`), as a run logs them:
+    `scenarios` seeded scenarios drawn from `split` of the subset, through the monitor's default
+    engine on onnxruntime with 1 thread (the monitor's backend) at the variant's own tuned
+    `thresholds`. Returns the `<split>/stream_*` metrics and the summary JSON written to
+    `work_dir/<split>_scenarios_summary.json` (the run's artifact). The `evaluate` stage and the
+    main job (`measure.replays`) both call this."""
+    from feq_lab.models import load_checkpoint
     from feq_lab.paths import atomic_write_text
+    from feq_lab.streaming.predictors import make_predictor
 
-    summary = study_replays(checkpoint, onnx_path, thresholds, replays_cfg, subset_dir, work_dir)
+    engine_map, source = monitor_defaults()
+    engine_map["thresholds"] = {k: float(thresholds[k]) for k in ("detection", "p", "s")}
     split = str(replays_cfg.get("split", "val"))
+    source.update(kind="replay", subset_dir=str(subset_dir), split=split,
+                  seed=int(replays_cfg.get("seed", 0)))
+    model = load_checkpoint(checkpoint)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    predict = make_predictor(model, onnx_path, "onnxruntime", 1, 0, work_dir)
+    with open(os.devnull, "w") as lines:  # the events are scored, not printed
+        monitor = Monitor(predict, model.name, EngineConfig.from_mapping(engine_map),
+                          OutputConfig(files=()), lines=lines)
+        summary = monitor.replay(int(replays_cfg.get("scenarios", 20)), source, work_dir)
     path = Path(work_dir) / f"{split}_scenarios_summary.json"
     atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
     return split_metrics(summary, split), path

@@ -3,13 +3,14 @@ scenarios, events and scores as `python -m feq_lab.stream scenarios=N`, and thei
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from feq_lab.paths import CONF_DIR
-from feq_lab.streaming.replay import split_metrics, study_replays
+from feq_lab.streaming.replay import split_metrics, study_replay_metrics
 from feq_lab.tracking.keys import is_known
 
 THRESHOLDS = {"detection": 0.05, "p": 0.02, "s": 0.02}  # an untrained net: low, to get events
@@ -30,7 +31,11 @@ def test_study_replays_equal_the_monitors_own(checkpoint, tiny_subset, tmp_path)
     from feq_lab import stream
 
     cfg = {"scenarios": 2, "split": "val", "seed": 5}
-    ours = study_replays(checkpoint, None, THRESHOLDS, cfg, tiny_subset, tmp_path / "study")
+    metrics, path = study_replay_metrics(checkpoint, None, THRESHOLDS, cfg, tiny_subset,
+                                         tmp_path / "study")
+    ours = json.loads(path.read_text())
+    assert path.name == "val_scenarios_summary.json"
+    assert metrics == split_metrics(ours, "val")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         monitor_cfg = OmegaConf.to_container(compose("stream", overrides=[
             f"checkpoint={checkpoint}", f"source.subset_dir={tiny_subset}", "source.split=val",
