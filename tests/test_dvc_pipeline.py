@@ -93,6 +93,11 @@ def clone(tmp_path_factory) -> Path:
     (repo / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     edit_yaml(repo / "conf" / "eval" / "default.yaml",  # 2 validation replays per variant
               lambda c: c["replays"].update(scenarios=2))
+    quick = repo / "conf" / "experiment" / "quick.yaml"  # evaluate's latency: 2 runs a pass
+    text = quick.read_text()  # (as text: the file's `# @package _global_` line must stay)
+    assert "  latency_warmup: 10\n  latency_repeats: 100\n" in text
+    quick.write_text(text.replace("  latency_warmup: 10\n  latency_repeats: 100\n",
+                                  "  latency_warmup: 1\n  latency_repeats: 8\n"))
     _run(repo, "git", "init", "-q")
     dvcignore = (repo / ".dvcignore").read_text()
     (repo / ".dvcignore").unlink()
