@@ -134,14 +134,16 @@ def stage_replays(scored: list[tuple[Path, dict, Any]], cfg: DictConfig, work: P
     Why here: selection may bound the real-time P accuracy (`val/stream_*`) of what ships, and
     only this stage knows each variant's tuned thresholds. Variants run `workers` at a time (each
     1 thread, onnxruntime: what the monitor runs); the scenarios are deterministic."""
+    from feq_lab.streaming.replay import tuned_thresholds
+
     replays = to_plain(cfg.eval.get("replays") or {})
     n = int(replays.get("scenarios") or 0)  # checked by check_evaluation, before any run
-    jobs = [(d, {k: result.metrics[f"thresholds/{k}"] for k in ("detection", "p", "s")})
-            for d, _, result in scored
-            if n and (d / "model.pt").is_file() and "thresholds/p" in result.metrics]
+    found = [(d, tuned_thresholds(result.metrics)) for d, _, result in scored
+             if n and (d / "model.pt").is_file()]
+    jobs = [(d, th) for d, th in found if th is not None]
     if not jobs:
         return {}
-    subset = Path(str(replays.get("subset_dir") or cfg.data.get("out_dir") or "data/subset"))
+    subset = Path(str(cfg.data.get("out_dir") or "data/subset"))
     log.info("replaying %d scenarios of the %s split with %d variants (the monitor, onnxruntime, "
              "1 thread each)", n, replays.get("split", "val"), len(jobs))
     args = ([d for d, _ in jobs], [th for _, th in jobs], [replays] * len(jobs),

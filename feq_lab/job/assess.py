@@ -313,27 +313,34 @@ def measure(model: torch.nn.Module, measure_cfg: Mapping[str, Any] | None,
     return out
 
 
-def measure_replays(cfg: Mapping[str, Any], checkpoint: Path, onnx_path: Path | None,
-                    metrics: Mapping[str, float], subset_dir: Path,
-                    run_dir: Path) -> tuple[dict[str, float], Path] | None:
-    """The study's replays (`eval.replays`, `streaming.replay.study_replay_metrics`) of a freshly
-    trained model at its tuned thresholds, when `measure.replays` and `measure.latency` are on:
-    both measure the model as it ships (the DVC training stages turn latency off and leave both
-    to the `evaluate` stage). Why in the job: a grid or an Optuna search then has `val/stream_*`
-    per run for the selection's constraint or as an objective. None when off."""
+def replays_wanted(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`eval.replays` when the job plays them (`measure.replays` and `measure.latency` on, at
+    least one scenario), else None. Why both flags: replays and latency measure the model as it
+    ships; the DVC training stages turn latency off and leave both to the `evaluate` stage."""
     measure_cfg = dict(cfg.get("measure") or {})
     replays = dict((cfg.get("eval") or {}).get("replays") or {})
     wanted = measure_cfg.get("latency", True) and measure_cfg.get("replays", False)
-    if not wanted or int(replays.get("scenarios") or 0) <= 0 or "thresholds/p" not in metrics:
-        return None
-    from feq_lab.streaming.replay import study_replay_metrics
+    return replays if wanted and int(replays.get("scenarios") or 0) > 0 else None
 
-    thresholds = {k: float(metrics[f"thresholds/{k}"]) for k in ("detection", "p", "s")}
-    subset = Path(str(replays.get("subset_dir") or subset_dir))
+
+def measure_replays(result: Assessment, cfg: Mapping[str, Any], checkpoint: Path,
+                    onnx_path: Path | None, subset_dir: Path, run_dir: Path) -> None:
+    """Add the study's replays (`eval.replays`, `streaming.replay.study_replay_metrics`) of a
+    trained model at its tuned thresholds to `result`: the `val/stream_*` metrics and the
+    summary artifact, when `replays_wanted`. Why in the job: a grid or an Optuna search then has
+    `val/stream_*` per run for the selection's constraint or as an objective."""
+    from feq_lab.streaming.replay import study_replay_metrics, tuned_thresholds
+
+    replays = replays_wanted(cfg)
+    thresholds = tuned_thresholds(result.metrics)
+    if replays is None or thresholds is None:
+        return
     log.info("replaying %d scenarios of the %s split through the monitor", int(replays["scenarios"]),
              replays.get("split", "val"))
-    return study_replay_metrics(checkpoint, onnx_path, thresholds, replays, subset,
-                                run_dir / "replays")
+    metrics, summary = study_replay_metrics(checkpoint, onnx_path, thresholds, replays,
+                                            subset_dir, run_dir / "replays")
+    result.metrics.update(metrics)
+    result.add("replays", summary)
 
 
 # The p50/p90 keys each latency backend logs.

@@ -216,10 +216,7 @@ def train_and_assess(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Pa
     result.add(WEIGHTS_DIR, onnx_path)
     result.metrics.update(measure(model, cfg.get("measure"), onnx_path))
     result.tags.update(latency_context(cfg.get("measure")))
-    replayed = measure_replays(cfg, ckpt_path, onnx_path, result.metrics, data_dir, run_dir)
-    if replayed is not None:
-        result.metrics.update(replayed[0])
-        result.add("replays", replayed[1])
+    measure_replays(result, cfg, ckpt_path, onnx_path, data_dir, run_dir)
     result.metrics[keys.TRAIN_EPOCHS] = float(trainer.current_epoch)
     if checkpoint.best_model_score is not None:
         result.metrics[keys.VAL_BEST_LOSS] = float(checkpoint.best_model_score)
@@ -250,6 +247,7 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
         VAL_PROBABILITIES_FILE,
         evaluate_splits,
         measure_replays,
+        replays_wanted,
     )
     from feq_lab.tracking.mlflow import download_artifact
 
@@ -277,6 +275,8 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
     latency, latency_tags = tracker.measured_latency(training)
     result.metrics.update(latency)
     result.tags.update(latency_tags)
+    if replays_wanted(cfg) is None:  # the weights are fetched only to be replayed
+        return result
     weights: dict[str, Path | None] = {}
     for name in ("model.pt", "model.onnx"):  # no ONNX file (a failed export): exported again
         try:
@@ -286,11 +286,7 @@ def reevaluate(tracker: Any, training_run_id: str, cfg: DictConfig, out_dir: Pat
     if weights["model.pt"] is None:
         log.info("run %s stored no weights: no replays", training_run_id)
         return result
-    replayed = measure_replays(cfg, weights["model.pt"], weights["model.onnx"], result.metrics,
-                               data_dir, out_dir)
-    if replayed is not None:
-        result.metrics.update(replayed[0])
-        result.add("replays", replayed[1])
+    measure_replays(result, cfg, weights["model.pt"], weights["model.onnx"], data_dir, out_dir)
     return result
 
 

@@ -466,8 +466,8 @@ def _prepare(runs, objectives, constraints, tie_breakers, exclude, policy):
     candidates, baselines = split_candidates(runs, exclude)
     keys = list(dict.fromkeys([c.key for c in constraints] + [o.key for o in objectives]
                               + [o.key for o in tie_breakers]))
-    require_metrics(candidates, [k for k in keys if k not in {c.key for c in constraints
-                                                               if c.soft}])
+    soft = {c.key for c in constraints if c.soft}  # may be missing: see Constraint.soft
+    require_metrics(candidates, [k for k in keys if k not in soft])
     reasons = [(f"policy {policy}: {len(candidates)} candidate run(s) among {len(runs)} "
                 f"({len(baselines)} baseline(s) excluded: "
                 f"{', '.join(variant_label(b) for b in baselines) or 'none'})")]

@@ -85,6 +85,13 @@ def split_metrics(summary: Mapping[str, Any], split: str) -> dict[str, float]:
     return {keys.stream_key(split, k): float(v) for k, v in values.items() if v is not None}
 
 
+def tuned_thresholds(metrics: Mapping[str, float]) -> dict[str, float] | None:
+    """The `thresholds/*` a run's scores used, or None when it has none (not a picker)."""
+    if not all(keys.threshold_key(k) in metrics for k in keys.OUTPUTS):
+        return None
+    return {k: float(metrics[keys.threshold_key(k)]) for k in keys.OUTPUTS}
+
+
 def monitor_defaults() -> tuple[dict[str, Any], dict[str, Any]]:
     """(`engine`, replay `source`) as conf/stream.yaml and conf/source/replay.yaml set them: the
     settings the monitor ships with, read without Hydra (the study's stages are other apps)."""
@@ -108,7 +115,8 @@ def study_replay_metrics(
     """A trained variant's replays for the study (`eval.replays`), as a run logs them:
     `scenarios` seeded scenarios drawn from `split` of the subset, through the monitor's default
     engine on onnxruntime with 1 thread (the monitor's backend) at the variant's own tuned
-    `thresholds`. Returns the `<split>/stream_*` metrics and the summary JSON written to
+    `thresholds` (`subset_dir` unless `replays_cfg.subset_dir` names one). Returns the
+    `<split>/stream_*` metrics and the summary JSON written to
     `work_dir/<split>_scenarios_summary.json` (the run's artifact). The `evaluate` stage and the
     main job (`measure.replays`) both call this."""
     from feq_lab.models import load_checkpoint
@@ -116,8 +124,9 @@ def study_replay_metrics(
     from feq_lab.streaming.predictors import make_predictor
 
     engine_map, source = monitor_defaults()
-    engine_map["thresholds"] = {k: float(thresholds[k]) for k in ("detection", "p", "s")}
+    engine_map["thresholds"] = {k: float(thresholds[k]) for k in keys.OUTPUTS}
     split = str(replays_cfg.get("split", "val"))
+    subset_dir = Path(str(replays_cfg.get("subset_dir") or subset_dir))
     source.update(kind="replay", subset_dir=str(subset_dir), split=split,
                   seed=int(replays_cfg.get("seed", 0)))
     model = load_checkpoint(checkpoint)
