@@ -81,18 +81,21 @@ def revision_library(rev: str) -> ctypes.CDLL:
     names = subprocess.run([*git, "ls-tree", "--name-only", rev, f"{folder}/"],
                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="feq-kernels-"))
-    sources = []
     for name in (n for n in names if n.endswith((".c", ".h"))):
         path = tmp / Path(name).name
         path.write_bytes(subprocess.run([*git, "show", f"{rev}:{name}"], capture_output=True,
                                         check=True).stdout)  # fmt: skip
-        if name.endswith(".c"):
-            sources.append(str(path))
-    # the compiler `kernels.library` picks, so both builds differ in their sources only
+    # revisions before the batch-parallel drivers: this tree's (they only split the batch)
+    drivers = Path(kernels.__file__).parent / "parallel.c"
+    if not (tmp / drivers.name).exists():
+        shutil.copy(drivers, tmp / drivers.name)
+    # the compiler and flags `kernels.library` uses, so both builds differ in their sources only
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "cc"
     target = tmp / "kernels.so"
-    subprocess.run([compiler, *kernels.CFLAGS, "-o", str(target), *sources, "-lm"],
-                   check=True, capture_output=True)  # fmt: skip
+    command = kernels.compile_command(
+        compiler, target, sorted(tmp.glob("*.c")), extra=kernels.openmp_flags()
+    )
+    subprocess.run(command, check=True, capture_output=True)
     lib = ctypes.CDLL(str(target))
     own = kernels.library
     kernels.library = lambda: lib  # only while autograd declares the entry points on it

@@ -25,11 +25,10 @@ def narrow_lib(tmp_path_factory) -> ctypes.CDLL:
     """The kernel library with the narrow forms forced, its entry points declared as
     autograd declares them."""
     target = tmp_path_factory.mktemp("narrow") / "feq_kernels_narrow.so"
-    subprocess.run(
-        [COMPILER, *kernels.CFLAGS, "-DFEQ_WIDE()=0", "-o", str(target),
-         *map(str, kernels.SOURCES), "-lm"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    command = kernels.compile_command(
+        COMPILER, target, extra=(*kernels.openmp_flags(), "-DFEQ_WIDE()=0")
+    )
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
     lib = ctypes.CDLL(str(target))
     patch = pytest.MonkeyPatch()
     patch.setattr(kernels, "library", lambda: lib)

@@ -6,6 +6,7 @@ same."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -281,6 +282,22 @@ def test_thread_split_gives_the_same_result(length, opts):
     for a, c, d in zip(*results):  # to 1e-5 of each tensor's largest magnitude
         assert float((a - c).abs().max()) <= 1e-5 * float(c.abs().max())
         assert torch.equal(c, d)
+
+
+@needs_cc
+def test_chunks_run_on_torchs_openmp_team():
+    """Where torch's ops run on OpenMP the kernel library is built with it and shares torch's
+    runtime: one libgomp in the process, so no second pool competes with torch's for the cores
+    (parallel.c says why)."""
+    lib = ka._lib()
+    assert lib is not None
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("torch does not run its ops on OpenMP here")
+    assert lib.feq_openmp() == 1
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        gomp = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line}
+        assert len(gomp) == 1, gomp
 
 
 def _reload_kernels() -> None:

@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -42,35 +43,56 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FEQ_LAB_KERNEL_CACHE", default))
 
 
+def openmp_flags() -> tuple[str, ...]:
+    """`-fopenmp` where torch's own ops run on OpenMP: the training kernels' batch chunks then run
+    on torch's team (`parallel.c` says why); elsewhere, and where the compiler lacks OpenMP, they
+    run one after another (same results)."""
+    backend = torch.__config__.parallel_info()
+    return ("-fopenmp",) if "parallel backend: OpenMP" in backend else ()
+
+
+def compile_command(
+    compiler: str,
+    output: Path,
+    sources: Sequence[Path | str] = SOURCES,
+    *,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The one build line of the kernel library (also for benches and tests building variants)."""
+    return [compiler, *CFLAGS, *extra, "-o", str(output), *map(str, sources), "-lm"]
+
+
 @functools.lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (disabled, no compiler, or the build failed: logged once)."""
     if os.environ.get("FEQ_LAB_NO_KERNELS", "") not in ("", "0"):
         return None
-    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    tag = hashlib.sha256(
-        source + " ".join((*CFLAGS, str(compiler), platform.machine())).encode()
-    ).hexdigest()[:16]
-    target = cache_dir() / f"feq_kernels-{tag}.so"
-    try:
-        if not target.exists():
-            if compiler is None:
-                log.warning(
-                    "no C compiler found: GRUs and separable convs run as torch ops (slower)"
-                )
-                return None
-            with atomic_path(target, suffix=".so") as tmp:
-                subprocess.run(
-                    [compiler, *CFLAGS, "-o", str(tmp), *map(str, SOURCES), "-lm"],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or exc
+    if compiler is None:
+        log.warning("no C compiler found: GRUs and separable convs run as torch ops (slower)")
+        return None
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
+    failure: Exception | None = None
+    for extra in dict.fromkeys((openmp_flags(), ())):  # without OpenMP if it does not build
+        flags = (*CFLAGS, *extra, compiler, platform.machine())
+        tag = hashlib.sha256(source + " ".join(flags).encode())
+        target = cache_dir() / f"feq_kernels-{tag.hexdigest()[:16]}.so"
+        try:
+            if not target.exists():
+                with atomic_path(target, suffix=".so") as tmp:
+                    subprocess.run(
+                        compile_command(compiler, tmp, extra=extra),
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                    )
+            lib = ctypes.CDLL(str(target))
+            break
+        except (OSError, subprocess.SubprocessError) as exc:
+            failure = exc
+    else:
+        detail = getattr(failure, "stderr", "") or failure
         log.warning("building the C kernels failed, using torch's modules instead: %s", detail)
         return None
     lib.feq_gru.restype = None

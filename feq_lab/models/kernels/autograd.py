@@ -19,9 +19,10 @@ the decoders' 2-6× the unfolded torch ops; the heads ~12× oneDNN (`bench/train
 
 Each is a `torch.autograd.Function` whose forward and backward are C loops (built with the other
 kernels, `feq_lab.models.kernels.library`), with large matrix products (the GRU's input
-projections and weight gradients) left to torch's GEMMs. The batch is split over
-`torch.get_num_threads()` threads (ctypes releases the GIL during a call); weight gradients are
-summed from per-thread copies.
+projections and weight gradients) left to torch's GEMMs. The batch is split into up to
+`torch.get_num_threads()` chunks, run on torch's own OpenMP threads (`parallel.c`: a second
+thread pool beside torch's spinning one made FEQ3's 2-thread step no faster than 1 thread's);
+weight gradients are summed from per-chunk copies in chunk order.
 
 Each public function computes the same function as its `*_reference` twin written in plain torch
 ops; the twin runs instead (transparently) when the kernels are unavailable (no compiler,
@@ -35,8 +36,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +75,14 @@ def _lib() -> ctypes.CDLL | None:
     lib.feq_attn_fwd.argtypes = [ptr] * 4 + [i32] * 6
     lib.feq_attn_bwd.restype = None
     lib.feq_attn_bwd.argtypes = [ptr] * 7 + [i32] * 6
+    # the batch-parallel drivers (parallel.c): the kernel's arguments without b0, b1 + chunks
+    for name in ("gru_train_fwd", "gru_train_bwd", "sep_fwd", "sep_bwd", "conv_fwd", "conv_bwd",
+                 "attn_fwd", "attn_bwd"):  # fmt: skip
+        kernel, driver = getattr(lib, f"feq_{name}"), getattr(lib, f"feq_{name}_mt")
+        driver.restype = kernel.restype
+        driver.argtypes = kernel.argtypes[:-2] + [i32]  # b0, b1 are last but for sep's `pooled`
+        if name.startswith("sep"):
+            driver.argtypes = kernel.argtypes[:-3] + [i32, i32]
     return lib
 
 
@@ -84,27 +91,9 @@ def available() -> bool:
     return _lib() is not None
 
 
-@functools.lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="feq-kernel")
-
-
-def _parallel(fn: Callable[[int, int, int], None], batch: int, work: int) -> int:
-    """Run fn(chunk, b0, b1) over contiguous batch chunks, one per thread; returns the number of
-    chunks (callers reducing per-chunk partial sums need it before calling: `_chunks`)."""
-    chunks = _chunks(batch, work)
-    bounds = [batch * i // chunks for i in range(chunks + 1)]
-    if chunks == 1:
-        fn(0, 0, batch)
-        return 1
-    futures = [_pool(chunks - 1).submit(fn, i, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
-    fn(0, bounds[0], bounds[1])
-    for f in futures:
-        f.result()
-    return chunks
-
-
 def _chunks(batch: int, work: int) -> int:
+    """How many contiguous batch chunks a call splits into, one per thread (`parallel.c` runs
+    them on torch's OpenMP team); callers size per-chunk partial sums with it."""
     return max(1, min(torch.get_num_threads(), batch, work // _PARALLEL_MIN_WORK))
 
 
@@ -172,10 +161,8 @@ class _GRU(torch.autograd.Function):
             ptrs = (gi.data_ptr(), whh_t.data_ptr(), bhh.data_ptr(), out.data_ptr(),
                     gates.data_ptr(), aux.data_ptr())  # fmt: skip
 
-            def run(_: int, b0: int, b1: int) -> None:
-                lib.feq_gru_train_fwd(*ptrs, batch, steps, u, b0, b1, int(reverse), keras)
-
-            _parallel(run, batch, steps * 3 * u * u * batch)
+            chunks = _chunks(batch, steps * 3 * u * u * batch)
+            lib.feq_gru_train_fwd_mt(*ptrs, batch, steps, u, int(reverse), keras, chunks)
         ctx.save_for_backward(x, weight_ih, weight_hh, out, gates, aux)
         ctx.reverse, ctx.keras = reverse, bool(keras)
         ctx.biases = (bias_ih is not None, bias_hh is not None)
@@ -196,12 +183,10 @@ class _GRU(torch.autograd.Function):
             ptrs = (w_hh.data_ptr(), out.data_ptr(), gates.data_ptr(), aux.data_ptr(),
                     grad_out.data_ptr(), dgi.data_ptr(), dgh.data_ptr())  # fmt: skip
 
-            def run(_: int, b0: int, b1: int) -> None:
-                lib.feq_gru_train_bwd(
-                    *ptrs, batch, steps, u, b0, b1, int(ctx.reverse), int(ctx.keras)
-                )
-
-            _parallel(run, batch, steps * 3 * u * u * batch)
+            chunks = _chunks(batch, steps * 3 * u * u * batch)
+            lib.feq_gru_train_bwd_mt(
+                *ptrs, batch, steps, u, int(ctx.reverse), int(ctx.keras), chunks
+            )
         # h_{t-1} in processing order (zero before the first step)
         if ctx.reverse:
             h_prev = torch.cat([out[:, 1:], out.new_zeros(batch, 1, u)], dim=1)
@@ -339,11 +324,8 @@ class _Separable(torch.autograd.Function):
             ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), None if b is None else b.data_ptr(),
                     out.data_ptr(), None if idx is None else idx.data_ptr())  # fmt: skip
 
-            def run(_: int, b0: int, b1: int) -> None:
-                if lib.feq_sep_fwd(*ptrs, *dims, b0, b1, pooled) != 0:
-                    raise MemoryError("separable stage kernel: out of memory")
-
-            _parallel(run, batch, _stage_work(dims))
+            if lib.feq_sep_fwd_mt(*ptrs, *dims, pooled, _chunks(batch, _stage_work(dims))):
+                raise MemoryError("separable stage kernel: out of memory")
         ctx.save_for_backward(x, dw, pw, out, idx)  # depthwise output: recomputed
         ctx.dims, ctx.pooled, ctx.has_bias = dims, pooled, bias is not None
         return out
@@ -365,15 +347,11 @@ class _Separable(torch.autograd.Function):
             ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), out.data_ptr(),
                     None if idx is None else idx.data_ptr(), grad_out.data_ptr(), gx.data_ptr())  # fmt: skip
 
-            def run(chunk: int, b0: int, b1: int) -> None:
-                status = lib.feq_sep_bwd(
-                    *ptrs, gdw[chunk].data_ptr(), gpw[chunk].data_ptr(), gbias[chunk].data_ptr(),
-                    *dims, b0, b1, pooled,
-                )  # fmt: skip
-                if status != 0:
-                    raise MemoryError("separable stage kernel: out of memory")
-
-            _parallel(run, batch, _stage_work(dims))
+            status = lib.feq_sep_bwd_mt(
+                *ptrs, gdw.data_ptr(), gpw.data_ptr(), gbias.data_ptr(), *dims, pooled, chunks
+            )
+            if status != 0:
+                raise MemoryError("separable stage kernel: out of memory")
         else:
             gx.zero_()
         return (
@@ -454,11 +432,8 @@ class _Conv(torch.autograd.Function):
         if y.numel():
             ptrs = (x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr())
 
-            def run(_: int, b0: int, b1: int) -> None:
-                if lib.feq_conv_fwd(*ptrs, *dims, b0, b1) != 0:
-                    raise MemoryError("conv kernel: out of memory")
-
-            _parallel(run, batch, _conv_work(dims))
+            if lib.feq_conv_fwd_mt(*ptrs, *dims, _chunks(batch, _conv_work(dims))) != 0:
+                raise MemoryError("conv kernel: out of memory")
         ctx.save_for_backward(x, w)
         ctx.dims, ctx.has_bias = dims, bias is not None
         return y
@@ -478,14 +453,9 @@ class _Conv(torch.autograd.Function):
         if grad_out.numel():
             ptrs = (x.data_ptr(), w.data_ptr(), grad_out.data_ptr(), gx.data_ptr())
 
-            def run(chunk: int, b0: int, b1: int) -> None:
-                status = lib.feq_conv_bwd(
-                    *ptrs, gw[chunk].data_ptr(), gbias[chunk].data_ptr(), *dims, b0, b1
-                )
-                if status != 0:
-                    raise MemoryError("conv kernel: out of memory")
-
-            _parallel(run, batch, _conv_work(dims))
+            status = lib.feq_conv_bwd_mt(*ptrs, gw.data_ptr(), gbias.data_ptr(), *dims, chunks)
+            if status != 0:
+                raise MemoryError("conv kernel: out of memory")
         else:
             gx.zero_()
         return gx, gw.sum(0), gbias.sum(0) if ctx.has_bias else None, None, None
@@ -538,9 +508,7 @@ class _Scores(torch.autograd.Function):
         dims = (batch, steps, keys, units)
         if e.numel():
             ptrs = (q.data_ptr(), kt.data_ptr(), w.data_ptr(), e.data_ptr())
-            _parallel(
-                lambda _, b0, b1: lib.feq_attn_fwd(*ptrs, *dims, b0, b1), batch, e.numel() * units
-            )
+            lib.feq_attn_fwd_mt(*ptrs, *dims, _chunks(batch, e.numel() * units))
         ctx.save_for_backward(q, kt, w)
         return e
 
@@ -560,10 +528,7 @@ class _Scores(torch.autograd.Function):
             ptrs = (q.data_ptr(), kt.data_ptr(), w.data_ptr(), grad_e.data_ptr(), dq.data_ptr(),
                     dkt.data_ptr())  # fmt: skip
 
-            def run(chunk: int, b0: int, b1: int) -> None:
-                lib.feq_attn_bwd(*ptrs, dw[chunk].data_ptr(), batch, steps, keys, units, b0, b1)
-
-            _parallel(run, batch, work)
+            lib.feq_attn_bwd_mt(*ptrs, dw.data_ptr(), batch, steps, keys, units, chunks)
         return dq, dkt.transpose(1, 2), dw.sum(0)
 
 
