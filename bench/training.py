@@ -64,6 +64,7 @@ OPTIONS = {
         separable_backend="reference",
         attention_backend="reference",
         conv_backend="reference",
+        dropout_backend="reference",
     ),
 }
 LOSS_WEIGHTS = (0.05, 0.40, 0.55)  # detection, P, S (conf/config.yaml train.loss_weights)

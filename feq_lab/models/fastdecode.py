@@ -246,7 +246,8 @@ class StackedDecoders:
         batch, length, _ = head.shape
         f = self.tail_upsample
         out = head.reshape(batch, length, 3, f).permute(0, 2, 1, 3).reshape(batch, 3, length * f)
-        return out[:, 0], out[:, 1], out[:, 2]
+        det, p, s = out.unbind(1)  # one stack backward, not three zero-filled selects
+        return det, p, s
 
 
 def _padded(n: int, block: int) -> int:
@@ -460,7 +461,8 @@ def grouped_decoders(
             x = F.relu(conv_fn(x, _grouped(c.dense_weight() for c in convs), bias, groups=3))
     heads = [d.head.conv for d in decoders]
     y = conv_fn(x, _grouped(h.weight for h in heads), _grouped(h.bias for h in heads), groups=3)
-    return y[:, 0], y[:, 1], y[:, 2]
+    det, p, s = y.unbind(1)  # backward: one stack, not three zero-filled (B, 3, T) selects
+    return det, p, s
 
 
 def build_stacked(

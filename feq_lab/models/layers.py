@@ -28,6 +28,7 @@ BN_EPS = 1e-3  # Keras BatchNormalization default
 SeparableFn = Callable[..., torch.Tensor]
 ScoresFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ConvFn = Callable[..., torch.Tensor]
+DropoutFn = Callable[[torch.Tensor, float, bool], torch.Tensor]
 
 
 def same_padding(kernel: int) -> tuple[int, int]:
@@ -184,6 +185,24 @@ class SameMaxPool1d(nn.Module):
         return same_max_pool1d(x, self.pool)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """The reference elementwise dropout (`DropoutFn`): `F.dropout` — in training each element
+    kept with probability 1 − p and scaled by 1/(1 − p), else identity."""
+    return F.dropout(x, p, training)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` whose draw runs through `dropout_fn` (a seam: the reference or a fused
+    implementation of the same distribution); no parameters, so checkpoints are unchanged."""
+
+    def __init__(self, p: float, dropout_fn: DropoutFn | None = None):
+        super().__init__(p)
+        self.dropout_fn = dropout_fn or dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout_fn(x, self.p, self.training)
+
+
 class SpatialDropout(nn.Dropout1d):
     """Drops whole channels of (B, C, T); off in eval unless Monte-Carlo mode switches it on."""
 
@@ -324,12 +343,19 @@ class RecurrentBlock(nn.Module):
     """EQT BiLSTM block on (B, T, C): RNN → dropout → 1×1 conv (a per-step linear) → BN."""
 
     def __init__(
-        self, kind: str, input_size: int, units: int, dropout: float, gru_impl: str, gru_fn: GruFn
+        self,
+        kind: str,
+        input_size: int,
+        units: int,
+        dropout: float,
+        gru_impl: str,
+        gru_fn: GruFn,
+        dropout_fn: DropoutFn | None = None,
     ):
         super().__init__()
         self.rnn = make_rnn(kind, input_size, units, gru_impl, gru_fn)
         directions = 2 if kind.startswith("bi") else 1
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout, dropout_fn)
         self.project = nn.Linear(directions * units, units)
         self.norm = nn.BatchNorm1d(units, eps=BN_EPS)
 
@@ -425,13 +451,14 @@ class TransformerBlock(nn.Module):
         dropout: float,
         ln_eps: float,
         scores_fn: ScoresFn | None = None,
+        dropout_fn: DropoutFn | None = None,
     ):
         super().__init__()
         self.attention = AdditiveSelfAttention(channels, attention_units, scores_fn=scores_fn)
         self.norm1 = nn.LayerNorm(channels, eps=ln_eps)
         self.ff_in = nn.Linear(channels, ff_units)
         self.ff_out = nn.Linear(ff_units, channels)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout, dropout_fn)
         self.norm2 = nn.LayerNorm(channels, eps=ln_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -451,10 +478,11 @@ class PickerBranch(nn.Module):
         dropout: float,
         gru_impl: str,
         gru_fn: GruFn,
+        dropout_fn: DropoutFn | None = None,
     ):
         super().__init__()
         self.rnn = make_rnn(kind, units, units, gru_impl, gru_fn)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout, dropout_fn)
         self.attention = AdditiveSelfAttention(units, attention_units, width=width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

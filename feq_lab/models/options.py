@@ -15,6 +15,10 @@ The seams for fused training kernels are plain functions with the reference's si
   `feq_lab.models.kernels.autograd.additive_scores`.
 - Dense grouped conv (the "fused" decoders' heads and dense stages): `layers.same_conv`
   (`ConvFn`); the fused one is `feq_lab.models.kernels.autograd.same_conv`.
+- Elementwise dropout (recurrent blocks, transformers' feed-forward, pickers): `layers.dropout`
+  (`DropoutFn`, torch's `F.dropout`); the fused one is `feq_lab.models.kernels.autograd.dropout`.
+  The one exception to "same function": in training it draws its masks from another random
+  stream (same distribution, seeded by torch's generator too); in eval both are the identity.
 A backend "auto" takes the fused function when its C library was built (a system compiler was
 found), else the fastest pure-torch one: the fused functions' own torch fallbacks compute the
 reference step by step, which is slower than PyTorch's ops (aten GRU, folded separable stages).
@@ -29,9 +33,11 @@ from feq_lab.errors import ConfigError
 from feq_lab.models.gru import GruFn, aten_gru_sequence, gru_sequence
 from feq_lab.models.layers import (
     ConvFn,
+    DropoutFn,
     ScoresFn,
     SeparableFn,
     additive_scores,
+    dropout,
     same_conv,
     separable_stage,
 )
@@ -52,8 +58,10 @@ class ModelOptions:
     else aten. `separable_backend`: "reference" = `layers.separable_stage`, "fused", "auto".
     `attention_backend` (the global attention's scores): "reference" = `layers.additive_scores`,
     "fused", "auto". `conv_backend` (dense grouped convs of the "fused" decoders, their heads
-    above all): "reference" = `layers.same_conv`, "fused", "auto". Each may also be a function
-    with the seam's signature (`GruFn`, `SeparableFn`, `ScoresFn`, `ConvFn`).
+    above all): "reference" = `layers.same_conv`, "fused", "auto". `dropout_backend`
+    (elementwise dropout in training): "reference" = `layers.dropout` (torch's bernoulli_ masks,
+    one thread), "fused" (one C pass, hashed masks), "auto". Each may also be a function
+    with the seam's signature (`GruFn`, `SeparableFn`, `ScoresFn`, `ConvFn`, `DropoutFn`).
     `decoders`: "per_decoder" runs the three `Decoder` modules one after the other (the
     reference); "stacked" runs them as one grouped pass with a polyphase last stage, its weights
     re-arranged from the decoders' own parameters on every call (`fastdecode.build_stacked`);
@@ -79,6 +87,7 @@ class ModelOptions:
     separable_backend: str | SeparableFn = "auto"
     attention_backend: str | ScoresFn = "auto"
     conv_backend: str | ConvFn = "auto"
+    dropout_backend: str | DropoutFn = "auto"
     decoders: str = "auto"
     decoder_layout: str = "auto"
     encoder_layout: str = "auto"
@@ -91,6 +100,7 @@ class ModelOptions:
             separable_backend="reference",
             attention_backend="reference",
             conv_backend="reference",
+            dropout_backend="reference",
             decoders="per_decoder",
             decoder_layout="channels_first",
             encoder_layout="channels_first",
@@ -102,6 +112,7 @@ class ModelOptions:
             ("separable_backend", self.separable_backend, SEPARABLE_BACKENDS),
             ("attention_backend", self.attention_backend, SEPARABLE_BACKENDS),
             ("conv_backend", self.conv_backend, SEPARABLE_BACKENDS),
+            ("dropout_backend", self.dropout_backend, SEPARABLE_BACKENDS),
             ("decoders", self.decoders, DECODER_FORMS),
             ("decoder_layout", self.decoder_layout, LAYOUTS),
             ("encoder_layout", self.encoder_layout, LAYOUTS),
@@ -146,6 +157,13 @@ class ModelOptions:
         if self.conv_backend == "reference":
             return same_conv
         return _resolve(self.conv_backend, "same_conv", same_conv, "options.conv_backend")
+
+    def dropout_fn(self) -> DropoutFn:
+        if callable(self.dropout_backend):
+            return self.dropout_backend
+        if self.dropout_backend == "reference":
+            return dropout
+        return _resolve(self.dropout_backend, "dropout", dropout, "options.dropout_backend")
 
     def uses_fused_separable(self) -> bool:
         return self.separable_fn() is not separable_stage

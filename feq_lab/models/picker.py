@@ -100,7 +100,7 @@ class PickerModel(LearnedModel):
         self.spec = spec
         self.options = options
         gru_fn, separable_fn = options.gru_fn(), options.separable_fn()
-        scores_fn = options.scores_fn()
+        scores_fn, dropout_fn = options.scores_fn(), options.dropout_fn()
         # the stacked decoders' training form runs separable stages fused, or folded when the
         # reference stage is all there is (fewer, larger ops than depthwise + pointwise)
         self._stacked_separable_fn = separable_fn if options.uses_fused_separable() else None
@@ -119,7 +119,9 @@ class PickerModel(LearnedModel):
         self.bottleneck = nn.Sequential(*blocks)
         u = spec.units
         self.rnn_blocks = nn.ModuleList(
-            RecurrentBlock(spec.rnn, width if i == 0 else u, u, spec.dropout, spec.gru_impl, gru_fn)
+            RecurrentBlock(
+                spec.rnn, width if i == 0 else u, u, spec.dropout, spec.gru_impl, gru_fn, dropout_fn
+            )
             for i in range(spec.rnn_blocks)
         )
         self.transformers = nn.ModuleList(
@@ -130,6 +132,7 @@ class PickerModel(LearnedModel):
                 spec.dropout,
                 spec.layer_norm_eps,
                 scores_fn,
+                dropout_fn,
             )
             for _ in range(spec.transformer_blocks)
         )
@@ -143,6 +146,7 @@ class PickerModel(LearnedModel):
                 spec.dropout,
                 spec.gru_impl,
                 gru_fn,
+                dropout_fn,
             )
             for _ in ("p", "s")
         )

