@@ -134,36 +134,16 @@ class ModelOptions:
         return _resolve(self.gru_backend, "gru_sequence", aten_gru_sequence, "options.gru_backend")
 
     def separable_fn(self) -> SeparableFn:
-        if callable(self.separable_backend):
-            return self.separable_backend
-        if self.separable_backend == "reference":
-            return separable_stage
-        return _resolve(
-            self.separable_backend, "separable_stage", separable_stage, "options.separable_backend"
-        )
+        return _choose(self.separable_backend, separable_stage, "options.separable_backend")
 
     def scores_fn(self) -> ScoresFn:
-        if callable(self.attention_backend):
-            return self.attention_backend
-        if self.attention_backend == "reference":
-            return additive_scores
-        return _resolve(
-            self.attention_backend, "additive_scores", additive_scores, "options.attention_backend"
-        )
+        return _choose(self.attention_backend, additive_scores, "options.attention_backend")
 
     def conv_fn(self) -> ConvFn:
-        if callable(self.conv_backend):
-            return self.conv_backend
-        if self.conv_backend == "reference":
-            return same_conv
-        return _resolve(self.conv_backend, "same_conv", same_conv, "options.conv_backend")
+        return _choose(self.conv_backend, same_conv, "options.conv_backend")
 
     def dropout_fn(self) -> DropoutFn:
-        if callable(self.dropout_backend):
-            return self.dropout_backend
-        if self.dropout_backend == "reference":
-            return dropout
-        return _resolve(self.dropout_backend, "dropout", dropout, "options.dropout_backend")
+        return _choose(self.dropout_backend, dropout, "options.dropout_backend")
 
     def uses_fused_separable(self) -> bool:
         return self.separable_fn() is not separable_stage
@@ -182,6 +162,16 @@ class ModelOptions:
     def encoder_channels_last(self) -> bool:
         """Whether plain encoder stages run in NHWC ("auto" resolved)."""
         return self.encoder_layout != "channels_first"
+
+
+def _choose(backend: str | Callable, reference: Callable, key: str) -> Callable:
+    """A seam's function: `backend` itself when callable, the reference for "reference", else
+    the fused kernels' function of the reference's name ("fused"/"auto", `_resolve`)."""
+    if callable(backend):
+        return backend
+    if backend == "reference":
+        return reference
+    return _resolve(backend, reference.__name__, reference, key)
 
 
 def _resolve(backend: str, name: str, fallback: Callable, key: str) -> Callable:
