@@ -25,8 +25,9 @@ with PyTorch's ops (`OPTIONS["off"]`). Both compute the same function (the parit
 tests/models/test_parity.py, checks every option against the reference).
 
 `--against REV` times a kernel change before/after in one process: the C kernels are also built
-from git revision REV's sources, and every "on" candidate (and kernel case) runs a second time
-on that build, round-robin with the others (suffix "@REV").
+from git revision REV's sources (a source file REV lacks, such as the batch-parallel drivers
+parallel.c, is taken from this tree), and every "on" candidate (and kernel case) runs a second
+time on that build, round-robin with the others (suffix "@REV").
 """
 
 from __future__ import annotations
@@ -86,10 +87,11 @@ def revision_library(rev: str) -> ctypes.CDLL:
         path = tmp / Path(name).name
         path.write_bytes(subprocess.run([*git, "show", f"{rev}:{name}"], capture_output=True,
                                         check=True).stdout)  # fmt: skip
-    # revisions before the batch-parallel drivers: this tree's (they only split the batch)
-    drivers = Path(kernels.__file__).parent / "parallel.c"
-    if not (tmp / drivers.name).exists():
-        shutil.copy(drivers, tmp / drivers.name)
+    # sources REV lacks (e.g. the batch-parallel drivers, the dropout kernel) come from this tree,
+    # so the entry points autograd declares exist; only the files both have are compared
+    for path in (*kernels.SOURCES, *kernels.HEADERS):
+        if not (tmp / path.name).exists():
+            shutil.copy(path, tmp / path.name)
     # the compiler and flags `kernels.library` uses, so both builds differ in their sources only
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "cc"
     target = tmp / "kernels.so"
