@@ -28,15 +28,11 @@
 #include <stddef.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FEQ_NO_CLONES)
-#define FEQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define FEQ_CLONES
-#endif
+#include "clones.h"
 
 static float sig(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-FEQ_CLONES
+FEQ_CLONES_V3
 void feq_gru_train_fwd(const float *gi, const float *whh_t, const float *bhh, float *out,
                        float *gates, float *aux, int batch, int steps, int hidden, int b0, int b1,
                        int reverse, int flavour)
@@ -101,7 +97,7 @@ void feq_gru_train_fwd(const float *gi, const float *whh_t, const float *bhh, fl
     }
 }
 
-FEQ_CLONES
+FEQ_CLONES_V3
 void feq_gru_train_bwd(const float *whh, const float *out, const float *gates, const float *aux,
                        const float *gout, float *dgi, float *dgh, int batch, int steps,
                        int hidden, int b0, int b1, int reverse, int flavour)

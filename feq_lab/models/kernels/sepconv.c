@@ -21,13 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FEQ_NO_CLONES)
-#define FEQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define FEQ_CLONES
-#endif
+#include "clones.h"
 
-FEQ_CLONES
+FEQ_CLONES_V3
 int feq_separable(const float *x, const float *dw, const float *pw, const float *bias,
                   float *out, int batch, int groups, int channels, int outputs, int length_in,
                   int upsample, int crop_left, int length, int kernel, int left, int relu,
