@@ -344,6 +344,12 @@ def kernel_cases(batch: int) -> dict[str, tuple[Callable, Callable]]:
         fwd_bwd(lambda: ka.same_conv(xh, wh, bh, groups=3)),
         fwd_bwd(lambda: ka.same_conv(xh, wh, bh, groups=3, native=False)),
     )
+    xs, dw, pw, b, opts = _stage_leaves(leaf, batch, FEQ3_STAGES["sep dec5 3x 16->8 x3"])
+    opts = {k: opts[k] for k in ("groups", "upsample", "crop")}
+    cases["dec5 + heads, one call"] = (
+        fwd_bwd(lambda: ka.separable_head(xs, dw, pw, b, wh, bh, **opts)),
+        fwd_bwd(lambda: ka.separable_head(xs, dw, pw, b, wh, bh, native=False, **opts)),
+    )  # fmt: skip
     qa, kq, wa = leaf(batch, 56, 32), leaf(batch, 56, 32), leaf(32)
     cases["attention scores (B,56,56,32)"] = (
         fwd_bwd(lambda: ka.additive_scores(qa, kq, wa)),

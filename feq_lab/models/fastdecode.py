@@ -37,7 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from feq_lab.models import kernels
-from feq_lab.models.layers import ConvFn, SeparableFn, crop_edges, same_padding, upsample_nearest
+from feq_lab.models.layers import (
+    ConvFn,
+    SeparableFn,
+    SeparableHeadFn,
+    crop_edges,
+    same_padding,
+    upsample_nearest,
+)
 
 FORMS = ("train", "eager", "onnx")
 
@@ -439,16 +446,27 @@ def _grouped(parts) -> torch.Tensor:
 
 
 def grouped_decoders(
-    decoders: Sequence, x: torch.Tensor, separable_fn: SeparableFn, conv_fn: ConvFn
+    decoders: Sequence,
+    x: torch.Tensor,
+    separable_fn: SeparableFn,
+    conv_fn: ConvFn,
+    head_fn: SeparableHeadFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three `Decoder`s on x (B, 3·C, T) (detection, P, S inputs stacked on channels) as one
     grouped (groups = 3) pass at full rate, differentiable in their own parameters
     (`ModelOptions(decoders="fused")`): each stage one `separable_fn` call (a dense stage: upsample,
-    crop, one `conv_fn` call + ReLU), the heads one `conv_fn` call. Why not the polyphase tail
-    here: with fused kernels the full-rate separable stage and the grouped head cost less than the
-    folded polyphase convs (FEQ3, batch 32, forward + backward: ~95 vs ~200 ms)."""
+    crop, one `conv_fn` call + ReLU), the heads one `conv_fn` call; with `head_fn`
+    (`kernels.autograd.separable_head`) a separable last stage and the heads are one call, the
+    same floats as those two. Why not the polyphase tail here: with fused kernels the full-rate
+    separable stage and the grouped head cost less than the folded polyphase convs (FEQ3, batch
+    32, forward + backward: ~95 vs ~200 ms)."""
     first = decoders[0]
-    for i, j in enumerate(first.layer_of_stage):
+    stages = list(enumerate(first.layer_of_stage))
+    heads = [d.head.conv for d in decoders]
+    last = [d.layers[stages[-1][1]] for d in decoders]
+    fuse_tail = (head_fn is not None and all(c.separable for c in last)
+                 and all(h.bias is not None for h in heads))  # fmt: skip
+    for i, j in stages[:-1] if fuse_tail else stages:
         convs = [d.layers[j] for d in decoders]
         bias = _grouped(c.conv.bias for c in convs)
         upsample, crop = first.upsample[i], tuple(first.crops[i])
@@ -459,8 +477,16 @@ def grouped_decoders(
         else:
             x = crop_edges(upsample_nearest(x, upsample), *crop)
             x = F.relu(conv_fn(x, _grouped(c.dense_weight() for c in convs), bias, groups=3))
-    heads = [d.head.conv for d in decoders]
-    y = conv_fn(x, _grouped(h.weight for h in heads), _grouped(h.bias for h in heads), groups=3)
+    head_weight, head_bias = _grouped(h.weight for h in heads), _grouped(h.bias for h in heads)
+    if fuse_tail:
+        i = stages[-1][0]
+        y = head_fn(
+            x, _grouped(c.depthwise.weight for c in last), _grouped(c.conv.weight for c in last),
+            _grouped(c.conv.bias for c in last), head_weight, head_bias, groups=3,
+            upsample=first.upsample[i], crop=tuple(first.crops[i]),
+        )  # fmt: skip
+    else:
+        y = conv_fn(x, head_weight, head_bias, groups=3)
     det, p, s = y.unbind(1)  # backward: one stack, not three zero-filled (B, 3, T) selects
     return det, p, s
 

@@ -28,6 +28,9 @@ BN_EPS = 1e-3  # Keras BatchNormalization default
 SeparableFn = Callable[..., torch.Tensor]
 ScoresFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ConvFn = Callable[..., torch.Tensor]
+# a separable stage and the 1-output conv head after it as one call (no reference of its own:
+# it is `separable_stage` then `same_conv`; `kernels.autograd.separable_head`)
+SeparableHeadFn = Callable[..., torch.Tensor]
 DropoutFn = Callable[[torch.Tensor, float, bool], torch.Tensor]
 
 

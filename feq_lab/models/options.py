@@ -36,6 +36,7 @@ from feq_lab.models.layers import (
     DropoutFn,
     ScoresFn,
     SeparableFn,
+    SeparableHeadFn,
     additive_scores,
     dropout,
     same_conv,
@@ -144,6 +145,15 @@ class ModelOptions:
 
     def dropout_fn(self) -> DropoutFn:
         return _choose(self.dropout_backend, dropout, "options.dropout_backend")
+
+    def separable_head_fn(self) -> SeparableHeadFn | None:
+        """The "fused" decoders' last separable stage and heads as one call
+        (`kernels.autograd.separable_head`, the same floats as its two seams' fused functions)
+        where both seams resolve to the fused kernels; else None (two calls)."""
+        if (self.separable_fn() is fused_kernels.separable_stage
+                and self.conv_fn() is fused_kernels.same_conv):  # fmt: skip
+            return fused_kernels.separable_head
+        return None
 
     def uses_fused_separable(self) -> bool:
         return self.separable_fn() is not separable_stage

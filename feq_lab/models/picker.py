@@ -107,6 +107,7 @@ class PickerModel(LearnedModel):
         self._decoder_form = options.decoder_form(spec.decoder_conv == "separable")
         self._decoder_channels_last = options.decoder_channels_last()
         self._separable_fn, self._conv_fn = separable_fn, options.conv_fn()
+        self._head_fn = options.separable_head_fn()
         self.encoder = Encoder(spec, separable_fn, options.encoder_channels_last())
         width = spec.encoder_filters[-1]
         if spec.block == "residual":
@@ -178,7 +179,9 @@ class PickerModel(LearnedModel):
         # "fused"/"stacked": the same three decoders as one grouped pass (options.ModelOptions)
         if self._decoder_form == "fused":
             features = torch.cat([h, p, s], dim=2).transpose(1, 2)
-            return grouped_decoders(self.decoders, features, self._separable_fn, self._conv_fn)
+            return grouped_decoders(
+                self.decoders, features, self._separable_fn, self._conv_fn, self._head_fn
+            )
         if self._decoder_form == "stacked":
             stacked = build_stacked(
                 list(self.decoders),

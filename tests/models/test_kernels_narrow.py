@@ -14,7 +14,13 @@ import pytest
 
 from feq_lab.models import kernels
 from feq_lab.models.kernels import autograd as ka
-from tests.models.test_train_kernels import STAGES, check_same_conv, check_separable_stage
+from tests.models.test_train_kernels import (
+    HEADS,
+    STAGES,
+    check_same_conv,
+    check_separable_head,
+    check_separable_stage,
+)
 
 COMPILER = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C compiler on this machine")
@@ -66,3 +72,11 @@ def test_separable_stage_narrow(narrow, batch, groups, channels, outputs, length
 )
 def test_same_conv_narrow(narrow, batch, groups, channels, outputs, length, kernel):
     check_same_conv(batch, groups, channels, outputs, length, kernel)
+
+
+@pytest.mark.parametrize(
+    ("batch", "groups", "channels", "outputs", "length", "kernel", "up", "crop", "hkernel"), HEADS
+)
+def test_separable_head_narrow(narrow, batch, groups, channels, outputs, length, kernel, up, crop,
+                               hkernel):  # fmt: skip
+    check_separable_head(batch, groups, channels, outputs, length, kernel, up, crop, hkernel)

@@ -245,6 +245,81 @@ def check_same_conv(batch, groups, channels, outputs, length, kernel, padding=No
     )
 
 
+# (batch, groups, channels, outputs, length_in, kernel, upsample, crop, head kernel)
+HEADS = [
+    (2, 3, 16, 8, 700, 7, 3, (0, 0), 11),  # the decoders' tail (dec5 + heads), shorter
+    (2, 1, 4, 3, 50, 5, 2, (1, 0), 4),  # even head kernel: its extra zero goes right
+    (1, 2, 5, 13, 130, 9, 1, (1, 2), 13),  # every pointwise block width, a wide head
+    (3, 3, 4, 4, 5, 7, 3, (1, 1), 3),  # 13 samples: every output reaches the padding
+]
+
+
+@pytest.mark.parametrize(
+    ("batch", "groups", "channels", "outputs", "length", "kernel", "up", "crop", "hkernel"), HEADS
+)
+def test_separable_head_matches_reference(
+    batch, groups, channels, outputs, length, kernel, up, crop, hkernel
+):
+    check_separable_head(batch, groups, channels, outputs, length, kernel, up, crop, hkernel)
+
+
+def _head_params(batch, groups, channels, outputs, length, kernel, hkernel, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(batch, groups * channels, length, generator=g),
+        torch.randn(groups * channels, 1, kernel, generator=g),
+        torch.randn(groups * outputs, channels, 1, generator=g),
+        torch.randn(groups * outputs, generator=g),
+        torch.randn(groups, outputs, hkernel, generator=g),
+        torch.randn(groups, generator=g),
+    ]
+
+
+def check_separable_head(batch, groups, channels, outputs, length, kernel, up, crop, hkernel):
+    """`separable_head` against its reference (the separable stage, then the grouped head conv),
+    outputs and gradients, with whichever library `ka._lib` gives."""
+    params = _head_params(batch, groups, channels, outputs, length, kernel, hkernel)
+    opts = {"groups": groups, "upsample": up, "crop": crop}
+    _compare(
+        lambda *p: ka.separable_head(*p, **opts),
+        lambda *p: ka.separable_head_reference(*p, **opts),
+        params,
+    )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_separable_head_is_its_two_fused_calls_bit_for_bit(threads):
+    """The fused tail runs `separable_stage`'s and `same_conv`'s own loops (conv_rows.h), in the
+    same order and the same batch chunks: the same floats as those two calls, so a model that
+    takes it trains the weights it trained before (options.ModelOptions.separable_head_fn)."""
+    params = [p.requires_grad_() for p in _head_params(5, 3, 16, 8, 300, 7, 11, seed=12)]
+    opts = {"groups": 3, "upsample": 3, "crop": (1, 0)}
+    gz = torch.randn(5, 3, 899, generator=torch.Generator().manual_seed(13))
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        torch.set_num_threads(threads)
+        for fused in (True, False):
+            if fused:
+                z = ka.separable_head(*params, **opts)
+            else:
+                y = ka.separable_stage(*params[:4], **opts)
+                z = ka.same_conv(y, params[4], params[5], groups=3)
+            results.append([z, *torch.autograd.grad(z, params, gz)])
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_separable_head_checks_the_head_shape():
+    x, dw, pw, b, hw, hb = _head_params(1, 3, 4, 2, 20, 3, 5)
+    with pytest.raises(ValueError, match="one output per group"):
+        ka.separable_head(x, dw, pw, b, hw.reshape(6, 1, 5), hb, groups=3)
+    with pytest.raises(ValueError, match="head bias"):
+        ka.separable_head(x, dw, pw, b, hw, torch.zeros(2), groups=3)
+
+
 @pytest.mark.parametrize(
     ("batch", "steps", "keys", "units"), [(2, 7, 7, 5), (3, 56, 56, 32), (1, 13, 20, 17)]
 )
@@ -339,6 +414,10 @@ def _all_kernel_outputs(**kw) -> list[torch.Tensor]:
         *params[:1], torch.randn(4, 2, 5, generator=g).requires_grad_(), None, groups=2, **kw
     )
     out += [y, *torch.autograd.grad(y.sum(), params[:1])]
+    params += [torch.randn(2, 3, 7, generator=g).requires_grad_(),
+               torch.randn(2, generator=g).requires_grad_()]  # fmt: skip
+    y = ka.separable_head(*params, groups=2, upsample=2, crop=(1, 1), **kw)
+    out += [y, *torch.autograd.grad(y.sum(), params)]
     params = [torch.randn(2, 5, 3, generator=g).requires_grad_() for _ in range(2)]
     params.append(torch.randn(3, generator=g).requires_grad_())
     y = ka.additive_scores(*params, **kw)

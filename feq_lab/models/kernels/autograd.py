@@ -16,6 +16,9 @@ the decoders' 2-6× the unfolded torch ops; the heads ~12× oneDNN (`bench/train
   encoder's and decoders' stages, several side by side with `groups` (sep_train.c; an
   upsampling stage's depthwise half in polyphase form where that needs fewer taps).
 - `same_conv`: dense grouped conv with "same" padding, e.g. the decoders' heads (conv_train.c).
+- `separable_head`: a decoder's last separable stage and its head as one call, the same floats
+  as `separable_stage` then `same_conv` (their loops, conv_rows.h): the stage's (B, 24, 6000)
+  output goes through the heads while in cache and its gradient never leaves it.
 
 Each is a `torch.autograd.Function` whose forward and backward are C loops (built with the other
 kernels, `feq_lab.models.kernels.library`), with large matrix products (the GRU's input
@@ -79,13 +82,20 @@ def _lib() -> ctypes.CDLL | None:
     lib.feq_dropout.restype = None
     lib.feq_dropout.argtypes = [ptr, ptr, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32,
                                 ctypes.c_float, i32]  # fmt: skip
+    names = ["gru_train_fwd", "gru_train_bwd", "sep_fwd", "sep_bwd", "conv_fwd", "conv_bwd",
+             "attn_fwd", "attn_bwd"]  # fmt: skip
+    if hasattr(lib, "feq_sephead_fwd"):  # absent from older revisions' builds (bench --against)
+        lib.feq_sephead_fwd.restype = ctypes.c_int
+        lib.feq_sephead_fwd.argtypes = [ptr] * 8 + [i32] * 14
+        lib.feq_sephead_bwd.restype = ctypes.c_int
+        lib.feq_sephead_bwd.argtypes = [ptr] * 12 + [i32] * 14
+        names += ["sephead_fwd", "sephead_bwd"]
     # the batch-parallel drivers (parallel.c): the kernel's arguments without b0, b1 + chunks
-    for name in ("gru_train_fwd", "gru_train_bwd", "sep_fwd", "sep_bwd", "conv_fwd", "conv_bwd",
-                 "attn_fwd", "attn_bwd"):  # fmt: skip
+    for name in names:
         kernel, driver = getattr(lib, f"feq_{name}"), getattr(lib, f"feq_{name}_mt")
         driver.restype = kernel.restype
         driver.argtypes = kernel.argtypes[:-2] + [i32]  # b0, b1 are last but for sep's `pooled`
-        if name.startswith("sep"):
+        if name.startswith("sep_"):
             driver.argtypes = kernel.argtypes[:-3] + [i32, i32]
     return lib
 
@@ -280,6 +290,17 @@ def _check_conv(
     _shape_error(f"{what} bias", bias, (int(weight.shape[0]),))
 
 
+def _check_separable(x: torch.Tensor, depthwise: torch.Tensor, pointwise: torch.Tensor,
+                     bias: torch.Tensor | None, groups: int) -> None:
+    """A separable stage's shapes (`_check_conv` on each half), before any C loop runs."""
+    _check_conv(x, depthwise, None, groups=int(x.shape[1]) if x.dim() == 3 else 1, what="depthwise")
+    _check_conv(x, pointwise, bias, groups=groups, what="pointwise",
+                channels=int(pointwise.shape[1]) if groups else 0)  # fmt: skip
+    if depthwise.shape[0] != x.shape[1] or pointwise.shape[-1] != 1:
+        raise ValueError(f"separable stage: depthwise {tuple(depthwise.shape)} must have one row "
+                         f"per input channel, pointwise {tuple(pointwise.shape)} kernel 1")  # fmt: skip
+
+
 def _stage_length(x: torch.Tensor, upsample: int, crop: tuple[int, int]) -> int:
     length = int(x.shape[-1]) * upsample - crop[0] - crop[1]
     if length <= 0:
@@ -385,12 +406,7 @@ def separable_stage(
     """The separable stage `separable_stage_reference` defines, differentiable in x and all
     weights, forward and backward as one fused C call each (CPU float32), else (or with
     native=False) through the reference's torch ops."""
-    _check_conv(x, depthwise, None, groups=int(x.shape[1]) if x.dim() == 3 else 1, what="depthwise")
-    _check_conv(x, pointwise, bias, groups=groups, what="pointwise",
-                channels=int(pointwise.shape[1]) if groups else 0)  # fmt: skip
-    if depthwise.shape[0] != x.shape[1] or pointwise.shape[-1] != 1:
-        raise ValueError(f"separable stage: depthwise {tuple(depthwise.shape)} must have one row "
-                         f"per input channel, pointwise {tuple(pointwise.shape)} kernel 1")  # fmt: skip
+    _check_separable(x, depthwise, pointwise, bias, groups)
     if native and _native(x, depthwise, pointwise, bias) and _lib() is not None:
         crop = (int(crop[0]), int(crop[1]))
         return _Separable.apply(
@@ -486,6 +502,124 @@ def same_conv(
     if native and _native(x, weight, bias) and _lib() is not None:
         return _Conv.apply(x.contiguous(), weight, bias, int(groups), pad)
     return same_conv_reference(x, weight, bias, groups=groups, padding=pad)
+
+
+# --------------------------------------------------------------------------------------------
+# A decoder's last separable stage with its head (the "fused" decoders' tail)
+
+
+def separable_head_reference(
+    x: torch.Tensor,
+    depthwise: torch.Tensor,
+    pointwise: torch.Tensor,
+    bias: torch.Tensor | None,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor,
+    *,
+    groups: int = 1,
+    upsample: int = 1,
+    crop: tuple[int, int] = (0, 0),
+) -> torch.Tensor:
+    """The separable stage (ReLU, no pooling) followed by the grouped 1-output "same" conv head
+    (G, O, hk): exactly `separable_stage` then `same_conv`, the two seams it fuses."""
+    y = separable_stage_reference(x, depthwise, pointwise, bias, groups=groups,
+                                  upsample=upsample, crop=crop)  # fmt: skip
+    return same_conv_reference(y, head_weight, head_bias, groups=groups)
+
+
+class _SeparableHead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, depthwise, pointwise, bias, head_weight, head_bias, groups, upsample,  # type: ignore[override]
+                crop):  # fmt: skip
+        lib = _lib()
+        batch, total_in, length_in = x.shape
+        kernel, hkernel = int(depthwise.shape[-1]), int(head_weight.shape[-1])
+        channels, outputs = total_in // groups, int(pointwise.shape[0]) // groups
+        length = _stage_length(x, upsample, crop)
+        dw, pw = depthwise.contiguous(), pointwise.contiguous()
+        b = None if bias is None else bias.contiguous()
+        hw, hb = head_weight.contiguous(), head_bias.contiguous()
+        out = x.new_empty(batch, groups * outputs, length)  # the stage's output, for backward
+        z = x.new_empty(batch, groups, length)
+        dims = (batch, groups, channels, outputs, length_in, upsample, crop[0], length, kernel,
+                _same(kernel)[0], hkernel, _same(hkernel)[0])  # fmt: skip
+        if z.numel():
+            ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), None if b is None else b.data_ptr(),
+                    hw.data_ptr(), hb.data_ptr(), out.data_ptr(), z.data_ptr())  # fmt: skip
+            if lib.feq_sephead_fwd_mt(*ptrs, *dims, _chunks(batch, _head_work(dims))):
+                raise MemoryError("separable stage + head kernel: out of memory")
+        ctx.save_for_backward(x, dw, pw, hw, out)
+        ctx.dims, ctx.has_bias = dims, bias is not None
+        return z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_z):  # type: ignore[override]
+        x, dw, pw, hw, out = ctx.saved_tensors
+        lib = _lib()
+        dims = ctx.dims
+        batch = dims[0]
+        grad_z = grad_z.contiguous()
+        gx = torch.empty_like(x)
+        chunks = _chunks(batch, _head_work(dims))
+        gdw, gpw = x.new_zeros(chunks, *dw.shape), x.new_zeros(chunks, *pw.shape)
+        gbias = x.new_zeros(chunks, pw.shape[0])
+        ghw, ghb = x.new_zeros(chunks, *hw.shape), x.new_zeros(chunks, hw.shape[0])
+        if grad_z.numel():
+            ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), hw.data_ptr(), out.data_ptr(),
+                    grad_z.data_ptr(), gx.data_ptr(), gdw.data_ptr(), gpw.data_ptr(),
+                    gbias.data_ptr(), ghw.data_ptr(), ghb.data_ptr())  # fmt: skip
+            if lib.feq_sephead_bwd_mt(*ptrs, *dims, chunks) != 0:
+                raise MemoryError("separable stage + head kernel: out of memory")
+        else:
+            gx.zero_()
+        return (
+            gx, gdw.sum(0), gpw.sum(0), gbias.sum(0) if ctx.has_bias else None, ghw.sum(0),
+            ghb.sum(0), None, None, None,
+        )  # fmt: skip
+
+
+def _head_work(dims: tuple[int, ...]) -> int:
+    """The stage's work measure (`_stage_work`): the batch splits into the chunks it would as
+    two calls, so per-chunk weight gradients sum in the same order."""
+    return _stage_work(dims[:9])
+
+
+def separable_head(
+    x: torch.Tensor,
+    depthwise: torch.Tensor,
+    pointwise: torch.Tensor,
+    bias: torch.Tensor | None,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor,
+    *,
+    groups: int = 1,
+    upsample: int = 1,
+    crop: tuple[int, int] = (0, 0),
+    native: bool = True,
+) -> torch.Tensor:
+    """`separable_head_reference` (x (B, G·C, L_in) → logits (B, G, L)) differentiable in x and
+    all weights, forward and backward as one C call each (CPU float32): each sample's stage output
+    goes through its head while in cache, and its gradient never leaves it. The C loops are
+    `separable_stage`'s and `same_conv`'s own, so it returns the same floats as those two calls
+    (tests/models/test_train_kernels.py). Else (or with native=False) the two reference seams."""
+    _check_separable(x, depthwise, pointwise, bias, groups)
+    outputs = int(pointwise.shape[0]) // groups
+    if head_weight.dim() != 3 or tuple(head_weight.shape[:2]) != (groups, outputs):
+        raise ValueError(f"head: weight {tuple(head_weight.shape)} must be ({groups}, {outputs}, "
+                         "k): one output per group over the stage's outputs")  # fmt: skip
+    _shape_error("head bias", head_bias, (groups,))
+    args = (x, depthwise, pointwise, bias, head_weight, head_bias)
+    lib = _lib()
+    if native and _native(*args) and lib is not None:
+        crop = (int(crop[0]), int(crop[1]))
+        if hasattr(lib, "feq_sephead_fwd_mt"):
+            return _SeparableHead.apply(x.contiguous(), *args[1:], int(groups), int(upsample), crop)
+        # an older revision's build (bench/training.py --against): its two fused calls
+        y = separable_stage(x, depthwise, pointwise, bias, groups=groups, upsample=upsample,
+                            crop=crop)  # fmt: skip
+        return same_conv(y, head_weight, head_bias, groups=groups)
+    return separable_head_reference(*args, groups=groups, upsample=upsample, crop=crop)
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,15 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                 float *gbias, int batch, int groups, int channels, int outputs, int length_in,
                 int up, int crop_left, int length, int kernel, int left, int relu, int pool,
                 int pool_left, int b0, int b1, int pooled);
+int feq_sephead_fwd(const float *x, const float *dw, const float *pw, const float *bias,
+                    const float *hw, const float *hbias, float *out, float *z, int batch,
+                    int groups, int channels, int outputs, int length_in, int up, int crop_left,
+                    int length, int kernel, int left, int hkernel, int hleft, int b0, int b1);
+int feq_sephead_bwd(const float *x, const float *dw, const float *pw, const float *hw,
+                    const float *out, const float *gz, float *gx, float *gdw, float *gpw,
+                    float *gbias, float *ghw, float *ghbias, int batch, int groups, int channels,
+                    int outputs, int length_in, int up, int crop_left, int length, int kernel,
+                    int left, int hkernel, int hleft, int b0, int b1);
 int feq_conv_fwd(const float *x, const float *w, const float *bias, float *y, int batch,
                  int groups, int channels, int outputs, int length_in, int kernel, int left,
                  int length_out, int b0, int b1);
@@ -105,6 +114,37 @@ int feq_sep_bwd_mt(const float *x, const float *dw, const float *pw, const float
                                  gbias + c * nb, batch, groups, channels, outputs, length_in, up,
                                  crop_left, length, kernel, left, relu, pool, pool_left, LO(c),
                                  HI(c), pooled))
+    return status;
+}
+
+int feq_sephead_fwd_mt(const float *x, const float *dw, const float *pw, const float *bias,
+                       const float *hw, const float *hbias, float *out, float *z, int batch,
+                       int groups, int channels, int outputs, int length_in, int up,
+                       int crop_left, int length, int kernel, int left, int hkernel, int hleft,
+                       int chunks)
+{
+    int status = 0;
+    CHUNKS(status |= feq_sephead_fwd(x, dw, pw, bias, hw, hbias, out, z, batch, groups, channels,
+                                     outputs, length_in, up, crop_left, length, kernel, left,
+                                     hkernel, hleft, LO(c), HI(c)))
+    return status;
+}
+
+int feq_sephead_bwd_mt(const float *x, const float *dw, const float *pw, const float *hw,
+                       const float *out, const float *gz, float *gx, float *gdw, float *gpw,
+                       float *gbias, float *ghw, float *ghbias, int batch, int groups,
+                       int channels, int outputs, int length_in, int up, int crop_left,
+                       int length, int kernel, int left, int hkernel, int hleft, int chunks)
+{
+    /* per-chunk copies: depthwise (G·C, 1, k), pointwise (G·O, C, 1), bias (G·O), head weight
+     * (G, O, hk), head bias (G) */
+    const size_t ndw = (size_t)groups * channels * kernel, npw = (size_t)groups * outputs * channels;
+    const size_t nb = (size_t)groups * outputs, nhw = (size_t)groups * outputs * hkernel;
+    int status = 0;
+    CHUNKS(status |= feq_sephead_bwd(x, dw, pw, hw, out, gz, gx, gdw + c * ndw, gpw + c * npw,
+                                     gbias + c * nb, ghw + c * nhw, ghbias + (size_t)c * groups,
+                                     batch, groups, channels, outputs, length_in, up, crop_left,
+                                     length, kernel, left, hkernel, hleft, LO(c), HI(c)))
     return status;
 }
 

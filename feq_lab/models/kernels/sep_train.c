@@ -34,6 +34,8 @@
 
 #include "simd.h"
 
+#include "conv_rows.h"
+
 #define TILE 256 /* a multiple of BLK */
 #define BLK 64 /* 4 independent 16-lane accumulators: hides the FMA latency */
 
@@ -617,6 +619,90 @@ FEQ_INLINE void unpool_row(float *r, const float *go, const int *ix, int L, int 
     }
 }
 
+/* rows yg[o * ys + t] (o < O, t < L) of one (sample, group): the stage before pooling
+ * (pointwise + bias of the depthwise output, ReLU'd if relu), tile by tile on the depthwise
+ * output dt (recomputed from xg; the polyphase form where pp->wv) */
+FEQ_INLINE void stage_rows(float *yg, size_t ys, const float *xg, const float *dwg,
+                           const float *pwg, const float *biasg, const poly_t *pp,
+                           const float *wvg, float *dt, float *useg, float *vseg, size_t vstride,
+                           int C, int O, int length_in, int L, int up, int crop_left, int kernel,
+                           int left, int relu)
+{
+    for (int t0 = 0; t0 < L; t0 += TILE) {
+        const int n = L - t0 < TILE ? L - t0 : TILE;
+        if (pp->wv)
+            depthwise_tile_poly(dt, useg, vseg, vstride, xg, dwg, pp, wvg, C, length_in, L, up,
+                                crop_left, kernel, left, t0, n);
+        else
+            depthwise_tile(dt, useg, xg, dwg, C, length_in, L, up, crop_left, kernel, left, t0,
+                           n);
+        int o = 0;
+        for (; o + 8 <= O; o += 8) /* 8 outputs per pass: each d load feeds 8 */
+            pointwise_rows8(yg + (size_t)o * ys + t0, (int)ys, pwg + (size_t)o * C, C,
+                            biasg ? biasg + o : NULL, dt, n, relu);
+        for (; o + 4 <= O; o += 4) /* 4 outputs per pass: each d load feeds 4 */
+            pointwise_rows4(yg + (size_t)o * ys + t0, (int)ys, pwg + (size_t)o * C, C,
+                            biasg ? biasg + o : NULL, dt, n, relu);
+        for (; o < O; ++o) {
+            const float *w = pwg + (size_t)o * C;
+            const float bo = biasg ? biasg[o] : 0.0f;
+            float *r = yg + (size_t)o * ys + t0;
+            for (int i0 = 0; i0 < n; i0 += BLK) {
+                float acc[BLK];
+                for (int i = 0; i < BLK; ++i) acc[i] = bo;
+                for (int c = 0; c < C; ++c) {
+                    const float wc = w[c];
+                    const float *dc = dt + (size_t)c * TILE + i0;
+                    for (int i = 0; i < BLK; ++i) acc[i] += wc * dc[i];
+                }
+                if (relu)
+                    for (int i = 0; i < BLK; ++i) acc[i] = acc[i] > 0.0f ? acc[i] : 0.0f;
+                copy_block(r + i0, acc, n - i0, BLK);
+            }
+        }
+    }
+}
+
+/* the forward's scratch (per call, so per thread) */
+typedef struct {
+    poly_t pp;
+    size_t vstride;
+    float *useg, *dt, *vseg;
+} fwd_scratch;
+
+static void fwd_scratch_free(fwd_scratch *s)
+{
+    free(s->useg);
+    free(s->dt);
+    free(s->pp.wv);
+    free(s->vseg);
+}
+
+/* 0, or -1 (everything freed) when out of memory */
+static int fwd_scratch_init(fwd_scratch *s, const float *dw, int GC, int C, int kernel, int left,
+                            int up, int crop_left, int L)
+{
+    s->useg = calloc((size_t)C * (TILE + kernel - 1 + BLK), sizeof(float));
+    s->dt = calloc((size_t)C * TILE, sizeof(float));
+    const int planned = poly_plan(&s->pp, dw, GC, kernel, left, up, crop_left, L);
+    s->vstride = (size_t)TILE + up * MAX_PHASES + LANES;
+    s->vseg = s->pp.wv ? malloc(sizeof(float) * (size_t)C * s->vstride) : NULL;
+    if (!s->useg || !s->dt || planned < 0 || (s->pp.wv && !s->vseg)) {
+        fwd_scratch_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+/* stage_rows of sample b, group g (the forward's part of the weights and input) */
+#define STAGE_ROWS(yg, ys)                                                                     \
+    stage_rows((yg), (ys), x + ((size_t)b * GC + (size_t)g * C) * length_in,                   \
+               dw + (size_t)g * C * kernel, pw + (size_t)g * O * C,                            \
+               bias ? bias + g * O : NULL, &fs.pp,                                             \
+               fs.pp.wv ? fs.pp.wv + (size_t)g * C * up * fs.pp.D * LANES : NULL, fs.dt,       \
+               fs.useg, fs.vseg, fs.vstride, C, O, length_in, L, up, crop_left, kernel, left,  \
+               relu && pool == 1)
+
 FEQ_CLONES
 int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *bias, float *out,
                 int *idx, int batch, int groups, int channels, int outputs,
@@ -624,60 +710,17 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                 int pool, int pool_left, int b0, int b1, int pooled)
 {
     const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
-    float *useg = calloc((size_t)C * (TILE + kernel - 1 + BLK), sizeof(float));
-    float *dt = calloc((size_t)C * TILE, sizeof(float));
-    float *y = pool > 1 ? malloc(sizeof(float) * (size_t)O * L) : NULL;
-    poly_t pp;
-    const int planned = poly_plan(&pp, dw, GC, kernel, left, up, crop_left, L);
-    const size_t vstride = (size_t)TILE + up * MAX_PHASES + LANES;
-    float *vseg = pp.wv ? malloc(sizeof(float) * (size_t)C * vstride) : NULL;
+    fwd_scratch fs;
     (void)batch;
-    if (!useg || !dt || (pool > 1 && !y) || planned < 0 || (pp.wv && !vseg)) {
-        free(useg);
-        free(dt);
-        free(y);
-        free(pp.wv);
-        free(vseg);
+    if (fwd_scratch_init(&fs, dw, GC, C, kernel, left, up, crop_left, L) < 0) return -1;
+    float *y = pool > 1 ? malloc(sizeof(float) * (size_t)O * L) : NULL;
+    if (pool > 1 && !y) {
+        fwd_scratch_free(&fs);
         return -1;
     }
     for (int b = b0; b < b1; ++b) {
         for (int g = 0; g < groups; ++g) {
-            const float *xg = x + ((size_t)b * GC + (size_t)g * C) * length_in;
-            float *yg = pool > 1 ? y : out + ((size_t)b * GO + (size_t)g * O) * L;
-            for (int t0 = 0; t0 < L; t0 += TILE) {
-                const int n = L - t0 < TILE ? L - t0 : TILE;
-                if (pp.wv)
-                    depthwise_tile_poly(dt, useg, vseg, vstride, xg, dw + (size_t)g * C * kernel,
-                                        &pp, pp.wv + (size_t)g * C * up * pp.D * LANES, C,
-                                        length_in, L, up, crop_left, kernel, left, t0, n);
-                else
-                    depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L,
-                                   up, crop_left, kernel, left, t0, n);
-                int o = 0;
-                for (; o + 8 <= O; o += 8) /* 8 outputs per pass: each d load feeds 8 */
-                    pointwise_rows8(yg + (size_t)o * L + t0, L, pw + (size_t)(g * O + o) * C, C,
-                                    bias ? bias + g * O + o : NULL, dt, n, relu && pool == 1);
-                for (; o + 4 <= O; o += 4) /* 4 outputs per pass: each d load feeds 4 */
-                    pointwise_rows4(yg + (size_t)o * L + t0, L, pw + (size_t)(g * O + o) * C, C,
-                                    bias ? bias + g * O + o : NULL, dt, n, relu && pool == 1);
-                for (; o < O; ++o) {
-                    const float *w = pw + (size_t)(g * O + o) * C;
-                    const float bo = bias ? bias[g * O + o] : 0.0f;
-                    float *r = yg + (size_t)o * L + t0;
-                    for (int i0 = 0; i0 < n; i0 += BLK) {
-                        float acc[BLK];
-                        for (int i = 0; i < BLK; ++i) acc[i] = bo;
-                        for (int c = 0; c < C; ++c) {
-                            const float wc = w[c];
-                            const float *dc = dt + (size_t)c * TILE + i0;
-                            for (int i = 0; i < BLK; ++i) acc[i] += wc * dc[i];
-                        }
-                        if (relu && pool == 1)
-                            for (int i = 0; i < BLK; ++i) acc[i] = acc[i] > 0.0f ? acc[i] : 0.0f;
-                        copy_block(r + i0, acc, n - i0, BLK);
-                    }
-                }
-            }
+            STAGE_ROWS(pool > 1 ? y : out + ((size_t)b * GO + (size_t)g * O) * L, (size_t)L);
             if (pool == 1) continue;
             for (int o = 0; o < O; ++o) {
                 const size_t base = ((size_t)b * GO + (size_t)g * O + o) * pooled;
@@ -686,12 +729,285 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
             }
         }
     }
-    free(useg);
-    free(dt);
+    fwd_scratch_free(&fs);
     free(y);
-    free(pp.wv);
-    free(vseg);
     return 0;
+}
+
+/* The stage fused with the 1-output conv head that follows it in the decoders: z = head(out),
+ * where out = the stage (pool 1, ReLU) as feq_sep_fwd writes it (kept: backward reads it) and
+ * head the grouped conv feq_conv_fwd computes (hw (G, O, hk), hbias (G), zero padding hleft on
+ * the left, "same" length L): z (B, G, L). Each (sample, group)'s rows go through the head
+ * while in cache, with conv_train.c's loops (conv_rows.h): the same sums as the two calls. */
+FEQ_CLONES
+int feq_sephead_fwd(const float *x, const float *dw, const float *pw, const float *bias,
+                    const float *hw, const float *hbias, float *out, float *z, int batch,
+                    int groups, int channels, int outputs, int length_in, int up, int crop_left,
+                    int length, int kernel, int left, int hkernel, int hleft, int b0, int b1)
+{
+    const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
+    const int relu = 1, pool = 1, wide = FEQ_WIDE();
+    const size_t xs = (size_t)L + ROW_PAD + hkernel; /* a padded head input row (conv_train.c) */
+    fwd_scratch fs;
+    (void)batch;
+    if (fwd_scratch_init(&fs, dw, GC, C, kernel, left, up, crop_left, L) < 0) return -1;
+    float *xpad = calloc((size_t)O * xs, sizeof(float));
+    if (!xpad) {
+        fwd_scratch_free(&fs);
+        return -1;
+    }
+    for (int b = b0; b < b1; ++b) {
+        for (int g = 0; g < groups; ++g) {
+            float *a = out + ((size_t)b * GO + (size_t)g * O) * L;
+            STAGE_ROWS(a, (size_t)L);
+            pad_rows(xpad, xs, a, O, L, hleft);
+            conv_rows(xpad, xs, O, hw + (size_t)g * O * hkernel, 1, hkernel, hbias + g,
+                      z + ((size_t)b * groups + g) * L, (size_t)L, L, wide);
+        }
+    }
+    fwd_scratch_free(&fs);
+    free(xpad);
+    return 0;
+}
+
+/* r[t] = a[t] > 0 ? go[t] : 0: a gradient back through a ReLU, from the ReLU's output a */
+FEQ_INLINE void relu_grad_row(float *r, const float *go, const float *a, int L)
+{
+    for (int t = 0; t < L; ++t) r[t] = a[t] > 0.0f ? go[t] : 0.0f;
+}
+
+/* the backward's scratch (per call, so per thread); gy: the O rows of dL/dy (before ReLU) of
+ * the (sample, group) at hand, filled by the caller */
+typedef struct {
+    poly_t pp;
+    int D, pre, nq;
+    size_t ustride, vstride, gys, gds;
+    float *gacc, *gp, *gu, *gy, *gd, *useg, *dt, *vseg;
+} bwd_scratch;
+
+static void bwd_scratch_free(bwd_scratch *s)
+{
+    free(s->gacc);
+    free(s->gp);
+    free(s->gu);
+    free(s->gy);
+    free(s->gd);
+    free(s->useg);
+    free(s->dt);
+    free(s->pp.wv);
+    free(s->vseg);
+}
+
+/* 0, or -1 (everything freed) when out of memory */
+static int bwd_scratch_init(bwd_scratch *s, const float *dw, int GC, int C, int O, int kernel,
+                            int left, int up, int crop_left, int L)
+{
+    s->ustride = (size_t)TILE + kernel - 1 + BLK; /* a useg row (depthwise_tile) */
+    const int planned = poly_plan(&s->pp, dw, GC, kernel, left, up, crop_left, L);
+    s->D = s->pp.wv ? s->pp.D : 0;
+    s->vstride = (size_t)TILE + up * MAX_PHASES + LANES;
+    /* gd rows: `pre` zeros before the L samples (the full-rate adjoint reads k - 1 back, the
+     * polyphase one up (D - 1)) */
+    s->pre = s->pp.wv && up * (s->D - 1) > kernel - 1 ? up * (s->D - 1) : kernel - 1;
+    /* gu: full rate, the padded row (L + k - 1); polyphase, U from a0 on (L + up (D - 1)) */
+    s->nq = s->pp.wv ? L + up * (s->D - 1) : L + kernel - 1;
+    s->gacc = malloc(sizeof(float) * (size_t)C * kernel * LANES);
+    /* the polyphase weight gradient's lane sums, over the whole call (reduced at the end) */
+    s->gp = s->pp.wv ? calloc((size_t)GC * up * s->D * LANES, sizeof(float)) : NULL;
+    s->gu = malloc(sizeof(float) * ((size_t)s->nq + BLK));
+    s->gys = (size_t)L + BLK;
+    s->gds = (size_t)L + s->pre + 2 * BLK;
+    s->gy = calloc((size_t)O * s->gys, sizeof(float)); /* zero past L */
+    s->gd = calloc((size_t)C * s->gds, sizeof(float)); /* zero around the L samples */
+    s->useg = calloc((size_t)C * s->ustride, sizeof(float));
+    s->dt = calloc((size_t)C * TILE, sizeof(float));
+    s->vseg = s->pp.wv ? malloc(sizeof(float) * (size_t)C * s->vstride) : NULL;
+    if (!s->gacc || !s->gu || !s->gy || !s->gd || !s->useg || !s->dt || planned < 0 ||
+        (s->pp.wv && (!s->gp || !s->vseg))) {
+        bwd_scratch_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+/* one (sample, group) of the stage's backward from s->gy (dL/dy, O rows): the pointwise half
+ * tile by tile on the recomputed depthwise output (gpw += gy d^T, gd = pw^T gy, gdw's lanes),
+ * then gx through the depthwise half, the crop and the upsampling */
+FEQ_INLINE void stage_bwd_group(bwd_scratch *s, const float *x, const float *dw, const float *pw,
+                                float *gx, float *gdw, float *gpw, int b, int g, int C, int O,
+                                int GC, int length_in, int up, int crop_left, int L, int kernel,
+                                int left, int wide)
+{
+    const poly_t *pp = &s->pp;
+    const int D = s->D, pre = s->pre, nq = s->nq;
+    const size_t ustride = s->ustride, vstride = s->vstride, gys = s->gys, gds = s->gds;
+    float *gacc = s->gacc, *gp = s->gp, *gu = s->gu, *gy = s->gy, *gd = s->gd;
+    float *useg = s->useg, *dt = s->dt, *vseg = s->vseg;
+    const float *xg = x + ((size_t)b * GC + (size_t)g * C) * length_in;
+    memset(gacc, 0, sizeof(float) * (size_t)C * kernel * LANES);
+    /* pointwise, tile by tile on the recomputed depthwise output: gpw += gy d^T,
+     * gd = pw^T gy */
+    for (int t0 = 0; t0 < L; t0 += TILE) {
+        const int n = L - t0 < TILE ? L - t0 : TILE;
+        int pa = n, pb = n; /* the polyphase outputs of this tile */
+        if (pp->wv) {
+            poly_bounds(pp, t0, n, &pa, &pb);
+            depthwise_tile_poly(dt, useg, vseg, vstride, xg, dw + (size_t)g * C * kernel,
+                                pp, pp->wv + (size_t)g * C * up * D * LANES, C,
+                                length_in, L, up, crop_left, kernel, left, t0, n);
+        } else {
+            depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L,
+                           up, crop_left, kernel, left, t0, n);
+        }
+        /* gpw[o, c] += gy[o] . d[c]: 2 outputs x 4 channels per pass (6 loads feed 8
+         * multiply-adds) */
+        int o = 0;
+        if (C % 4 == 0)
+            for (; o + 4 <= O; o += 4)
+                for (int c = 0; c < C; c += 4)
+                    pointwise_grad4x4(gpw + (size_t)(g * O + o) * C + c, C,
+                                      gy + (size_t)o * gys + t0, gys,
+                                      dt + (size_t)c * TILE, n, wide);
+        for (; o + 2 <= O; o += 2) {
+            const float *r0 = gy + (size_t)o * gys + t0, *r1 = r0 + gys;
+            float *gw0 = gpw + (size_t)(g * O + o) * C, *gw1 = gw0 + C;
+            int c = 0;
+            for (; c + 4 <= C; c += 4) {
+                float a0[4][LANES] = {{0}}, a1[4][LANES] = {{0}};
+                const float *d0 = dt + (size_t)c * TILE;
+                for (int i0 = 0; i0 < n; i0 += LANES) /* dt and gy are zero past n */
+                    for (int q = 0; q < 4; ++q)
+                        for (int i = 0; i < LANES; ++i) {
+                            const float d = d0[(size_t)q * TILE + i0 + i];
+                            a0[q][i] += r0[i0 + i] * d;
+                            a1[q][i] += r1[i0 + i] * d;
+                        }
+                for (int q = 0; q < 4; ++q) {
+                    float s0 = 0.0f, s1 = 0.0f;
+                    for (int i = 0; i < LANES; ++i) {
+                        s0 += a0[q][i];
+                        s1 += a1[q][i];
+                    }
+                    gw0[c + q] += s0;
+                    gw1[c + q] += s1;
+                }
+            }
+            for (; c < C; ++c) {
+                gw0[c] += dot(r0, dt + (size_t)c * TILE, n);
+                gw1[c] += dot(r1, dt + (size_t)c * TILE, n);
+            }
+        }
+        for (; o < O; ++o) {
+            const float *r = gy + (size_t)o * gys + t0;
+            float *gw = gpw + (size_t)(g * O + o) * C;
+            for (int c = 0; c < C; ++c) gw[c] += dot(r, dt + (size_t)c * TILE, n);
+        }
+        /* gd[c] = sum_o pw[o, c] gy[o]; then, while this tile's gd and padded input
+         * rows are in L1, the depthwise weight gradient's lanes gacc[c, j] */
+        for (int c = 0; c < C; c += 4) {
+            const int nc = C - c < 4 ? C - c : 4;
+            for (int i0 = 0; i0 < n; i0 += BLK) {
+                float acc[4][BLK];
+                if (nc == 4) /* each gy load feeds 4 channels */
+                    transpose_pointwise4(acc, pw + (size_t)g * O * C + c, C, O,
+                                         gy + t0 + i0, gys);
+                else
+                    for (int e = 0; e < nc; ++e) {
+                        for (int i = 0; i < BLK; ++i) acc[e][i] = 0.0f;
+                        for (int o = 0; o < O; ++o) {
+                            const float wc = pw[(size_t)(g * O + o) * C + c + e];
+                            const float *r = gy + (size_t)o * gys + t0 + i0;
+                            for (int i = 0; i < BLK; ++i) acc[e][i] += wc * r[i];
+                        }
+                    }
+                for (int e = 0; e < nc; ++e)
+                    copy_block(gd + (size_t)(c + e) * gds + pre + t0 + i0, acc[e],
+                               n - i0, BLK);
+            }
+            /* gd rows are zero past L; useg rows are readable BLK past the span; the
+             * full-rate segments [0, pa) and [pb, n) start at multiples of LANES */
+            for (int e = 0; e < nc; ++e) {
+                float *ga = gacc + (size_t)(c + e) * kernel * LANES;
+                const float *gdr = gd + (size_t)(c + e) * gds + pre + t0;
+                const float *us = useg + (size_t)(c + e) * ustride;
+                if (pa > 0) tap_sums(ga, gdr, us, pa, kernel, wide);
+                if (pb < n) tap_sums(ga, gdr + pb, us + pb, n - pb, kernel, wide);
+                if (pb > pa)
+                    POLY_DISPATCH(poly_grad_k, up, D,
+                                  gp + (size_t)(g * C + c + e) * up * D * LANES,
+                                  gdr, vseg + (size_t)(c + e) * vstride,
+                                  (t0 + pa + crop_left) % up, pa, pb);
+            }
+        }
+    }
+    /* depthwise: gdw[c, j] += the lanes of gacc[c, j]; gx: back through the depthwise
+     * half, the crop and the upsampling */
+    for (int c = 0; c < C; ++c) {
+        const int ch = g * C + c;
+        const float *w = dw + (size_t)ch * kernel;
+        float *q = gd + (size_t)c * gds + pre;
+        for (int j = 0; j < kernel; ++j)
+            gdw[(size_t)ch * kernel + j] += sum(gacc + ((size_t)c * kernel + j) * LANES, LANES);
+        float *gxc = gx + ((size_t)b * GC + ch) * length_in;
+        memset(gxc, 0, sizeof(float) * (size_t)length_in);
+        if (!pp->wv) {
+            /* gu[s] = sum_j w[j] gd[s - j] (gd rows carry k - 1 zeros before and BLK
+             * after) */
+            for (int s0 = 0; s0 < nq; s0 += BLK) {
+                float acc[BLK] = {0};
+                for (int j = 0; j < kernel; ++j) {
+                    const float wj = w[j];
+                    const float *r = q + s0 - j;
+                    for (int i = 0; i < BLK; ++i) acc[i] += wj * r[i];
+                }
+                copy_block(gu + s0, acc, nq - s0, BLK);
+            }
+            downsample_row(gxc, gu + left, crop_left, L, up);
+            continue;
+        }
+        /* the outputs whose taps reach the padding, at the full rate; then without
+         * them (zeroed: gdw is done with gd), the polyphase adjoint on U and U's
+         * adjoint of the upsampling */
+        const int e0 = left < L ? left : L;
+        int e1 = L - (kernel - 1 - left);
+        e1 = e1 < e0 ? e0 : e1;
+        for (int t = 0; t < L; ++t) {
+            if (t == e0) t = e1;
+            if (t >= L) break;
+            const float gt = q[t];
+            for (int j = 0; j < kernel; ++j) {
+                const int u = t - left + j;
+                if (u >= 0 && u < L) gxc[(u + crop_left) / up] += w[j] * gt;
+            }
+            q[t] = 0.0f;
+        }
+        POLY_DISPATCH(poly_adjoint_k, up, D, gu, q, pp->wv + (size_t)ch * up * D * LANES,
+                      crop_left % up, nq);
+        const int lo = pp->a0 < 0 ? -pp->a0 : 0;
+        const int hi = up * length_in - pp->a0 < nq ? up * length_in - pp->a0 : nq;
+        if (hi > lo) downsample_row(gxc, gu + lo, lo + pp->a0, hi - lo, up);
+    }
+}
+
+/* after every (sample, group): the polyphase part of gdw from its lane sums */
+static void bwd_scratch_finish(const bwd_scratch *s, float *gdw, int GC, int kernel, int left,
+                               int up)
+{
+    /* the polyphase part of gdw: lane l of a vector whose first sample has phase r holds
+     * phase (r + l) % up; tap j of phase rho is its combined tap floor((rho + j - left) / up) */
+    for (int ch = 0; s->gp && ch < GC; ++ch) {
+        float P[MAX_PHASES][MAX_PHASES] = {{0}}; /* [phase][combined tap] */
+        for (int r = 0; r < up; ++r)
+            for (int m = 0; m < s->D; ++m)
+                for (int l = 0; l < LANES; ++l)
+                    P[(r + l) % up][m] += s->gp[(((size_t)ch * up + r) * s->D + m) * LANES + l];
+        for (int j = 0; j < kernel; ++j) {
+            float t = 0.0f;
+            for (int rho = 0; rho < up; ++rho)
+                t += P[rho][floordiv(rho + j - left, up) - s->pp.dmin];
+            gdw[(size_t)ch * kernel + j] += t;
+        }
+    }
 }
 
 FEQ_CLONES
@@ -703,52 +1019,19 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
 {
     const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
     const int wide = FEQ_WIDE();
-    const size_t ustride = (size_t)TILE + kernel - 1 + BLK; /* a useg row (depthwise_tile) */
-    poly_t pp;
-    const int planned = poly_plan(&pp, dw, GC, kernel, left, up, crop_left, L);
-    const int D = pp.wv ? pp.D : 0;
-    const size_t vstride = (size_t)TILE + up * MAX_PHASES + LANES;
-    /* gd rows: `pre` zeros before the L samples (the full-rate adjoint reads k - 1 back, the
-     * polyphase one up (D - 1)) */
-    const int pre = pp.wv && up * (D - 1) > kernel - 1 ? up * (D - 1) : kernel - 1;
-    /* gu: full rate, the padded row (L + k - 1); polyphase, U from a0 on (L + up (D - 1)) */
-    const int nq = pp.wv ? L + up * (D - 1) : L + kernel - 1;
-    float *gacc = malloc(sizeof(float) * (size_t)C * kernel * LANES);
-    /* the polyphase weight gradient's lane sums, over the whole call (reduced at the end) */
-    float *gp = pp.wv ? calloc((size_t)GC * up * D * LANES, sizeof(float)) : NULL;
-    float *gu = malloc(sizeof(float) * ((size_t)nq + BLK));
-    const size_t gys = (size_t)L + BLK, gds = (size_t)L + pre + 2 * BLK;
-    float *gy = calloc((size_t)O * gys, sizeof(float)); /* zero past L */
-    float *gd = calloc((size_t)C * gds, sizeof(float)); /* zero around the L samples */
-    float *useg = calloc((size_t)C * ustride, sizeof(float));
-    float *dt = calloc((size_t)C * TILE, sizeof(float));
-    float *vseg = pp.wv ? malloc(sizeof(float) * (size_t)C * vstride) : NULL;
+    bwd_scratch s;
     (void)batch;
-    (void)pool_left;
-    if (!gacc || !gu || !gy || !gd || !useg || !dt || planned < 0 || (pp.wv && (!gp || !vseg))) {
-        free(gacc);
-        free(gp);
-        free(gu);
-        free(gy);
-        free(gd);
-        free(useg);
-        free(dt);
-        free(pp.wv);
-        free(vseg);
-        return -1;
-    }
+    if (bwd_scratch_init(&s, dw, GC, C, O, kernel, left, up, crop_left, L) < 0) return -1;
     for (int b = b0; b < b1; ++b) {
         for (int g = 0; g < groups; ++g) {
             const size_t orow = (size_t)b * GO + (size_t)g * O;
-            const float *xg = x + ((size_t)b * GC + (size_t)g * C) * length_in;
-            memset(gacc, 0, sizeof(float) * (size_t)C * kernel * LANES);
             /* gy = dL/dy through pooling and ReLU */
             for (int o = 0; o < O; ++o) {
-                float *r = gy + (size_t)o * gys;
+                float *r = s.gy + (size_t)o * s.gys;
                 if (pool == 1) {
                     const float *go = gout + (orow + o) * L, *a = out + (orow + o) * L;
                     if (relu)
-                        for (int t = 0; t < L; ++t) r[t] = a[t] > 0.0f ? go[t] : 0.0f;
+                        relu_grad_row(r, go, a, L);
                     else
                         memcpy(r, go, sizeof(float) * (size_t)L);
                 } else {
@@ -757,172 +1040,62 @@ int feq_sep_bwd(const float *x, const float *dw, const float *pw, const float *o
                 }
                 gbias[g * O + o] += sum(r, L);
             }
-            /* pointwise, tile by tile on the recomputed depthwise output: gpw += gy d^T,
-             * gd = pw^T gy */
-            for (int t0 = 0; t0 < L; t0 += TILE) {
-                const int n = L - t0 < TILE ? L - t0 : TILE;
-                int pa = n, pb = n; /* the polyphase outputs of this tile */
-                if (pp.wv) {
-                    poly_bounds(&pp, t0, n, &pa, &pb);
-                    depthwise_tile_poly(dt, useg, vseg, vstride, xg, dw + (size_t)g * C * kernel,
-                                        &pp, pp.wv + (size_t)g * C * up * D * LANES, C,
-                                        length_in, L, up, crop_left, kernel, left, t0, n);
-                } else {
-                    depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L,
-                                   up, crop_left, kernel, left, t0, n);
-                }
-                /* gpw[o, c] += gy[o] . d[c]: 2 outputs x 4 channels per pass (6 loads feed 8
-                 * multiply-adds) */
-                int o = 0;
-                if (C % 4 == 0)
-                    for (; o + 4 <= O; o += 4)
-                        for (int c = 0; c < C; c += 4)
-                            pointwise_grad4x4(gpw + (size_t)(g * O + o) * C + c, C,
-                                              gy + (size_t)o * gys + t0, gys,
-                                              dt + (size_t)c * TILE, n, wide);
-                for (; o + 2 <= O; o += 2) {
-                    const float *r0 = gy + (size_t)o * gys + t0, *r1 = r0 + gys;
-                    float *gw0 = gpw + (size_t)(g * O + o) * C, *gw1 = gw0 + C;
-                    int c = 0;
-                    for (; c + 4 <= C; c += 4) {
-                        float a0[4][LANES] = {{0}}, a1[4][LANES] = {{0}};
-                        const float *d0 = dt + (size_t)c * TILE;
-                        for (int i0 = 0; i0 < n; i0 += LANES) /* dt and gy are zero past n */
-                            for (int q = 0; q < 4; ++q)
-                                for (int i = 0; i < LANES; ++i) {
-                                    const float d = d0[(size_t)q * TILE + i0 + i];
-                                    a0[q][i] += r0[i0 + i] * d;
-                                    a1[q][i] += r1[i0 + i] * d;
-                                }
-                        for (int q = 0; q < 4; ++q) {
-                            float s0 = 0.0f, s1 = 0.0f;
-                            for (int i = 0; i < LANES; ++i) {
-                                s0 += a0[q][i];
-                                s1 += a1[q][i];
-                            }
-                            gw0[c + q] += s0;
-                            gw1[c + q] += s1;
-                        }
-                    }
-                    for (; c < C; ++c) {
-                        gw0[c] += dot(r0, dt + (size_t)c * TILE, n);
-                        gw1[c] += dot(r1, dt + (size_t)c * TILE, n);
-                    }
-                }
-                for (; o < O; ++o) {
-                    const float *r = gy + (size_t)o * gys + t0;
-                    float *gw = gpw + (size_t)(g * O + o) * C;
-                    for (int c = 0; c < C; ++c) gw[c] += dot(r, dt + (size_t)c * TILE, n);
-                }
-                /* gd[c] = sum_o pw[o, c] gy[o]; then, while this tile's gd and padded input
-                 * rows are in L1, the depthwise weight gradient's lanes gacc[c, j] */
-                for (int c = 0; c < C; c += 4) {
-                    const int nc = C - c < 4 ? C - c : 4;
-                    for (int i0 = 0; i0 < n; i0 += BLK) {
-                        float acc[4][BLK];
-                        if (nc == 4) /* each gy load feeds 4 channels */
-                            transpose_pointwise4(acc, pw + (size_t)g * O * C + c, C, O,
-                                                 gy + t0 + i0, gys);
-                        else
-                            for (int e = 0; e < nc; ++e) {
-                                for (int i = 0; i < BLK; ++i) acc[e][i] = 0.0f;
-                                for (int o = 0; o < O; ++o) {
-                                    const float wc = pw[(size_t)(g * O + o) * C + c + e];
-                                    const float *r = gy + (size_t)o * gys + t0 + i0;
-                                    for (int i = 0; i < BLK; ++i) acc[e][i] += wc * r[i];
-                                }
-                            }
-                        for (int e = 0; e < nc; ++e)
-                            copy_block(gd + (size_t)(c + e) * gds + pre + t0 + i0, acc[e],
-                                       n - i0, BLK);
-                    }
-                    /* gd rows are zero past L; useg rows are readable BLK past the span; the
-                     * full-rate segments [0, pa) and [pb, n) start at multiples of LANES */
-                    for (int e = 0; e < nc; ++e) {
-                        float *ga = gacc + (size_t)(c + e) * kernel * LANES;
-                        const float *gdr = gd + (size_t)(c + e) * gds + pre + t0;
-                        const float *us = useg + (size_t)(c + e) * ustride;
-                        if (pa > 0) tap_sums(ga, gdr, us, pa, kernel, wide);
-                        if (pb < n) tap_sums(ga, gdr + pb, us + pb, n - pb, kernel, wide);
-                        if (pb > pa)
-                            POLY_DISPATCH(poly_grad_k, up, D,
-                                          gp + (size_t)(g * C + c + e) * up * D * LANES,
-                                          gdr, vseg + (size_t)(c + e) * vstride,
-                                          (t0 + pa + crop_left) % up, pa, pb);
-                    }
-                }
-            }
-            /* depthwise: gdw[c, j] += the lanes of gacc[c, j]; gx: back through the depthwise
-             * half, the crop and the upsampling */
-            for (int c = 0; c < C; ++c) {
-                const int ch = g * C + c;
-                const float *w = dw + (size_t)ch * kernel;
-                float *q = gd + (size_t)c * gds + pre;
-                for (int j = 0; j < kernel; ++j)
-                    gdw[(size_t)ch * kernel + j] += sum(gacc + ((size_t)c * kernel + j) * LANES, LANES);
-                float *gxc = gx + ((size_t)b * GC + ch) * length_in;
-                memset(gxc, 0, sizeof(float) * (size_t)length_in);
-                if (!pp.wv) {
-                    /* gu[s] = sum_j w[j] gd[s - j] (gd rows carry k - 1 zeros before and BLK
-                     * after) */
-                    for (int s0 = 0; s0 < nq; s0 += BLK) {
-                        float acc[BLK] = {0};
-                        for (int j = 0; j < kernel; ++j) {
-                            const float wj = w[j];
-                            const float *r = q + s0 - j;
-                            for (int i = 0; i < BLK; ++i) acc[i] += wj * r[i];
-                        }
-                        copy_block(gu + s0, acc, nq - s0, BLK);
-                    }
-                    downsample_row(gxc, gu + left, crop_left, L, up);
-                    continue;
-                }
-                /* the outputs whose taps reach the padding, at the full rate; then without
-                 * them (zeroed: gdw is done with gd), the polyphase adjoint on U and U's
-                 * adjoint of the upsampling */
-                const int e0 = left < L ? left : L;
-                int e1 = L - (kernel - 1 - left);
-                e1 = e1 < e0 ? e0 : e1;
-                for (int t = 0; t < L; ++t) {
-                    if (t == e0) t = e1;
-                    if (t >= L) break;
-                    const float gt = q[t];
-                    for (int j = 0; j < kernel; ++j) {
-                        const int u = t - left + j;
-                        if (u >= 0 && u < L) gxc[(u + crop_left) / up] += w[j] * gt;
-                    }
-                    q[t] = 0.0f;
-                }
-                POLY_DISPATCH(poly_adjoint_k, up, D, gu, q, pp.wv + (size_t)ch * up * D * LANES,
-                              crop_left % up, nq);
-                const int lo = pp.a0 < 0 ? -pp.a0 : 0;
-                const int hi = up * length_in - pp.a0 < nq ? up * length_in - pp.a0 : nq;
-                if (hi > lo) downsample_row(gxc, gu + lo, lo + pp.a0, hi - lo, up);
-            }
+            stage_bwd_group(&s, x, dw, pw, gx, gdw, gpw, b, g, C, O, GC, length_in, up,
+                            crop_left, L, kernel, left, wide);
         }
     }
-    /* the polyphase part of gdw: lane l of a vector whose first sample has phase r holds
-     * phase (r + l) % up; tap j of phase rho is its combined tap floor((rho + j - left) / up) */
-    for (int ch = 0; gp && ch < GC; ++ch) {
-        float P[MAX_PHASES][MAX_PHASES] = {{0}}; /* [phase][combined tap] */
-        for (int r = 0; r < up; ++r)
-            for (int m = 0; m < D; ++m)
-                for (int l = 0; l < LANES; ++l)
-                    P[(r + l) % up][m] += gp[(((size_t)ch * up + r) * D + m) * LANES + l];
-        for (int j = 0; j < kernel; ++j) {
-            float s = 0.0f;
-            for (int rho = 0; rho < up; ++rho) s += P[rho][floordiv(rho + j - left, up) - pp.dmin];
-            gdw[(size_t)ch * kernel + j] += s;
-        }
-    }
-    free(gacc);
-    free(gp);
-    free(gu);
-    free(gy);
-    free(gd);
-    free(useg);
-    free(dt);
-    free(pp.wv);
-    free(vseg);
+    bwd_scratch_finish(&s, gdw, GC, kernel, left, up);
+    bwd_scratch_free(&s);
     return 0;
+}
+
+/* the backward of feq_sephead_fwd from gz (B, G, L): per (sample, group), the head's input
+ * gradient ga and weight gradients (ADDED into ghw, ghbias) as feq_conv_bwd computes them, gy =
+ * ga where out > 0, then the stage's backward as feq_sep_bwd's; ga never leaves the cache */
+FEQ_CLONES
+int feq_sephead_bwd(const float *x, const float *dw, const float *pw, const float *hw,
+                    const float *out, const float *gz, float *gx, float *gdw, float *gpw,
+                    float *gbias, float *ghw, float *ghbias, int batch, int groups, int channels,
+                    int outputs, int length_in, int up, int crop_left, int length, int kernel,
+                    int left, int hkernel, int hleft, int b0, int b1)
+{
+    const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
+    const int wide = FEQ_WIDE(), hk = hkernel, shift = hk - 1 - hleft;
+    const size_t xs = (size_t)L + ROW_PAD + hk, gs = (size_t)L + ROW_PAD + hk;
+    bwd_scratch s;
+    (void)batch;
+    if (bwd_scratch_init(&s, dw, GC, C, O, kernel, left, up, crop_left, L) < 0) return -1;
+    float *xpad = calloc((size_t)O * xs, sizeof(float));
+    float *gpad = calloc(gs, sizeof(float));
+    float *ga = malloc(sizeof(float) * (size_t)O * L);
+    float *wt = malloc(sizeof(float) * (size_t)groups * O * hk);
+    float *taps = malloc(sizeof(float) * (size_t)hk * LANES);
+    const int ok = xpad && gpad && ga && wt && taps;
+    if (ok) flipped_transpose(wt, hw, groups, 1, O, hk);
+    for (int b = b0; ok && b < b1; ++b) {
+        for (int g = 0; g < groups; ++g) {
+            const float *a = out + ((size_t)b * GO + (size_t)g * O) * L;
+            const float *gzg = gz + ((size_t)b * groups + g) * L;
+            pad_rows(gpad, gs, gzg, 1, L, shift);
+            conv_rows(gpad, gs, 1, wt + (size_t)g * O * hk, O, hk, NULL, ga, (size_t)L, L, wide);
+            pad_rows(xpad, xs, a, O, L, hleft);
+            conv_weight_grads(ghw + (size_t)g * O * hk, ghbias + g, gzg, 1, L, xpad, xs, O, hk,
+                              taps, wide);
+            for (int o = 0; o < O; ++o) { /* gy = dL/dy through the ReLU */
+                float *r = s.gy + (size_t)o * s.gys;
+                relu_grad_row(r, ga + (size_t)o * L, a + (size_t)o * L, L);
+                gbias[g * O + o] += sum(r, L);
+            }
+            stage_bwd_group(&s, x, dw, pw, gx, gdw, gpw, b, g, C, O, GC, length_in, up,
+                            crop_left, L, kernel, left, wide);
+        }
+    }
+    if (ok) bwd_scratch_finish(&s, gdw, GC, kernel, left, up);
+    bwd_scratch_free(&s);
+    free(xpad);
+    free(gpad);
+    free(ga);
+    free(wt);
+    free(taps);
+    return ok ? 0 : -1;
 }
