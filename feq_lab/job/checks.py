@@ -30,7 +30,8 @@ def check_data(data: Mapping[str, Any]) -> None:
             raise ConfigError(f"data.{key}", f"must be an integer, got {value!r}")
     augment = from_config(data.get("augment"))
     SteadDataModule(".", batch_size=data.get("batch_size", 32),
-                    num_workers=data.get("num_workers", 0))  # validates; reads nothing
+                    num_workers=data.get("num_workers", 0),
+                    cache_mb=data.get("cache_mb", 0))  # validates; reads nothing
     if augment is not None:  # augmented training draws half-augmented batches
         HalfAugmentedBatchSampler(0, data.get("batch_size", 32), seed=0)
 

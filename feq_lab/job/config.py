@@ -24,7 +24,8 @@ from feq_lab.models.spec import GRID_KNOBS as KNOBS
 from feq_lab.plain import to_plain  # noqa: F401 - the one converter, used here and re-exported
 
 VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "train.progress_bar",
-                 "measure", "thresholds", "eval", "stage_out", "study", "seeds")
+                 "measure", "thresholds", "eval", "stage_out", "study", "seeds",
+                 "data.cache_mb")  # fmt: skip
 # The code a trained model depends on: a change here makes earlier trainings stale for reuse.
 TRAINING_CODE = ("data", "models", "training")
 

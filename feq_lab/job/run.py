@@ -164,6 +164,7 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
         data_dir,
         batch_size=int(cfg.data.get("batch_size", 32)),
         num_workers=int(cfg.data.get("num_workers", 0)),
+        cache_mb=cfg.data.get("cache_mb", 0),
         augment=to_plain(cfg.data.get("augment") or {}),
         seed=seed,
     )

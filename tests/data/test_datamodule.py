@@ -8,6 +8,7 @@ import torch
 
 from feq_lab.data.datamodule import SteadDataModule
 from feq_lab.data.stead import open_dataset
+from feq_lab.errors import ConfigError
 
 AUGMENT = {"enabled": True, "shift_event": 0.99, "add_event": 0.6, "add_noise": 0.3,
            "drop_channel": 0.5, "add_gap": 0.2, "min_snr_db": 10.0}
@@ -80,3 +81,31 @@ def test_no_augment_plain_batches(tiny_subset):
     dm = SteadDataModule(tiny_subset, batch_size=8, num_workers=0, augment={"enabled": False})
     batch = next(iter(dm.train_dataloader()))
     assert len(set(batch["trace_name"])) == 8
+
+
+def test_waveform_cache_gives_the_same_batches_within_its_budget(tiny_subset):
+    """The training split's in-memory cache changes nothing but the reads: the same batches bit
+    for bit over two epochs (the second all from memory), and no more bytes held than allowed."""
+    def two_epochs(cache_mb):
+        dm = SteadDataModule(tiny_subset, batch_size=8, num_workers=0, augment=AUGMENT, seed=3,
+                             cache_mb=cache_mb)
+        loader = dm.train_dataloader()
+        return dm.split("train"), [b for _ in range(2) for b in loader]
+
+    _, plain = two_epochs(0)
+    full, cached = two_epochs(1024)
+    trace_bytes = 6000 * 3 * 4
+    small, capped = two_epochs(2.5 * trace_bytes / 2**20)  # room for two traces
+    assert len(full._cache) == len(full) and full._cached_bytes == len(full) * trace_bytes
+    assert len(small._cache) == 2 and small._cached_bytes <= small.cache_bytes
+    assert not next(iter(full._cache.values())).flags.writeable  # augmentation works on copies
+    for a, b, c in zip(plain, cached, capped):
+        assert a["trace_name"] == b["trace_name"] == c["trace_name"]
+        for key in ("x", "y_det", "y_p", "y_s"):
+            assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key])
+
+
+@pytest.mark.parametrize("bad", [-1, "lots", True, float("nan")])
+def test_cache_size_must_be_a_number_of_megabytes(bad):
+    with pytest.raises(ConfigError, match="data.cache_mb"):
+        SteadDataModule(".", cache_mb=bad)

@@ -771,7 +771,8 @@ int feq_sephead_fwd(const float *x, const float *dw, const float *pw, const floa
 }
 
 /* r[t] = a[t] > 0 ? go[t] : 0: a gradient back through a ReLU, from the ReLU's output a */
-FEQ_INLINE void relu_grad_row(float *r, const float *go, const float *a, int L)
+FEQ_INLINE void relu_grad_row(float *restrict r, const float *restrict go,
+                               const float *restrict a, int L)
 {
     for (int t = 0; t < L; ++t) r[t] = a[t] > 0.0f ? go[t] : 0.0f;
 }
@@ -1083,7 +1084,7 @@ int feq_sephead_bwd(const float *x, const float *dw, const float *pw, const floa
                               taps, wide);
             for (int o = 0; o < O; ++o) { /* gy = dL/dy through the ReLU */
                 float *r = s.gy + (size_t)o * s.gys;
-                relu_grad_row(r, ga + (size_t)o * L, a + (size_t)o * L, L);
+                relu_grad_row(r, ga + (size_t)o * L, xpad + (size_t)o * xs + hleft, L);
                 gbias[g * O + o] += sum(r, L);
             }
             stage_bwd_group(&s, x, dw, pw, gx, gdw, gpw, b, g, C, O, GC, length_in, up,
