@@ -461,30 +461,25 @@ def grouped_decoders(
     separable stage and the grouped head cost less than the folded polyphase convs (FEQ3, batch
     32, forward + backward: ~95 vs ~200 ms)."""
     first = decoders[0]
-    stages = list(enumerate(first.layer_of_stage))
     heads = [d.head.conv for d in decoders]
-    last = [d.layers[stages[-1][1]] for d in decoders]
-    fuse_tail = (head_fn is not None and all(c.separable for c in last)
-                 and all(h.bias is not None for h in heads))  # fmt: skip
-    for i, j in stages[:-1] if fuse_tail else stages:
+    head_weight, head_bias = _grouped(h.weight for h in heads), _grouped(h.bias for h in heads)
+    fuse_tail = head_fn is not None and all(h.bias is not None for h in heads)
+    last = len(first.layer_of_stage) - 1
+    for i, j in enumerate(first.layer_of_stage):
         convs = [d.layers[j] for d in decoders]
         bias = _grouped(c.conv.bias for c in convs)
         upsample, crop = first.upsample[i], tuple(first.crops[i])
         if all(c.separable for c in convs):
             depthwise = _grouped(c.depthwise.weight for c in convs)
             pointwise = _grouped(c.conv.weight for c in convs)
+            if fuse_tail and i == last:  # the last stage and the heads in one call
+                y = head_fn(x, depthwise, pointwise, bias, head_weight, head_bias, groups=3,
+                            upsample=upsample, crop=crop)  # fmt: skip
+                break
             x = separable_fn(x, depthwise, pointwise, bias, groups=3, upsample=upsample, crop=crop)
         else:
             x = crop_edges(upsample_nearest(x, upsample), *crop)
             x = F.relu(conv_fn(x, _grouped(c.dense_weight() for c in convs), bias, groups=3))
-    head_weight, head_bias = _grouped(h.weight for h in heads), _grouped(h.bias for h in heads)
-    if fuse_tail:
-        i = stages[-1][0]
-        y = head_fn(
-            x, _grouped(c.depthwise.weight for c in last), _grouped(c.conv.weight for c in last),
-            _grouped(c.conv.bias for c in last), head_weight, head_bias, groups=3,
-            upsample=first.upsample[i], crop=tuple(first.crops[i]),
-        )  # fmt: skip
     else:
         y = conv_fn(x, head_weight, head_bias, groups=3)
     det, p, s = y.unbind(1)  # backward: one stack, not three zero-filled (B, 3, T) selects

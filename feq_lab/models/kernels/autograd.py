@@ -546,7 +546,9 @@ class _SeparableHead(torch.autograd.Function):
         if z.numel():
             ptrs = (x.data_ptr(), dw.data_ptr(), pw.data_ptr(), None if b is None else b.data_ptr(),
                     hw.data_ptr(), hb.data_ptr(), out.data_ptr(), z.data_ptr())  # fmt: skip
-            if lib.feq_sephead_fwd_mt(*ptrs, *dims, _chunks(batch, _head_work(dims))):
+            # the stage's work measure (`_stage_work` reads dims' first nine): the batch splits
+            # as in the two calls, so per-chunk weight gradients sum in the same order
+            if lib.feq_sephead_fwd_mt(*ptrs, *dims, _chunks(batch, _stage_work(dims))):
                 raise MemoryError("separable stage + head kernel: out of memory")
         ctx.save_for_backward(x, dw, pw, hw, out)
         ctx.dims, ctx.has_bias = dims, bias is not None
@@ -561,7 +563,7 @@ class _SeparableHead(torch.autograd.Function):
         batch = dims[0]
         grad_z = grad_z.contiguous()
         gx = torch.empty_like(x)
-        chunks = _chunks(batch, _head_work(dims))
+        chunks = _chunks(batch, _stage_work(dims))
         gdw, gpw = x.new_zeros(chunks, *dw.shape), x.new_zeros(chunks, *pw.shape)
         gbias = x.new_zeros(chunks, pw.shape[0])
         ghw, ghb = x.new_zeros(chunks, *hw.shape), x.new_zeros(chunks, hw.shape[0])
@@ -577,12 +579,6 @@ class _SeparableHead(torch.autograd.Function):
             gx, gdw.sum(0), gpw.sum(0), gbias.sum(0) if ctx.has_bias else None, ghw.sum(0),
             ghb.sum(0), None, None, None,
         )  # fmt: skip
-
-
-def _head_work(dims: tuple[int, ...]) -> int:
-    """The stage's work measure (`_stage_work`): the batch splits into the chunks it would as
-    two calls, so per-chunk weight gradients sum in the same order."""
-    return _stage_work(dims[:9])
 
 
 def separable_head(

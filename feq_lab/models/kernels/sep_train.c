@@ -619,10 +619,10 @@ FEQ_INLINE void unpool_row(float *r, const float *go, const int *ix, int L, int 
     }
 }
 
-/* rows yg[o * ys + t] (o < O, t < L) of one (sample, group): the stage before pooling
+/* rows yg[o * L + t] (o < O, t < L) of one (sample, group): the stage before pooling
  * (pointwise + bias of the depthwise output, ReLU'd if relu), tile by tile on the depthwise
  * output dt (recomputed from xg; the polyphase form where pp->wv) */
-FEQ_INLINE void stage_rows(float *yg, size_t ys, const float *xg, const float *dwg,
+FEQ_INLINE void stage_rows(float *yg, const float *xg, const float *dwg,
                            const float *pwg, const float *biasg, const poly_t *pp,
                            const float *wvg, float *dt, float *useg, float *vseg, size_t vstride,
                            int C, int O, int length_in, int L, int up, int crop_left, int kernel,
@@ -638,15 +638,15 @@ FEQ_INLINE void stage_rows(float *yg, size_t ys, const float *xg, const float *d
                            n);
         int o = 0;
         for (; o + 8 <= O; o += 8) /* 8 outputs per pass: each d load feeds 8 */
-            pointwise_rows8(yg + (size_t)o * ys + t0, (int)ys, pwg + (size_t)o * C, C,
+            pointwise_rows8(yg + (size_t)o * L + t0, L, pwg + (size_t)o * C, C,
                             biasg ? biasg + o : NULL, dt, n, relu);
         for (; o + 4 <= O; o += 4) /* 4 outputs per pass: each d load feeds 4 */
-            pointwise_rows4(yg + (size_t)o * ys + t0, (int)ys, pwg + (size_t)o * C, C,
+            pointwise_rows4(yg + (size_t)o * L + t0, L, pwg + (size_t)o * C, C,
                             biasg ? biasg + o : NULL, dt, n, relu);
         for (; o < O; ++o) {
             const float *w = pwg + (size_t)o * C;
             const float bo = biasg ? biasg[o] : 0.0f;
-            float *r = yg + (size_t)o * ys + t0;
+            float *r = yg + (size_t)o * L + t0;
             for (int i0 = 0; i0 < n; i0 += BLK) {
                 float acc[BLK];
                 for (int i = 0; i < BLK; ++i) acc[i] = bo;
@@ -695,8 +695,8 @@ static int fwd_scratch_init(fwd_scratch *s, const float *dw, int GC, int C, int 
 }
 
 /* stage_rows of sample b, group g (the forward's part of the weights and input) */
-#define STAGE_ROWS(yg, ys)                                                                     \
-    stage_rows((yg), (ys), x + ((size_t)b * GC + (size_t)g * C) * length_in,                   \
+#define STAGE_ROWS(yg)                                                                         \
+    stage_rows((yg), x + ((size_t)b * GC + (size_t)g * C) * length_in,                         \
                dw + (size_t)g * C * kernel, pw + (size_t)g * O * C,                            \
                bias ? bias + g * O : NULL, &fs.pp,                                             \
                fs.pp.wv ? fs.pp.wv + (size_t)g * C * up * fs.pp.D * LANES : NULL, fs.dt,       \
@@ -720,7 +720,7 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
     }
     for (int b = b0; b < b1; ++b) {
         for (int g = 0; g < groups; ++g) {
-            STAGE_ROWS(pool > 1 ? y : out + ((size_t)b * GO + (size_t)g * O) * L, (size_t)L);
+            STAGE_ROWS(pool > 1 ? y : out + ((size_t)b * GO + (size_t)g * O) * L);
             if (pool == 1) continue;
             for (int o = 0; o < O; ++o) {
                 const size_t base = ((size_t)b * GO + (size_t)g * O + o) * pooled;
@@ -759,7 +759,7 @@ int feq_sephead_fwd(const float *x, const float *dw, const float *pw, const floa
     for (int b = b0; b < b1; ++b) {
         for (int g = 0; g < groups; ++g) {
             float *a = out + ((size_t)b * GO + (size_t)g * O) * L;
-            STAGE_ROWS(a, (size_t)L);
+            STAGE_ROWS(a);
             pad_rows(xpad, xs, a, O, L, hleft);
             conv_rows(xpad, xs, O, hw + (size_t)g * O * hkernel, 1, hkernel, hbias + g,
                       z + ((size_t)b * groups + g) * L, (size_t)L, L, wide);
@@ -1062,12 +1062,12 @@ int feq_sephead_bwd(const float *x, const float *dw, const float *pw, const floa
 {
     const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
     const int wide = FEQ_WIDE(), hk = hkernel, shift = hk - 1 - hleft;
-    const size_t xs = (size_t)L + ROW_PAD + hk, gs = (size_t)L + ROW_PAD + hk;
+    const size_t xs = (size_t)L + ROW_PAD + hk; /* a padded row: head input and gz alike */
     bwd_scratch s;
     (void)batch;
     if (bwd_scratch_init(&s, dw, GC, C, O, kernel, left, up, crop_left, L) < 0) return -1;
     float *xpad = calloc((size_t)O * xs, sizeof(float));
-    float *gpad = calloc(gs, sizeof(float));
+    float *gpad = calloc(xs, sizeof(float));
     float *ga = malloc(sizeof(float) * (size_t)O * L);
     float *wt = malloc(sizeof(float) * (size_t)groups * O * hk);
     float *taps = malloc(sizeof(float) * (size_t)hk * LANES);
@@ -1077,8 +1077,8 @@ int feq_sephead_bwd(const float *x, const float *dw, const float *pw, const floa
         for (int g = 0; g < groups; ++g) {
             const float *a = out + ((size_t)b * GO + (size_t)g * O) * L;
             const float *gzg = gz + ((size_t)b * groups + g) * L;
-            pad_rows(gpad, gs, gzg, 1, L, shift);
-            conv_rows(gpad, gs, 1, wt + (size_t)g * O * hk, O, hk, NULL, ga, (size_t)L, L, wide);
+            pad_rows(gpad, xs, gzg, 1, L, shift);
+            conv_rows(gpad, xs, 1, wt + (size_t)g * O * hk, O, hk, NULL, ga, (size_t)L, L, wide);
             pad_rows(xpad, xs, a, O, L, hleft);
             conv_weight_grads(ghw + (size_t)g * O * hk, ghbias + g, gzg, 1, L, xpad, xs, O, hk,
                               taps, wide);
