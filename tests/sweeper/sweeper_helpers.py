@@ -26,6 +26,25 @@ def load_toy_study(tmp_path: Path, name: str = "toy"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
 
 
+def toy_study_created(tmp_path: Path, name: str = "toy") -> bool:
+    """Whether another process has created the toy study, read without creating anything.
+    Why: `load_toy_study` opens Optuna's storage, which creates its tables when they are missing;
+    while the sweep's own process creates them, the two `CREATE TABLE`s race ("table studies
+    already exists"). The study's row is written after its tables, so once it is there, loading
+    creates nothing."""
+    import sqlite3
+
+    db = tmp_path / "optuna.db"
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            row = con.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone()
+    except sqlite3.OperationalError:  # the tables are not there yet (or being written)
+        return False
+    return row is not None
+
+
 # -- the main job (`python -m feq_lab`) on tiny data -------------------------------------------
 
 def tiny_job_overrides(data_dir: Path) -> list[str]:

@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
-from sweeper_helpers import TOY_APP, load_toy_study, subprocess_env
+from sweeper_helpers import TOY_APP, load_toy_study, subprocess_env, toy_study_created
 
 
 @pytest.fixture
@@ -62,10 +62,9 @@ def test_kill_after_two_trials_then_rerun_ends_with_six_not_eight(tmp_path, run_
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until trial 2 is running (it hangs there)
             time.sleep(0.5)
-            try:
-                running = load_toy_study(tmp_path).get_trials(states=(TrialState.RUNNING,))
-            except KeyError:  # the study is not created yet
+            if not toy_study_created(tmp_path):  # its tables and row are still being written
                 continue
+            running = load_toy_study(tmp_path).get_trials(states=(TrialState.RUNNING,))
             if [t.number for t in running] == [2]:
                 break
         else:
