@@ -34,7 +34,7 @@ def narrow_lib(tmp_path_factory) -> ctypes.CDLL:
     command = kernels.compile_command(
         COMPILER, target, extra=(*kernels.openmp_flags(), "-DFEQ_WIDE()=0")
     )
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    subprocess.run(command, check=True, capture_output=True, timeout=kernels.BUILD_TIMEOUT_S)
     lib = ctypes.CDLL(str(target))
     patch = pytest.MonkeyPatch()
     patch.setattr(kernels, "library", lambda: lib)

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
 HEADERS = tuple(sorted(Path(__file__).parent.glob("*.h")))  # part of the build's cache key
 CFLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
+# One build of every source, once per machine and source version. sep_train.c alone compiles for
+# 28-48 s per instruction-set clone (three clones: ~140 s on a 2-core AMD EPYC VM), so the limit
+# leaves room for a slow or busy machine: a build cut short falls back to torch's ops (slower).
+BUILD_TIMEOUT_S = 900
 
 
 def cache_dir() -> Path:
@@ -79,20 +83,26 @@ def library() -> ctypes.CDLL | None:
         target = cache_dir() / f"feq_kernels-{tag.hexdigest()[:16]}.so"
         try:
             if not target.exists():
+                log.info("building the C kernels into %s (once per machine and source version; "
+                         "a few minutes on a 2-core machine)", target)  # fmt: skip
                 with atomic_path(target, suffix=".so") as tmp:
                     subprocess.run(
                         compile_command(compiler, tmp, extra=extra),
                         check=True,
                         capture_output=True,
                         text=True,
-                        timeout=120,
+                        timeout=BUILD_TIMEOUT_S,
                     )
             lib = ctypes.CDLL(str(target))
             break
         except (OSError, subprocess.SubprocessError) as exc:
             failure = exc
     else:
-        detail = getattr(failure, "stderr", "") or failure
+        detail = (
+            f"the compiler ran past {BUILD_TIMEOUT_S} s"
+            if isinstance(failure, subprocess.TimeoutExpired)
+            else getattr(failure, "stderr", "") or failure
+        )
         log.warning("building the C kernels failed, using torch's modules instead: %s", detail)
         return None
     lib.feq_gru.restype = None
