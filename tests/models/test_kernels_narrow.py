@@ -33,8 +33,9 @@ def narrow_lib(tmp_path_factory) -> ctypes.CDLL:
     """The kernel library with the narrow forms forced, its entry points declared as
     autograd declares them."""
     target = tmp_path_factory.mktemp("narrow") / "feq_kernels_narrow.so"
-    # One instruction set instead of the three target_clones builds (~1 min instead of ~3 on a
-    # 2-core AMD EPYC): AVX2 where the CPU has it (the narrow forms' target), else the baseline.
+    # One instruction set instead of the three target_clones builds (this file 35 s instead of ~3
+    # min on a 2-core AMD EPYC): AVX2 where the CPU has it (the narrow forms' target), else the
+    # baseline.
     avx2 = platform.machine() == "x86_64" and torch.backends.cpu.get_cpu_capability() != "DEFAULT"
     one_target = ("-DFEQ_NO_CLONES", *(("-march=x86-64-v3",) if avx2 else ()))
     command = kernels.compile_command(
