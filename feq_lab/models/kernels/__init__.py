@@ -115,7 +115,7 @@ def library() -> ctypes.CDLL | None:
 def _inference_input(x: torch.Tensor, params: list[torch.Tensor]) -> bool:
     """CPU float32 inference with nothing for autograd or the tracer (the ONNX export traces) to
     record. Cheap checks only: this runs once per kernel call, several times per forward."""
-    if not (x.is_cpu and x.dtype == torch.float32) or torch._C._get_tracing_state() is not None:
+    if not (x.is_cpu and x.dtype == torch.float32) or torch.jit.is_tracing():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return False

@@ -39,36 +39,54 @@ FEQ_INLINE void conv_block(const float *in, size_t is, int C, const float *w, in
         }
 }
 
-/* the narrow form of conv_block (FEQ_WIDE): one output, 2 LANES samples, plain C (GCC lowers vf
- * arrays through memory where vf spans several registers) */
+/* conv_block's narrow form (FEQ_WIDE): OB outputs x TV v8 of samples in OB TV <= 8 v8 registers
+ * (GCC lowers vf arrays through memory where vf spans several registers; v8 arrays stay in
+ * registers), each input load feeding OB multiply-adds and each weight broadcast TV */
 FEQ_INLINE void conv_block_narrow(const float *in, size_t is, int C, const float *w, int k,
-                                  const float *bias, float *out, int t0, int n)
+                                  const float *bias, float *out, size_t os, int t0, int n,
+                                  const int OB, const int TV)
 {
-    float acc[2 * LANES];
-    for (int i = 0; i < 2 * LANES; ++i) acc[i] = bias ? bias[0] : 0.0f;
+    v8 a[8];
+    for (int q = 0; q < OB; ++q)
+        for (int v = 0; v < TV; ++v) a[q * TV + v] = (v8){0} + (bias ? bias[q] : 0.0f);
     for (int c = 0; c < C; ++c) {
         const float *row = in + (size_t)c * is + t0;
         for (int j = 0; j < k; ++j) {
-            const float wj = w[(size_t)c * k + j];
-            for (int i = 0; i < 2 * LANES; ++i) acc[i] += wj * row[j + i];
+            v8 xv[8];
+            for (int v = 0; v < TV; ++v) xv[v] = v8load(row + j + v * 8);
+            for (int q = 0; q < OB; ++q) {
+                const float wq = w[((size_t)q * C + c) * k + j];
+                for (int v = 0; v < TV; ++v) a[q * TV + v] += wq * xv[v];
+            }
         }
     }
-    copy_block(out + t0, acc, n - t0, 2 * LANES);
+    for (int q = 0; q < OB; ++q)
+        for (int v = 0; v < TV; ++v) {
+            const int t = t0 + v * 8;
+            if (t >= n) break;
+            float tmp[8];
+            v8store(tmp, a[q * TV + v]);
+            copy_block(out + (size_t)q * os + t, tmp, n - t, 8);
+        }
 }
 
 /* out[o][t] = (bias ? bias[o] : 0) + sum_c sum_j w[(o * C + c) * k + j] in[c][t + j], t < n,
- * wide in blocks of 8 outputs x 32 samples, 4 x 64, or 1 x 128, narrow (FEQ_WIDE) 1 x 32 (the
- * same sums in the same order); rows of `in` (stride `is`) must be readable up to n rounded up
- * to ROW_PAD, plus k - 1 */
+ * wide in blocks of 8 outputs x 32 samples, 4 x 64, or 1 x 128, narrow (FEQ_WIDE) 4 x 16 or
+ * 1 x 64, the same sums in the same order either way; rows of `in` (stride `is`) must be
+ * readable up to n rounded up to ROW_PAD, plus k - 1 */
 FEQ_INLINE void conv_rows(const float *in, size_t is, int C, const float *w, int O, int k,
                           const float *bias, float *out, size_t os, int n, int wide)
 {
     int o = 0;
     if (!wide) {
-        for (; o < O; ++o)
-            for (int t0 = 0; t0 < n; t0 += 2 * LANES)
+        for (; o + 4 <= O; o += 4)
+            for (int t0 = 0; t0 < n; t0 += 16)
                 conv_block_narrow(in, is, C, w + (size_t)o * C * k, k, bias ? bias + o : NULL,
-                                  out + (size_t)o * os, t0, n);
+                                  out + (size_t)o * os, os, t0, n, 4, 2);
+        for (; o < O; ++o)
+            for (int t0 = 0; t0 < n; t0 += 64)
+                conv_block_narrow(in, is, C, w + (size_t)o * C * k, k, bias ? bias + o : NULL,
+                                  out + (size_t)o * os, os, t0, n, 1, 8);
         return;
     }
     for (; o + 8 <= O; o += 8)

@@ -80,10 +80,23 @@ FEQ_INLINE void upsample_row(float *row, const float *xc, int q, int m, int up)
             ++src;
         }
     }
-    if (up == 2)
+    /* whole blocks of 8 source samples by lane shuffles (one permute per 8 outputs) */
+    if (up == 2) {
+        for (; i + 16 <= m; i += 16, src += 8) {
+            const v8 v = v8load(xc + src);
+            v8store(row + i, __builtin_shuffle(v, (v8i){0, 0, 1, 1, 2, 2, 3, 3}));
+            v8store(row + i + 8, __builtin_shuffle(v, (v8i){4, 4, 5, 5, 6, 6, 7, 7}));
+        }
         for (; i + 2 <= m; i += 2, ++src) row[i] = row[i + 1] = xc[src];
-    else if (up == 3)
+    } else if (up == 3) {
+        for (; i + 24 <= m; i += 24, src += 8) {
+            const v8 v = v8load(xc + src);
+            v8store(row + i, __builtin_shuffle(v, (v8i){0, 0, 0, 1, 1, 1, 2, 2}));
+            v8store(row + i + 8, __builtin_shuffle(v, (v8i){2, 3, 3, 3, 4, 4, 4, 5}));
+            v8store(row + i + 16, __builtin_shuffle(v, (v8i){5, 5, 6, 6, 6, 7, 7, 7}));
+        }
         for (; i + 3 <= m; i += 3, ++src) row[i] = row[i + 1] = row[i + 2] = xc[src];
+    }
     else
         for (; i + up <= m; i += up, ++src)
             for (int p = 0; p < up; ++p) row[i + p] = xc[src];
@@ -105,10 +118,28 @@ FEQ_INLINE void downsample_row(float *gxc, const float *g, int q, int m, int up)
             ++src;
         }
     }
-    if (up == 2)
+    /* whole blocks of 8 outputs: sums of `up` neighbours at every sample (unaligned loads), then
+     * every up-th lane by shuffles (the same sums as one at a time) */
+    if (up == 2) {
+        for (; i + 16 <= m; i += 16, src += 8) {
+            const v8 s0 = v8load(g + i) + v8load(g + i + 1);
+            const v8 s1 = v8load(g + i + 8) + v8load(g + i + 9);
+            const v8 d = __builtin_shuffle(s0, s1, (v8i){0, 2, 4, 6, 8, 10, 12, 14});
+            v8store(gxc + src, v8load(gxc + src) + d);
+        }
         for (; i + 2 <= m; i += 2, ++src) gxc[src] += g[i] + g[i + 1];
-    else if (up == 3)
+    } else if (up == 3) {
+        for (; i + 24 <= m; i += 24, src += 8) {
+            const v8 s0 = v8load(g + i) + v8load(g + i + 1) + v8load(g + i + 2);
+            const v8 s1 = v8load(g + i + 8) + v8load(g + i + 9) + v8load(g + i + 10);
+            const v8 s2 = v8load(g + i + 16) + v8load(g + i + 17) + v8load(g + i + 18);
+            const v8 lo = __builtin_shuffle(s0, s1, (v8i){0, 3, 6, 9, 12, 15, 0, 0});
+            const v8 hi = __builtin_shuffle(s2, (v8i){0, 0, 0, 0, 0, 0, 2, 5});
+            const v8 d = __builtin_shuffle(lo, hi, (v8i){0, 1, 2, 3, 4, 5, 14, 15});
+            v8store(gxc + src, v8load(gxc + src) + d);
+        }
         for (; i + 3 <= m; i += 3, ++src) gxc[src] += g[i] + g[i + 1] + g[i + 2];
+    }
     else
         for (; i + up <= m; i += up, ++src)
             for (int p = 0; p < up; ++p) gxc[src] += g[i + p];
@@ -235,11 +266,62 @@ FEQ_INLINE void poly_load(vf w[MAX_PHASES][MAX_PHASES], const float *wvc, int r0
     }
 }
 
+/* The narrow forms of the three polyphase loops below, in v8: a v8 whose first sample has phase
+ * rho takes lanes 0-7 of phase rho's weight vector, and every up-th v8 has the same phase, so
+ * each of `up` passes keeps its D weight v8 in registers. */
+
+/* poly_rows_k, narrow: dc[i] = sum_m wv(i)[m] v[i + up m], i in [pa, pb) (pb - pa a multiple
+ * of 8; sign -1: v[i - up m], the adjoint's) */
+FEQ_INLINE void poly_rows_narrow(float *dc, const float *v, const float *wvc, int r0, int pa,
+                                 int pb, const int up, const int D, const int sign)
+{
+    for (int p = 0; p < up; ++p) {
+        const int rho = (r0 + 8 * p) % up;
+        v8 w[MAX_PHASES];
+        for (int m = 0; m < D; ++m) w[m] = v8load(wvc + ((size_t)rho * D + m) * LANES);
+        for (int i = pa + 8 * p; i < pb; i += 8 * up) {
+            v8 a = w[0] * v8load(v + i);
+            for (int m = 1; m < D; ++m) a += w[m] * v8load(v + i + sign * up * m);
+            v8store(dc + i, a);
+        }
+    }
+}
+
+/* poly_grad_k, narrow: into lanes 0-7 of each phase's sums (bwd_scratch_finish reads lane l of
+ * phase r's sums as phase (r + l) % up, which holds for them) */
+FEQ_INLINE void poly_grad_narrow(float *gp, const float *g, const float *v, int r0, int pa,
+                                 int pb, const int up, const int D)
+{
+    for (int p = 0; p < up; ++p) {
+        const int rho = (r0 + 8 * p) % up;
+        v8 a[MAX_PHASES], b[MAX_PHASES]; /* two chains per tap */
+        for (int m = 0; m < D; ++m) a[m] = b[m] = (v8){0};
+        int i = pa + 8 * p;
+        for (; i + 8 * up < pb; i += 16 * up) {
+            const v8 g0 = v8load(g + i), g1 = v8load(g + i + 8 * up);
+            for (int m = 0; m < D; ++m) {
+                a[m] += g0 * v8load(v + i + up * m);
+                b[m] += g1 * v8load(v + i + 8 * up + up * m);
+            }
+        }
+        for (; i < pb; i += 8 * up) {
+            const v8 g0 = v8load(g + i);
+            for (int m = 0; m < D; ++m) a[m] += g0 * v8load(v + i + up * m);
+        }
+        float *gq = gp + (size_t)rho * D * LANES;
+        for (int m = 0; m < D; ++m) v8store(gq + m * LANES, v8load(gq + m * LANES) + a[m] + b[m]);
+    }
+}
+
 /* dc[i] = sum_m wv(i)[m] v[i + up m], i in [pa, pb) (whole vectors): the polyphase depthwise
  * outputs (up, D constants after inlining, so the weight vectors stay in registers) */
 FEQ_INLINE void poly_rows_k(float *dc, const float *v, const float *wvc, int r0, int pa, int pb,
-                            const int up, const int D)
+                            const int up, const int D, const int wide)
 {
+    if (!wide) {
+        poly_rows_narrow(dc, v, wvc, r0, pa, pb, up, D, 1);
+        return;
+    }
     vf w[MAX_PHASES][MAX_PHASES];
     poly_load(w, wvc, r0, up, D);
     int i = pa;
@@ -261,8 +343,12 @@ FEQ_INLINE void poly_rows_k(float *dc, const float *v, const float *wvc, int r0,
 /* gp[rq][m] += sum over vectors i in [pa, pb) of phase rq of g[i] v[i + up m] (lanes kept):
  * the polyphase depthwise weight gradient's partial sums */
 FEQ_INLINE void poly_grad_k(float *gp, const float *g, const float *v, int r0, int pa, int pb,
-                            const int up, const int D)
+                            const int up, const int D, const int wide)
 {
+    if (!wide) {
+        poly_grad_narrow(gp, g, v, r0, pa, pb, up, D);
+        return;
+    }
     vf a[MAX_PHASES][MAX_PHASES];
     for (int q = 0; q < up; ++q)
         for (int m = 0; m < D; ++m) a[q][m] = (vf){0};
@@ -286,8 +372,12 @@ FEQ_INLINE void poly_grad_k(float *gp, const float *g, const float *v, int r0, i
 /* gu[i] = sum_m wv(i)[m] g[i - up m], i < nq (rounded up to whole vectors; g readable up (D - 1)
  * before 0 and LANES past nq): the adjoint of poly_rows_k on the whole row, r0 = crop_left % up */
 FEQ_INLINE void poly_adjoint_k(float *gu, const float *g, const float *wvc, int r0, int nq,
-                               const int up, const int D)
+                               const int up, const int D, const int wide)
 {
+    if (!wide) {
+        poly_rows_narrow(gu, g, wvc, r0, 0, (nq + LANES - 1) / LANES * LANES, up, D, -1);
+        return;
+    }
     vf w[MAX_PHASES][MAX_PHASES];
     poly_load(w, wvc, r0, up, D);
     int i = 0;
@@ -307,14 +397,14 @@ FEQ_INLINE void poly_adjoint_k(float *gu, const float *g, const float *wvc, int 
 
 /* the polyphase loops with (up, D) constants for FEQ3's decoders (k 5 and 7 after up 2 or 3
  * give D = 3), else as run-time loops */
-#define POLY_DISPATCH(fn, up, D, ...)                                                              \
+#define POLY_DISPATCH(fn, up, D, wide, ...)                                                        \
     do {                                                                                           \
         if ((up) == 3 && (D) == 3)                                                                 \
-            fn(__VA_ARGS__, 3, 3);                                                                 \
+            fn(__VA_ARGS__, 3, 3, wide);                                                           \
         else if ((up) == 2 && (D) == 3)                                                            \
-            fn(__VA_ARGS__, 2, 3);                                                                 \
+            fn(__VA_ARGS__, 2, 3, wide);                                                           \
         else                                                                                       \
-            fn(__VA_ARGS__, up, D);                                                                \
+            fn(__VA_ARGS__, up, D, wide);                                                          \
     } while (0)
 
 /* full-rate depthwise outputs dc[i], i in [s, e), from the padded input row us (filled here for
@@ -368,7 +458,8 @@ FEQ_INLINE void poly_bounds(const poly_t *p, int t0, int n, int *pa, int *pb)
 FEQ_INLINE void depthwise_tile_poly(float *dt, float *useg, float *vseg, size_t vstride,
                                     const float *xg, const float *dwg, const poly_t *p,
                                     const float *wvg, int C, int length_in, int L, int up,
-                                    int crop_left, int kernel, int left, int t0, int n)
+                                    int crop_left, int kernel, int left, int t0, int n,
+                                    int wide)
 {
     const int D = p->D;
     int pa, pb;
@@ -389,7 +480,7 @@ FEQ_INLINE void depthwise_tile_poly(float *dt, float *useg, float *vseg, size_t 
         if (pb > pa) {
             float *vs = vseg + (size_t)c * vstride;
             extended_row(vs + pa, xc, t0 + p->a0 + pa, pb - pa + up * (D - 1), up, length_in);
-            POLY_DISPATCH(poly_rows_k, up, D, dc, vs, wvg + (size_t)c * up * D * LANES, r0, pa,
+            POLY_DISPATCH(poly_rows_k, up, D, wide, dc, vs, wvg + (size_t)c * up * D * LANES, r0, pa,
                           pb);
         }
     }
@@ -422,49 +513,60 @@ FEQ_INLINE void pointwise_rows8(float *restrict r, int rs, const float *restrict
 }
 
 /* rows r[q * rs + i] (q < 4, i < n) = bias[q] + sum_c w[q * C + c] dt[c][i], ReLU'd if relu:
- * four pointwise outputs of one tile at once (one load of each depthwise block feeds four
- * multiply-adds) */
+ * four pointwise outputs of one tile at once, 16 samples per pass in eight v8 accumulators (two
+ * loads of each depthwise block feed eight multiply-adds); the narrow forms' pointwise rows */
 FEQ_INLINE void pointwise_rows4(float *restrict r, int rs, const float *restrict w, int C,
                                 const float *restrict bias, const float *restrict dt, int n,
                                 int relu)
 {
-    for (int i0 = 0; i0 < n; i0 += LANES) {
-        float a0[LANES], a1[LANES], a2[LANES], a3[LANES];
-        for (int i = 0; i < LANES; ++i) {
-            a0[i] = bias ? bias[0] : 0.0f;
-            a1[i] = bias ? bias[1] : 0.0f;
-            a2[i] = bias ? bias[2] : 0.0f;
-            a3[i] = bias ? bias[3] : 0.0f;
-        }
+    for (int i0 = 0; i0 < n; i0 += 16) { /* dt rows hold TILE, a multiple of 16 */
+        v8 a[4][2];
+        for (int q = 0; q < 4; ++q) a[q][0] = a[q][1] = (v8){0} + (bias ? bias[q] : 0.0f);
         for (int c = 0; c < C; ++c) {
             const float *d = dt + (size_t)c * TILE + i0;
-            const float w0 = w[c], w1 = w[C + c], w2 = w[2 * C + c], w3 = w[3 * C + c];
-            for (int i = 0; i < LANES; ++i) {
-                a0[i] += w0 * d[i];
-                a1[i] += w1 * d[i];
-                a2[i] += w2 * d[i];
-                a3[i] += w3 * d[i];
+            const v8 d0 = v8load(d), d1 = v8load(d + 8);
+            for (int q = 0; q < 4; ++q) {
+                const float wq = w[q * C + c];
+                a[q][0] += wq * d0;
+                a[q][1] += wq * d1;
             }
         }
-        if (relu)
-            for (int i = 0; i < LANES; ++i) {
-                a0[i] = a0[i] > 0.0f ? a0[i] : 0.0f;
-                a1[i] = a1[i] > 0.0f ? a1[i] : 0.0f;
-                a2[i] = a2[i] > 0.0f ? a2[i] : 0.0f;
-                a3[i] = a3[i] > 0.0f ? a3[i] : 0.0f;
+        for (int q = 0; q < 4; ++q) {
+            float tmp[16];
+            for (int h = 0; h < 2; ++h) {
+                v8 v = a[q][h];
+                if (relu) v = v8relu(v);
+                v8store(tmp + 8 * h, v);
             }
-        copy_block(r + i0, a0, n - i0, LANES);
-        copy_block(r + (size_t)rs + i0, a1, n - i0, LANES);
-        copy_block(r + 2 * (size_t)rs + i0, a2, n - i0, LANES);
-        copy_block(r + 3 * (size_t)rs + i0, a3, n - i0, LANES);
+            copy_block(r + (size_t)q * rs + i0, tmp, n - i0, 16);
+        }
     }
 }
 
 /* acc[e][i] = sum_o p[o C + e] gy[o gys + i], e < 4, i < BLK: four channels' block of the
  * pointwise half's input gradient at once (each gy load feeds four multiply-adds) */
 FEQ_INLINE void transpose_pointwise4(float acc[4][BLK], const float *restrict p, int C, int O,
-                                     const float *restrict gy, size_t gys)
+                                     const float *restrict gy, size_t gys, int wide)
 {
+    if (!wide) { /* 16 samples at a time in eight v8 accumulators: four BLK rows would spill */
+        for (int i0 = 0; i0 < BLK; i0 += 16) {
+            v8 a[4][2] = {{{0}}};
+            for (int o = 0; o < O; ++o) {
+                const float *r = gy + (size_t)o * gys + i0;
+                const v8 r0 = v8load(r), r1 = v8load(r + 8);
+                for (int e = 0; e < 4; ++e) {
+                    const float we = p[(size_t)o * C + e];
+                    a[e][0] += we * r0;
+                    a[e][1] += we * r1;
+                }
+            }
+            for (int e = 0; e < 4; ++e) {
+                v8store(acc[e] + i0, a[e][0]);
+                v8store(acc[e] + i0 + 8, a[e][1]);
+            }
+        }
+        return;
+    }
     float a0[BLK] = {0}, a1[BLK] = {0}, a2[BLK] = {0}, a3[BLK] = {0};
     for (int o = 0; o < O; ++o) {
         const float *r = gy + (size_t)o * gys;
@@ -485,27 +587,28 @@ FEQ_INLINE void transpose_pointwise4(float acc[4][BLK], const float *restrict p,
 
 /* gw[q * C + e] += sum_{i < n} r[q][i] d[e][i], q, e < 4 (r rows `rs` apart, d rows TILE apart,
  * both zero from n to the next multiple of LANES): a 4 x 4 block of the pointwise weight
- * gradient, wide in 16 vector accumulators (8 loads feed 16 multiply-adds), narrow as four 2 x 2
- * blocks (FEQ_WIDE); the same sums in the same order either way */
+ * gradient, wide in 16 vector accumulators (8 loads feed 16 multiply-adds), narrow (FEQ_WIDE) in
+ * v8 accumulators */
 FEQ_INLINE void pointwise_grad4x4(float *restrict gw, int C, const float *restrict r, size_t rs,
                                   const float *restrict d, int n, int wide)
 {
-    if (!wide) {
-        for (int q = 0; q < 4; q += 2)
-            for (int e = 0; e < 4; e += 2) {
-                const float *r0 = r + q * rs, *r1 = r0 + rs;
-                const float *d0 = d + (size_t)e * TILE, *d1 = d0 + TILE;
-                vf a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
-                for (int i = 0; i < n; i += LANES) {
-                    const vf x0 = vload(d0 + i), x1 = vload(d1 + i);
-                    const vf v0 = vload(r0 + i), v1 = vload(r1 + i);
-                    a00 += v0 * x0, a01 += v0 * x1, a10 += v1 * x0, a11 += v1 * x1;
+    if (!wide) { /* two passes of 4 x 2 rows, v8 at a time: 6 loads feed 8 multiply-adds */
+        for (int e = 0; e < 4; e += 2) {
+            v8 a[4][2] = {{{0}}};
+            const float *d0 = d + (size_t)e * TILE, *d1 = d0 + TILE;
+            for (int i = 0; i < n; i += 8) {
+                const v8 x0 = v8load(d0 + i), x1 = v8load(d1 + i);
+                for (int q = 0; q < 4; ++q) {
+                    const v8 v = v8load(r + q * rs + i);
+                    a[q][0] += v * x0;
+                    a[q][1] += v * x1;
                 }
-                gw[q * C + e] += vsum(a00);
-                gw[q * C + e + 1] += vsum(a01);
-                gw[(q + 1) * C + e] += vsum(a10);
-                gw[(q + 1) * C + e + 1] += vsum(a11);
             }
+            for (int q = 0; q < 4; ++q) {
+                gw[q * C + e] += v8sum(a[q][0]);
+                gw[q * C + e + 1] += v8sum(a[q][1]);
+            }
+        }
         return;
     }
     vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
@@ -626,18 +729,18 @@ FEQ_INLINE void stage_rows(float *yg, const float *xg, const float *dwg,
                            const float *pwg, const float *biasg, const poly_t *pp,
                            const float *wvg, float *dt, float *useg, float *vseg, size_t vstride,
                            int C, int O, int length_in, int L, int up, int crop_left, int kernel,
-                           int left, int relu)
+                           int left, int relu, int wide)
 {
     for (int t0 = 0; t0 < L; t0 += TILE) {
         const int n = L - t0 < TILE ? L - t0 : TILE;
         if (pp->wv)
             depthwise_tile_poly(dt, useg, vseg, vstride, xg, dwg, pp, wvg, C, length_in, L, up,
-                                crop_left, kernel, left, t0, n);
+                                crop_left, kernel, left, t0, n, wide);
         else
             depthwise_tile(dt, useg, xg, dwg, C, length_in, L, up, crop_left, kernel, left, t0,
                            n);
         int o = 0;
-        for (; o + 8 <= O; o += 8) /* 8 outputs per pass: each d load feeds 8 */
+        for (; wide && o + 8 <= O; o += 8) /* 8 outputs per pass: each d load feeds 8 */
             pointwise_rows8(yg + (size_t)o * L + t0, L, pwg + (size_t)o * C, C,
                             biasg ? biasg + o : NULL, dt, n, relu);
         for (; o + 4 <= O; o += 4) /* 4 outputs per pass: each d load feeds 4 */
@@ -701,7 +804,7 @@ static int fwd_scratch_init(fwd_scratch *s, const float *dw, int GC, int C, int 
                bias ? bias + g * O : NULL, &fs.pp,                                             \
                fs.pp.wv ? fs.pp.wv + (size_t)g * C * up * fs.pp.D * LANES : NULL, fs.dt,       \
                fs.useg, fs.vseg, fs.vstride, C, O, length_in, L, up, crop_left, kernel, left,  \
-               relu && pool == 1)
+               relu && pool == 1, wide)
 
 FEQ_CLONES
 int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *bias, float *out,
@@ -710,6 +813,7 @@ int feq_sep_fwd(const float *x, const float *dw, const float *pw, const float *b
                 int pool, int pool_left, int b0, int b1, int pooled)
 {
     const int C = channels, O = outputs, L = length, GC = groups * channels, GO = groups * outputs;
+    const int wide = FEQ_WIDE();
     fwd_scratch fs;
     (void)batch;
     if (fwd_scratch_init(&fs, dw, GC, C, kernel, left, up, crop_left, L) < 0) return -1;
@@ -855,7 +959,7 @@ FEQ_INLINE void stage_bwd_group(bwd_scratch *s, const float *x, const float *dw,
             poly_bounds(pp, t0, n, &pa, &pb);
             depthwise_tile_poly(dt, useg, vseg, vstride, xg, dw + (size_t)g * C * kernel,
                                 pp, pp->wv + (size_t)g * C * up * D * LANES, C,
-                                length_in, L, up, crop_left, kernel, left, t0, n);
+                                length_in, L, up, crop_left, kernel, left, t0, n, wide);
         } else {
             depthwise_tile(dt, useg, xg, dw + (size_t)g * C * kernel, C, length_in, L,
                            up, crop_left, kernel, left, t0, n);
@@ -911,7 +1015,7 @@ FEQ_INLINE void stage_bwd_group(bwd_scratch *s, const float *x, const float *dw,
                 float acc[4][BLK];
                 if (nc == 4) /* each gy load feeds 4 channels */
                     transpose_pointwise4(acc, pw + (size_t)g * O * C + c, C, O,
-                                         gy + t0 + i0, gys);
+                                         gy + t0 + i0, gys, wide);
                 else
                     for (int e = 0; e < nc; ++e) {
                         for (int i = 0; i < BLK; ++i) acc[e][i] = 0.0f;
@@ -934,7 +1038,7 @@ FEQ_INLINE void stage_bwd_group(bwd_scratch *s, const float *x, const float *dw,
                 if (pa > 0) tap_sums(ga, gdr, us, pa, kernel, wide);
                 if (pb < n) tap_sums(ga, gdr + pb, us + pb, n - pb, kernel, wide);
                 if (pb > pa)
-                    POLY_DISPATCH(poly_grad_k, up, D,
+                    POLY_DISPATCH(poly_grad_k, up, D, wide,
                                   gp + (size_t)(g * C + c + e) * up * D * LANES,
                                   gdr, vseg + (size_t)(c + e) * vstride,
                                   (t0 + pa + crop_left) % up, pa, pb);
@@ -982,7 +1086,7 @@ FEQ_INLINE void stage_bwd_group(bwd_scratch *s, const float *x, const float *dw,
             }
             q[t] = 0.0f;
         }
-        POLY_DISPATCH(poly_adjoint_k, up, D, gu, q, pp->wv + (size_t)ch * up * D * LANES,
+        POLY_DISPATCH(poly_adjoint_k, up, D, wide, gu, q, pp->wv + (size_t)ch * up * D * LANES,
                       crop_left % up, nq);
         const int lo = pp->a0 < 0 ? -pp->a0 : 0;
         const int hi = up * length_in - pp->a0 < nq ? up * length_in - pp->a0 : nq;

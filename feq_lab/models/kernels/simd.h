@@ -32,6 +32,37 @@ typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
 #endif
 #pragma GCC diagnostic ignored "-Wpsabi" /* vf never crosses a non-inlined call */
 
+/* The narrow forms' vector: one AVX2 register (two SSE ones). Arrays of v8 indexed by constants
+ * stay in registers where arrays of vf do not, so the narrow forms block their loops in v8. */
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+
+FEQ_INLINE v8 v8load(const float *p)
+{
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+FEQ_INLINE void v8store(float *p, v8 v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+typedef int v8i __attribute__((vector_size(8 * sizeof(int))));
+
+/* max(v, 0) lane by lane, 0 where v is NaN (as `v > 0 ? v : 0`) */
+FEQ_INLINE v8 v8relu(v8 v)
+{
+    return (v8)((v8i)v & (v > (v8){0}));
+}
+
+FEQ_INLINE float v8sum(v8 v)
+{
+    float s = 0.0f;
+    for (int i = 0; i < 8; ++i) s += v[i];
+    return s;
+}
+
 FEQ_INLINE vf vload(const float *p)
 {
     vf v;
@@ -77,8 +108,45 @@ FEQ_INLINE void tap_sums_k(float *restrict s, const float *restrict g, const flo
     for (int j = 0; j < k; ++j) vstore(s + j * LANES, a[j]);
 }
 
-/* tap_sums_k for any k: wide, the common odd sizes as constants; narrow (GCC lowers vf arrays
- * through memory where vf spans several registers) and other sizes, a plain loop */
+/* tap_sums_k's narrow form: taps four at a time, each in two v8 (the LANES lanes), so eight
+ * independent accumulators hide the multiply-add latency and each g block feeds four taps */
+FEQ_INLINE void tap_sums_narrow(float *restrict s, const float *restrict g,
+                                const float *restrict u, int n, int k)
+{
+    int j = 0;
+    for (; j + 4 <= k; j += 4) {
+        v8 a[8];
+        for (int q = 0; q < 8; ++q) a[q] = v8load(s + j * LANES + q * 8);
+        for (int h = 0; h < n; h += LANES) {
+            const v8 g0 = v8load(g + h), g1 = v8load(g + h + 8);
+            for (int e = 0; e < 4; ++e) {
+                a[2 * e] += g0 * v8load(u + h + j + e);
+                a[2 * e + 1] += g1 * v8load(u + h + j + e + 8);
+            }
+        }
+        for (int q = 0; q < 8; ++q) v8store(s + j * LANES + q * 8, a[q]);
+    }
+    for (; j < k; ++j) {
+        v8 a0 = v8load(s + j * LANES), a1 = v8load(s + j * LANES + 8);
+        v8 b0 = {0}, b1 = {0}; /* two chains per half: n is a multiple of LANES */
+        int h = 0;
+        for (; h + 2 * LANES <= n; h += 2 * LANES) {
+            a0 += v8load(g + h) * v8load(u + h + j);
+            a1 += v8load(g + h + 8) * v8load(u + h + j + 8);
+            b0 += v8load(g + h + LANES) * v8load(u + h + LANES + j);
+            b1 += v8load(g + h + LANES + 8) * v8load(u + h + LANES + j + 8);
+        }
+        for (; h < n; h += LANES) {
+            a0 += v8load(g + h) * v8load(u + h + j);
+            a1 += v8load(g + h + 8) * v8load(u + h + j + 8);
+        }
+        v8store(s + j * LANES, a0 + b0);
+        v8store(s + j * LANES + 8, a1 + b1);
+    }
+}
+
+/* tap_sums_k for any k: wide, the common odd sizes as constants; narrow in v8 blocks
+ * (tap_sums_narrow); other sizes, a plain loop */
 FEQ_INLINE void tap_sums(float *restrict s, const float *restrict g, const float *restrict u,
                          int n, int k, int wide)
 {
@@ -89,6 +157,10 @@ FEQ_INLINE void tap_sums(float *restrict s, const float *restrict g, const float
     case 9: tap_sums_k(s, g, u, n, 9); break;
     case 11: tap_sums_k(s, g, u, n, 11); break;
     default:
+        if (!wide) {
+            tap_sums_narrow(s, g, u, n, k);
+            break;
+        }
         for (int j = 0; j < k; ++j)
             for (int h = 0; h < n; h += LANES)
                 for (int i = 0; i < LANES; ++i) s[j * LANES + i] += g[h + i] * u[h + j + i];
