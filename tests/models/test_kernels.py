@@ -11,12 +11,29 @@ from torch import nn
 from feq_lab.models import build_model, compile_for_inference, kernels
 from feq_lab.models.kernels import autograd as ka
 
+# The shared cache (the suite's one full build, as every run on this machine uses it), read before
+# any test points FEQ_LAB_KERNEL_CACHE elsewhere.
+SHARED_CACHE = kernels.cache_dir()
+# The sources library() needs to declare its entry points: a private cache builds these only. The
+# full library takes minutes per build on a 2-core machine (three instruction-set clones of
+# sep_train.c); the suite builds it once, into SHARED_CACHE, and loads it everywhere else.
+SMALL_SOURCES = tuple(p for p in kernels.SOURCES if p.name in ("gru.c", "sepconv.c"))
+FULL_BUILD = kernels.compile_command
+
 
 @pytest.fixture
 def kernel_cache(tmp_path, monkeypatch):
-    """A private kernel cache; the loaders' memos (the library's and the training kernels'
-    declarations, `ka._lib`) are reset before and after, so a library that failed to build
-    here is not what later tests see."""
+    """A private kernel cache, where library() builds the small library (SMALL_SOURCES: the
+    same build line, cache key and atomic write, seconds instead of minutes); the loaders' memos
+    (the library's and the training kernels' declarations, `ka._lib`) are reset before and
+    after, so a library that failed to build here is not what later tests see."""
+    monkeypatch.setattr(
+        kernels,
+        "compile_command",
+        lambda compiler, output, sources=SMALL_SOURCES, *, extra=(): FULL_BUILD(
+            compiler, output, SMALL_SOURCES, extra=extra
+        ),
+    )
     monkeypatch.setenv("FEQ_LAB_KERNEL_CACHE", str(tmp_path / "kernels"))
     kernels.library.cache_clear()
     ka._lib.cache_clear()
@@ -27,7 +44,8 @@ def kernel_cache(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
 def test_kernel_builds_where_a_compiler_exists(kernel_cache):
-    """Guards the comparisons below: with a compiler they must really run the kernel."""
+    """With a compiler, library() builds into an empty cache: one library, nothing temporary
+    left beside it (the tests below load the suite's shared full build)."""
     assert kernels.library() is not None
     built = list(kernel_cache.glob("feq_kernels-*.so"))
     assert len(built) == 1
@@ -75,9 +93,12 @@ def test_disabled_or_unbuildable_kernel_falls_back(kernel_cache, monkeypatch, ca
     kernels.library.cache_clear()
     assert kernels.library() is None
     monkeypatch.delenv("FEQ_LAB_NO_KERNELS")
+    monkeypatch.setattr(kernels, "compile_command", FULL_BUILD)
+    monkeypatch.setenv("FEQ_LAB_KERNEL_CACHE", str(SHARED_CACHE))  # the full library
     kernels.library.cache_clear()
     with torch.no_grad():
         fast = compile_for_inference(model)(x)
+    assert kernels.library() is not None  # the comparison below ran the kernels
     for a, b in zip(fast, fallback):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
