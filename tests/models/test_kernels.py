@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from functools import partial
 
 import pytest
 import torch
@@ -27,13 +28,7 @@ def kernel_cache(tmp_path, monkeypatch):
     same build line, cache key and atomic write, seconds instead of minutes); the loaders' memos
     (the library's and the training kernels' declarations, `ka._lib`) are reset before and
     after, so a library that failed to build here is not what later tests see."""
-    monkeypatch.setattr(
-        kernels,
-        "compile_command",
-        lambda compiler, output, sources=SMALL_SOURCES, *, extra=(): FULL_BUILD(
-            compiler, output, SMALL_SOURCES, extra=extra
-        ),
-    )
+    monkeypatch.setattr(kernels, "compile_command", partial(FULL_BUILD, sources=SMALL_SOURCES))
     monkeypatch.setenv("FEQ_LAB_KERNEL_CACHE", str(tmp_path / "kernels"))
     kernels.library.cache_clear()
     ka._lib.cache_clear()
