@@ -16,9 +16,10 @@ reported; on a shared machine the CPU figures are the steadier ones. Goals (issu
 
 `--epoch` also runs two whole epochs of the quick experiment's data (conf/experiment/quick.yaml:
 a synthetic subset of 1,600 earthquakes + 400 noise traces, generated into a temp dir, loaded and
-augmented by `SteadDataModule` as in training) through FEQ3's train step and compares its
-samples/s with what the pure step time predicts (goal: within 20 %): the first epoch reads each
-trace from HDF5 once (the loader's waveform cache), the second, like a training's later epochs, none.
+augmented by `SteadDataModule` as in training, with the default loader's worker) through FEQ3's
+train step and compares its samples/s with what the pure step time predicts (goal: within 20 %):
+the first epoch reads each trace from HDF5 once (the loader's waveform cache), the second, like a
+training's later epochs, none.
 
 Kernels "on" is the model as training builds it, `ModelOptions()` (the fused kernels through the
 model's seams, the "fused" decoder form for separable decoders); "off" is the same model built
@@ -207,10 +208,11 @@ def report(label: str, times: dict[str, list[float]]) -> dict[str, float]:
 
 
 def epoch_rate(mode: str, batch: int, limit: int | None) -> list[dict[str, float]]:
-    """FEQ3 over two whole epochs of the quick experiment (loading + augmentation included, in
-    this process: the quick experiment's loader has no workers), one result per epoch: samples/s
-    by wall clock and per CPU second, what the pure step time on a fixed batch predicts for each,
-    and the share of the epoch spent producing batches (the data side) rather than stepping. The
+    """FEQ3 over two whole epochs of the quick experiment (loading + augmentation included, with
+    the loader's workers as conf/data/loader/default.yaml sets them), one result per epoch:
+    samples/s by wall clock and per CPU second of this process (a worker's CPU is not in it),
+    what the pure step time on a fixed batch predicts for each, and the share of the epoch spent
+    waiting for batches (the data side) rather than stepping. The
     first epoch reads each trace from HDF5 once (the loader's waveform cache, data.cache_mb); the
     second, like a training's later epochs, reads none."""
     from omegaconf import OmegaConf
@@ -236,6 +238,7 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> list[dict[str, float
             augment=OmegaConf.to_container(augment),
             seed=0,
             cache_mb=loader_cfg.cache_mb,
+            num_workers=int(loader_cfg.num_workers),
         )
         loader = dm.train_dataloader()
         pure = time_steps({"feq3": step}, 1, 5, batch)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from feq_lab.data import augment as aug
@@ -107,32 +107,55 @@ def to_item(sample: Mapping[str, Any], trace_name: str) -> dict[str, Any]:
             "is_earthquake": bool(sample["is_earthquake"])}
 
 
+class EpochOrder(Sampler[int]):
+    """The training traces in a seeded order per epoch: permutation of (seed, epoch).
+
+    A pass takes the current epoch when its first index is drawn, and the next pass the one
+    after, unless `set_epoch` says otherwise. Why at the start: Lightning stops reading after
+    len() batches, so a pass it reads never ends from the sampler's side, and an epoch counted at
+    the end never advanced: every epoch replayed epoch 0's order and augmentation. Lightning
+    calls `set_epoch` on a batch sampler's `.sampler`, which is where this sits.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def begin_pass(self) -> tuple[int, np.ndarray]:
+        """(this pass's epoch, its order); the next pass gets the following epoch."""
+        epoch = self.epoch
+        self.epoch = epoch + 1
+        return epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def __iter__(self) -> Iterator[int]:
+        _, order = self.begin_pass()
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class HalfAugmentedBatchSampler(Sampler):
     """Batches of B/2 shuffled traces followed by the same traces flagged for augmentation."""
 
     def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = False):
         if batch_size < 2:
             raise ConfigError("data.batch_size", "must be >= 2 for half-augmented batches")
-        self.n, self.half, self.seed, self.drop_last = n, batch_size // 2, int(seed), drop_last
-        self.epoch = 0
-        self._explicit_epoch = False
+        self.n, self.half, self.drop_last = n, batch_size // 2, drop_last
+        self.sampler = EpochOrder(n, seed)
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at each epoch; also advanced on its own if nobody calls it."""
-        self.epoch = int(epoch)
-        self._explicit_epoch = True
+        self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[tuple[int, bool, int]]]:
-        epoch = self.epoch
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        epoch, order = self.sampler.begin_pass()  # on the first batch drawn (a generator)
         for start in range(0, self.n, self.half):
             chunk = order[start:start + self.half]
             if self.drop_last and len(chunk) < self.half:
                 break
             yield [(int(i), False, epoch) for i in chunk] + [(int(i), True, epoch) for i in chunk]
-        if not self._explicit_epoch:
-            self.epoch += 1
-        self._explicit_epoch = False
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.half)
@@ -201,14 +224,20 @@ class SteadDataModule(pl.LightningDataModule):
         return self._splits[name]
 
     def _loader(self, ds: WaveformDataset, **kw: Any) -> DataLoader:
+        # Each loader iterator draws its workers' base seed from the loader's generator, or from
+        # torch's global RNG when it has none. Persistent workers draw it once per fit, others
+        # once per epoch, so the global RNG (dropout masks) would then depend on num_workers. A
+        # loader-owned generator keeps training the same for any number of workers.
         return DataLoader(ds, num_workers=self.num_workers, collate_fn=_collate,
-                          persistent_workers=self.num_workers > 0, **kw)
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed), **kw)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.split("train")
         if ds.transform is None:  # augmentation off: plain shuffled batches
-            gen = torch.Generator().manual_seed(self.seed)
-            return self._loader(ds, batch_size=self.batch_size, shuffle=True, generator=gen)
+            # the sampler's own generator: the base-seed draws above never shift the order
+            order = RandomSampler(ds, generator=torch.Generator().manual_seed(self.seed))
+            return self._loader(ds, batch_size=self.batch_size, sampler=order)
         sampler = HalfAugmentedBatchSampler(len(ds), max(self.batch_size, 2), self.seed)
         return self._loader(ds, batch_sampler=sampler)
 

@@ -25,7 +25,7 @@ from feq_lab.plain import to_plain  # noqa: F401 - the one converter, used here 
 
 VOLATILE_KEYS = ("resume", "tracking", "optuna", "hparams_search", "hydra", "train.progress_bar",
                  "measure", "thresholds", "eval", "stage_out", "study", "seeds",
-                 "data.cache_mb")  # fmt: skip
+                 "data.cache_mb", "data.num_workers")  # fmt: skip
 # The code a trained model depends on: a change here makes earlier trainings stale for reuse.
 TRAINING_CODE = ("data", "models", "training")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from feq_lab.data.datamodule import SteadDataModule
@@ -75,6 +76,49 @@ def test_epochs_differ_and_cover_all_training_traces(tiny_subset):
     n_train = len(dm.split("train"))
     assert len(epoch0) == 2 * n_train and sorted(set(epoch0)) == sorted(set(epoch1))
     assert epoch0 != epoch1
+
+
+class _Recorder(pl.LightningModule):
+    """Trains nothing; records each epoch's training batches as Lightning hands them over."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen: dict[int, list] = {}
+
+    def training_step(self, batch, index):
+        self.seen.setdefault(self.current_epoch, []).append(
+            (batch["trace_name"], batch["x"].clone()))
+        return self.w * batch["x"].mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+@pytest.mark.parametrize("augment", [AUGMENT, {"enabled": False}], ids=["half-augmented", "plain"])
+def test_lightning_epochs_differ_and_do_not_depend_on_workers(tiny_subset, augment):
+    """Under Lightning's loop (which reads len() batches and never exhausts the sampler) every
+    epoch gets its own order and augmentation, the same with 0 or 2 workers, and the loaders
+    leave torch's global RNG (dropout masks) alone."""
+    def fit(workers):
+        torch.manual_seed(0)
+        dm = SteadDataModule(tiny_subset, batch_size=8, num_workers=workers, augment=augment,
+                             seed=5)
+        module = _Recorder()
+        pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False,
+                   num_sanity_val_steps=0, limit_val_batches=0).fit(module, dm)
+        return module.seen, torch.rand(4)
+
+    (seen0, rng0), (seen2, rng2) = fit(0), fit(2)
+    assert sorted(seen0) == sorted(seen2) == [0, 1, 2]
+    names = [[n for batch, _ in seen0[e] for n in batch] for e in range(3)]
+    assert names[0] != names[1] and names[1] != names[2] and names[0] != names[2]
+    for epoch in range(3):
+        for (names_a, x_a), (names_b, x_b) in zip(seen0[epoch], seen2[epoch], strict=True):
+            assert names_a == names_b and torch.equal(x_a, x_b)
+    torch.manual_seed(0)
+    assert torch.equal(rng0, rng2) and torch.equal(rng0, torch.rand(4))
 
 
 def test_no_augment_plain_batches(tiny_subset):

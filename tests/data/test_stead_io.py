@@ -11,7 +11,7 @@ import pytest
 
 from feq_lab.data import columns as cols
 from feq_lab.data.seisbench import write_seisbench
-from feq_lab.data.stead import SteadWriter, open_dataset, write_dataset
+from feq_lab.data.stead import SteadWriter, open_dataset, read_csv_index, write_dataset
 from feq_lab.data.synthetic import generate
 
 
@@ -130,3 +130,27 @@ def test_csv_header_is_stead_order(tmp_path, traces):
     path = write_dataset(tmp_path / "x.hdf5", waves, meta, extra_columns=("split",))
     header = path.with_suffix(".csv").read_text().splitlines()[0].split(",")
     assert header == list(cols.STEAD_COLUMNS) + ["split"]
+
+
+def test_csv_index_is_parsed_once_per_content_and_each_caller_gets_a_copy(tmp_path, traces,
+                                                                           monkeypatch):
+    """A job opens its subset once per replay scenario: an unchanged CSV is not parsed again,
+    a rewrite of the same size is, and a caller changing its frame changes nobody else's."""
+    waves, meta = traces
+    path = write_dataset(tmp_path / "x.hdf5", waves, meta, extra_columns=("split",))
+    csv_path = path.with_suffix(".csv")
+    first = read_csv_index(csv_path)
+    calls = []
+    parse = cols.parse_frame
+    monkeypatch.setattr(cols, "parse_frame", lambda *a, **k: calls.append(1) or parse(*a, **k))
+    second = read_csv_index(csv_path)
+    assert calls == []
+    pd.testing.assert_frame_equal(first, second)
+    second.loc[0, "source_magnitude"] = -9.0
+    assert read_csv_index(csv_path).loc[0, "source_magnitude"] == first.loc[0, "source_magnitude"]
+    text = csv_path.read_text()
+    old = meta["trace_name"].iloc[0]
+    csv_path.write_text(text.replace(old, old[:-1] + ("X" if old[-1] != "X" else "Y")))
+    assert len(csv_path.read_text()) == len(text)  # same size, maybe the same mtime too
+    renamed = read_csv_index(csv_path)
+    assert calls == [1] and renamed["trace_name"].iloc[0] != old

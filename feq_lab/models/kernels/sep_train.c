@@ -96,10 +96,10 @@ FEQ_INLINE void upsample_row(float *row, const float *xc, int q, int m, int up)
             v8store(row + i + 16, __builtin_shuffle(v, (v8i){5, 5, 6, 6, 6, 7, 7, 7}));
         }
         for (; i + 3 <= m; i += 3, ++src) row[i] = row[i + 1] = row[i + 2] = xc[src];
-    }
-    else
+    } else {
         for (; i + up <= m; i += up, ++src)
             for (int p = 0; p < up; ++p) row[i + p] = xc[src];
+    }
     for (; i < m; ++i) row[i] = xc[src];
 }
 
@@ -139,10 +139,10 @@ FEQ_INLINE void downsample_row(float *gxc, const float *g, int q, int m, int up)
             v8store(gxc + src, v8load(gxc + src) + d);
         }
         for (; i + 3 <= m; i += 3, ++src) gxc[src] += g[i] + g[i + 1] + g[i + 2];
-    }
-    else
+    } else {
         for (; i + up <= m; i += up, ++src)
             for (int p = 0; p < up; ++p) gxc[src] += g[i + p];
+    }
     for (; i < m; ++i) gxc[src] += g[i];
 }
 

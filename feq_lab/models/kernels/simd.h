@@ -150,17 +150,17 @@ FEQ_INLINE void tap_sums_narrow(float *restrict s, const float *restrict g,
 FEQ_INLINE void tap_sums(float *restrict s, const float *restrict g, const float *restrict u,
                          int n, int k, int wide)
 {
-    switch (wide ? k : 0) {
+    if (!wide) {
+        tap_sums_narrow(s, g, u, n, k);
+        return;
+    }
+    switch (k) {
     case 3: tap_sums_k(s, g, u, n, 3); break;
     case 5: tap_sums_k(s, g, u, n, 5); break;
     case 7: tap_sums_k(s, g, u, n, 7); break;
     case 9: tap_sums_k(s, g, u, n, 9); break;
     case 11: tap_sums_k(s, g, u, n, 11); break;
     default:
-        if (!wide) {
-            tap_sums_narrow(s, g, u, n, k);
-            break;
-        }
         for (int j = 0; j < k; ++j)
             for (int h = 0; h < n; h += LANES)
                 for (int i = 0; i < LANES; ++i) s[j * LANES + i] += g[h + i] * u[h + j + i];
