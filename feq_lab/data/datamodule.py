@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,13 @@ class HalfAugmentedBatchSampler(Sampler):
         return full + (1 if rest and not self.drop_last else 0)
 
 
+def _worker_context() -> str | None:
+    """"fork" on Linux (torch's usual start method there), named explicitly: a job started by
+    joblib's loky launcher inherits loky's start method, whose processes cannot start the
+    loader's workers. Elsewhere the platform's default."""
+    return "fork" if sys.platform.startswith("linux") else None
+
+
 def _collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "x": torch.stack([i["x"] for i in items]),
@@ -228,8 +236,10 @@ class SteadDataModule(pl.LightningDataModule):
         # torch's global RNG when it has none. Persistent workers draw it once per fit, others
         # once per epoch, so the global RNG (dropout masks) would then depend on num_workers. A
         # loader-owned generator keeps training the same for any number of workers.
+        workers = self.num_workers > 0
         return DataLoader(ds, num_workers=self.num_workers, collate_fn=_collate,
-                          persistent_workers=self.num_workers > 0,
+                          persistent_workers=workers,
+                          multiprocessing_context=_worker_context() if workers else None,
                           generator=torch.Generator().manual_seed(self.seed), **kw)
 
     def train_dataloader(self) -> DataLoader:
