@@ -263,33 +263,42 @@ def snr_matrix(meta: pd.DataFrame) -> np.ndarray:
 
 # Parsed CSV indexes by content: a job opens the same subset many times (training, evaluation,
 # then once per replay scenario) and parsing 2,000 rows cell by cell takes ~0.3 s; hashing the
-# bytes takes a millisecond and, unlike a modification time, cannot miss a quick rewrite.
+# bytes takes a millisecond and, unlike a modification time, cannot miss a quick rewrite. Only
+# small files are kept: the full STEAD's merged.csv (~1.2 M rows) is read once by `prepare` and
+# would otherwise stay in memory for the rest of the job.
 _PARSED: dict[tuple[str, bytes], pd.DataFrame] = {}
 _PARSED_MAX = 4
+_PARSED_MAX_BYTES = 16 * 2**20
 
 
 def read_csv_index(path: str | os.PathLike) -> pd.DataFrame:
     """Parse a STEAD CSV (merged.csv, chunkN.csv, subset.csv) into typed columns.
 
-    The same bytes at the same path are parsed once per process; every caller gets its own
-    copy of the frame.
+    The same bytes at the same path are parsed once per process (files up to 16 MB); every
+    caller gets its own copy of the frame.
     """
     path = Path(path)
+    key, parsed = None, None
     try:
-        data = path.read_bytes()
-        key = (str(path.resolve()), hashlib.blake2b(data, digest_size=16).digest())
-        parsed = _PARSED.get(key)
+        if path.stat().st_size <= _PARSED_MAX_BYTES:
+            data = path.read_bytes()
+            key = (str(path.resolve()), hashlib.blake2b(data, digest_size=16).digest())
+            parsed = _PARSED.get(key)
+            source: Any = io.BytesIO(data)
+        else:
+            source = path
         if parsed is None:
-            raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False,
-                              na_filter=False)
+            raw = pd.read_csv(source, dtype=str, keep_default_na=False, na_filter=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read CSV ({exc})", path=str(path)) from exc
-    if parsed is None:
-        parsed = cols.parse_frame(raw, source=str(path))
+    if parsed is not None:
+        return parsed.copy()
+    parsed = cols.parse_frame(raw, source=str(path))
+    if key is not None:
         if len(_PARSED) >= _PARSED_MAX:
             _PARSED.pop(next(iter(_PARSED)))
-        _PARSED[key] = parsed
-    return parsed.copy()
+        _PARSED[key] = parsed.copy()
+    return parsed
 
 
 def _detect_layout(handle: h5py.File) -> str:

@@ -154,3 +154,18 @@ def test_csv_index_is_parsed_once_per_content_and_each_caller_gets_a_copy(tmp_pa
     assert len(csv_path.read_text()) == len(text)  # same size, maybe the same mtime too
     renamed = read_csv_index(csv_path)
     assert calls == [1] and renamed["trace_name"].iloc[0] != old
+
+
+def test_large_csv_indexes_are_not_kept(tmp_path, traces, monkeypatch):
+    """Above the size limit (the full STEAD's merged.csv) every read parses and nothing stays."""
+    from feq_lab.data import stead
+
+    waves, meta = traces
+    csv_path = write_dataset(tmp_path / "x.hdf5", waves, meta).with_suffix(".csv")
+    monkeypatch.setattr(stead, "_PARSED_MAX_BYTES", csv_path.stat().st_size - 1)
+    monkeypatch.setattr(stead, "_PARSED", {})
+    calls = []
+    parse = cols.parse_frame
+    monkeypatch.setattr(cols, "parse_frame", lambda *a, **k: calls.append(1) or parse(*a, **k))
+    pd.testing.assert_frame_equal(read_csv_index(csv_path), read_csv_index(csv_path))
+    assert calls == [1, 1] and stead._PARSED == {}
