@@ -278,21 +278,16 @@ def read_csv_index(path: str | os.PathLike) -> pd.DataFrame:
     caller gets its own copy of the frame.
     """
     path = Path(path)
-    key, parsed = None, None
     try:
-        if path.stat().st_size <= _PARSED_MAX_BYTES:
-            data = path.read_bytes()
-            key = (str(path.resolve()), hashlib.blake2b(data, digest_size=16).digest())
-            parsed = _PARSED.get(key)
-            source: Any = io.BytesIO(data)
-        else:
-            source = path
-        if parsed is None:
-            raw = pd.read_csv(source, dtype=str, keep_default_na=False, na_filter=False)
+        data = path.read_bytes() if path.stat().st_size <= _PARSED_MAX_BYTES else None
+        key = None if data is None else (str(path.resolve()),
+                                         hashlib.blake2b(data, digest_size=16).digest())
+        if key in _PARSED:
+            return _PARSED[key].copy()
+        raw = pd.read_csv(path if data is None else io.BytesIO(data), dtype=str,
+                          keep_default_na=False, na_filter=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read CSV ({exc})", path=str(path)) from exc
-    if parsed is not None:
-        return parsed.copy()
     parsed = cols.parse_frame(raw, source=str(path))
     if key is not None:
         if len(_PARSED) >= _PARSED_MAX:

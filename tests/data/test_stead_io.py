@@ -132,19 +132,26 @@ def test_csv_header_is_stead_order(tmp_path, traces):
     assert header == list(cols.STEAD_COLUMNS) + ["split"]
 
 
+@pytest.fixture
+def parse_calls(monkeypatch):
+    """One entry per CSV index actually parsed (cols.parse_frame called) from here on."""
+    calls = []
+    parse = cols.parse_frame
+    monkeypatch.setattr(cols, "parse_frame", lambda *a, **k: calls.append(1) or parse(*a, **k))
+    return calls
+
+
 def test_csv_index_is_parsed_once_per_content_and_each_caller_gets_a_copy(tmp_path, traces,
-                                                                           monkeypatch):
+                                                                           parse_calls):
     """A job opens its subset once per replay scenario: an unchanged CSV is not parsed again,
     a rewrite of the same size is, and a caller changing its frame changes nobody else's."""
     waves, meta = traces
     path = write_dataset(tmp_path / "x.hdf5", waves, meta, extra_columns=("split",))
     csv_path = path.with_suffix(".csv")
     first = read_csv_index(csv_path)
-    calls = []
-    parse = cols.parse_frame
-    monkeypatch.setattr(cols, "parse_frame", lambda *a, **k: calls.append(1) or parse(*a, **k))
+    assert parse_calls == [1]
     second = read_csv_index(csv_path)
-    assert calls == []
+    assert parse_calls == [1]
     pd.testing.assert_frame_equal(first, second)
     second.loc[0, "source_magnitude"] = -9.0
     assert read_csv_index(csv_path).loc[0, "source_magnitude"] == first.loc[0, "source_magnitude"]
@@ -153,10 +160,10 @@ def test_csv_index_is_parsed_once_per_content_and_each_caller_gets_a_copy(tmp_pa
     csv_path.write_text(text.replace(old, old[:-1] + ("X" if old[-1] != "X" else "Y")))
     assert len(csv_path.read_text()) == len(text)  # same size, maybe the same mtime too
     renamed = read_csv_index(csv_path)
-    assert calls == [1] and renamed["trace_name"].iloc[0] != old
+    assert parse_calls == [1, 1] and renamed["trace_name"].iloc[0] != old
 
 
-def test_large_csv_indexes_are_not_kept(tmp_path, traces, monkeypatch):
+def test_large_csv_indexes_are_not_kept(tmp_path, traces, monkeypatch, parse_calls):
     """Above the size limit (the full STEAD's merged.csv) every read parses and nothing stays."""
     from feq_lab.data import stead
 
@@ -164,8 +171,5 @@ def test_large_csv_indexes_are_not_kept(tmp_path, traces, monkeypatch):
     csv_path = write_dataset(tmp_path / "x.hdf5", waves, meta).with_suffix(".csv")
     monkeypatch.setattr(stead, "_PARSED_MAX_BYTES", csv_path.stat().st_size - 1)
     monkeypatch.setattr(stead, "_PARSED", {})
-    calls = []
-    parse = cols.parse_frame
-    monkeypatch.setattr(cols, "parse_frame", lambda *a, **k: calls.append(1) or parse(*a, **k))
     pd.testing.assert_frame_equal(read_csv_index(csv_path), read_csv_index(csv_path))
-    assert calls == [1, 1] and stead._PARSED == {}
+    assert parse_calls == [1, 1] and stead._PARSED == {}
