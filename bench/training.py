@@ -16,10 +16,12 @@ reported; on a shared machine the CPU figures are the steadier ones. Goals (issu
 
 `--epoch` also runs two whole epochs of the quick experiment's data (conf/experiment/quick.yaml:
 a synthetic subset of 1,600 earthquakes + 400 noise traces, generated into a temp dir, loaded and
-augmented by `SteadDataModule` as in training, with the default loader's worker) through FEQ3's
-train step and compares its samples/s with what the pure step time predicts (goal: within 20 %):
-the first epoch reads each trace from HDF5 once (the loader's waveform cache), the second, like a
-training's later epochs, none.
+augmented by `SteadDataModule` as in training, at the quick experiment's batch size and with the
+default loader's workers; `--epoch-batch`, `--epoch-workers` change them) through FEQ3's train
+step and compares its samples/s with what the pure step time predicts (goal: within 20 %). The
+pure step is probed inside the epoch (a fixed batch after every 4th epoch batch), so a drifting
+machine slows both sides alike. The first epoch reads each trace from HDF5 once (the loader's
+waveform cache), the second, like a training's later epochs, none.
 
 Kernels "on" is the model as training builds it, `ModelOptions()` (the fused kernels through the
 model's seams, the "fused" decoder form for separable decoders); "off" is the same model built
@@ -207,14 +209,27 @@ def report(label: str, times: dict[str, list[float]]) -> dict[str, float]:
     return p50
 
 
-def epoch_rate(mode: str, batch: int, limit: int | None) -> list[dict[str, float]]:
+def epoch_rate(
+    mode: str,
+    batch: int | None,
+    limit: int | None,
+    workers: int | None = None,
+    probe_every: int = 4,
+) -> list[dict[str, float]]:
     """FEQ3 over two whole epochs of the quick experiment (loading + augmentation included, with
-    the loader's workers as conf/data/loader/default.yaml sets them), one result per epoch:
-    samples/s by wall clock and per CPU second of this process (a worker's CPU is not in it),
-    what the pure step time on a fixed batch predicts for each, and the share of the epoch spent
-    waiting for batches (the data side) rather than stepping. The
-    first epoch reads each trace from HDF5 once (the loader's waveform cache, data.cache_mb); the
-    second, like a training's later epochs, reads none."""
+    the loader's workers as conf/data/loader/default.yaml sets them, at the quick experiment's
+    batch size unless `batch` is given), one result per epoch: samples/s by wall clock and per
+    CPU second of this process (a worker's CPU is not in it), what the pure step time on a fixed
+    batch predicts for each, and the share of the epoch spent waiting for batches (the data side)
+    rather than stepping. The first epoch reads each trace from HDF5 once (the loader's waveform
+    cache, data.cache_mb); the second, like a training's later epochs, reads none.
+
+    Why the pure step is probed inside the epoch (one timed step on a fixed random batch after
+    every `probe_every` epoch batches, its time taken out of the epoch's): a shared VM's pace
+    drifts by 30-50 % within minutes, so a pure-step time measured before the epoch compared
+    two different machines. Interleaved, both sides see the same pace. The loader's worker keeps
+    preparing batches during a probe (at most its prefetch queue), so the data side can only
+    look slightly smaller than without probes."""
     from omegaconf import OmegaConf
 
     from feq_lab.data.datamodule import SteadDataModule
@@ -226,7 +241,18 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> list[dict[str, float
     quick = OmegaConf.load(CONF_DIR / "experiment" / "quick.yaml")
     loader_cfg = OmegaConf.load(CONF_DIR / "data" / "loader" / "default.yaml")
     n_eq, n_noise = int(quick.data.n_earthquakes), int(quick.data.n_noise)
+    batch = int(batch or quick.data.batch_size)
+    augment = OmegaConf.merge(augment, quick.data.get("augment") or {})
     step = candidates(["feq3"], [mode])[f"feq3 {mode}"]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 6000, generator=gen)
+    targets = [torch.rand(batch, 6000, generator=gen) for _ in range(3)]
+
+    def probe() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        step(x, targets)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         make_synthetic_subset(
@@ -238,13 +264,14 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> list[dict[str, float
             augment=OmegaConf.to_container(augment),
             seed=0,
             cache_mb=loader_cfg.cache_mb,
-            num_workers=int(loader_cfg.num_workers),
+            num_workers=int(loader_cfg.num_workers if workers is None else workers),
         )
         loader = dm.train_dataloader()
-        pure = time_steps({"feq3": step}, 1, 5, batch)
-        step_wall, step_cpu = (float(np.median(pure[c]["feq3"])) / 1e3 for c in ("wall", "cpu"))
+        for _ in range(3):
+            probe()  # warm-up: kernel build, allocator, oneDNN primitives
         for _ in range(2):
             n, samples, data_wall, data_cpu = 0, 0, 0.0, 0.0
+            probes: list[tuple[float, float]] = []
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             batches = iter(loader)
             while limit is None or n < limit:
@@ -256,10 +283,15 @@ def epoch_rate(mode: str, batch: int, limit: int | None) -> list[dict[str, float
                     break
                 step(b["x"], [b["y_det"], b["y_p"], b["y_s"]])
                 n, samples = n + 1, samples + int(b["x"].shape[0])
-            elapsed_wall = time.perf_counter() - start_wall
-            elapsed_cpu = time.process_time() - start_cpu
+                if n % probe_every == 0:
+                    probes.append(probe())
+            elapsed_wall = time.perf_counter() - start_wall - sum(w for w, _ in probes)
+            elapsed_cpu = time.process_time() - start_cpu - sum(c for _, c in probes)
+            step_wall, step_cpu = (float(np.median(v)) for v in zip(*probes))
             results.append({
                 "batches": n,
+                "batch": batch,
+                "probes": len(probes),
                 "wall": samples / elapsed_wall,
                 "wall_predicted": batch / step_wall,
                 "cpu": samples / elapsed_cpu,
@@ -412,6 +444,18 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--epoch", action="store_true", help="also time a quick-experiment epoch")
     parser.add_argument("--epoch-batches", type=int, default=None, help="cap the epoch's batches")
+    parser.add_argument(
+        "--epoch-batch",
+        type=int,
+        default=None,
+        help="the epoch's batch size (default: the quick experiment's)",
+    )
+    parser.add_argument(
+        "--epoch-workers",
+        type=int,
+        default=None,
+        help="the epoch's loader workers (default: conf/data/loader/default.yaml)",
+    )
     parser.add_argument("--kernels-only", action="store_true", help="only the per-kernel table")
     parser.add_argument("--against", metavar="REV", help="also time the kernels of git REV")
     args = parser.parse_args()
@@ -438,10 +482,12 @@ def main() -> None:
     report("process CPU ms per train step (all threads)", times["cpu"])
     if args.epoch:
         for mode in modes:
-            for epoch, r in enumerate(epoch_rate(mode, args.batch, args.epoch_batches)):
+            rates = epoch_rate(mode, args.epoch_batch, args.epoch_batches, args.epoch_workers)
+            for epoch, r in enumerate(rates):
                 print(
                     f"\nFEQ3 kernels {mode}: quick-experiment epoch {epoch + 1} of 2 "
-                    f"({r['batches']} batches, loading and augmentation included"
+                    f"({r['batches']} batches of {r['batch']}, loading and augmentation included; "
+                    f"pure step = median of {r['probes']} probes taken inside the epoch"
                     f"{'; each trace read from HDF5 on first use' if epoch == 0 else '; the traces epoch 1 read come from memory'})\n"
                     f"  wall: {r['wall']:.1f} samples/s, pure step predicts "
                     f"{r['wall_predicted']:.1f}, ratio {r['wall'] / r['wall_predicted']:.2f}; "
