@@ -172,10 +172,22 @@ def candidates(presets: Sequence[str], modes: Sequence[str]) -> dict[str, Callab
     return out
 
 
-def time_steps(fns: dict[str, Callable], passes: int, block: int, batch: int) -> dict:
+def fixed_batch(batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The seeded random (x, targets) every pure-step timing steps on."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 6000, generator=gen)
-    targets = [torch.rand(batch, 6000, generator=gen) for _ in range(3)]
+    return x, [torch.rand(batch, 6000, generator=gen) for _ in range(3)]
+
+
+def timed(fn: Callable, *args: object) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def time_steps(fns: dict[str, Callable], passes: int, block: int, batch: int) -> dict:
+    x, targets = fixed_batch(batch)
     for fn in fns.values():
         fn(x, targets)  # warm-up: kernel build, allocator, oneDNN primitives
     times = {c: {k: [] for k in fns} for c in ("wall", "cpu")}
@@ -184,10 +196,9 @@ def time_steps(fns: dict[str, Callable], passes: int, block: int, batch: int) ->
         for key, fn in fns.items():
             fn(x, targets)  # untimed: re-warm caches after the previous candidate
             for _ in range(block):
-                wall, cpu = time.perf_counter(), time.process_time()
-                fn(x, targets)
-                times["cpu"][key].append((time.process_time() - cpu) * 1e3)
-                times["wall"][key].append((time.perf_counter() - wall) * 1e3)
+                wall, cpu = timed(fn, x, targets)
+                times["wall"][key].append(wall * 1e3)
+                times["cpu"][key].append(cpu * 1e3)
     return times
 
 
@@ -244,15 +255,7 @@ def epoch_rate(
     batch = int(batch or quick.data.batch_size)
     augment = OmegaConf.merge(augment, quick.data.get("augment") or {})
     step = candidates(["feq3"], [mode])[f"feq3 {mode}"]
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 6000, generator=gen)
-    targets = [torch.rand(batch, 6000, generator=gen) for _ in range(3)]
-
-    def probe() -> tuple[float, float]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        step(x, targets)
-        return time.perf_counter() - wall, time.process_time() - cpu
-
+    x, targets = fixed_batch(batch)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         make_synthetic_subset(
@@ -268,7 +271,7 @@ def epoch_rate(
         )
         loader = dm.train_dataloader()
         for _ in range(3):
-            probe()  # warm-up: kernel build, allocator, oneDNN primitives
+            step(x, targets)  # warm-up: kernel build, allocator, oneDNN primitives
         for _ in range(2):
             n, samples, data_wall, data_cpu = 0, 0, 0.0, 0.0
             probes: list[tuple[float, float]] = []
@@ -284,7 +287,9 @@ def epoch_rate(
                 step(b["x"], [b["y_det"], b["y_p"], b["y_s"]])
                 n, samples = n + 1, samples + int(b["x"].shape[0])
                 if n % probe_every == 0:
-                    probes.append(probe())
+                    probes.append(timed(step, x, targets))
+            if not probes:  # fewer batches than `probe_every` (--epoch-batches): probe once
+                probes.append(timed(step, x, targets))
             elapsed_wall = time.perf_counter() - start_wall - sum(w for w, _ in probes)
             elapsed_cpu = time.process_time() - start_cpu - sum(c for _, c in probes)
             step_wall, step_cpu = (float(np.median(v)) for v in zip(*probes))
