@@ -27,6 +27,7 @@ from feq_lab.training.recipe import (
     check_loss_weights,
     he_init,
     label_priors,
+    resolved_init,
     warmup_cosine,
 )
 
@@ -62,13 +63,14 @@ class PickerModule(pl.LightningModule):
 
     def initialise(self, batch: Mapping[str, torch.Tensor]) -> None:
         """The recipe's start state, applied in place before the first optimiser step of a fresh
-        run (a resumed run keeps its weights): `init: he` re-initialises the convs, then
+        run (a resumed run keeps its weights): `init: he` (or `auto` resolving to He for this
+        model, `recipe.resolved_init`) re-initialises the convs, then
         `prior_init` sets each head's bias to logit(label prior of this first batch). In a
         distributed run the convs come from rank 0 and the priors are averaged over the ranks,
         so every replica starts from the same weights."""
         trainer = self._trainer
         distributed = trainer is not None and trainer.world_size > 1
-        if self.settings.init == "he":
+        if resolved_init(self.settings.init, self.model) == "he":
             convs = he_init(self.model)
             if distributed:
                 for param in (p for m in convs for p in m.parameters()):

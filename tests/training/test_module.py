@@ -19,6 +19,7 @@ from feq_lab.training.recipe import (
     TrainSettings,
     he_init,
     output_heads,
+    resolved_init,
     train_settings,
     warmup_cosine,
 )
@@ -122,7 +123,7 @@ def test_quick_experiment_uses_the_robust_recipe_and_train_eqt_restores_the_prot
         quick = train_settings(compose("config").train)
         eqt = train_settings(compose("config", overrides=["train=eqt"]).train)
         paper = train_settings(compose("config", overrides=["experiment=paper"]).train)
-    assert (quick.schedule, quick.init, quick.prior_init, quick.early_stopping) == ("cosine", "he", True, False)
+    assert (quick.schedule, quick.init, quick.prior_init, quick.early_stopping) == ("cosine", "auto", True, False)
     assert quick.warmup > 0 and quick.grad_clip is not None
     for protocol in (eqt, paper):  # EQTransformer's: Adam 1e-3, reduce on plateau, early stopping
         assert (protocol.optimizer, protocol.lr, protocol.schedule) == ("adam", 1e-3, "plateau")
@@ -149,6 +150,24 @@ def test_he_init_gives_the_heads_a_time_varying_start(batch):
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d) and m.bias is not None]
     assert all(float(c.bias.abs().max()) == 0 for c in convs)
     assert after > 10 * before and after > 1e-2
+
+
+@pytest.mark.parametrize("name, expected", [("eqt", "he"), ("phasenet", "he"), ("leq", "torch"),
+                                            ("feq1", "torch"), ("feq3", "torch")])
+def test_auto_init_is_he_for_plain_convs_and_torch_for_the_separable_family(name, expected):
+    """`init: auto` re-initialises EQT's (and PhaseNet's) convs and keeps PyTorch's init for the
+    separable LEQ family; a grid knob keeps the family's choice."""
+    torch.manual_seed(0)
+    model = build_model(name)
+    assert resolved_init("auto", model) == expected
+    assert resolved_init("he", model) == "he" and resolved_init("torch", model) == "torch"
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv1d))
+    before = conv.weight.detach().clone()
+    PickerModule(model, train_settings({"init": "auto"})).initialise({})
+    assert torch.equal(conv.weight, before) == (expected == "torch")
+    if name == "feq3":
+        gru = build_model("feq3", rnn="gru", cnn_blocks=4)
+        assert resolved_init("auto", gru) == "torch"
 
 
 def test_first_training_batch_sets_heads_at_the_label_prior():
