@@ -156,7 +156,7 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
     from feq_lab.data.datamodule import SteadDataModule
     from feq_lab.training.module import PickerModule
     from feq_lab.training.recipe import train_settings
-    from feq_lab.training.trainer import build_trainer
+    from feq_lab.training.trainer import build_trainer, flushed_denormals
 
     seed = seed_everything(cfg.get("seed", 0))
     train = cfg.train
@@ -173,7 +173,8 @@ def fit(plan: JobPlan, cfg: DictConfig, data_dir: Path, run_dir: Path,
     trainer, checkpoint = build_trainer(cfg.trainer, train, run_dir, callbacks or (),
                                         optuna_cfg=to_plain(cfg.optuna) if cfg.get("optuna") else None,
                                         loggers=loggers)
-    trainer.fit(module, datamodule=dm)
+    with flushed_denormals():
+        trainer.fit(module, datamodule=dm)
     best = checkpoint.best_model_path
     if best and Path(best).is_file():
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]

@@ -4,10 +4,13 @@ per-epoch tracking, Optuna pruning when a sweeper asks for it) and `train.grad_c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers.logger import Logger
 
@@ -68,3 +71,20 @@ def build_trainer(
         enable_checkpointing=True,
     )
     return trainer, checkpoint
+
+
+@contextmanager
+def flushed_denormals() -> Iterator[bool]:
+    """Subnormal floats flushed to zero while a model trains (the CPU's FTZ/DAZ mode through
+    `torch.set_flush_denormal`; yields whether the CPU supports it), the default mode restored
+    after. Why: a few seeds drive activations, gradients or Adam's moments into the subnormal
+    range (|x| < 1.2e-38), where every arithmetic op costs a microcode assist. FEQ3 seed 1, quick
+    experiment, 2 threads (session 17, AMD EPYC): epochs 2-6 took 14 s each against 11 s with
+    the flush (the whole run 116-118 s -> 93 s) and the test F1 was identical. Only training
+    runs in this mode: evaluation, latency and the monitor run in the CPU's default one."""
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield supported
+    finally:
+        torch.set_flush_denormal(False)
+

@@ -23,7 +23,7 @@ from feq_lab.training.recipe import (
     train_settings,
     warmup_cosine,
 )
-from feq_lab.training.trainer import build_trainer
+from feq_lab.training.trainer import build_trainer, flushed_denormals
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -214,3 +214,17 @@ def test_robust_recipe_drops_early_stopping_and_clips_gradients(tmp_path):
     with pytest.raises(ConfigError) as err:
         build_trainer({"gradient_clip_val": 5.0}, {"grad_clip": 1.0}, tmp_path)
     assert err.value.key == "trainer.gradient_clip_val"
+
+
+def test_training_flushes_subnormals_and_restores_the_default_mode():
+    """Inside `flushed_denormals` (what the job trains in) a product in the subnormal range is
+    zero; before and after it the CPU's default mode keeps it."""
+    tiny = torch.tensor([1e-30], dtype=torch.float32)
+    before = float((tiny * 1e-10)[0])
+    with flushed_denormals() as supported:
+        inside = float((tiny * 1e-10)[0])
+    after = float((tiny * 1e-10)[0])
+    assert 0 < before < 1.2e-38 and after == before
+    if supported:
+        assert inside == 0.0
+
